@@ -1,0 +1,168 @@
+package lmx
+
+import (
+	"context"
+	"fmt"
+	"hash/maphash"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+)
+
+// A Broker is a lock table that lives in the caller's process. Local calls
+// lock with no network hop; Listen exposes the same table to other
+// processes. A Broker is safe for concurrent use and usable as soon as
+// NewBroker returns.
+type Broker struct {
+	seed      maphash.Seed
+	maxKeyLen int
+	tokens    atomic.Uint64 // the last fencing token handed out
+	closed    atomic.Bool
+	readies   sync.Pool // waiters' wake-up channels, see newReady
+	shards    [numShards]shard
+}
+
+var (
+	_ Locker = (*Broker)(nil)
+	_ Admin  = (*Broker)(nil)
+)
+
+// NewBroker returns a Broker ready for use. Its fencing tokens start from the
+// wall clock in nanoseconds, so they keep increasing across restarts.
+func NewBroker(opts ...BrokerOption) *Broker {
+	cfg := brokerConfig{maxKeyLen: DefaultMaxKeyLen}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	b := &Broker{seed: maphash.MakeSeed(), maxKeyLen: cfg.maxKeyLen}
+	b.readies.New = newReady
+	b.tokens.Store(uint64(time.Now().UnixNano()))
+	for i := range b.shards {
+		b.shards[i].init(b)
+	}
+	return b
+}
+
+// Lock waits until key is granted and returns its lease. Waiters are granted
+// in order of priority, then arrival; nothing polls: the lease is handed to
+// the next waiter directly when its holder lets go. A wait cut short by ctx
+// returns ctx.Err() and leaves nothing held.
+func (b *Broker) Lock(ctx context.Context, key string, opts ...LockOption) (*Lease, error) {
+	return b.acquire(ctx, key, opts, true)
+}
+
+// TryLock grants key if it can be granted now without overtaking a queued
+// waiter; otherwise it fails at once with ErrLocked.
+func (b *Broker) TryLock(ctx context.Context, key string, opts ...LockOption) (*Lease, error) {
+	return b.acquire(ctx, key, opts, false)
+}
+
+func (b *Broker) acquire(ctx context.Context, key string, opts []LockOption, wait bool) (*Lease, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := b.check(key); err != nil {
+		return nil, err
+	}
+	r, err := parseOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	return b.shardFor(key).acquire(ctx, key, &r, wait)
+}
+
+// Release ends the lease of key whose lock id is id, as its Unlock would. A
+// wrong id is ErrNotHeld and changes nothing.
+func (b *Broker) Release(ctx context.Context, key string, id ulid.ULID) error {
+	if err := b.check(key); err != nil {
+		return err
+	}
+	return b.shardFor(key).release(key, id)
+}
+
+// ForceUnlock ends every lease of key with an error matching ErrForced, and
+// the key passes to its waiters. It fails with ErrNotHeld when key has no
+// holder.
+func (b *Broker) ForceUnlock(ctx context.Context, key string) error {
+	if err := b.check(key); err != nil {
+		return err
+	}
+	return b.shardFor(key).forceUnlock(key)
+}
+
+// Inspect describes key's holders and waiters.
+func (b *Broker) Inspect(ctx context.Context, key string) (KeyInfo, error) {
+	if err := b.check(key); err != nil {
+		return KeyInfo{}, err
+	}
+	sh := b.shardFor(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if e := sh.keys[key]; e != nil {
+		return e.info(), nil
+	}
+	return KeyInfo{Key: key}, nil
+}
+
+// Stats counts what the table holds and has done. It fails only with
+// ErrClosed.
+func (b *Broker) Stats(ctx context.Context) (Stats, error) {
+	var s Stats
+	if b.closed.Load() {
+		return s, ErrClosed
+	}
+	for i := range b.shards {
+		sh := &b.shards[i]
+		sh.mu.Lock()
+		s.Keys += len(sh.keys)
+		s.Holders += sh.st.holders
+		s.Waiters += sh.st.waiters
+		s.Grants += sh.st.grants
+		s.Expiries += sh.st.expiries
+		s.Forced += sh.st.forced
+		s.Preemptions += sh.st.preemptions
+		s.SessionLost += sh.st.sessionLost
+		sh.mu.Unlock()
+	}
+	return s, nil
+}
+
+// Close ends every lease with an error matching ErrLeaseLost and ErrClosed,
+// fails every waiting Lock with ErrClosed, and makes later calls fail with
+// ErrClosed. It is immediate and idempotent.
+func (b *Broker) Close() error {
+	b.closed.Store(true)
+	for i := range b.shards {
+		sh := &b.shards[i]
+		sh.mu.Lock()
+		sh.closeLocked()
+		sh.mu.Unlock()
+	}
+	return nil
+}
+
+// check fails calls on a closed broker and validates key.
+func (b *Broker) check(key string) error {
+	if b.closed.Load() {
+		return ErrClosed
+	}
+	if key == "" {
+		return fmt.Errorf("%w: empty key", ErrInvalidKey)
+	}
+	if len(key) > b.maxKeyLen {
+		return fmt.Errorf("%w: key of %d bytes, the limit is %d", ErrInvalidKey, len(key), b.maxKeyLen)
+	}
+	return nil
+}
+
+func (b *Broker) shardFor(key string) *shard {
+	return &b.shards[maphash.String(b.seed, key)%numShards]
+}
+
+// newReady makes a waiter's wake-up channel. It is buffered so the granter
+// never blocks; it carries one value per wait and is drained before it is
+// pooled again. The pool is the broker's, not global, so that a broker made
+// inside a testing/synctest bubble only ever uses that bubble's channels.
+func newReady() any { return make(chan struct{}, 1) }

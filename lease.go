@@ -1,0 +1,148 @@
+package lmx
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+)
+
+// A Lease is one grant of a key: what Lock and TryLock return. Its methods
+// are safe for concurrent use.
+//
+// A lease ends exactly once: by Unlock (or Release by its id), or by a loss
+// the holder did not ask for (TTL expiry, a lost session, ForceUnlock,
+// preemption, the broker's Close). Done and Err report it.
+type Lease struct {
+	key   string
+	id    ulid.ULID
+	token uint64
+	door  door // where Unlock and Extend go
+
+	// Broker state, guarded by the shard's mu (see shard).
+	e      *entry // the key's entry while waiting or held, else nil
+	prev   *Lease // neighbours in e.waiters or e.holders
+	next   *Lease
+	state  leaseState
+	shared bool
+	count  int32 // grants held by the owner (re-entrancy)
+	prio   int
+	owner  string
+	ttl    *ttlState     // nil without a TTL
+	ready  chan struct{} // a waiter's wake-up; sent once on grant or failure
+	failed error         // why a wait failed; written before ready is signalled
+
+	mu      sync.Mutex // guards the fields below; taken after the shard's mu
+	expires time.Time  // written holding both mu and the shard's mu
+	done    chan struct{}
+	err     error
+}
+
+type leaseState uint8
+
+const (
+	stateNew leaseState = iota
+	stateWaiting
+	stateHeld
+	stateEnded
+)
+
+// door is where a lease's Unlock and Extend go: the shard of an in-process
+// broker, or a network client.
+type door interface {
+	unlock(ctx context.Context, l *Lease) error
+	extend(ctx context.Context, l *Lease, ttl time.Duration) error
+}
+
+// Key returns the locked key.
+func (l *Lease) Key() string { return l.key }
+
+// ID returns the lock id: Release(ctx, key, id) ends this lease from any
+// process, and no other grant ever has the same id.
+func (l *Lease) ID() ulid.ULID { return l.id }
+
+// Token returns the fencing token. Tokens come from one broker-wide counter
+// seeded from the wall clock at broker start, so the tokens of a key strictly
+// increase in grant order, across broker restarts too. Pass the token to the
+// resource the lock protects and let it refuse older ones (see Fence).
+func (l *Lease) Token() uint64 { return l.token }
+
+// Expires returns when the lease's TTL runs out, or the zero time when it has
+// no TTL. Extend and KeepAlive move it.
+func (l *Lease) Expires() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.expires
+}
+
+// Done returns a channel that is closed when the lease ends, for any reason.
+func (l *Lease) Done() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.done == nil {
+		l.done = make(chan struct{})
+	}
+	return l.done
+}
+
+// Err returns nil while the lease is held, and then why it ended: ErrReleased
+// after Unlock or Release, or an error matching ErrLeaseLost and its reason
+// (ErrExpired, ErrPreempted, ErrSessionLost, ErrForced, ErrClosed).
+func (l *Lease) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+// Unlock gives the lease up, and the key passes to the next waiter. For a
+// re-entered lease (Owner) it undoes one grant; the key is released when all
+// are undone. Unlock of a lease that is not held fails with ErrNotHeld and
+// changes nothing. Unlock does not rely on ctx to release: an in-process
+// lease is released at once, a remote one as soon as the broker hears of it
+// or, failing that, when the session ends.
+func (l *Lease) Unlock(ctx context.Context) error { return l.door.unlock(ctx, l) }
+
+// Extend makes the lease expire ttl from now, whether or not it had a TTL
+// before, and whether that is later or sooner. ttl must be positive (else
+// ErrInvalidOption). Extending a lease that is not held fails with
+// ErrNotHeld: an expired lease is never revived.
+func (l *Lease) Extend(ctx context.Context, ttl time.Duration) error {
+	if ttl <= 0 {
+		return fmt.Errorf("%w: Extend(%v) must be positive", ErrInvalidOption, ttl)
+	}
+	return l.door.extend(ctx, l, ttl)
+}
+
+// end records why the lease ended and closes Done.
+func (l *Lease) end(reason error) {
+	l.mu.Lock()
+	l.err = reason
+	if l.done == nil {
+		l.done = closedChan
+	} else {
+		close(l.done)
+	}
+	l.mu.Unlock()
+}
+
+// setExpires moves the expiry; the caller holds the shard's mu.
+func (l *Lease) setExpires(t time.Time) {
+	l.mu.Lock()
+	l.expires = t
+	l.mu.Unlock()
+}
+
+// notHeld is the error for a lease that is not held: ErrNotHeld, wrapped with
+// why the lease ended.
+func (l *Lease) notHeld() error {
+	if err := l.Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrNotHeld, err)
+	}
+	return ErrNotHeld
+}
+
+var closedChan = make(chan struct{})
+
+func init() { close(closedChan) }

@@ -1,0 +1,147 @@
+package lmx
+
+import (
+	"context"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+)
+
+// Locker is what every door to a lock table implements: the in-process
+// *Broker, the network *Client, and the backends.
+type Locker interface {
+	// Lock waits until key is granted and returns the lease. A wait cut short
+	// by ctx returns ctx.Err() and leaves nothing held.
+	Lock(ctx context.Context, key string, opts ...LockOption) (*Lease, error)
+
+	// TryLock grants key if it can be granted now without overtaking a
+	// queued waiter, and otherwise fails at once with ErrLocked.
+	TryLock(ctx context.Context, key string, opts ...LockOption) (*Lease, error)
+
+	// Close ends the door: calls fail with ErrClosed afterwards.
+	Close() error
+}
+
+// Admin is what the doors offer beyond Locker to operators and tools: lock
+// ids from another process, introspection and the escape hatch. *Broker and
+// *Client implement it.
+type Admin interface {
+	// Release ends the lease of key whose lock id is id, as its Unlock would:
+	// this is how a lock taken by one process is released from another. A
+	// wrong id is ErrNotHeld and changes nothing.
+	Release(ctx context.Context, key string, id ulid.ULID) error
+
+	// ForceUnlock ends every lease of key with an error matching ErrForced;
+	// the key passes to its waiters. It fails with ErrNotHeld when key has no
+	// holder.
+	ForceUnlock(ctx context.Context, key string) error
+
+	// Inspect describes key's holders and waiters. An idle key has none.
+	Inspect(ctx context.Context, key string) (KeyInfo, error)
+
+	// Stats counts what the lock table holds and has done.
+	Stats(ctx context.Context) (Stats, error)
+}
+
+// KeyInfo describes one key, as Inspect sees it.
+type KeyInfo struct {
+	Key     string
+	Limit   int          // holders admitted at once; 0 when the key is idle
+	Holders []HolderInfo // in grant order
+	Waiters []WaiterInfo // in queue order: the first is granted next
+}
+
+// HolderInfo describes one lease of a key.
+type HolderInfo struct {
+	ID      ulid.ULID
+	Token   uint64
+	Owner   string // "" unless asked with Owner
+	Shared  bool
+	Count   int       // grants held through re-entrancy, at least 1
+	Since   time.Time // when granted, to the millisecond
+	Expires time.Time // zero without a TTL
+}
+
+// WaiterInfo describes one queued request for a key.
+type WaiterInfo struct {
+	Owner    string
+	Priority int
+	Shared   bool
+}
+
+// Stats counts what a lock table holds now and what it has done since it
+// started.
+type Stats struct {
+	Keys     int // keys with a holder or a waiter
+	Holders  int // leases held
+	Waiters  int // requests queued
+	Sessions int // network sessions open
+
+	Grants      uint64 // leases granted (re-entry not counted)
+	Expiries    uint64 // leases ended by their TTL
+	Forced      uint64 // leases ended by ForceUnlock
+	Preemptions uint64 // leases ended by preemption
+	SessionLost uint64 // leases ended because their session ended
+}
+
+// entry is the state of one live key. It exists while the key has a holder
+// or a waiter and is recycled when it has neither. Guarded by its shard's mu.
+type entry struct {
+	key     string
+	limit   int32     // exclusive holders admitted at once, fixed at creation
+	excl    int32     // exclusive holders
+	shared  int32     // shared holders
+	holders leaseList // in grant order
+	waiters leaseList // ordered by priority, then arrival
+}
+
+// fits reports whether l could hold the key alongside the present holders.
+func (e *entry) fits(l *Lease) bool {
+	if l.shared {
+		return e.excl == 0
+	}
+	return e.shared == 0 && e.excl < e.limit
+}
+
+// idle reports whether the entry can be freed.
+func (e *entry) idle() bool { return e.holders.n == 0 && e.waiters.n == 0 }
+
+// heldBy returns the lease of key held by owner, or nil.
+func (e *entry) heldBy(owner string) *Lease {
+	for h := e.holders.head; h != nil; h = h.next {
+		if h.owner == owner {
+			return h
+		}
+	}
+	return nil
+}
+
+// heldWithID returns the lease of key with lock id id, or nil.
+func (e *entry) heldWithID(id ulid.ULID) *Lease {
+	for h := e.holders.head; h != nil; h = h.next {
+		if h.id == id {
+			return h
+		}
+	}
+	return nil
+}
+
+// info describes the entry for Inspect.
+func (e *entry) info() KeyInfo {
+	ki := KeyInfo{Key: e.key, Limit: int(e.limit)}
+	for h := e.holders.head; h != nil; h = h.next {
+		ki.Holders = append(ki.Holders, HolderInfo{
+			ID:      h.id,
+			Token:   h.token,
+			Owner:   h.owner,
+			Shared:  h.shared,
+			Count:   int(h.count),
+			Since:   ulid.Time(h.id.Time()),
+			Expires: h.expires,
+		})
+	}
+	for w := e.waiters.head; w != nil; w = w.next {
+		ki.Waiters = append(ki.Waiters, WaiterInfo{Owner: w.owner, Priority: w.prio, Shared: w.shared})
+	}
+	return ki
+}

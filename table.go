@@ -1,0 +1,296 @@
+package lmx
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+)
+
+// numShards splits the table so that unrelated keys rarely share a mutex.
+const numShards = 64
+
+// maxFree bounds the recycled entries a shard keeps, so that a burst of keys
+// does not pin memory once it has passed.
+const maxFree = 32
+
+// A shard owns the keys that hash to it. Its mu guards every field below, the
+// entries in keys and the broker state of their leases (see Lease). Nothing
+// blocks and no user code runs while mu is held.
+type shard struct {
+	b    *Broker
+	mu   sync.Mutex
+	keys map[string]*entry
+	free []*entry
+	rng  *rand.ChaCha8 // lock ids
+	st   counters
+	_    [64]byte // keeps neighbouring shards' mutexes off one cache line
+}
+
+// counters are a shard's share of Stats.
+type counters struct {
+	holders, waiters                                   int
+	grants, expiries, forced, preemptions, sessionLost uint64
+}
+
+func (sh *shard) init(b *Broker) {
+	var seed [32]byte
+	crand.Read(seed[:]) // never fails (crypto/rand's contract since Go 1.24)
+	sh.b = b
+	sh.keys = make(map[string]*entry)
+	sh.rng = rand.NewChaCha8(seed)
+}
+
+// acquire grants key to a request with options r, or queues it when wait is
+// set, or fails with ErrLocked.
+func (sh *shard) acquire(ctx context.Context, key string, r *request, wait bool) (*Lease, error) {
+	sh.mu.Lock()
+	if sh.b.closed.Load() {
+		sh.mu.Unlock()
+		return nil, ErrClosed
+	}
+	e := sh.keys[key]
+	if e == nil {
+		e = sh.newEntryLocked(key, r.limit)
+	} else if int(e.limit) != r.limit {
+		limit := e.limit
+		sh.mu.Unlock()
+		return nil, fmt.Errorf("%w: key %q has limit %d, asked %d", ErrLimitMismatch, key, limit, r.limit)
+	}
+	if r.owner != "" {
+		if h := e.heldBy(r.owner); h != nil {
+			if h.shared && !r.shared {
+				sh.mu.Unlock()
+				return nil, fmt.Errorf("%w: owner %q holds %q shared and cannot re-enter exclusive", ErrInvalidOption, r.owner, key)
+			}
+			h.count++
+			sh.mu.Unlock()
+			return h, nil
+		}
+	}
+	l := &Lease{key: e.key, door: sh, shared: r.shared, prio: r.priority, owner: r.owner}
+	if r.ttl > 0 {
+		l.ttl = &ttlState{ttl: r.ttl, keepAlive: r.keepAlive}
+	}
+	// A request goes straight to the head of the queue only past waiters of
+	// lower priority: it never overtakes one it would have to queue behind.
+	if (e.waiters.head == nil || e.waiters.head.prio < l.prio) && e.fits(l) {
+		sh.grantLocked(e, l)
+		sh.mu.Unlock()
+		return l, nil
+	}
+	if !wait {
+		sh.freeIfIdleLocked(e)
+		sh.mu.Unlock()
+		return nil, ErrLocked
+	}
+	l.e, l.state, l.ready = e, stateWaiting, sh.b.readies.Get().(chan struct{})
+	e.waiters.insert(l)
+	sh.st.waiters++
+	sh.mu.Unlock()
+
+	select {
+	case <-l.ready:
+		sh.b.readies.Put(l.ready)
+		l.ready = nil
+		if l.failed != nil {
+			return nil, l.failed
+		}
+		return l, nil
+	case <-ctx.Done():
+	}
+	// The cancel handshake: the grant may have won the race, in which case
+	// the lease is handed on as if the caller had unlocked it at once.
+	sh.mu.Lock()
+	switch l.state {
+	case stateWaiting:
+		e.waiters.remove(l)
+		sh.st.waiters--
+		l.e, l.state = nil, stateEnded
+		sh.grantNextLocked(e) // l may have held back those behind it
+		sh.freeIfIdleLocked(e)
+	case stateHeld:
+		<-l.ready
+		sh.releaseLocked(l) // an owner may have re-entered meanwhile
+	default: // failed by Close
+		<-l.ready
+	}
+	sh.mu.Unlock()
+	sh.b.readies.Put(l.ready)
+	l.ready = nil
+	return nil, ctx.Err()
+}
+
+// newEntryLocked creates the entry of key.
+func (sh *shard) newEntryLocked(key string, limit int) *entry {
+	var e *entry
+	if n := len(sh.free); n > 0 {
+		e = sh.free[n-1]
+		sh.free = sh.free[:n-1]
+	} else {
+		e = new(entry)
+	}
+	e.key, e.limit = key, int32(limit)
+	sh.keys[key] = e
+	return e
+}
+
+// freeIfIdleLocked drops e from the table once it has no holder and no waiter.
+func (sh *shard) freeIfIdleLocked(e *entry) {
+	if !e.idle() {
+		return
+	}
+	delete(sh.keys, e.key)
+	if len(sh.free) < maxFree {
+		*e = entry{}
+		sh.free = append(sh.free, e)
+	}
+}
+
+// grantLocked makes l a holder of e.
+func (sh *shard) grantLocked(e *entry, l *Lease) {
+	if l.shared {
+		e.shared++
+	} else {
+		e.excl++
+	}
+	e.holders.pushBack(l)
+	l.e, l.state, l.count = e, stateHeld, 1
+	l.token = sh.b.tokens.Add(1)
+	now := time.Now()
+	l.id = sh.newIDLocked(now)
+	if l.ttl != nil {
+		sh.startTTLLocked(l, now)
+	}
+	sh.st.holders++
+	sh.st.grants++
+}
+
+// grantNextLocked grants e's waiters from the head of its queue for as long
+// as the head fits, and wakes each.
+func (sh *shard) grantNextLocked(e *entry) {
+	for w := e.waiters.head; w != nil && e.fits(w); w = e.waiters.head {
+		e.waiters.remove(w)
+		sh.st.waiters--
+		sh.grantLocked(e, w)
+		w.ready <- struct{}{}
+	}
+}
+
+// dropLocked ends the held lease l for reason without granting its successor.
+func (sh *shard) dropLocked(l *Lease, reason error) {
+	e := l.e
+	e.holders.remove(l)
+	if l.shared {
+		e.shared--
+	} else {
+		e.excl--
+	}
+	sh.st.holders--
+	l.e, l.state = nil, stateEnded
+	if l.ttl != nil {
+		l.ttl.timer.Stop()
+	}
+	l.end(reason)
+}
+
+// endLocked ends the held lease l for reason and hands the key on.
+func (sh *shard) endLocked(l *Lease, reason error) {
+	e := l.e
+	sh.dropLocked(l, reason)
+	sh.grantNextLocked(e)
+	sh.freeIfIdleLocked(e)
+}
+
+// releaseLocked undoes one grant of the held lease l.
+func (sh *shard) releaseLocked(l *Lease) {
+	if l.count--; l.count == 0 {
+		sh.endLocked(l, ErrReleased)
+	}
+}
+
+// unlock implements door for in-process leases. It needs no ctx: it never
+// waits.
+func (sh *shard) unlock(_ context.Context, l *Lease) error {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if l.state != stateHeld {
+		return l.notHeld()
+	}
+	sh.releaseLocked(l)
+	return nil
+}
+
+// release ends the lease of key with lock id id.
+func (sh *shard) release(key string, id ulid.ULID) error {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	e := sh.keys[key]
+	if e == nil {
+		return ErrNotHeld
+	}
+	l := e.heldWithID(id)
+	if l == nil {
+		return ErrNotHeld
+	}
+	sh.releaseLocked(l)
+	return nil
+}
+
+// forceUnlock ends every lease of key with ErrForced.
+func (sh *shard) forceUnlock(key string) error {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	e := sh.keys[key]
+	if e == nil || e.holders.n == 0 {
+		return ErrNotHeld
+	}
+	for h := e.holders.head; h != nil; {
+		next := h.next
+		sh.dropLocked(h, errForced)
+		sh.st.forced++
+		h = next
+	}
+	sh.grantNextLocked(e)
+	sh.freeIfIdleLocked(e)
+	return nil
+}
+
+// closeLocked ends every lease and fails every waiter of the shard.
+func (sh *shard) closeLocked() {
+	for _, e := range sh.keys {
+		for h := e.holders.head; h != nil; {
+			next := h.next
+			sh.dropLocked(h, errClosed)
+			h = next
+		}
+		for w := e.waiters.head; w != nil; w = e.waiters.head {
+			e.waiters.remove(w)
+			sh.st.waiters--
+			w.e, w.state, w.failed = nil, stateEnded, ErrClosed
+			w.ready <- struct{}{}
+		}
+		sh.freeIfIdleLocked(e)
+	}
+}
+
+// newIDLocked returns a fresh lock id: a ULID of now with 80 random bits.
+func (sh *shard) newIDLocked(now time.Time) ulid.ULID {
+	var id ulid.ULID
+	_ = id.SetTime(ulid.Timestamp(now)) // fails only past the year 10889
+	binary.BigEndian.PutUint64(id[6:], sh.rng.Uint64())
+	binary.BigEndian.PutUint16(id[14:], uint16(sh.rng.Uint64()))
+	return id
+}
+
+// The errors of lost leases, made once.
+var (
+	errExpired = lost(ErrExpired)
+	errForced  = lost(ErrForced)
+	errClosed  = lost(ErrClosed)
+)

@@ -21,6 +21,7 @@ type Broker struct {
 	tokens    atomic.Uint64 // the last fencing token handed out
 	closed    atomic.Bool
 	readies   sync.Pool // waiters' wake-up channels, see newReady
+	clock     msClock   // lock ids' time
 	shards    [numShards]shard
 }
 
@@ -134,6 +135,7 @@ func (b *Broker) Stats(ctx context.Context) (Stats, error) {
 // ErrClosed. It is immediate and idempotent.
 func (b *Broker) Close() error {
 	b.closed.Store(true)
+	b.clock.stop()
 	for i := range b.shards {
 		sh := &b.shards[i]
 		sh.mu.Lock()

@@ -86,6 +86,9 @@ type request struct {
 // parseOptions applies opts over the defaults and validates the result.
 func parseOptions(opts []LockOption) (request, error) {
 	r := request{limit: 1}
+	if len(opts) == 0 {
+		return r, nil
+	}
 	for _, o := range opts {
 		switch o.kind {
 		case optTTL:

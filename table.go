@@ -162,10 +162,9 @@ func (sh *shard) grantLocked(e *entry, l *Lease) {
 	e.holders.pushBack(l)
 	l.e, l.state, l.count = e, stateHeld, 1
 	l.token = sh.b.tokens.Add(1)
-	now := time.Now()
-	l.id = sh.newIDLocked(now)
+	l.id = sh.newIDLocked(sh.b.clock.now())
 	if l.ttl != nil {
-		sh.startTTLLocked(l, now)
+		sh.startTTLLocked(l, time.Now())
 	}
 	sh.st.holders++
 	sh.st.grants++
@@ -279,10 +278,11 @@ func (sh *shard) closeLocked() {
 	}
 }
 
-// newIDLocked returns a fresh lock id: a ULID of now with 80 random bits.
-func (sh *shard) newIDLocked(now time.Time) ulid.ULID {
+// newIDLocked returns a fresh lock id: a ULID of ms, unix milliseconds, with
+// 80 random bits.
+func (sh *shard) newIDLocked(ms int64) ulid.ULID {
 	var id ulid.ULID
-	_ = id.SetTime(ulid.Timestamp(now)) // fails only past the year 10889
+	_ = id.SetTime(uint64(ms)) // fails only past the year 10889
 	binary.BigEndian.PutUint64(id[6:], sh.rng.Uint64())
 	binary.BigEndian.PutUint16(id[14:], uint16(sh.rng.Uint64()))
 	return id

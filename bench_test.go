@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/lmx-go/lmx"
 )
@@ -149,4 +151,45 @@ func runWorkers(b *testing.B, c cycler, workers int, key func(int, *rand.Rand) s
 	if sq > 0 {
 		b.ReportMetric(sum*sum/(float64(workers)*sq), "fairness")
 	}
+}
+
+// BenchmarkHeldMemory reports the heap bytes each held lock costs, with and
+// without a TTL, for 100,000 keys held at once.
+func BenchmarkHeldMemory(b *testing.B) {
+	const n = 100_000
+	keys := make([]string, n)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("key/%06d", i)
+	}
+	for _, bc := range []struct {
+		name string
+		opts []lmx.LockOption
+	}{{"plain", nil}, {"ttl", []lmx.LockOption{lmx.TTL(time.Hour)}}} {
+		b.Run(bc.name, func(b *testing.B) {
+			ctx := context.Background()
+			var perLock float64
+			for b.Loop() {
+				br := lmx.NewBroker()
+				leases := make([]*lmx.Lease, n)
+				before := heapInUse()
+				for i := range leases {
+					l, err := br.Lock(ctx, keys[i], bc.opts...)
+					if err != nil {
+						b.Fatal(err)
+					}
+					leases[i] = l
+				}
+				perLock = float64(heapInUse()-before) / n
+				br.Close()
+			}
+			b.ReportMetric(perLock, "B/held")
+		})
+	}
+}
+
+func heapInUse() int64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return int64(ms.HeapAlloc)
 }

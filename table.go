@@ -29,7 +29,10 @@ type shard struct {
 	free []*entry
 	rng  *rand.ChaCha8 // lock ids
 	st   counters
-	_    [64]byte // keeps neighbouring shards' mutexes off one cache line
+
+	deadlines deadlines   // TTL leases by wake time, see ttl.go
+	timer     *time.Timer // fires at deadlines[0]'s wake; nil until needed
+	_         [64]byte    // keeps neighbouring shards' mutexes off one cache line
 }
 
 // counters are a shard's share of Stats.
@@ -193,7 +196,7 @@ func (sh *shard) dropLocked(l *Lease, reason error) {
 	sh.st.holders--
 	l.e, l.state = nil, stateEnded
 	if l.ttl != nil {
-		l.ttl.timer.Stop()
+		sh.unscheduleLocked(l)
 	}
 	l.end(reason)
 }
@@ -262,6 +265,7 @@ func (sh *shard) forceUnlock(key string) error {
 
 // closeLocked ends every lease and fails every waiter of the shard.
 func (sh *shard) closeLocked() {
+	sh.stopTimerLocked()
 	for _, e := range sh.keys {
 		for h := e.holders.head; h != nil; {
 			next := h.next

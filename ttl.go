@@ -1,66 +1,127 @@
 package lmx
 
 import (
+	"container/heap"
 	"context"
 	"time"
 )
 
-// ttlState is the TTL of a lease, guarded by the shard's mu. A TTL lease
-// costs one runtime timer (time.AfterFunc) and no goroutine while it waits:
-// a million TTL leases are a million timers in the runtime's heaps, not a
-// million goroutines.
+// TTLs cost little per lease: each shard keeps its TTL leases in a heap
+// ordered by when they next need attention, and one runtime timer set for the
+// earliest. A million TTL leases are a million heap slots, not a million
+// timers or goroutines, and leases expiring together are ended in one pass
+// under the shard's lock. A shard with no TTL lease has no timer pending.
+
+// ttlState is the TTL of a lease, guarded by the shard's mu.
 type ttlState struct {
 	ttl       time.Duration // asked with TTL; KeepAlive renews by this much
 	keepAlive time.Duration // asked with KeepAlive, or 0
 	keepUntil time.Time     // grant + keepAlive: no renewal past it
-	timer     *time.Timer
+	wake      time.Time     // when the shard's timer must look at the lease
+	index     int           // in the shard's deadlines, -1 when not in
 }
 
-// startTTLLocked arms the TTL of l, granted at now.
+// deadlines is a min-heap of TTL leases by wake time.
+type deadlines []*Lease
+
+func (d deadlines) Len() int           { return len(d) }
+func (d deadlines) Less(i, j int) bool { return d[i].ttl.wake.Before(d[j].ttl.wake) }
+func (d deadlines) Swap(i, j int) {
+	d[i], d[j] = d[j], d[i]
+	d[i].ttl.index, d[j].ttl.index = i, j
+}
+func (d *deadlines) Push(x any) {
+	l := x.(*Lease)
+	l.ttl.index = len(*d)
+	*d = append(*d, l)
+}
+func (d *deadlines) Pop() any {
+	old := *d
+	l := old[len(old)-1]
+	old[len(old)-1] = nil
+	*d = old[:len(old)-1]
+	l.ttl.index = -1
+	return l
+}
+
+// startTTLLocked starts the TTL of l, granted at now.
 func (sh *shard) startTTLLocked(l *Lease, now time.Time) {
 	t := l.ttl
 	l.setExpires(now.Add(t.ttl))
 	if t.keepAlive > 0 {
 		t.keepUntil = now.Add(t.keepAlive)
 	}
-	t.timer = time.AfterFunc(t.wake(now, l.expires), func() { sh.onTimer(l) })
+	t.index = -1
+	sh.scheduleLocked(l, now)
 }
 
-// wake returns how long from now the timer of a lease expiring at expires
-// should fire: at half the TTL before expiry while KeepAlive still renews,
-// so the lease never looks expired while it is kept alive, else at expiry.
-func (t *ttlState) wake(now, expires time.Time) time.Duration {
-	at := expires
-	if expires.Before(t.keepUntil) {
-		at = expires.Add(-t.ttl / 2)
+// scheduleLocked (re)places l in the heap at its next wake time: half the TTL
+// before expiry while KeepAlive still renews, so a kept-alive lease never
+// looks expired, else at expiry.
+func (sh *shard) scheduleLocked(l *Lease, now time.Time) {
+	t := l.ttl
+	t.wake = l.expires
+	if l.expires.Before(t.keepUntil) {
+		t.wake = l.expires.Add(-t.ttl / 2)
 	}
-	return at.Sub(now)
+	if t.index < 0 {
+		heap.Push(&sh.deadlines, l)
+	} else {
+		heap.Fix(&sh.deadlines, t.index)
+	}
+	if sh.deadlines[0] == l {
+		sh.armLocked(now)
+	}
 }
 
-// onTimer renews l while KeepAlive allows, and otherwise ends it as expired
-// unless Extend moved its expiry since the timer was set.
-func (sh *shard) onTimer(l *Lease) {
+// unscheduleLocked takes l out of the heap. The timer may then fire for
+// nothing, and re-arms itself for the new earliest.
+func (sh *shard) unscheduleLocked(l *Lease) {
+	if l.ttl.index >= 0 {
+		heap.Remove(&sh.deadlines, l.ttl.index)
+	}
+}
+
+// armLocked sets the shard's timer for the earliest wake.
+func (sh *shard) armLocked(now time.Time) {
+	d := sh.deadlines[0].ttl.wake.Sub(now)
+	if sh.timer == nil {
+		sh.timer = time.AfterFunc(d, sh.onTimer)
+	} else {
+		sh.timer.Reset(d)
+	}
+}
+
+// onTimer attends to every lease whose wake time has come: it renews those
+// KeepAlive still covers, ends as expired those whose expiry has passed, and
+// re-schedules those extended since.
+func (sh *shard) onTimer() {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if l.state != stateHeld {
-		return
-	}
-	t, now := l.ttl, time.Now()
-	if now.Before(t.keepUntil) {
-		exp := now.Add(t.ttl)
-		if exp.After(t.keepUntil) {
-			exp = t.keepUntil
+	now := time.Now()
+	for len(sh.deadlines) > 0 {
+		l := sh.deadlines[0]
+		t := l.ttl
+		if t.wake.After(now) {
+			sh.armLocked(now)
+			return
 		}
-		if exp.After(l.expires) {
-			l.setExpires(exp)
+		if now.Before(t.keepUntil) {
+			exp := now.Add(t.ttl)
+			if exp.After(t.keepUntil) {
+				exp = t.keepUntil
+			}
+			if exp.After(l.expires) {
+				l.setExpires(exp)
+			}
 		}
+		if now.Before(l.expires) {
+			sh.scheduleLocked(l, now)
+			continue
+		}
+		sh.st.expiries++
+		sh.endLocked(l, errExpired)
 	}
-	if now.Before(l.expires) {
-		t.timer.Reset(t.wake(now, l.expires))
-		return
-	}
-	sh.st.expiries++
-	sh.endLocked(l, errExpired)
 }
 
 // extend implements door for in-process leases.
@@ -76,8 +137,14 @@ func (sh *shard) extend(_ context.Context, l *Lease, ttl time.Duration) error {
 		sh.startTTLLocked(l, now)
 		return nil
 	}
-	exp := now.Add(ttl)
-	l.setExpires(exp)
-	l.ttl.timer.Reset(l.ttl.wake(now, exp))
+	l.setExpires(now.Add(ttl))
+	sh.scheduleLocked(l, now)
 	return nil
+}
+
+// stopTimerLocked stops the shard's timer for good, when the broker closes.
+func (sh *shard) stopTimerLocked() {
+	if sh.timer != nil {
+		sh.timer.Stop()
+	}
 }

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/lmx-go/lmx"
+)
+
+// demo walks through what an in-process broker does, printing as it goes.
+func demo(ctx context.Context, w io.Writer) error {
+	b := lmx.NewBroker()
+	defer b.Close()
+
+	fmt.Fprintln(w, "== FIFO hand-off: three workers queue for one key")
+	first, err := b.Lock(ctx, "printer")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "main     holds printer (token %d)\n", first.Token())
+	granted := make(chan string)
+	for _, name := range []string{"worker-1", "worker-2", "worker-3"} {
+		go func() {
+			l, err := b.Lock(ctx, "printer")
+			if err != nil {
+				granted <- fmt.Sprintf("%s: %v", name, err)
+				return
+			}
+			granted <- fmt.Sprintf("%s got printer (token %d)", name, l.Token())
+			l.Unlock(ctx)
+		}()
+		if err := waitQueued(ctx, b, "printer"); err != nil {
+			return err
+		}
+	}
+	first.Unlock(ctx)
+	for range 3 {
+		fmt.Fprintln(w, <-granted)
+	}
+
+	fmt.Fprintln(w, "== a semaphore: two download slots")
+	var slots []*lmx.Lease
+	for i := 1; i <= 3; i++ {
+		l, err := b.TryLock(ctx, "downloads", lmx.Limit(2))
+		fmt.Fprintf(w, "download %d: %v\n", i, errOrOK(err))
+		if err == nil {
+			slots = append(slots, l)
+		}
+	}
+	for _, l := range slots {
+		l.Unlock(ctx)
+	}
+
+	fmt.Fprintln(w, "== a TTL: the holder stalls, the lease ends, the next holder is fenced in")
+	var store lmx.Fence
+	stalled, err := b.Lock(ctx, "report", lmx.TTL(50*time.Millisecond))
+	if err != nil {
+		return err
+	}
+	<-stalled.Done()
+	fmt.Fprintf(w, "stalled holder's lease ended: %v\n", stalled.Err())
+	next, err := b.Lock(ctx, "report")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "next holder writes with token %d: %v\n", next.Token(), errOrOK(store.Check("report", next.Token())))
+	fmt.Fprintf(w, "stalled holder writes with token %d: %v\n", stalled.Token(), errOrOK(store.Check("report", stalled.Token())))
+	return next.Unlock(ctx)
+}
+
+// waitQueued waits until key has one more waiter than it had holders for,
+// so that the demo's workers queue in the order they were started.
+func waitQueued(ctx context.Context, b *lmx.Broker, key string) error {
+	ki, err := b.Inspect(ctx, key)
+	if err != nil {
+		return err
+	}
+	want := len(ki.Waiters) + 1
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if ki, err = b.Inspect(ctx, key); err != nil || len(ki.Waiters) == want {
+			return err
+		}
+	}
+	return errors.New("a worker did not queue in time")
+}
+
+func errOrOK(err error) string {
+	if err != nil {
+		return err.Error()
+	}
+	return "ok"
+}

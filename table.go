@@ -52,6 +52,11 @@ func (sh *shard) init(b *Broker) {
 // acquire grants key to a request with options r, or queues it when wait is
 // set, or fails with ErrLocked.
 func (sh *shard) acquire(ctx context.Context, key string, r *request, wait bool) (*Lease, error) {
+	// Allocate before locking, to keep the critical section short.
+	l := &Lease{key: key, door: sh, shared: r.shared, prio: r.priority, owner: r.owner}
+	if r.ttl > 0 {
+		l.ttl = &ttlState{ttl: r.ttl, keepAlive: r.keepAlive}
+	}
 	sh.mu.Lock()
 	if sh.b.closed.Load() {
 		sh.mu.Unlock()
@@ -76,10 +81,6 @@ func (sh *shard) acquire(ctx context.Context, key string, r *request, wait bool)
 			return h, nil
 		}
 	}
-	l := &Lease{key: e.key, door: sh, shared: r.shared, prio: r.priority, owner: r.owner}
-	if r.ttl > 0 {
-		l.ttl = &ttlState{ttl: r.ttl, keepAlive: r.keepAlive}
-	}
 	// A request goes straight to the head of the queue only past waiters of
 	// lower priority: it never overtakes one it would have to queue behind.
 	if (e.waiters.head == nil || e.waiters.head.prio < l.prio) && e.fits(l) {
@@ -97,21 +98,31 @@ func (sh *shard) acquire(ctx context.Context, key string, r *request, wait bool)
 	sh.st.waiters++
 	sh.mu.Unlock()
 
-	select {
-	case <-l.ready:
-		sh.b.readies.Put(l.ready)
-		l.ready = nil
-		if l.failed != nil {
-			return nil, l.failed
+	if done := ctx.Done(); done == nil {
+		<-l.ready // a plain receive costs less than a select
+	} else {
+		select {
+		case <-l.ready:
+		case <-done:
+			return nil, sh.cancelWait(ctx, l)
 		}
-		return l, nil
-	case <-ctx.Done():
 	}
-	// The cancel handshake: the grant may have won the race, in which case
-	// the lease is handed on as if the caller had unlocked it at once.
+	sh.b.readies.Put(l.ready)
+	l.ready = nil
+	if l.failed != nil {
+		return nil, l.failed
+	}
+	return l, nil
+}
+
+// cancelWait takes the waiter l out of its queue after its ctx ended. The
+// grant may have won the race, in which case the lease is handed on as if the
+// caller had unlocked it at once.
+func (sh *shard) cancelWait(ctx context.Context, l *Lease) error {
 	sh.mu.Lock()
 	switch l.state {
 	case stateWaiting:
+		e := l.e
 		e.waiters.remove(l)
 		sh.st.waiters--
 		l.e, l.state = nil, stateEnded
@@ -126,7 +137,7 @@ func (sh *shard) acquire(ctx context.Context, key string, r *request, wait bool)
 	sh.mu.Unlock()
 	sh.b.readies.Put(l.ready)
 	l.ready = nil
-	return nil, ctx.Err()
+	return ctx.Err()
 }
 
 // newEntryLocked creates the entry of key.

@@ -16,13 +16,14 @@ import (
 // processes. A Broker is safe for concurrent use and usable as soon as
 // NewBroker returns.
 type Broker struct {
-	seed      maphash.Seed
-	maxKeyLen int
-	tokens    atomic.Uint64 // the last fencing token handed out
-	closed    atomic.Bool
-	readies   sync.Pool // waiters' wake-up channels, see newReady
-	clock     msClock   // lock ids' time
-	shards    [numShards]shard
+	cfg     brokerConfig
+	seed    maphash.Seed
+	tokens  atomic.Uint64 // the last fencing token handed out
+	closed  atomic.Bool
+	readies sync.Pool // waiters' wake-up channels, see newReady
+	clock   msClock   // lock ids' time
+	srv     server    // the network door, see listener.go
+	shards  [numShards]shard
 }
 
 var (
@@ -33,11 +34,11 @@ var (
 // NewBroker returns a Broker ready for use. Its fencing tokens start from the
 // wall clock in nanoseconds, so they keep increasing across restarts.
 func NewBroker(opts ...BrokerOption) *Broker {
-	cfg := brokerConfig{maxKeyLen: DefaultMaxKeyLen}
+	cfg := defaultBrokerConfig()
 	for _, o := range opts {
 		o(&cfg)
 	}
-	b := &Broker{seed: maphash.MakeSeed(), maxKeyLen: cfg.maxKeyLen}
+	b := &Broker{cfg: cfg, seed: maphash.MakeSeed()}
 	b.readies.New = newReady
 	b.tokens.Store(uint64(time.Now().UnixNano()))
 	for i := range b.shards {
@@ -127,14 +128,17 @@ func (b *Broker) Stats(ctx context.Context) (Stats, error) {
 		s.SessionLost += sh.st.sessionLost
 		sh.mu.Unlock()
 	}
+	s.Sessions = b.srv.sessionCount()
 	return s, nil
 }
 
-// Close ends every lease with an error matching ErrLeaseLost and ErrClosed,
-// fails every waiting Lock with ErrClosed, and makes later calls fail with
-// ErrClosed. It is immediate and idempotent.
+// Close closes the broker's listeners and connections, ends every lease
+// with an error matching ErrLeaseLost and ErrClosed, fails every waiting Lock
+// with ErrClosed, and makes later calls fail with ErrClosed. It is immediate
+// and idempotent; Shutdown is the graceful way.
 func (b *Broker) Close() error {
 	b.closed.Store(true)
+	b.closeNetwork()
 	b.clock.stop()
 	for i := range b.shards {
 		sh := &b.shards[i]
@@ -153,8 +157,8 @@ func (b *Broker) check(key string) error {
 	if key == "" {
 		return fmt.Errorf("%w: empty key", ErrInvalidKey)
 	}
-	if len(key) > b.maxKeyLen {
-		return fmt.Errorf("%w: key of %d bytes, the limit is %d", ErrInvalidKey, len(key), b.maxKeyLen)
+	if len(key) > b.cfg.maxKeyLen {
+		return fmt.Errorf("%w: key of %d bytes, the limit is %d", ErrInvalidKey, len(key), b.cfg.maxKeyLen)
 	}
 	return nil
 }

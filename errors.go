@@ -53,6 +53,17 @@ var (
 	// Limit(0) or a negative TTL, or options that do not go together.
 	ErrInvalidOption = errors.New("lmx: invalid option")
 
+	// ErrProtocol: a peer sent bytes that are not the lmx protocol, or a
+	// frame over the size limit, or a version this side does not speak.
+	ErrProtocol = errors.New("lmx: protocol error")
+
+	// ErrAuth: the broker refused the client's auth token.
+	ErrAuth = errors.New("lmx: unauthorized")
+
+	// ErrBusy: the broker refused a request or a session because a limit was
+	// reached (sessions per broker, waiters per session).
+	ErrBusy = errors.New("lmx: broker busy")
+
 	// ErrStaleToken is returned by Fence.Check for a token lower than one the
 	// fence has already seen for the same key.
 	ErrStaleToken = errors.New("lmx: stale fencing token")

@@ -27,9 +27,12 @@ type Lease struct {
 	next   *Lease
 	state  leaseState
 	shared bool
-	count  int32 // grants held by the owner (re-entrancy)
+	keep   bool   // KeepOnDisconnect
+	count  int32  // grants held by the owner (re-entrancy)
+	reqID  uint32 // the network request a waiter answers
 	prio   int
 	owner  string
+	hook   leaseHook     // told of grant and end; nil in-process
 	ttl    *ttlState     // nil without a TTL
 	ready  chan struct{} // a waiter's wake-up; sent once on grant or failure
 	failed error         // why a wait failed; written before ready is signalled

@@ -106,10 +106,11 @@ func (e *entry) fits(l *Lease) bool {
 // idle reports whether the entry can be freed.
 func (e *entry) idle() bool { return e.holders.n == 0 && e.waiters.n == 0 }
 
-// heldBy returns the lease of key held by owner, or nil.
-func (e *entry) heldBy(owner string) *Lease {
+// heldBy returns the lease of key held by owner through hook (the same
+// network session, or in-process when nil), or nil.
+func (e *entry) heldBy(owner string, hook leaseHook) *Lease {
 	for h := e.holders.head; h != nil; h = h.next {
-		if h.owner == owner {
+		if h.owner == owner && h.hook == hook {
 			return h
 		}
 	}

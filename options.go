@@ -1,7 +1,10 @@
 package lmx
 
 import (
+	"crypto/tls"
 	"fmt"
+	"log/slog"
+	"os"
 	"time"
 )
 
@@ -92,15 +95,9 @@ func parseOptions(opts []LockOption) (request, error) {
 	for _, o := range opts {
 		switch o.kind {
 		case optTTL:
-			if o.d < 0 {
-				return r, fmt.Errorf("%w: negative TTL %v", ErrInvalidOption, o.d)
-			}
 			r.ttl = o.d
 		case optLimit:
-			if o.n < 1 || o.n > maxLimit {
-				return r, fmt.Errorf("%w: Limit(%d) is outside 1..%d", ErrInvalidOption, o.n, maxLimit)
-			}
-			r.limit = int(o.n)
+			r.limit = int(o.n) // Limit took an int
 		case optPriority:
 			r.priority = int(o.n)
 		case optOwner:
@@ -116,13 +113,22 @@ func parseOptions(opts []LockOption) (request, error) {
 			r.keepOnDisconnect = true
 		}
 	}
-	if r.keepAlive > 0 && r.ttl == 0 {
-		return r, fmt.Errorf("%w: KeepAlive needs a TTL", ErrInvalidOption)
+	return r, r.validate()
+}
+
+// validate checks a request, whether it came from options or the wire.
+func (r *request) validate() error {
+	switch {
+	case r.ttl < 0:
+		return fmt.Errorf("%w: negative TTL %v", ErrInvalidOption, r.ttl)
+	case r.limit < 1 || r.limit > maxLimit:
+		return fmt.Errorf("%w: Limit(%d) is outside 1..%d", ErrInvalidOption, r.limit, maxLimit)
+	case r.keepAlive > 0 && r.ttl == 0:
+		return fmt.Errorf("%w: KeepAlive needs a TTL", ErrInvalidOption)
+	case r.keepOnDisconnect && r.ttl == 0:
+		return fmt.Errorf("%w: KeepOnDisconnect needs a TTL", ErrInvalidOption)
 	}
-	if r.keepOnDisconnect && r.ttl == 0 {
-		return r, fmt.Errorf("%w: KeepOnDisconnect needs a TTL", ErrInvalidOption)
-	}
-	return r, nil
+	return nil
 }
 
 // maxLimit bounds Limit so that holder counts fit the wire's 32 bits.
@@ -136,16 +142,119 @@ const DefaultMaxKeyLen = 1024
 type BrokerOption func(*brokerConfig)
 
 type brokerConfig struct {
-	maxKeyLen int
+	maxKeyLen         int
+	authToken         string
+	tlsConfig         *tls.Config
+	heartbeat         time.Duration
+	sessionTimeout    time.Duration
+	maxFrame          int
+	maxSessions       int
+	maxWaitersPerSess int
+	socketMode        os.FileMode
+	logger            *slog.Logger
+}
+
+// Defaults of the network door, each changed by the option that names it.
+const (
+	DefaultHeartbeat         = time.Second
+	DefaultSessionTimeout    = 5 * time.Second
+	DefaultMaxFrame          = 1 << 20
+	DefaultMaxSessions       = 10000
+	DefaultMaxWaitersPerSess = 10000
+	DefaultSocketMode        = 0o600
+)
+
+func defaultBrokerConfig() brokerConfig {
+	return brokerConfig{
+		maxKeyLen:         DefaultMaxKeyLen,
+		heartbeat:         DefaultHeartbeat,
+		sessionTimeout:    DefaultSessionTimeout,
+		maxFrame:          DefaultMaxFrame,
+		maxSessions:       DefaultMaxSessions,
+		maxWaitersPerSess: DefaultMaxWaitersPerSess,
+		socketMode:        DefaultSocketMode,
+		logger:            slog.Default(),
+	}
+}
+
+// orDefault returns v, or def when v is not positive.
+func orDefault[T int | time.Duration](v, def T) T {
+	if v <= 0 {
+		return def
+	}
+	return v
 }
 
 // WithMaxKeyLen sets the longest key, in bytes, the broker accepts; longer
-// keys fail with ErrInvalidKey. n <= 0 means DefaultMaxKeyLen.
+// keys fail with ErrInvalidKey. n <= 0 means DefaultMaxKeyLen (1,024).
 func WithMaxKeyLen(n int) BrokerOption {
+	return func(c *brokerConfig) { c.maxKeyLen = orDefault(n, DefaultMaxKeyLen) }
+}
+
+// WithAuthToken makes the network door refuse clients whose handshake does
+// not carry token (ErrAuth), and log each refusal. The default, "", admits
+// every client that can reach the socket.
+func WithAuthToken(token string) BrokerOption {
+	return func(c *brokerConfig) { c.authToken = token }
+}
+
+// WithTLS makes Listen("tcp", ...) serve TLS with cfg; set cfg.ClientAuth
+// for mutual TLS. It does not change Serve, whose listener is the caller's,
+// nor Unix sockets. The default, nil, is plain TCP.
+func WithTLS(cfg *tls.Config) BrokerOption {
+	return func(c *brokerConfig) { c.tlsConfig = cfg }
+}
+
+// WithHeartbeat sets how often clients are asked to send a heartbeat, and
+// how long a session may stay silent before the broker ends it and releases
+// its leases. Values <= 0 mean DefaultHeartbeat (1s) and
+// DefaultSessionTimeout (5s); a timeout shorter than two heartbeats is
+// raised to two.
+func WithHeartbeat(interval, timeout time.Duration) BrokerOption {
 	return func(c *brokerConfig) {
-		if n <= 0 {
-			n = DefaultMaxKeyLen
+		c.heartbeat = orDefault(interval, DefaultHeartbeat)
+		c.sessionTimeout = max(orDefault(timeout, DefaultSessionTimeout), 2*c.heartbeat)
+	}
+}
+
+// WithMaxFrame sets the largest frame payload, in bytes, the broker accepts;
+// a longer frame ends the connection before anything is allocated for it.
+// n <= 0 means DefaultMaxFrame (1 MiB).
+func WithMaxFrame(n int) BrokerOption {
+	return func(c *brokerConfig) { c.maxFrame = orDefault(n, DefaultMaxFrame) }
+}
+
+// WithMaxSessions bounds the network sessions open at once; a client past it
+// is refused with ErrBusy. n <= 0 means DefaultMaxSessions (10,000).
+func WithMaxSessions(n int) BrokerOption {
+	return func(c *brokerConfig) { c.maxSessions = orDefault(n, DefaultMaxSessions) }
+}
+
+// WithMaxWaiters bounds the Lock requests one session may have queued at
+// once; past it a Lock fails with ErrBusy. n <= 0 means
+// DefaultMaxWaitersPerSess (10,000).
+func WithMaxWaiters(n int) BrokerOption {
+	return func(c *brokerConfig) { c.maxWaitersPerSess = orDefault(n, DefaultMaxWaitersPerSess) }
+}
+
+// WithSocketMode sets the permissions of Unix sockets made by Listen. The
+// default, 0 or DefaultSocketMode, is 0600: only the broker's user may connect.
+func WithSocketMode(mode os.FileMode) BrokerOption {
+	return func(c *brokerConfig) {
+		if mode == 0 {
+			mode = DefaultSocketMode
 		}
-		c.maxKeyLen = n
+		c.socketMode = mode
+	}
+}
+
+// WithLogger sets where the network door logs refused clients, protocol
+// errors and lost sessions. The default, nil, is slog.Default().
+func WithLogger(l *slog.Logger) BrokerOption {
+	return func(c *brokerConfig) {
+		if l == nil {
+			l = slog.Default()
+		}
+		c.logger = l
 	}
 }

@@ -49,55 +49,22 @@ func (sh *shard) init(b *Broker) {
 	sh.rng = rand.NewChaCha8(seed)
 }
 
-// acquire grants key to a request with options r, or queues it when wait is
-// set, or fails with ErrLocked.
-func (sh *shard) acquire(ctx context.Context, key string, r *request, wait bool) (*Lease, error) {
-	// Allocate before locking, to keep the critical section short.
-	l := &Lease{key: key, door: sh, shared: r.shared, prio: r.priority, owner: r.owner}
-	if r.ttl > 0 {
-		l.ttl = &ttlState{ttl: r.ttl, keepAlive: r.keepAlive}
-	}
-	sh.mu.Lock()
-	if sh.b.closed.Load() {
-		sh.mu.Unlock()
-		return nil, ErrClosed
-	}
-	e := sh.keys[key]
-	if e == nil {
-		e = sh.newEntryLocked(key, r.limit)
-	} else if int(e.limit) != r.limit {
-		limit := e.limit
-		sh.mu.Unlock()
-		return nil, fmt.Errorf("%w: key %q has limit %d, asked %d", ErrLimitMismatch, key, limit, r.limit)
-	}
-	if r.owner != "" {
-		if h := e.heldBy(r.owner); h != nil {
-			if h.shared && !r.shared {
-				sh.mu.Unlock()
-				return nil, fmt.Errorf("%w: owner %q holds %q shared and cannot re-enter exclusive", ErrInvalidOption, r.owner, key)
-			}
-			h.count++
-			sh.mu.Unlock()
-			return h, nil
-		}
-	}
-	// A request goes straight to the head of the queue only past waiters of
-	// lower priority: it never overtakes one it would have to queue behind.
-	if (e.waiters.head == nil || e.waiters.head.prio < l.prio) && e.fits(l) {
-		sh.grantLocked(e, l)
-		sh.mu.Unlock()
-		return l, nil
-	}
-	if !wait {
-		sh.freeIfIdleLocked(e)
-		sh.mu.Unlock()
-		return nil, ErrLocked
-	}
-	l.e, l.state, l.ready = e, stateWaiting, sh.b.readies.Get().(chan struct{})
-	e.waiters.insert(l)
-	sh.st.waiters++
-	sh.mu.Unlock()
+// leaseHook is told, under the shard's mu, when a lease asked with it is
+// granted and when it ends: how a network session learns of grants and
+// losses in order, with no goroutine per waiter. It must not block.
+type leaseHook interface {
+	queued(l *Lease, reqID uint32)
+	granted(l *Lease, reqID uint32)
+	ended(l *Lease, reason error)
+}
 
+// acquire grants key to a request with options r, or waits for it when wait
+// is set, or fails with ErrLocked.
+func (sh *shard) acquire(ctx context.Context, key string, r *request, wait bool) (*Lease, error) {
+	l, queued, err := sh.begin(key, r, wait, nil, 0)
+	if err != nil || !queued {
+		return l, err
+	}
 	if done := ctx.Done(); done == nil {
 		<-l.ready // a plain receive costs less than a select
 	} else {
@@ -115,6 +82,63 @@ func (sh *shard) acquire(ctx context.Context, key string, r *request, wait bool)
 	return l, nil
 }
 
+// begin grants key to a request with options r now, or queues it when wait
+// is set, or fails with ErrLocked. It never blocks. A queued lease is
+// granted later: through hook, which is also told of immediate grants, or,
+// without a hook, through its ready channel.
+func (sh *shard) begin(key string, r *request, wait bool, hook leaseHook, reqID uint32) (l *Lease, queued bool, err error) {
+	// Allocate before locking, to keep the critical section short.
+	l = &Lease{key: key, door: sh, shared: r.shared, prio: r.priority, owner: r.owner, keep: r.keepOnDisconnect, hook: hook}
+	if r.ttl > 0 {
+		l.ttl = &ttlState{ttl: r.ttl, keepAlive: r.keepAlive}
+	}
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.b.closed.Load() {
+		return nil, false, ErrClosed
+	}
+	e := sh.keys[key]
+	if e == nil {
+		e = sh.newEntryLocked(key, r.limit)
+	} else if int(e.limit) != r.limit {
+		return nil, false, fmt.Errorf("%w: key %q has limit %d, asked %d", ErrLimitMismatch, key, e.limit, r.limit)
+	}
+	if r.owner != "" {
+		if h := e.heldBy(r.owner, hook); h != nil {
+			if h.shared && !r.shared {
+				return nil, false, fmt.Errorf("%w: owner %q holds %q shared and cannot re-enter exclusive", ErrInvalidOption, r.owner, key)
+			}
+			h.count++
+			if hook != nil {
+				hook.granted(h, reqID)
+			}
+			return h, false, nil
+		}
+	}
+	// A request goes straight to the head of the queue only past waiters of
+	// lower priority: it never overtakes one it would have to queue behind.
+	if (e.waiters.head == nil || e.waiters.head.prio < l.prio) && e.fits(l) {
+		sh.grantLocked(e, l)
+		if hook != nil {
+			hook.granted(l, reqID)
+		}
+		return l, false, nil
+	}
+	if !wait {
+		sh.freeIfIdleLocked(e)
+		return nil, false, ErrLocked
+	}
+	l.e, l.state, l.reqID = e, stateWaiting, reqID
+	if hook == nil {
+		l.ready = sh.b.readies.Get().(chan struct{})
+	} else {
+		hook.queued(l, reqID)
+	}
+	e.waiters.insert(l)
+	sh.st.waiters++
+	return l, true, nil
+}
+
 // cancelWait takes the waiter l out of its queue after its ctx ended. The
 // grant may have won the race, in which case the lease is handed on as if the
 // caller had unlocked it at once.
@@ -122,12 +146,7 @@ func (sh *shard) cancelWait(ctx context.Context, l *Lease) error {
 	sh.mu.Lock()
 	switch l.state {
 	case stateWaiting:
-		e := l.e
-		e.waiters.remove(l)
-		sh.st.waiters--
-		l.e, l.state = nil, stateEnded
-		sh.grantNextLocked(e) // l may have held back those behind it
-		sh.freeIfIdleLocked(e)
+		sh.dequeueLocked(l)
 	case stateHeld:
 		<-l.ready
 		sh.releaseLocked(l) // an owner may have re-entered meanwhile
@@ -138,6 +157,16 @@ func (sh *shard) cancelWait(ctx context.Context, l *Lease) error {
 	sh.b.readies.Put(l.ready)
 	l.ready = nil
 	return ctx.Err()
+}
+
+// dequeueLocked takes the waiting lease l out of its queue.
+func (sh *shard) dequeueLocked(l *Lease) {
+	e := l.e
+	e.waiters.remove(l)
+	sh.st.waiters--
+	l.e, l.state = nil, stateEnded
+	sh.grantNextLocked(e) // l may have held back those behind it
+	sh.freeIfIdleLocked(e)
 }
 
 // newEntryLocked creates the entry of key.
@@ -191,7 +220,11 @@ func (sh *shard) grantNextLocked(e *entry) {
 		e.waiters.remove(w)
 		sh.st.waiters--
 		sh.grantLocked(e, w)
-		w.ready <- struct{}{}
+		if w.hook != nil {
+			w.hook.granted(w, w.reqID)
+		} else {
+			w.ready <- struct{}{}
+		}
 	}
 }
 
@@ -208,6 +241,9 @@ func (sh *shard) dropLocked(l *Lease, reason error) {
 	l.e, l.state = nil, stateEnded
 	if l.ttl != nil {
 		sh.unscheduleLocked(l)
+	}
+	if l.hook != nil {
+		l.hook.ended(l, reason)
 	}
 	l.end(reason)
 }
@@ -287,7 +323,9 @@ func (sh *shard) closeLocked() {
 			e.waiters.remove(w)
 			sh.st.waiters--
 			w.e, w.state, w.failed = nil, stateEnded, ErrClosed
-			w.ready <- struct{}{}
+			if w.ready != nil { // a hook's session ends with the broker
+				w.ready <- struct{}{}
+			}
 		}
 		sh.freeIfIdleLocked(e)
 	}
@@ -305,7 +343,52 @@ func (sh *shard) newIDLocked(ms int64) ulid.ULID {
 
 // The errors of lost leases, made once.
 var (
-	errExpired = lost(ErrExpired)
-	errForced  = lost(ErrForced)
-	errClosed  = lost(ErrClosed)
+	errExpired     = lost(ErrExpired)
+	errForced      = lost(ErrForced)
+	errClosed      = lost(ErrClosed)
+	errSessionLost = lost(ErrSessionLost)
 )
+
+// leaseByID returns the held lease of key with lock id id, or nil.
+func (sh *shard) leaseByID(key string, id ulid.ULID) *Lease {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if e := sh.keys[key]; e != nil {
+		return e.heldWithID(id)
+	}
+	return nil
+}
+
+// dequeue takes the waiting lease l out of its queue, and reports false if l
+// was no longer waiting.
+func (sh *shard) dequeue(l *Lease) bool {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if l.state != stateWaiting {
+		return false
+	}
+	sh.dequeueLocked(l)
+	return true
+}
+
+// sessionEnded settles a lease whose network session, hook, has ended: a
+// waiter leaves its queue; a holder loses the lease with ErrSessionLost, or,
+// when asked with KeepOnDisconnect, keeps it, detached, until its TTL.
+func (sh *shard) sessionEnded(l *Lease, hook leaseHook) {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if l.hook != hook {
+		return
+	}
+	switch l.state {
+	case stateWaiting:
+		sh.dequeueLocked(l)
+	case stateHeld:
+		if l.keep {
+			l.hook = nil
+			return
+		}
+		sh.st.sessionLost++
+		sh.endLocked(l, errSessionLost)
+	}
+}

@@ -19,6 +19,7 @@ type ttlState struct {
 	keepUntil time.Time     // grant + keepAlive: no renewal past it
 	wake      time.Time     // when the shard's timer must look at the lease
 	index     int           // in the shard's deadlines, -1 when not in
+	timer     *time.Timer   // a client's KeepAlive renewals
 }
 
 // deadlines is a min-heap of TTL leases by wake time.

@@ -1,0 +1,793 @@
+package lmx
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+)
+
+// A Client is a door to a broker's lock table over a connection: the same
+// Locker and Admin calls as the broker's own, for another process or
+// machine. Many goroutines may share one Client; their requests share its
+// connection.
+//
+// The connection is a session. If it is lost (the broker went away, or
+// heartbeats stopped arriving), every lease the Client held ends with an
+// error matching ErrSessionLost, since the broker releases them, and calls
+// in flight fail with ErrSessionLost. The Client then reconnects in the
+// background with jittered, capped backoff; calls made meanwhile wait for
+// the new session, as long as their ctx allows. Nothing is re-acquired on
+// the caller's behalf.
+type Client struct {
+	network, address string
+	cfg              clientConfig
+
+	mu     sync.Mutex
+	conn   *clientConn        // nil while disconnected; guarded by mu
+	ready  chan struct{}      // closed when conn is set; guarded by mu
+	closed bool               // guarded by mu
+	life   context.Context    // ends with Close
+	cancel context.CancelFunc // ends life
+	wg     sync.WaitGroup
+}
+
+var (
+	_ Locker = (*Client)(nil)
+	_ Admin  = (*Client)(nil)
+)
+
+// A ClientOption configures a Client made by Dial.
+type ClientOption func(*clientConfig)
+
+type clientConfig struct {
+	token      string
+	tlsConfig  *tls.Config
+	dial       func(ctx context.Context, network, address string) (net.Conn, error)
+	minBackoff time.Duration
+	maxBackoff time.Duration
+}
+
+// Defaults of the client's reconnection backoff.
+const (
+	DefaultMinBackoff = 50 * time.Millisecond
+	DefaultMaxBackoff = 5 * time.Second
+)
+
+// WithDialToken sets the auth token the client presents to a broker made
+// with WithAuthToken. The default is none.
+func WithDialToken(token string) ClientOption {
+	return func(c *clientConfig) { c.token = token }
+}
+
+// WithDialTLS makes the client speak TLS over TCP with cfg (a client
+// certificate in cfg makes it mutual TLS). The default, nil, is plain TCP.
+func WithDialTLS(cfg *tls.Config) ClientOption {
+	return func(c *clientConfig) { c.tlsConfig = cfg }
+}
+
+// WithDialer sets how the client opens connections, first and on every
+// reconnection. The default, nil, is a net.Dialer.
+func WithDialer(dial func(ctx context.Context, network, address string) (net.Conn, error)) ClientOption {
+	return func(c *clientConfig) { c.dial = dial }
+}
+
+// WithReconnectBackoff bounds the wait between reconnection attempts: the
+// first waits about min, each next one twice as long up to max, with jitter.
+// Values <= 0 mean DefaultMinBackoff (50ms) and DefaultMaxBackoff (5s).
+func WithReconnectBackoff(min, max time.Duration) ClientOption {
+	return func(c *clientConfig) {
+		c.minBackoff = orDefault(min, DefaultMinBackoff)
+		c.maxBackoff = orDefault(max, DefaultMaxBackoff)
+	}
+}
+
+// Dial connects to the broker at addr: "unix:///path/to/socket",
+// "tcp://host:port" or "host:port" (TCP). ctx bounds the connection and
+// handshake only; once Dial returns, the Client lives until Close.
+func Dial(ctx context.Context, addr string, opts ...ClientOption) (*Client, error) {
+	network, address, err := parseAddr(addr)
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{
+		network: network,
+		address: address,
+		cfg:     clientConfig{minBackoff: DefaultMinBackoff, maxBackoff: DefaultMaxBackoff},
+		ready:   make(chan struct{}),
+	}
+	c.life, c.cancel = context.WithCancel(context.Background())
+	for _, o := range opts {
+		o(&c.cfg)
+	}
+	if c.cfg.dial == nil {
+		var d net.Dialer
+		c.cfg.dial = d.DialContext
+	}
+	cc, err := c.connect(ctx)
+	if err != nil {
+		c.cancel()
+		return nil, err
+	}
+	c.setConn(cc)
+	return c, nil
+}
+
+// parseAddr splits a broker address into network and address.
+func parseAddr(addr string) (network, address string, err error) {
+	if !strings.Contains(addr, "://") {
+		return "tcp", addr, nil
+	}
+	u, err := url.Parse(addr)
+	if err != nil {
+		return "", "", fmt.Errorf("lmx: address %q: %w", addr, err)
+	}
+	switch u.Scheme {
+	case "unix":
+		return "unix", u.Host + u.Path, nil
+	case "tcp":
+		return "tcp", u.Host, nil
+	}
+	return "", "", fmt.Errorf("lmx: address %q: scheme %q is not unix or tcp", addr, u.Scheme)
+}
+
+// start runs f in a goroutine that Close waits for.
+func (c *Client) start(f func()) {
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		f()
+	}()
+}
+
+// connect opens a connection and makes it a session.
+func (c *Client) connect(ctx context.Context) (*clientConn, error) {
+	nc, err := c.cfg.dial(ctx, c.network, c.address)
+	if err != nil {
+		return nil, fmt.Errorf("lmx: dial %s %s: %w", c.network, c.address, err)
+	}
+	// ctx ends the handshake by making its I/O fail.
+	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
+	cc, err := c.handshake(ctx, nc)
+	if !stop() && err == nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	nc.SetDeadline(time.Time{})
+	c.start(cc.read)
+	c.start(cc.heartbeat)
+	return cc, nil
+}
+
+func (c *Client) handshake(ctx context.Context, nc net.Conn) (*clientConn, error) {
+	if c.cfg.tlsConfig != nil && c.network != "unix" {
+		cfg := c.cfg.tlsConfig
+		if cfg.ServerName == "" {
+			cfg = cfg.Clone()
+			cfg.ServerName, _, _ = net.SplitHostPort(c.address)
+		}
+		tc := tls.Client(nc, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return nil, fmt.Errorf("lmx: tls: %w", err)
+		}
+		nc = tc
+	}
+	cc := &clientConn{
+		c:      c,
+		nc:     nc,
+		out:    outbox{nc: nc},
+		done:   make(chan struct{}),
+		calls:  make(map[uint32]*call),
+		leases: make(map[ulid.ULID]*Lease),
+	}
+	err := cc.out.send(func(b []byte) []byte {
+		return frame(b, opHello, 0, 0, 0, func(b []byte) []byte {
+			b = appendString(b, magic)
+			b = append(b, protocolVersion)
+			return appendString(b, c.cfg.token)
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("lmx: handshake: %w", err)
+	}
+	var hdr [headerLen]byte
+	if _, err := io.ReadFull(nc, hdr[:]); err != nil {
+		return nil, fmt.Errorf("lmx: handshake: %w", err)
+	}
+	h := parseHeader(hdr[:])
+	if h.length > maxHelloLen {
+		return nil, fmt.Errorf("%w: handshake answer of %d bytes", ErrProtocol, h.length)
+	}
+	p := make([]byte, h.length)
+	if _, err := io.ReadFull(nc, p); err != nil {
+		return nil, fmt.Errorf("lmx: handshake: %w", err)
+	}
+	d := decoder{b: p}
+	switch h.op {
+	case opWelcome:
+	case opError:
+		return nil, codeError(h.code, d.string())
+	default:
+		return nil, fmt.Errorf("%w: handshake answered with op 0x%02x", ErrProtocol, h.op)
+	}
+	if v := d.byte(); v != protocolVersion {
+		return nil, fmt.Errorf("%w: broker speaks version %d, this client %d", ErrProtocol, v, protocolVersion)
+	}
+	cc.session = d.ulid()
+	cc.heartbeatEvery = d.duration()
+	cc.timeout = d.duration()
+	cc.maxFrame = int(min(d.uvarint(), 1<<30))
+	cc.maxKeyLen = int(min(d.uvarint(), 1<<30))
+	if err := d.done(); err != nil || cc.heartbeatEvery <= 0 || cc.timeout <= 0 {
+		return nil, fmt.Errorf("%w: malformed welcome", ErrProtocol)
+	}
+	cc.out.timeout = cc.timeout
+	return cc, nil
+}
+
+func (c *Client) setConn(cc *clientConn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		cc.nc.Close()
+		return
+	}
+	c.conn = cc
+	close(c.ready)
+}
+
+// getConn returns the session, waiting for a reconnection if need be.
+func (c *Client) getConn(ctx context.Context) (*clientConn, error) {
+	for {
+		c.mu.Lock()
+		cc, ready, closed := c.conn, c.ready, c.closed
+		c.mu.Unlock()
+		switch {
+		case closed:
+			return nil, ErrClosed
+		case cc != nil:
+			return cc, nil
+		}
+		select {
+		case <-ready:
+		case <-c.life.Done():
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// connLost forgets a lost session and starts reconnecting.
+func (c *Client) connLost(cc *clientConn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn != cc {
+		return
+	}
+	c.conn = nil
+	c.ready = make(chan struct{})
+	if !c.closed {
+		c.start(c.reconnect)
+	}
+}
+
+// reconnect dials until a session is made or the client is closed.
+func (c *Client) reconnect() {
+	backoff := c.cfg.minBackoff
+	for {
+		wait := backoff/2 + rand.N(backoff/2+1)
+		select {
+		case <-time.After(wait):
+		case <-c.life.Done():
+			return
+		}
+		ctx, cancel := context.WithTimeout(c.life, c.cfg.maxBackoff+DefaultSessionTimeout)
+		cc, err := c.connect(ctx)
+		cancel()
+		if err == nil {
+			c.setConn(cc)
+			return
+		}
+		backoff = min(2*backoff, c.cfg.maxBackoff)
+	}
+}
+
+// Close ends the session: the broker releases the client's leases, which
+// end with an error matching ErrLeaseLost and ErrClosed, and calls in flight
+// fail with ErrClosed. Later calls fail with ErrClosed. Close is idempotent.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	c.cancel()
+	cc := c.conn
+	c.mu.Unlock()
+	if cc != nil {
+		cc.fail(ErrClosed)
+	}
+	c.wg.Wait()
+	return nil
+}
+
+func (c *Client) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}
+
+// Lock waits until the broker grants key and returns the lease. A wait cut
+// short by ctx returns ctx.Err() at once and leaves nothing held: the broker
+// is told to drop the request, and a grant that raced it is released.
+func (c *Client) Lock(ctx context.Context, key string, opts ...LockOption) (*Lease, error) {
+	return c.acquire(ctx, key, opts, true)
+}
+
+// TryLock asks the broker to grant key if it can be granted now without
+// overtaking a queued waiter; otherwise it fails with ErrLocked.
+func (c *Client) TryLock(ctx context.Context, key string, opts ...LockOption) (*Lease, error) {
+	return c.acquire(ctx, key, opts, false)
+}
+
+func (c *Client) acquire(ctx context.Context, key string, opts []LockOption, wait bool) (*Lease, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	r, err := parseOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	cc, err := c.getConn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := cc.checkKey(key); err != nil {
+		return nil, err
+	}
+	rep, err := cc.roundTrip(ctx, &call{key: key, lock: true, wait: wait, ttl: r.ttl, keepAlive: r.keepAlive},
+		func(b []byte, id uint32) []byte {
+			return frame(b, opLock, lockFlags(&r, wait), 0, id, func(b []byte) []byte { return appendLock(b, key, &r) })
+		})
+	if err != nil {
+		return nil, err
+	}
+	return rep.lease, nil
+}
+
+// Release ends the lease of key whose lock id is id, as its Unlock would, on
+// whichever client or process holds it.
+func (c *Client) Release(ctx context.Context, key string, id ulid.ULID) error {
+	_, err := c.request(ctx, key, func(b []byte, reqID uint32) []byte {
+		return frame(b, opRelease, 0, 0, reqID, func(b []byte) []byte {
+			b = appendString(b, key)
+			return append(b, id[:]...)
+		})
+	})
+	return err
+}
+
+// ForceUnlock ends every lease of key with ErrForced; see Broker.ForceUnlock.
+func (c *Client) ForceUnlock(ctx context.Context, key string) error {
+	_, err := c.request(ctx, key, keyFrame(opForce, key))
+	return err
+}
+
+// Inspect describes key's holders and waiters; see Broker.Inspect. It lists
+// at most 4,096 of each.
+func (c *Client) Inspect(ctx context.Context, key string) (KeyInfo, error) {
+	rep, err := c.request(ctx, key, keyFrame(opInspect, key))
+	if err != nil {
+		return KeyInfo{}, err
+	}
+	return decodeKeyInfo(key, rep.payload)
+}
+
+// Stats counts what the broker's table holds and has done.
+func (c *Client) Stats(ctx context.Context) (Stats, error) {
+	cc, err := c.getConn(ctx)
+	if err != nil {
+		return Stats{}, err
+	}
+	rep, err := cc.roundTrip(ctx, &call{}, func(b []byte, id uint32) []byte { return frame(b, opStats, 0, 0, id, nil) })
+	if err != nil {
+		return Stats{}, err
+	}
+	return decodeStats(rep.payload)
+}
+
+func keyFrame(o op, key string) func([]byte, uint32) []byte {
+	return func(b []byte, id uint32) []byte {
+		return frame(b, o, 0, 0, id, func(b []byte) []byte { return appendString(b, key) })
+	}
+}
+
+// request makes a round trip about key.
+func (c *Client) request(ctx context.Context, key string, f func([]byte, uint32) []byte) (reply, error) {
+	cc, err := c.getConn(ctx)
+	if err != nil {
+		return reply{}, err
+	}
+	if err := cc.checkKey(key); err != nil {
+		return reply{}, err
+	}
+	return cc.roundTrip(ctx, &call{key: key}, f)
+}
+
+// A clientConn is one session of a Client.
+type clientConn struct {
+	c              *Client
+	nc             net.Conn
+	out            outbox
+	session        ulid.ULID
+	heartbeatEvery time.Duration
+	timeout        time.Duration
+	maxFrame       int
+	maxKeyLen      int
+	done           chan struct{} // closed when the session is lost
+
+	mu     sync.Mutex
+	nextID uint32               // guarded by mu
+	calls  map[uint32]*call     // requests awaiting a reply; guarded by mu
+	leases map[ulid.ULID]*Lease // leases held; guarded by mu
+	err    error                // why the session was lost; guarded by mu
+}
+
+// A call is a request awaiting its reply.
+type call struct {
+	ch        chan reply
+	key       string
+	lock      bool // a Lock or TryLock: its reply grants a lease
+	wait      bool
+	ttl       time.Duration
+	keepAlive time.Duration
+	abandoned bool // its caller has gone; guarded by the conn's mu
+}
+
+type reply struct {
+	payload []byte
+	lease   *Lease
+	err     error
+}
+
+func (cc *clientConn) checkKey(key string) error {
+	if key == "" {
+		return fmt.Errorf("%w: empty key", ErrInvalidKey)
+	}
+	if len(key) > cc.maxKeyLen {
+		return fmt.Errorf("%w: key of %d bytes, the limit is %d", ErrInvalidKey, len(key), cc.maxKeyLen)
+	}
+	return nil
+}
+
+// roundTrip sends the frame f builds, under a fresh request id, and waits for
+// its reply. If ctx ends first it returns ctx.Err() at once; a queued Lock is
+// cancelled at the broker, and a grant that arrives anyway is released.
+func (cc *clientConn) roundTrip(ctx context.Context, cl *call, f func([]byte, uint32) []byte) (reply, error) {
+	cl.ch = make(chan reply, 1)
+	cc.mu.Lock()
+	if cc.err != nil {
+		err := cc.err
+		cc.mu.Unlock()
+		return reply{}, err
+	}
+	cc.nextID++
+	if cc.nextID == 0 { // 0 is for frames that answer nothing
+		cc.nextID++
+	}
+	id := cc.nextID
+	cc.calls[id] = cl
+	cc.mu.Unlock()
+	if err := cc.out.send(func(b []byte) []byte { return f(b, id) }); err != nil {
+		cc.fail(err)
+	}
+	select {
+	case r := <-cl.ch:
+		return r, r.err
+	case <-ctx.Done():
+	}
+	cc.mu.Lock()
+	_, pending := cc.calls[id]
+	cl.abandoned = pending
+	cc.mu.Unlock()
+	if !pending { // the reply raced ctx
+		if r := <-cl.ch; r.lease != nil {
+			r.lease.Unlock(context.Background())
+		}
+	} else if cl.lock && cl.wait {
+		cc.out.send(func(b []byte) []byte { return frame(b, opCancel, 0, 0, id, nil) })
+	}
+	return reply{}, ctx.Err()
+}
+
+// read dispatches the broker's frames until the session fails.
+func (cc *clientConn) read() {
+	br := bufio.NewReaderSize(cc.nc, 64<<10)
+	var hdr [headerLen]byte
+	for {
+		if br.Buffered() == 0 {
+			cc.nc.SetReadDeadline(time.Now().Add(cc.timeout))
+		}
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+			cc.fail(err)
+			return
+		}
+		h := parseHeader(hdr[:])
+		if h.length > uint32(max(cc.maxFrame, 4<<20)) {
+			cc.fail(fmt.Errorf("%w: frame of %d bytes from the broker", ErrProtocol, h.length))
+			return
+		}
+		p := make([]byte, h.length)
+		if _, err := io.ReadFull(br, p); err != nil {
+			cc.fail(err)
+			return
+		}
+		if err := cc.dispatch(h, p); err != nil {
+			cc.fail(err)
+			return
+		}
+	}
+}
+
+func (cc *clientConn) dispatch(h header, p []byte) error {
+	switch h.op {
+	case opPong:
+		return nil
+	case opEnded:
+		d := decoder{b: p}
+		d.string()
+		id := d.ulid()
+		if err := d.done(); err != nil {
+			return fmt.Errorf("%w: ended: %v", ErrProtocol, err)
+		}
+		reason, ok := reasonErrors[h.code]
+		if !ok {
+			reason = errSessionLost
+		}
+		cc.mu.Lock()
+		l := cc.leases[id]
+		delete(cc.leases, id)
+		cc.mu.Unlock()
+		if l != nil {
+			endRemote(l, reason)
+		}
+		return nil
+	}
+	cc.mu.Lock()
+	cl := cc.calls[h.id]
+	delete(cc.calls, h.id)
+	cc.mu.Unlock()
+	if cl == nil {
+		return nil // the reply to a fire-and-forget release
+	}
+	var r reply
+	switch h.op {
+	case opGranted:
+		if !cl.lock {
+			return fmt.Errorf("%w: a grant answered a request that asked none", ErrProtocol)
+		}
+		l, err := cc.granted(cl, p)
+		if err != nil {
+			return err
+		}
+		r.lease = l
+	case opError:
+		d := decoder{b: p}
+		r.err = codeError(h.code, d.string()) // a cancelled Lock's caller has gone: dropped below
+	case opOK, opInfo, opStatsOK:
+		r.payload = p
+	default:
+		return fmt.Errorf("%w: unexpected op 0x%02x", ErrProtocol, h.op)
+	}
+	cc.mu.Lock()
+	abandoned := cl.abandoned
+	cc.mu.Unlock()
+	if abandoned {
+		if r.lease != nil {
+			cc.releaseAsync(r.lease)
+		}
+		return nil
+	}
+	cl.ch <- r
+	return nil
+}
+
+// granted makes the lease a Granted frame grants, or counts one more grant
+// of the lease it re-enters.
+func (cc *clientConn) granted(cl *call, p []byte) (*Lease, error) {
+	d := decoder{b: p}
+	id, token, exp := d.ulid(), d.uvarint(), d.time()
+	if err := d.done(); err != nil {
+		return nil, fmt.Errorf("%w: granted: %v", ErrProtocol, err)
+	}
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if l := cc.leases[id]; l != nil {
+		l.count++ // the client's count of a lease is guarded by the conn's mu
+		return l, nil
+	}
+	l := &Lease{key: cl.key, id: id, token: token, door: cc, expires: exp, count: 1}
+	if cl.keepAlive > 0 {
+		t := &ttlState{ttl: cl.ttl, keepAlive: cl.keepAlive, keepUntil: time.Now().Add(cl.keepAlive)}
+		l.ttl = t
+		t.timer = time.AfterFunc(cl.ttl/3, func() { cc.renew(l) })
+	}
+	cc.leases[id] = l
+	return l, nil
+}
+
+// renew extends a KeepAlive lease by its TTL, never past its KeepAlive
+// bound, and schedules the next renewal while the bound is ahead. Renewals
+// come every third of the TTL, leaving two thirds for a slow round trip.
+func (cc *clientConn) renew(l *Lease) {
+	t := l.ttl
+	now := time.Now()
+	ttl := min(t.ttl, t.keepUntil.Sub(now))
+	if ttl <= 0 || l.Err() != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), t.ttl/3)
+	defer cancel()
+	if err := cc.extend(ctx, l, ttl); err != nil {
+		return // the lease ended, or will expire: the broker says which
+	}
+	if ttl == t.ttl {
+		t.timer.Reset(t.ttl / 3)
+	}
+}
+
+// endRemote ends a client's lease, once it is out of the conn's leases.
+func endRemote(l *Lease, reason error) {
+	if l.ttl != nil {
+		l.ttl.timer.Stop()
+	}
+	l.end(reason)
+}
+
+// unlocked records that one grant of l was released; when none is left, l
+// leaves the conn and ends.
+func (cc *clientConn) unlocked(l *Lease) {
+	cc.mu.Lock()
+	last := false
+	if cc.leases[l.id] == l {
+		if l.count--; l.count <= 0 {
+			delete(cc.leases, l.id)
+			last = true
+		}
+	}
+	cc.mu.Unlock()
+	if last {
+		endRemote(l, ErrReleased)
+	}
+}
+
+// releaseAsync asks the broker to release one grant of l without waiting for
+// the answer.
+func (cc *clientConn) releaseAsync(l *Lease) {
+	cc.out.send(func(b []byte) []byte {
+		return frame(b, opRelease, 0, 0, 0, func(b []byte) []byte {
+			b = appendString(b, l.key)
+			return append(b, l.id[:]...)
+		})
+	})
+	cc.unlocked(l)
+}
+
+// unlock implements door for a client's leases.
+func (cc *clientConn) unlock(ctx context.Context, l *Lease) error {
+	if l.Err() != nil {
+		return l.notHeld()
+	}
+	if ctx.Err() != nil {
+		// Release anyway, without waiting: if the frame is lost with the
+		// session, the broker releases the lease with the session.
+		cc.releaseAsync(l)
+		return ctx.Err()
+	}
+	_, err := cc.roundTrip(ctx, &call{key: l.key}, func(b []byte, id uint32) []byte {
+		return frame(b, opRelease, 0, 0, id, func(b []byte) []byte {
+			b = appendString(b, l.key)
+			return append(b, l.id[:]...)
+		})
+	})
+	switch {
+	case err == nil, ctx.Err() != nil: // released, or the release is on its way
+		cc.unlocked(l)
+		return ctx.Err()
+	case errors.Is(err, ErrNotHeld) && l.Err() != nil:
+		return l.notHeld() // the Ended frame came first and says why
+	}
+	return err
+}
+
+// extend implements door for a client's leases.
+func (cc *clientConn) extend(ctx context.Context, l *Lease, ttl time.Duration) error {
+	if l.Err() != nil {
+		return l.notHeld()
+	}
+	rep, err := cc.roundTrip(ctx, &call{key: l.key}, func(b []byte, id uint32) []byte {
+		return frame(b, opExtend, 0, 0, id, func(b []byte) []byte {
+			b = appendString(b, l.key)
+			b = append(b, l.id[:]...)
+			return binary.AppendUvarint(b, uint64(ttl))
+		})
+	})
+	if err != nil {
+		if errors.Is(err, ErrNotHeld) && l.Err() != nil {
+			return l.notHeld()
+		}
+		return err
+	}
+	d := decoder{b: rep.payload}
+	exp := d.time()
+	if err := d.done(); err != nil {
+		return fmt.Errorf("%w: extend: %v", ErrProtocol, err)
+	}
+	l.setExpires(exp)
+	return nil
+}
+
+// heartbeat pings the broker so that it knows the session lives; the pongs
+// tell the reader the broker lives.
+func (cc *clientConn) heartbeat() {
+	t := time.NewTicker(cc.heartbeatEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			cc.out.send(func(b []byte) []byte { return frame(b, opPing, 0, 0, 0, nil) })
+		case <-cc.done:
+			return
+		}
+	}
+}
+
+// fail ends the session: its leases end, its calls fail, and the client
+// reconnects unless it is closing.
+func (cc *clientConn) fail(cause error) {
+	cc.mu.Lock()
+	if cc.err != nil {
+		cc.mu.Unlock()
+		return
+	}
+	closing := cc.c.isClosed()
+	reason, err := errSessionLost, fmt.Errorf("%w: %v", ErrSessionLost, cause)
+	if closing {
+		reason, err = errClosed, ErrClosed
+	}
+	cc.err = err
+	var waiting []*call
+	for _, cl := range cc.calls {
+		if !cl.abandoned {
+			waiting = append(waiting, cl)
+		}
+	}
+	leases := cc.leases
+	cc.calls, cc.leases = nil, nil
+	cc.mu.Unlock()
+
+	close(cc.done)
+	cc.nc.Close()
+	for _, l := range leases {
+		endRemote(l, reason)
+	}
+	for _, cl := range waiting {
+		cl.ch <- reply{err: err}
+	}
+	cc.c.connLost(cc)
+}

@@ -1,0 +1,96 @@
+package lmx
+
+import (
+	"errors"
+	"net"
+	"sync"
+	"time"
+)
+
+// An outbox collects a connection's outgoing frames and writes them with as
+// few system calls as it can. Whoever flushes while nobody is writing becomes
+// the writer and keeps writing until the outbox is empty, so frames that pile
+// up during a write go out together in the next one. An idle connection
+// pays no goroutine hop: a lone request is written by the goroutine that
+// made it.
+type outbox struct {
+	nc      net.Conn
+	timeout time.Duration // bounds each write; a peer that stops reading is dropped
+
+	mu      sync.Mutex
+	buf     []byte // frames waiting to be written
+	spare   []byte // the buffer being written, reused next time
+	writing bool
+	err     error // the first write error; the outbox is dead after it
+}
+
+// maxOutbox bounds the frames an outbox holds for a peer that reads too
+// slowly; past it the connection is dropped rather than memory grown.
+const maxOutbox = 16 << 20
+
+var errOutboxFull = errors.New("lmx: peer reads too slowly; output buffer full")
+
+// add appends a frame, built by f, without writing it. It reports false if
+// the outbox is dead.
+func (o *outbox) add(f func([]byte) []byte) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.err != nil {
+		return false
+	}
+	o.buf = f(o.buf)
+	if len(o.buf) > maxOutbox {
+		o.err = errOutboxFull
+		o.nc.Close()
+		return false
+	}
+	return true
+}
+
+// send adds a frame and flushes.
+func (o *outbox) send(f func([]byte) []byte) error {
+	if !o.add(f) {
+		return o.failure()
+	}
+	return o.flush()
+}
+
+// flush writes what the outbox holds, unless another goroutine is writing
+// already, in which case that one writes it.
+func (o *outbox) flush() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.writing {
+		return o.err
+	}
+	o.writing = true
+	for len(o.buf) > 0 && o.err == nil {
+		buf := o.buf
+		o.buf = o.spare[:0]
+		o.mu.Unlock()
+		if o.timeout > 0 {
+			o.nc.SetWriteDeadline(time.Now().Add(o.timeout))
+		}
+		_, err := o.nc.Write(buf)
+		o.mu.Lock()
+		if cap(buf) <= 64<<10 { // keep a modest buffer, drop a burst's
+			o.spare = buf
+		}
+		if err != nil && o.err == nil {
+			o.err = err
+			o.nc.Close()
+		}
+	}
+	o.writing = false
+	return o.err
+}
+
+// failure returns the error that killed the outbox.
+func (o *outbox) failure() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.err == nil {
+		return net.ErrClosed
+	}
+	return o.err
+}

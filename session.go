@@ -1,0 +1,431 @@
+package lmx
+
+import (
+	"bufio"
+	"context"
+	"crypto/subtle"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+)
+
+// A session is one client connection to the broker. Its reader handles each
+// request inline and never waits for a grant: a queued Lock is answered by
+// the table's hook (granted, below) when the key is handed to it. Replies
+// are gathered in the outbox and written once per batch of requests read.
+type session struct {
+	b    *Broker
+	nc   net.Conn
+	id   ulid.ULID
+	out  outbox
+	kick chan struct{} // wakes the writer for frames the reader will not flush
+	done chan struct{} // closed when the reader has finished
+
+	// handling is set while the reader handles a batch it will flush itself,
+	// so that hooks firing meanwhile need not wake the writer.
+	handling atomic.Bool
+
+	mu     sync.Mutex
+	leases map[ulid.ULID]*Lease // held through this session; guarded by mu
+	waits  map[uint32]*Lease    // queued Locks by request id; guarded by mu
+	over   bool                 // the connection is gone; guarded by mu
+}
+
+func newSession(b *Broker, nc net.Conn) *session {
+	return &session{
+		b:      b,
+		nc:     nc,
+		out:    outbox{nc: nc, timeout: b.cfg.sessionTimeout},
+		kick:   make(chan struct{}, 1),
+		done:   make(chan struct{}),
+		leases: make(map[ulid.ULID]*Lease),
+		waits:  make(map[uint32]*Lease),
+	}
+}
+
+func (s *session) run() {
+	defer s.nc.Close()
+	log := s.b.cfg.logger.With("remote", s.nc.RemoteAddr().String())
+	if err := s.handshake(); err != nil {
+		log.Warn("lmx: refused a client", "err", err)
+		return
+	}
+	log = log.With("session", s.id.String())
+	defer s.b.srv.removeSession(s)
+	s.b.srv.start(s.writer)
+	err := s.read()
+	close(s.done)
+	released := s.end()
+	if released > 0 || !isHangup(err) {
+		log.Info("lmx: session ended", "err", err, "leases_released", released)
+	}
+}
+
+// isHangup reports whether err is a peer going away, not a fault.
+func isHangup(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed)
+}
+
+// handshake reads the client's Hello and answers Welcome, or an Error frame
+// and an error.
+func (s *session) handshake() error {
+	cfg := &s.b.cfg
+	s.nc.SetDeadline(time.Now().Add(cfg.sessionTimeout))
+	refuse := func(code uint16, err error) error {
+		s.out.send(func(b []byte) []byte {
+			return frame(b, opError, 0, code, 0, func(b []byte) []byte { return appendString(b, err.Error()) })
+		})
+		return err
+	}
+	var hdr [headerLen]byte
+	if _, err := io.ReadFull(s.nc, hdr[:]); err != nil {
+		return err
+	}
+	h := parseHeader(hdr[:])
+	if h.op != opHello || h.length > maxHelloLen {
+		return refuse(codeProtocol, fmt.Errorf("%w: not an lmx client (first frame op 0x%02x, %d bytes)", ErrProtocol, h.op, h.length))
+	}
+	p := make([]byte, h.length)
+	if _, err := io.ReadFull(s.nc, p); err != nil {
+		return err
+	}
+	d := decoder{b: p}
+	m := d.bytes()
+	version := d.byte()
+	token := d.bytes()
+	if err := d.done(); err != nil || string(m) != magic {
+		return refuse(codeProtocol, fmt.Errorf("%w: not an lmx client (bad hello)", ErrProtocol))
+	}
+	if version != protocolVersion {
+		return refuse(codeProtocol, fmt.Errorf("%w: client speaks version %d, this broker %d", ErrProtocol, version, protocolVersion))
+	}
+	if subtle.ConstantTimeCompare(token, []byte(cfg.authToken)) != 1 {
+		return refuse(codeAuth, fmt.Errorf("%w: wrong auth token", ErrAuth))
+	}
+	if err := s.b.srv.addSession(s, cfg.maxSessions); err != nil {
+		return refuse(errorCode(err), err)
+	}
+	s.id = ulid.Make()
+	s.nc.SetDeadline(time.Time{})
+	return s.out.send(func(b []byte) []byte {
+		return frame(b, opWelcome, 0, 0, 0, func(b []byte) []byte {
+			b = append(b, protocolVersion)
+			b = append(b, s.id[:]...)
+			b = binary.AppendUvarint(b, uint64(cfg.heartbeat))
+			b = binary.AppendUvarint(b, uint64(cfg.sessionTimeout))
+			b = binary.AppendUvarint(b, uint64(cfg.maxFrame))
+			return binary.AppendUvarint(b, uint64(cfg.maxKeyLen))
+		})
+	})
+}
+
+// maxHelloLen bounds a Hello: magic, version and an auth token.
+const maxHelloLen = 4096
+
+// read handles requests until the connection fails or goes silent for
+// longer than the session timeout.
+func (s *session) read() error {
+	cfg := &s.b.cfg
+	br := bufio.NewReaderSize(s.nc, 64<<10)
+	var hdr [headerLen]byte
+	var payload []byte
+	for n := 0; ; n++ {
+		if br.Buffered() == 0 || n%256 == 0 {
+			if br.Buffered() == 0 {
+				s.handling.Store(false)
+				if err := s.out.flush(); err != nil {
+					return err
+				}
+			}
+			s.nc.SetReadDeadline(time.Now().Add(cfg.sessionTimeout))
+		}
+		if _, err := io.ReadFull(br, hdr[:]); err != nil {
+			return err
+		}
+		s.handling.Store(true)
+		h := parseHeader(hdr[:])
+		if h.length > uint32(cfg.maxFrame) {
+			err := fmt.Errorf("%w: frame of %d bytes, the limit is %d", ErrProtocol, h.length, cfg.maxFrame)
+			s.replyErr(h.id, err)
+			s.out.flush()
+			return err
+		}
+		if cap(payload) < int(h.length) {
+			payload = make([]byte, h.length)
+		}
+		payload = payload[:h.length]
+		if _, err := io.ReadFull(br, payload); err != nil {
+			return err
+		}
+		s.handle(h, payload)
+	}
+}
+
+// writer writes what hooks add while the reader is not handling a batch.
+func (s *session) writer() {
+	for {
+		select {
+		case <-s.kick:
+			s.out.flush()
+		case <-s.done:
+			return
+		}
+	}
+}
+
+// push adds a frame from outside the reader's batch.
+func (s *session) push(f func([]byte) []byte) {
+	if s.out.add(f) && !s.handling.Load() {
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (s *session) reply(f func([]byte) []byte) { s.out.add(f) }
+
+func (s *session) replyOK(id uint32, body func([]byte) []byte) {
+	s.reply(func(b []byte) []byte { return frame(b, opOK, 0, 0, id, body) })
+}
+
+func (s *session) replyErr(id uint32, err error) {
+	s.reply(func(b []byte) []byte {
+		return frame(b, opError, 0, errorCode(err), id, func(b []byte) []byte { return appendString(b, err.Error()) })
+	})
+}
+
+// handle answers one request.
+func (s *session) handle(h header, p []byte) {
+	ctx := context.Background() // the table never waits on the reader's behalf
+	d := decoder{b: p}
+	switch h.op {
+	case opPing:
+		s.reply(func(b []byte) []byte { return frame(b, opPong, 0, 0, h.id, nil) })
+	case opLock:
+		s.lock(h, p)
+	case opRelease:
+		key, id := d.string(), d.ulid()
+		if s.malformed(h, &d) {
+			return
+		}
+		s.result(h.id, s.b.Release(ctx, key, id))
+	case opExtend:
+		key, id, ttl := d.string(), d.ulid(), d.duration()
+		if s.malformed(h, &d) {
+			return
+		}
+		s.extend(h.id, key, id, ttl)
+	case opForce:
+		key := d.string()
+		if s.malformed(h, &d) {
+			return
+		}
+		s.result(h.id, s.b.ForceUnlock(ctx, key))
+	case opInspect:
+		key := d.string()
+		if s.malformed(h, &d) {
+			return
+		}
+		ki, err := s.b.Inspect(ctx, key)
+		if err != nil {
+			s.replyErr(h.id, err)
+			return
+		}
+		s.reply(func(b []byte) []byte {
+			return frame(b, opInfo, 0, 0, h.id, func(b []byte) []byte { return appendKeyInfo(b, &ki) })
+		})
+	case opStats:
+		st, err := s.b.Stats(ctx)
+		if err != nil {
+			s.replyErr(h.id, err)
+			return
+		}
+		s.reply(func(b []byte) []byte {
+			return frame(b, opStatsOK, 0, 0, h.id, func(b []byte) []byte { return appendStats(b, &st) })
+		})
+	case opCancel:
+		s.cancel(h.id)
+	default:
+		s.replyErr(h.id, fmt.Errorf("%w: unexpected op 0x%02x", ErrProtocol, h.op))
+	}
+}
+
+// malformed answers a request whose payload did not decode.
+func (s *session) malformed(h header, d *decoder) bool {
+	if err := d.done(); err != nil {
+		s.replyErr(h.id, fmt.Errorf("%w: op 0x%02x: %v", ErrProtocol, h.op, err))
+		return true
+	}
+	return false
+}
+
+// result answers a request that succeeds or fails with nothing to tell.
+func (s *session) result(id uint32, err error) {
+	if err != nil {
+		s.replyErr(id, err)
+		return
+	}
+	s.replyOK(id, nil)
+}
+
+func (s *session) lock(h header, p []byte) {
+	m, err := decodeLock(h, p)
+	if err != nil {
+		s.replyErr(h.id, fmt.Errorf("%w: lock: %v", ErrProtocol, err))
+		return
+	}
+	if err := s.b.check(m.key); err != nil {
+		s.replyErr(h.id, err)
+		return
+	}
+	if err := m.req.validate(); err != nil {
+		s.replyErr(h.id, err)
+		return
+	}
+	wait := m.flags&flagWait != 0
+	if wait {
+		s.mu.Lock()
+		n, dup := len(s.waits), s.waits[h.id] != nil
+		s.mu.Unlock()
+		switch {
+		case dup:
+			s.replyErr(h.id, fmt.Errorf("%w: request id %d already waits", ErrProtocol, h.id))
+			return
+		case n >= s.b.cfg.maxWaitersPerSess:
+			s.replyErr(h.id, fmt.Errorf("%w: %d requests of this session wait already", ErrBusy, n))
+			return
+		}
+	}
+	// The grant, now or later, is answered by granted.
+	if _, _, err := s.b.shardFor(m.key).begin(m.key, &m.req, wait, s, h.id); err != nil {
+		s.replyErr(h.id, err)
+	}
+}
+
+func (s *session) extend(reqID uint32, key string, id ulid.ULID, ttl time.Duration) {
+	if err := s.b.check(key); err != nil {
+		s.replyErr(reqID, err)
+		return
+	}
+	if ttl <= 0 {
+		s.replyErr(reqID, fmt.Errorf("%w: Extend(%v) must be positive", ErrInvalidOption, ttl))
+		return
+	}
+	sh := s.b.shardFor(key)
+	l := sh.leaseByID(key, id)
+	if l == nil {
+		s.replyErr(reqID, ErrNotHeld)
+		return
+	}
+	if err := sh.extend(context.Background(), l, ttl); err != nil {
+		s.replyErr(reqID, err)
+		return
+	}
+	exp := l.Expires()
+	s.replyOK(reqID, func(b []byte) []byte { return appendTime(b, exp) })
+}
+
+// cancel takes a queued Lock out of its queue. If the key was granted first,
+// the Granted frame is on its way and the client releases the lease.
+func (s *session) cancel(reqID uint32) {
+	s.mu.Lock()
+	l := s.waits[reqID]
+	delete(s.waits, reqID)
+	s.mu.Unlock()
+	if l != nil && s.b.shardFor(l.key).dequeue(l) {
+		s.reply(func(b []byte) []byte { return frame(b, opError, 0, codeCanceled, reqID, nil) })
+	}
+}
+
+// queued implements leaseHook.
+func (s *session) queued(l *Lease, reqID uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.waits[reqID] = l
+}
+
+// granted implements leaseHook: it answers the request with the grant. Its
+// frame goes out before any Ended frame for the lease, as both are added
+// under the shard's mu.
+func (s *session) granted(l *Lease, reqID uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.over {
+		return // end settles the lease
+	}
+	delete(s.waits, reqID)
+	s.leases[l.id] = l
+	id, token, exp := l.id, l.token, l.expires
+	s.push(func(b []byte) []byte {
+		return frame(b, opGranted, 0, 0, reqID, func(b []byte) []byte {
+			b = append(b, id[:]...)
+			b = binary.AppendUvarint(b, token)
+			return appendTime(b, exp)
+		})
+	})
+}
+
+// ended implements leaseHook: it tells the client its lease ended, for
+// whatever reason, including its own Release.
+func (s *session) ended(l *Lease, reason error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.over {
+		return
+	}
+	delete(s.leases, l.id)
+	key, id, code := l.key, l.id, reasonCode(reason)
+	s.push(func(b []byte) []byte {
+		return frame(b, opEnded, 0, code, 0, func(b []byte) []byte {
+			b = appendString(b, key)
+			return append(b, id[:]...)
+		})
+	})
+}
+
+// end settles the session's leases and waiters once its connection is gone,
+// and returns how many leases it released.
+func (s *session) end() int {
+	s.mu.Lock()
+	s.over = true
+	leases, waits := s.leases, s.waits
+	s.leases, s.waits = nil, nil
+	s.mu.Unlock()
+	for _, l := range waits {
+		s.b.shardFor(l.key).sessionEnded(l, s)
+	}
+	released := 0
+	for _, l := range leases {
+		if !l.keep {
+			released++
+		}
+		s.b.shardFor(l.key).sessionEnded(l, s)
+	}
+	return released
+}
+
+// shutdown answers the session's queued Locks with ErrClosed, sends what it
+// has to send and closes the connection.
+func (s *session) shutdown() {
+	s.mu.Lock()
+	waits := make(map[uint32]*Lease, len(s.waits))
+	for id, l := range s.waits {
+		waits[id] = l
+	}
+	s.mu.Unlock()
+	for id, l := range waits {
+		if s.b.shardFor(l.key).dequeue(l) {
+			s.replyErr(id, ErrClosed)
+		}
+	}
+	s.out.flush()
+	s.nc.Close()
+}

@@ -10,7 +10,12 @@ import (
 )
 
 // TestMain fails the run if a test left a goroutine of this module behind.
+// Run with LMX_TEST_CHILD set, the test binary is instead a child process of
+// a test (see runChild).
 func TestMain(m *testing.M) {
+	if mode := os.Getenv("LMX_TEST_CHILD"); mode != "" {
+		os.Exit(runChild(mode, os.Getenv("LMX_TEST_ADDR")))
+	}
 	code := m.Run()
 	if code == 0 {
 		if leaked := leakedGoroutines(); leaked != "" {

@@ -22,7 +22,7 @@ func demo(ctx context.Context, w io.Writer) error {
 	}
 	fmt.Fprintf(w, "main     holds printer (token %d)\n", first.Token())
 	granted := make(chan string)
-	for _, name := range []string{"worker-1", "worker-2", "worker-3"} {
+	for i, name := range []string{"worker-1", "worker-2", "worker-3"} {
 		go func() {
 			l, err := b.Lock(ctx, "printer")
 			if err != nil {
@@ -32,7 +32,7 @@ func demo(ctx context.Context, w io.Writer) error {
 			granted <- fmt.Sprintf("%s got printer (token %d)", name, l.Token())
 			l.Unlock(ctx)
 		}()
-		if err := waitQueued(ctx, b, "printer"); err != nil {
+		if err := waitQueued(ctx, b, "printer", i+1); err != nil {
 			return err
 		}
 	}
@@ -71,16 +71,11 @@ func demo(ctx context.Context, w io.Writer) error {
 	return next.Unlock(ctx)
 }
 
-// waitQueued waits until key has one more waiter than it had holders for,
-// so that the demo's workers queue in the order they were started.
-func waitQueued(ctx context.Context, b *lmx.Broker, key string) error {
-	ki, err := b.Inspect(ctx, key)
-	if err != nil {
-		return err
-	}
-	want := len(ki.Waiters) + 1
+// waitQueued waits until key has n waiters, so that the demo's workers
+// queue in the order they were started.
+func waitQueued(ctx context.Context, b *lmx.Broker, key string, n int) error {
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
-		if ki, err = b.Inspect(ctx, key); err != nil || len(ki.Waiters) == want {
+		if ki, err := b.Inspect(ctx, key); err != nil || len(ki.Waiters) == n {
 			return err
 		}
 	}

@@ -11,6 +11,12 @@
 //	}
 //	defer l.Unlock(ctx)
 //
+// Listen serves the same table to other processes, and Dial returns a
+// [Client] with the same methods; Open picks one or the other from a URL.
+// Whichever door a caller uses, the table, its queues and its semantics are
+// one: the network door runs the very code an in-process call runs. The wire
+// protocol is specified in PROTOCOL.md.
+//
 // # Fairness
 //
 // Each key has one queue, ordered by priority and then arrival. A waiter
@@ -36,9 +42,17 @@
 // never revived. [KeepAlive] renews a TTL lease while its holder lives, up to
 // a bound. A TTL costs one runtime timer, not a goroutine.
 //
+// # Sessions
+//
+// A Client's connection is a session, kept alive by heartbeats. When it
+// ends, the broker releases its leases (unless asked with KeepOnDisconnect
+// and a TTL) and drops its waiters; the client reports ErrSessionLost on
+// each lease and reconnects, never re-acquiring a lease by itself.
+//
 // # Concurrency
 //
-// Broker, Lease and Fence are safe for concurrent use by many goroutines.
+// Broker, Client, Lease and Fence are safe for concurrent use by many
+// goroutines.
 //
 // # What a lock does not do
 //

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/lmx-go/lmx"
@@ -68,7 +70,52 @@ func demo(ctx context.Context, w io.Writer) error {
 	}
 	fmt.Fprintf(w, "next holder writes with token %d: %v\n", next.Token(), errOrOK(store.Check("report", next.Token())))
 	fmt.Fprintf(w, "stalled holder writes with token %d: %v\n", stalled.Token(), errOrOK(store.Check("report", stalled.Token())))
-	return next.Unlock(ctx)
+	if err := next.Unlock(ctx); err != nil {
+		return err
+	}
+	return demoNetwork(ctx, w, b)
+}
+
+// demoNetwork serves the broker's table on a Unix socket, and has a client
+// and the process itself contend for one key.
+func demoNetwork(ctx context.Context, w io.Writer, b *lmx.Broker) error {
+	fmt.Fprintln(w, "== the same table over a Unix socket")
+	dir, err := os.MkdirTemp("", "lmx-demo")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "lmx.sock")
+	if _, err := b.Listen("unix", sock); err != nil {
+		return err
+	}
+	c, err := lmx.Dial(ctx, "unix://"+sock)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	remote, err := c.Lock(ctx, "deploy", lmx.TTL(time.Minute))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "client   holds deploy (token %d)\n", remote.Token())
+	if _, err := b.TryLock(ctx, "deploy"); err != nil {
+		fmt.Fprintf(w, "broker's own TryLock: %v\n", err)
+	}
+	local := make(chan *lmx.Lease)
+	go func() {
+		l, _ := b.Lock(ctx, "deploy")
+		local <- l
+	}()
+	if err := waitQueued(ctx, b, "deploy", 1); err != nil {
+		return err
+	}
+	if err := remote.Unlock(ctx); err != nil {
+		return err
+	}
+	l := <-local
+	fmt.Fprintf(w, "broker   got deploy when the client let go (token %d)\n", l.Token())
+	return l.Unlock(ctx)
 }
 
 // waitQueued waits until key has n waiters, so that the demo's workers

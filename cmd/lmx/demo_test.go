@@ -17,4 +17,6 @@ func TestDemo(t *testing.T) {
 	assert.Contains(t, got, "download 3: lmx: key is locked")
 	assert.Contains(t, got, "lease ended: lmx: lease lost: lmx: lease expired")
 	assert.Regexp(t, `stalled holder writes with token \d+: lmx: stale fencing token`, got)
+	assert.Contains(t, got, "broker's own TryLock: lmx: key is locked")
+	assert.Regexp(t, `broker   got deploy when the client let go`, got)
 }

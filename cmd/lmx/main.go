@@ -2,8 +2,9 @@
 //
 // Usage:
 //
-//	lmx demo    show the in-process broker at work: FIFO hand-off, a
-//	            semaphore, a TTL expiring and a fence refusing a stale holder
+//	lmx demo    show the broker at work: FIFO hand-off, a semaphore, a TTL
+//	            expiring, a fence refusing a stale holder, and a client on a
+//	            Unix socket sharing the table
 package main
 
 import (
@@ -40,7 +41,8 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `Usage: lmx COMMAND
 
 Commands:
-  demo    show the in-process broker at work: FIFO hand-off, a semaphore,
-          a TTL expiring and a fence refusing a stale holder
+  demo    show the broker at work: FIFO hand-off, a semaphore, a TTL
+          expiring, a fence refusing a stale holder, and a client on a
+          Unix socket sharing the table
 `)
 }

@@ -102,7 +102,7 @@ func (b *Broker) Inspect(ctx context.Context, key string) (KeyInfo, error) {
 	sh := b.shardFor(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if e := sh.keys[key]; e != nil {
+	if e := sh.liveLocked(key); e != nil {
 		return e.info(), nil
 	}
 	return KeyInfo{Key: key}, nil
@@ -119,6 +119,9 @@ func (b *Broker) Stats(ctx context.Context) (Stats, error) {
 		sh := &b.shards[i]
 		sh.mu.Lock()
 		s.Keys += len(sh.keys)
+		if sh.idle != nil {
+			s.Keys--
+		}
 		s.Holders += sh.st.holders
 		s.Waiters += sh.st.waiters
 		s.Grants += sh.st.grants

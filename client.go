@@ -621,10 +621,13 @@ func (cc *clientConn) granted(cl *call, p []byte) (*Lease, error) {
 		l.count++ // the client's count of a lease is guarded by the conn's mu
 		return l, nil
 	}
-	l := &Lease{key: cl.key, id: id, token: token, door: cc, expires: exp, count: 1}
+	l := &Lease{key: cl.key, id: id, token: token, door: cc, count: 1}
+	if !exp.IsZero() {
+		l.ttl = &ttlState{expires: exp, ttl: cl.ttl}
+	}
 	if cl.keepAlive > 0 {
-		t := &ttlState{ttl: cl.ttl, keepAlive: cl.keepAlive, keepUntil: time.Now().Add(cl.keepAlive)}
-		l.ttl = t
+		t := l.ttl
+		t.keepAlive, t.keepUntil = cl.keepAlive, time.Now().Add(cl.keepAlive)
 		t.timer = time.AfterFunc(cl.ttl/3, func() { cc.renew(l) })
 	}
 	cc.leases[id] = l
@@ -653,8 +656,11 @@ func (cc *clientConn) renew(l *Lease) {
 
 // endRemote ends a client's lease, once it is out of the conn's leases.
 func endRemote(l *Lease, reason error) {
-	if l.ttl != nil {
-		l.ttl.timer.Stop()
+	l.mu.Lock()
+	t := l.ttl
+	l.mu.Unlock()
+	if t != nil && t.timer != nil { // timer is set before l is shared
+		t.timer.Stop()
 	}
 	l.end(reason)
 }

@@ -30,17 +30,18 @@ type Lease struct {
 	keep   bool   // KeepOnDisconnect
 	count  int32  // grants held by the owner (re-entrancy)
 	reqID  uint32 // the network request a waiter answers
-	prio   int
+	prio   int32
 	owner  string
 	hook   leaseHook     // told of grant and end; nil in-process
-	ttl    *ttlState     // nil without a TTL
 	ready  chan struct{} // a waiter's wake-up; sent once on grant or failure
-	failed error         // why a wait failed; written before ready is signalled
 
-	mu      sync.Mutex // guards the fields below; taken after the shard's mu
-	expires time.Time  // written holding both mu and the shard's mu
-	done    chan struct{}
-	err     error
+	// ttl is nil for a lease that never had an expiry. It and its expires
+	// are written holding both mu and, for a broker's lease, the shard's mu.
+	ttl *ttlState
+
+	mu   sync.Mutex // guards the fields below; taken after the shard's mu
+	done chan struct{}
+	err  error // why the lease ended, or why a wait failed
 }
 
 type leaseState uint8
@@ -77,7 +78,10 @@ func (l *Lease) Token() uint64 { return l.token }
 func (l *Lease) Expires() time.Time {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.expires
+	if l.ttl == nil {
+		return time.Time{}
+	}
+	return l.ttl.expires
 }
 
 // Done returns a channel that is closed when the lease ends, for any reason.
@@ -130,11 +134,24 @@ func (l *Lease) end(reason error) {
 	l.mu.Unlock()
 }
 
-// setExpires moves the expiry; the caller holds the shard's mu.
+// setExpires moves the expiry, giving the lease a ttlState if it had none;
+// for a broker's lease, the caller holds the shard's mu.
 func (l *Lease) setExpires(t time.Time) {
 	l.mu.Lock()
-	l.expires = t
+	if l.ttl == nil {
+		l.ttl = new(ttlState)
+	}
+	l.ttl.expires = t
 	l.mu.Unlock()
+}
+
+// expiresLocked returns the expiry of a broker's lease; the caller holds
+// the shard's mu.
+func (l *Lease) expiresLocked() time.Time {
+	if l.ttl == nil {
+		return time.Time{}
+	}
+	return l.ttl.expires
 }
 
 // notHeld is the error for a lease that is not held: ErrNotHeld, wrapped with

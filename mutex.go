@@ -138,11 +138,11 @@ func (e *entry) info() KeyInfo {
 			Shared:  h.shared,
 			Count:   int(h.count),
 			Since:   ulid.Time(h.id.Time()),
-			Expires: h.expires,
+			Expires: h.expiresLocked(),
 		})
 	}
 	for w := e.waiters.head; w != nil; w = w.next {
-		ki.Waiters = append(ki.Waiters, WaiterInfo{Owner: w.owner, Priority: w.prio, Shared: w.shared})
+		ki.Waiters = append(ki.Waiters, WaiterInfo{Owner: w.owner, Priority: int(w.prio), Shared: w.shared})
 	}
 	return ki
 }

@@ -363,7 +363,7 @@ func (s *session) granted(l *Lease, reqID uint32) {
 	}
 	delete(s.waits, reqID)
 	s.leases[l.id] = l
-	id, token, exp := l.id, l.token, l.expires
+	id, token, exp := l.id, l.token, l.expiresLocked()
 	s.push(func(b []byte) []byte {
 		return frame(b, opGranted, 0, 0, reqID, func(b []byte) []byte {
 			b = append(b, id[:]...)

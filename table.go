@@ -30,6 +30,12 @@ type shard struct {
 	rng  *rand.ChaCha8 // lock ids
 	st   counters
 
+	// idle is the last entry to have gone idle, left in keys so that locking
+	// its key again, the commonest pattern, costs no map write. At most one
+	// per shard: idle keys still cost next to nothing. Inspect and Stats do
+	// not see it.
+	idle *entry
+
 	deadlines deadlines   // TTL leases by wake time, see ttl.go
 	timer     *time.Timer // fires at deadlines[0]'s wake; nil until needed
 	_         [64]byte    // keeps neighbouring shards' mutexes off one cache line
@@ -76,8 +82,8 @@ func (sh *shard) acquire(ctx context.Context, key string, r *request, wait bool)
 	}
 	sh.b.readies.Put(l.ready)
 	l.ready = nil
-	if l.failed != nil {
-		return nil, l.failed
+	if l.Err() == ErrClosed { // failed by Close, never a grant's error (errClosed)
+		return nil, ErrClosed
 	}
 	return l, nil
 }
@@ -88,7 +94,7 @@ func (sh *shard) acquire(ctx context.Context, key string, r *request, wait bool)
 // without a hook, through its ready channel.
 func (sh *shard) begin(key string, r *request, wait bool, hook leaseHook, reqID uint32) (l *Lease, queued bool, err error) {
 	// Allocate before locking, to keep the critical section short.
-	l = &Lease{key: key, door: sh, shared: r.shared, prio: r.priority, owner: r.owner, keep: r.keepOnDisconnect, hook: hook}
+	l = &Lease{key: key, door: sh, shared: r.shared, prio: int32(r.priority), owner: r.owner, keep: r.keepOnDisconnect, hook: hook}
 	if r.ttl > 0 {
 		l.ttl = &ttlState{ttl: r.ttl, keepAlive: r.keepAlive}
 	}
@@ -98,9 +104,12 @@ func (sh *shard) begin(key string, r *request, wait bool, hook leaseHook, reqID 
 		return nil, false, ErrClosed
 	}
 	e := sh.keys[key]
-	if e == nil {
+	switch {
+	case e == nil:
 		e = sh.newEntryLocked(key, r.limit)
-	} else if int(e.limit) != r.limit {
+	case e == sh.idle:
+		sh.idle, e.limit = nil, int32(r.limit)
+	case int(e.limit) != r.limit:
 		return nil, false, fmt.Errorf("%w: key %q has limit %d, asked %d", ErrLimitMismatch, key, e.limit, r.limit)
 	}
 	if r.owner != "" {
@@ -169,6 +178,14 @@ func (sh *shard) dequeueLocked(l *Lease) {
 	sh.freeIfIdleLocked(e)
 }
 
+// liveLocked returns the entry of key if it has a holder or a waiter.
+func (sh *shard) liveLocked(key string) *entry {
+	if e := sh.keys[key]; e != sh.idle {
+		return e
+	}
+	return nil
+}
+
 // newEntryLocked creates the entry of key.
 func (sh *shard) newEntryLocked(key string, limit int) *entry {
 	var e *entry
@@ -183,9 +200,14 @@ func (sh *shard) newEntryLocked(key string, limit int) *entry {
 	return e
 }
 
-// freeIfIdleLocked drops e from the table once it has no holder and no waiter.
+// freeIfIdleLocked drops e from the table once it has no holder and no
+// waiter; it keeps the last such entry as the shard's idle one instead.
 func (sh *shard) freeIfIdleLocked(e *entry) {
-	if !e.idle() {
+	if !e.idle() || e == sh.idle {
+		return
+	}
+	e, sh.idle = sh.idle, e
+	if e == nil {
 		return
 	}
 	delete(sh.keys, e.key)
@@ -279,7 +301,7 @@ func (sh *shard) unlock(_ context.Context, l *Lease) error {
 func (sh *shard) release(key string, id ulid.ULID) error {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	e := sh.keys[key]
+	e := sh.liveLocked(key)
 	if e == nil {
 		return ErrNotHeld
 	}
@@ -295,7 +317,7 @@ func (sh *shard) release(key string, id ulid.ULID) error {
 func (sh *shard) forceUnlock(key string) error {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	e := sh.keys[key]
+	e := sh.liveLocked(key)
 	if e == nil || e.holders.n == 0 {
 		return ErrNotHeld
 	}
@@ -322,7 +344,8 @@ func (sh *shard) closeLocked() {
 		for w := e.waiters.head; w != nil; w = e.waiters.head {
 			e.waiters.remove(w)
 			sh.st.waiters--
-			w.e, w.state, w.failed = nil, stateEnded, ErrClosed
+			w.e, w.state = nil, stateEnded
+			w.end(ErrClosed)
 			if w.ready != nil { // a hook's session ends with the broker
 				w.ready <- struct{}{}
 			}
@@ -353,7 +376,7 @@ var (
 func (sh *shard) leaseByID(key string, id ulid.ULID) *Lease {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if e := sh.keys[key]; e != nil {
+	if e := sh.liveLocked(key); e != nil {
 		return e.heldWithID(id)
 	}
 	return nil

@@ -14,6 +14,7 @@ import (
 
 // ttlState is the TTL of a lease, guarded by the shard's mu.
 type ttlState struct {
+	expires   time.Time     // see Lease.ttl
 	ttl       time.Duration // asked with TTL; KeepAlive renews by this much
 	keepAlive time.Duration // asked with KeepAlive, or 0
 	keepUntil time.Time     // grant + keepAlive: no renewal past it
@@ -61,9 +62,9 @@ func (sh *shard) startTTLLocked(l *Lease, now time.Time) {
 // looks expired, else at expiry.
 func (sh *shard) scheduleLocked(l *Lease, now time.Time) {
 	t := l.ttl
-	t.wake = l.expires
-	if l.expires.Before(t.keepUntil) {
-		t.wake = l.expires.Add(-t.ttl / 2)
+	t.wake = t.expires
+	if t.expires.Before(t.keepUntil) {
+		t.wake = t.expires.Add(-t.ttl / 2)
 	}
 	if t.index < 0 {
 		heap.Push(&sh.deadlines, l)
@@ -112,11 +113,11 @@ func (sh *shard) onTimer() {
 			if exp.After(t.keepUntil) {
 				exp = t.keepUntil
 			}
-			if exp.After(l.expires) {
+			if exp.After(t.expires) {
 				l.setExpires(exp)
 			}
 		}
-		if now.Before(l.expires) {
+		if now.Before(t.expires) {
 			sh.scheduleLocked(l, now)
 			continue
 		}
@@ -134,7 +135,10 @@ func (sh *shard) extend(_ context.Context, l *Lease, ttl time.Duration) error {
 	}
 	now := time.Now()
 	if l.ttl == nil {
-		l.ttl = &ttlState{ttl: ttl}
+		t := &ttlState{ttl: ttl}
+		l.mu.Lock()
+		l.ttl = t
+		l.mu.Unlock()
 		sh.startTTLLocked(l, now)
 		return nil
 	}

@@ -373,13 +373,17 @@ func (c *Client) acquire(ctx context.Context, key string, opts []LockOption, wai
 // Release ends the lease of key whose lock id is id, as its Unlock would, on
 // whichever client or process holds it.
 func (c *Client) Release(ctx context.Context, key string, id ulid.ULID) error {
-	_, err := c.request(ctx, key, func(b []byte, reqID uint32) []byte {
+	_, err := c.request(ctx, key, releaseFrame(key, id))
+	return err
+}
+
+func releaseFrame(key string, id ulid.ULID) func([]byte, uint32) []byte {
+	return func(b []byte, reqID uint32) []byte {
 		return frame(b, opRelease, 0, 0, reqID, func(b []byte) []byte {
 			b = appendString(b, key)
 			return append(b, id[:]...)
 		})
-	})
-	return err
+	}
 }
 
 // ForceUnlock ends every lease of key with ErrForced; see Broker.ForceUnlock.
@@ -685,12 +689,8 @@ func (cc *clientConn) unlocked(l *Lease) {
 // releaseAsync asks the broker to release one grant of l without waiting for
 // the answer.
 func (cc *clientConn) releaseAsync(l *Lease) {
-	cc.out.send(func(b []byte) []byte {
-		return frame(b, opRelease, 0, 0, 0, func(b []byte) []byte {
-			b = appendString(b, l.key)
-			return append(b, l.id[:]...)
-		})
-	})
+	release := releaseFrame(l.key, l.id)
+	cc.out.send(func(b []byte) []byte { return release(b, 0) })
 	cc.unlocked(l)
 }
 
@@ -705,12 +705,7 @@ func (cc *clientConn) unlock(ctx context.Context, l *Lease) error {
 		cc.releaseAsync(l)
 		return ctx.Err()
 	}
-	_, err := cc.roundTrip(ctx, &call{key: l.key}, func(b []byte, id uint32) []byte {
-		return frame(b, opRelease, 0, 0, id, func(b []byte) []byte {
-			b = appendString(b, l.key)
-			return append(b, l.id[:]...)
-		})
-	})
+	_, err := cc.roundTrip(ctx, &call{key: l.key}, releaseFrame(l.key, l.id))
 	switch {
 	case err == nil, ctx.Err() != nil: // released, or the release is on its way
 		cc.unlocked(l)

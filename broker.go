@@ -16,14 +16,15 @@ import (
 // processes. A Broker is safe for concurrent use and usable as soon as
 // NewBroker returns.
 type Broker struct {
-	cfg     brokerConfig
-	seed    maphash.Seed
-	tokens  atomic.Uint64 // the last fencing token handed out
-	closed  atomic.Bool
-	readies sync.Pool // waiters' wake-up channels, see newReady
-	clock   msClock   // lock ids' time
-	srv     server    // the network door, see listener.go
-	shards  [numShards]shard
+	cfg      brokerConfig
+	seed     maphash.Seed
+	tokens   atomic.Uint64 // the last fencing token handed out
+	closed   atomic.Bool
+	readies  sync.Pool // waiters' wake-up channels, see newReady
+	clock    msClock   // lock ids' time
+	watchers watchers  // see Watch
+	srv      server    // the network door, see listener.go
+	shards   [numShards]shard
 }
 
 var (
@@ -148,6 +149,9 @@ func (b *Broker) Close() error {
 		sh.mu.Lock()
 		sh.closeLocked()
 		sh.mu.Unlock()
+	}
+	for _, w := range b.watchers.all() {
+		b.unwatch(w)
 	}
 	return nil
 }

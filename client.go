@@ -523,8 +523,10 @@ func (cc *clientConn) roundTrip(ctx context.Context, cl *call, f func([]byte, ui
 func (cc *clientConn) read() {
 	br := bufio.NewReaderSize(cc.nc, 64<<10)
 	var hdr [headerLen]byte
-	for {
-		if br.Buffered() == 0 {
+	for n := 1; ; n++ {
+		// Renew the deadline before a read that may block, and every 256
+		// frames while the broker keeps the buffer full.
+		if br.Buffered() < headerLen || n%256 == 0 {
 			cc.nc.SetReadDeadline(time.Now().Add(cc.timeout))
 		}
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"time"
 )
@@ -45,7 +46,8 @@ func Limit(n int) LockOption { return LockOption{kind: optLimit, n: int64(n)} }
 
 // Priority orders the request in the key's queue: higher priorities are
 // granted first, equal priorities in arrival order. The default is 0;
-// negative priorities are allowed. A waiting high-priority request is never
+// negative priorities are allowed; p must fit in 32 bits (else
+// ErrInvalidOption). A waiting high-priority request is never
 // overtaken by a lower one, so low priorities can wait for as long as higher
 // ones keep arriving.
 func Priority(p int) LockOption { return LockOption{kind: optPriority, n: int64(p)} }
@@ -123,6 +125,8 @@ func (r *request) validate() error {
 		return fmt.Errorf("%w: negative TTL %v", ErrInvalidOption, r.ttl)
 	case r.limit < 1 || r.limit > maxLimit:
 		return fmt.Errorf("%w: Limit(%d) is outside 1..%d", ErrInvalidOption, r.limit, maxLimit)
+	case r.priority < math.MinInt32 || r.priority > math.MaxInt32:
+		return fmt.Errorf("%w: Priority(%d) is outside the 32-bit range", ErrInvalidOption, r.priority)
 	case r.keepAlive > 0 && r.ttl == 0:
 		return fmt.Errorf("%w: KeepAlive needs a TTL", ErrInvalidOption)
 	case r.keepOnDisconnect && r.ttl == 0:
@@ -219,10 +223,13 @@ func WithHeartbeat(interval, timeout time.Duration) BrokerOption {
 
 // WithMaxFrame sets the largest frame payload, in bytes, the broker accepts;
 // a longer frame ends the connection before anything is allocated for it.
-// n <= 0 means DefaultMaxFrame (1 MiB).
+// n <= 0 means DefaultMaxFrame (1 MiB); n is capped at 1 GiB.
 func WithMaxFrame(n int) BrokerOption {
-	return func(c *brokerConfig) { c.maxFrame = orDefault(n, DefaultMaxFrame) }
+	return func(c *brokerConfig) { c.maxFrame = min(orDefault(n, DefaultMaxFrame), maxFrameCap) }
 }
+
+// maxFrameCap bounds WithMaxFrame: far below the header's 32-bit length.
+const maxFrameCap = 1 << 30
 
 // WithMaxSessions bounds the network sessions open at once; a client past it
 // is refused with ErrBusy. n <= 0 means DefaultMaxSessions (10,000).

@@ -21,7 +21,8 @@ type outbox struct {
 	buf     []byte // frames waiting to be written
 	spare   []byte // the buffer being written, reused next time
 	writing bool
-	err     error // the first write error; the outbox is dead after it
+	idle    chan struct{} // closed when the current writer is done
+	err     error         // the first write error; the outbox is dead after it
 }
 
 // maxOutbox bounds the frames an outbox holds for a peer that reads too
@@ -64,6 +65,7 @@ func (o *outbox) flush() error {
 		return o.err
 	}
 	o.writing = true
+	o.idle = make(chan struct{})
 	for len(o.buf) > 0 && o.err == nil {
 		buf := o.buf
 		o.buf = o.spare[:0]
@@ -82,7 +84,22 @@ func (o *outbox) flush() error {
 		}
 	}
 	o.writing = false
+	close(o.idle)
 	return o.err
+}
+
+// drain writes everything the outbox holds, waiting for another writer if
+// need be: for the last words before a connection is closed.
+func (o *outbox) drain() error {
+	for {
+		o.mu.Lock()
+		writing, idle := o.writing, o.idle
+		o.mu.Unlock()
+		if !writing {
+			return o.flush()
+		}
+		<-idle // bounded by the writer's deadline
+	}
 }
 
 // failure returns the error that killed the outbox.

@@ -136,31 +136,42 @@ func (s *session) read() error {
 	br := bufio.NewReaderSize(s.nc, 64<<10)
 	var hdr [headerLen]byte
 	var payload []byte
-	for n := 0; ; n++ {
-		if br.Buffered() == 0 || n%256 == 0 {
-			if br.Buffered() == 0 {
-				s.handling.Store(false)
-				if err := s.out.flush(); err != nil {
-					return err
-				}
+	// Before any read that may block, the replies so far are flushed and
+	// the deadline renewed; so it is every 256 frames on a busy connection.
+	wait := func(n int) error {
+		s.handling.Store(false)
+		if err := s.out.flush(); err != nil {
+			return err
+		}
+		s.nc.SetReadDeadline(time.Now().Add(cfg.sessionTimeout))
+		return nil
+	}
+	for n := 1; ; n++ {
+		if br.Buffered() < headerLen || n%256 == 0 {
+			if err := wait(n); err != nil {
+				return err
 			}
-			s.nc.SetReadDeadline(time.Now().Add(cfg.sessionTimeout))
 		}
 		if _, err := io.ReadFull(br, hdr[:]); err != nil {
 			return err
 		}
 		s.handling.Store(true)
 		h := parseHeader(hdr[:])
-		if h.length > uint32(cfg.maxFrame) {
+		if int64(h.length) > int64(cfg.maxFrame) {
 			err := fmt.Errorf("%w: frame of %d bytes, the limit is %d", ErrProtocol, h.length, cfg.maxFrame)
 			s.replyErr(h.id, err)
-			s.out.flush()
+			s.out.drain()
 			return err
 		}
 		if cap(payload) < int(h.length) {
 			payload = make([]byte, h.length)
 		}
 		payload = payload[:h.length]
+		if br.Buffered() < len(payload) {
+			if err := wait(n); err != nil {
+				return err
+			}
+		}
 		if _, err := io.ReadFull(br, payload); err != nil {
 			return err
 		}

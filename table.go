@@ -233,6 +233,7 @@ func (sh *shard) grantLocked(e *entry, l *Lease) {
 	}
 	sh.st.holders++
 	sh.st.grants++
+	sh.emitLocked(EventAcquired, l)
 }
 
 // grantNextLocked grants e's waiters from the head of its queue for as long
@@ -267,6 +268,7 @@ func (sh *shard) dropLocked(l *Lease, reason error) {
 	if l.hook != nil {
 		l.hook.ended(l, reason)
 	}
+	sh.emitLocked(eventType(reason), l)
 	l.end(reason)
 }
 

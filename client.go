@@ -187,12 +187,13 @@ func (c *Client) handshake(ctx context.Context, nc net.Conn) (*clientConn, error
 		nc = tc
 	}
 	cc := &clientConn{
-		c:      c,
-		nc:     nc,
-		out:    outbox{nc: nc},
-		done:   make(chan struct{}),
-		calls:  make(map[uint32]*call),
-		leases: make(map[ulid.ULID]*Lease),
+		c:       c,
+		nc:      nc,
+		out:     outbox{nc: nc},
+		done:    make(chan struct{}),
+		calls:   make(map[uint32]*call),
+		leases:  make(map[ulid.ULID]*Lease),
+		watches: make(map[uint32]*watcher),
 	}
 	err := cc.out.send(func(b []byte) []byte {
 		return frame(b, opHello, 0, 0, 0, func(b []byte) []byte {
@@ -402,6 +403,47 @@ func (c *Client) Inspect(ctx context.Context, key string) (KeyInfo, error) {
 	return decodeKeyInfo(key, rep.payload)
 }
 
+// Watch streams the events of the broker's keys that start with prefix,
+// like Broker.Watch, until ctx ends, the client closes or its session is
+// lost; then the channel is closed.
+func (c *Client) Watch(ctx context.Context, prefix string) (<-chan Event, error) {
+	cc, err := c.getConn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ch := make(chan Event, DefaultWatchBuffer)
+	w := &watcher{prefix: prefix, sink: chanSink(ch)}
+	var once sync.Once
+	w.end = func() { once.Do(func() { close(ch) }) }
+	cl := &call{watch: w}
+	_, err = cc.roundTrip(ctx, cl, func(b []byte, id uint32) []byte {
+		return frame(b, opWatch, 0, 0, id, func(b []byte) []byte { return appendString(b, prefix) })
+	})
+	if err != nil {
+		if w.done != nil { // it was registered: drop it here and at the broker
+			w.done()
+		}
+		return nil, err
+	}
+	context.AfterFunc(ctx, w.done)
+	return ch, nil
+}
+
+// unwatch ends the watch answering id: the broker is told, the channel
+// closed.
+func (cc *clientConn) unwatch(id uint32) {
+	cc.mu.Lock()
+	w := cc.watches[id]
+	delete(cc.watches, id)
+	cc.mu.Unlock()
+	if w == nil {
+		return
+	}
+	w.stop()
+	w.end()
+	cc.out.send(func(b []byte) []byte { return frame(b, opCancel, 0, 0, id, nil) })
+}
+
 // Stats counts what the broker's table holds and has done.
 func (c *Client) Stats(ctx context.Context) (Stats, error) {
 	cc, err := c.getConn(ctx)
@@ -445,11 +487,12 @@ type clientConn struct {
 	maxKeyLen      int
 	done           chan struct{} // closed when the session is lost
 
-	mu     sync.Mutex
-	nextID uint32               // guarded by mu
-	calls  map[uint32]*call     // requests awaiting a reply; guarded by mu
-	leases map[ulid.ULID]*Lease // leases held; guarded by mu
-	err    error                // why the session was lost; guarded by mu
+	mu      sync.Mutex
+	nextID  uint32               // guarded by mu
+	calls   map[uint32]*call     // requests awaiting a reply; guarded by mu
+	leases  map[ulid.ULID]*Lease // leases held; guarded by mu
+	watches map[uint32]*watcher  // by request id; guarded by mu
+	err     error                // why the session was lost; guarded by mu
 }
 
 // A call is a request awaiting its reply.
@@ -460,7 +503,8 @@ type call struct {
 	wait      bool
 	ttl       time.Duration
 	keepAlive time.Duration
-	abandoned bool // its caller has gone; guarded by the conn's mu
+	watch     *watcher // a Watch: receives the Event frames answering it
+	abandoned bool     // its caller has gone; guarded by the conn's mu
 }
 
 type reply struct {
@@ -496,6 +540,10 @@ func (cc *clientConn) roundTrip(ctx context.Context, cl *call, f func([]byte, ui
 	}
 	id := cc.nextID
 	cc.calls[id] = cl
+	if cl.watch != nil { // its events may come before its answer
+		cc.watches[id] = cl.watch
+		cl.watch.done = func() { cc.unwatch(id) }
+	}
 	cc.mu.Unlock()
 	if err := cc.out.send(func(b []byte) []byte { return f(b, id) }); err != nil {
 		cc.fail(err)
@@ -513,7 +561,7 @@ func (cc *clientConn) roundTrip(ctx context.Context, cl *call, f func([]byte, ui
 		if r := <-cl.ch; r.lease != nil {
 			r.lease.Unlock(context.Background())
 		}
-	} else if cl.lock && cl.wait {
+	} else if cl.lock && cl.wait || cl.watch != nil {
 		cc.out.send(func(b []byte) []byte { return frame(b, opCancel, 0, 0, id, nil) })
 	}
 	return reply{}, ctx.Err()
@@ -553,6 +601,18 @@ func (cc *clientConn) read() {
 func (cc *clientConn) dispatch(h header, p []byte) error {
 	switch h.op {
 	case opPong:
+		return nil
+	case opEvent:
+		ev, err := decodeEvent(h.code, p)
+		if err != nil {
+			return fmt.Errorf("%w: event: %v", ErrProtocol, err)
+		}
+		cc.mu.Lock()
+		w := cc.watches[h.id]
+		cc.mu.Unlock()
+		if w != nil {
+			w.send(&ev)
+		}
 		return nil
 	case opEnded:
 		d := decoder{b: p}
@@ -780,9 +840,13 @@ func (cc *clientConn) fail(cause error) {
 			waiting = append(waiting, cl)
 		}
 	}
-	leases := cc.leases
-	cc.calls, cc.leases = nil, nil
+	leases, watches := cc.leases, cc.watches
+	cc.calls, cc.leases, cc.watches = nil, nil, nil
 	cc.mu.Unlock()
+	for _, w := range watches {
+		w.stop()
+		w.end()
+	}
 
 	close(cc.done)
 	cc.nc.Close()

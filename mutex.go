@@ -43,6 +43,19 @@ type Admin interface {
 	Stats(ctx context.Context) (Stats, error)
 }
 
+// Watcher is implemented by the doors that stream lock events: *Broker and
+// *Client.
+type Watcher interface {
+	// Watch streams the events of keys starting with prefix until ctx
+	// ends or the door closes; then it closes the channel.
+	Watch(ctx context.Context, prefix string) (<-chan Event, error)
+}
+
+var (
+	_ Watcher = (*Broker)(nil)
+	_ Watcher = (*Client)(nil)
+)
+
 // KeyInfo describes one key, as Inspect sees it.
 type KeyInfo struct {
 	Key     string

@@ -48,6 +48,19 @@ func (o *outbox) add(f func([]byte) []byte) bool {
 	return true
 }
 
+// addIfRoom appends a frame, built by f, unless the outbox holds limit
+// bytes or more already, and reports whether it did: for frames that may be
+// dropped (watch events) rather than let a slow reader grow the outbox.
+func (o *outbox) addIfRoom(limit int, f func([]byte) []byte) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.err != nil || len(o.buf) >= limit {
+		return false
+	}
+	o.buf = f(o.buf)
+	return true
+}
+
 // send adds a frame and flushes.
 func (o *outbox) send(f func([]byte) []byte) error {
 	if !o.add(f) {

@@ -32,21 +32,23 @@ type session struct {
 	// so that hooks firing meanwhile need not wake the writer.
 	handling atomic.Bool
 
-	mu     sync.Mutex
-	leases map[ulid.ULID]*Lease // held through this session; guarded by mu
-	waits  map[uint32]*Lease    // queued Locks by request id; guarded by mu
-	over   bool                 // the connection is gone; guarded by mu
+	mu      sync.Mutex
+	leases  map[ulid.ULID]*Lease // held through this session; guarded by mu
+	waits   map[uint32]*Lease    // queued Locks by request id; guarded by mu
+	watches map[uint32]*watcher  // by request id; guarded by mu
+	over    bool                 // the connection is gone; guarded by mu
 }
 
 func newSession(b *Broker, nc net.Conn) *session {
 	return &session{
-		b:      b,
-		nc:     nc,
-		out:    outbox{nc: nc, timeout: b.cfg.sessionTimeout},
-		kick:   make(chan struct{}, 1),
-		done:   make(chan struct{}),
-		leases: make(map[ulid.ULID]*Lease),
-		waits:  make(map[uint32]*Lease),
+		b:       b,
+		nc:      nc,
+		out:     outbox{nc: nc, timeout: b.cfg.sessionTimeout},
+		kick:    make(chan struct{}, 1),
+		done:    make(chan struct{}),
+		leases:  make(map[ulid.ULID]*Lease),
+		waits:   make(map[uint32]*Lease),
+		watches: make(map[uint32]*watcher),
 	}
 }
 
@@ -194,10 +196,15 @@ func (s *session) writer() {
 // push adds a frame from outside the reader's batch.
 func (s *session) push(f func([]byte) []byte) {
 	if s.out.add(f) && !s.handling.Load() {
-		select {
-		case s.kick <- struct{}{}:
-		default:
-		}
+		s.wake()
+	}
+}
+
+// wake has the writer flush.
+func (s *session) wake() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
 	}
 }
 
@@ -264,6 +271,12 @@ func (s *session) handle(h header, p []byte) {
 		})
 	case opCancel:
 		s.cancel(h.id)
+	case opWatch:
+		prefix := d.string()
+		if s.malformed(h, &d) {
+			return
+		}
+		s.watch(h.id, prefix)
 	default:
 		s.replyErr(h.id, fmt.Errorf("%w: unexpected op 0x%02x", ErrProtocol, h.op))
 	}
@@ -344,13 +357,53 @@ func (s *session) extend(reqID uint32, key string, id ulid.ULID, ttl time.Durati
 	s.replyOK(reqID, func(b []byte) []byte { return appendTime(b, exp) })
 }
 
-// cancel takes a queued Lock out of its queue. If the key was granted first,
-// the Granted frame is on its way and the client releases the lease.
+// watch streams events under prefix as Event frames answering reqID, until
+// the client cancels it or the session ends.
+func (s *session) watch(reqID uint32, prefix string) {
+	s.mu.Lock()
+	dup := s.watches[reqID] != nil || s.waits[reqID] != nil
+	s.mu.Unlock()
+	if dup {
+		s.replyErr(reqID, fmt.Errorf("%w: request id %d is in use", ErrProtocol, reqID))
+		return
+	}
+	w := &watcher{prefix: prefix, done: func() {}}
+	w.sink = func(ev *Event) bool {
+		ok := s.out.addIfRoom(maxWatchBacklog, func(b []byte) []byte {
+			return frame(b, opEvent, 0, uint16(ev.Type), reqID, func(b []byte) []byte { return appendEvent(b, ev) })
+		})
+		if ok && !s.handling.Load() {
+			s.wake()
+		}
+		return ok
+	}
+	s.mu.Lock()
+	s.watches[reqID] = w
+	s.mu.Unlock()
+	s.b.watchers.add(w)
+	if s.b.closed.Load() {
+		s.b.unwatch(w)
+	}
+	s.replyOK(reqID, nil)
+}
+
+// maxWatchBacklog is how much a session's outbox may hold before its watch
+// events are dropped (and counted, for an EventLagged): a slow watcher lags,
+// it does not grow memory nor cost the session its locks.
+const maxWatchBacklog = 1 << 20
+
+// cancel ends a watch, or takes a queued Lock out of its queue. If the key
+// was granted first, the Granted frame is on its way and the client
+// releases the lease.
 func (s *session) cancel(reqID uint32) {
 	s.mu.Lock()
-	l := s.waits[reqID]
+	l, w := s.waits[reqID], s.watches[reqID]
 	delete(s.waits, reqID)
+	delete(s.watches, reqID)
 	s.mu.Unlock()
+	if w != nil {
+		s.b.unwatch(w)
+	}
 	if l != nil && s.b.shardFor(l.key).dequeue(l) {
 		s.reply(func(b []byte) []byte { return frame(b, opError, 0, codeCanceled, reqID, nil) })
 	}
@@ -407,9 +460,12 @@ func (s *session) ended(l *Lease, reason error) {
 func (s *session) end() int {
 	s.mu.Lock()
 	s.over = true
-	leases, waits := s.leases, s.waits
-	s.leases, s.waits = nil, nil
+	leases, waits, watches := s.leases, s.waits, s.watches
+	s.leases, s.waits, s.watches = nil, nil, nil
 	s.mu.Unlock()
+	for _, w := range watches {
+		s.b.unwatch(w)
+	}
 	for _, l := range waits {
 		s.b.shardFor(l.key).sessionEnded(l, s)
 	}

@@ -48,7 +48,19 @@ type Event struct {
 
 // eventType maps the reason a lease ended to its event type.
 func eventType(reason error) EventType {
-	return EventType(reasonCode(reason) + 1) // reasons 1..6 are events 2..7
+	switch reasonCode(reason) {
+	case reasonReleased:
+		return EventReleased
+	case reasonExpired:
+		return EventExpired
+	case reasonPreempted:
+		return EventPreempted
+	case reasonForced:
+		return EventForced
+	case reasonClosed:
+		return EventClosed
+	}
+	return EventSessionLost
 }
 
 // DefaultWatchBuffer is how many events a watcher may have undelivered
@@ -61,7 +73,8 @@ const DefaultWatchBuffer = 256
 type watcher struct {
 	prefix string
 	sink   func(*Event) bool // false: no room, the event is dropped
-	done   func()            // called once, when the watch ends
+	done   func()            // ends the watch
+	end    func()            // a client's: closes its channel, once
 	mu     sync.Mutex        // orders events from different shards; after the shard's mu
 	missed uint64            // guarded by mu
 	closed bool              // guarded by mu

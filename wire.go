@@ -43,6 +43,7 @@ const (
 	opStats   op = 0x07
 	opPing    op = 0x08
 	opCancel  op = 0x09
+	opWatch   op = 0x0a
 )
 
 // Ops from broker to client.
@@ -55,6 +56,7 @@ const (
 	opInfo    op = 0x86
 	opStatsOK op = 0x87
 	opPong    op = 0x88
+	opEvent   op = 0x89
 )
 
 // Lock flags.
@@ -405,6 +407,25 @@ func decodeKeyInfo(key string, p []byte) (KeyInfo, error) {
 		ki.Waiters = append(ki.Waiters, w)
 	}
 	return ki, d.done()
+}
+
+// appendEvent encodes an Event frame's payload; its type is the frame's code.
+func appendEvent(b []byte, ev *Event) []byte {
+	b = appendString(b, ev.Key)
+	b = append(b, ev.ID[:]...)
+	b = binary.AppendUvarint(b, ev.Token)
+	b = appendString(b, ev.Owner)
+	b = appendTime(b, ev.Time)
+	return binary.AppendUvarint(b, ev.Missed)
+}
+
+func decodeEvent(code uint16, p []byte) (Event, error) {
+	d := decoder{b: p}
+	ev := Event{Type: EventType(code), Key: d.string(), ID: d.ulid(), Token: d.uvarint(), Owner: d.string(), Time: d.time(), Missed: d.uvarint()}
+	if ev.Type == 0 || ev.Type > EventLagged {
+		d.fail()
+	}
+	return ev, d.done()
 }
 
 func boolByte(v bool) byte {

@@ -51,9 +51,18 @@ type Watcher interface {
 	Watch(ctx context.Context, prefix string) (<-chan Event, error)
 }
 
+// MultiLocker is implemented by the doors that lock several keys as one:
+// *Broker and *Client.
+type MultiLocker interface {
+	LockAll(ctx context.Context, keys []string, opts ...LockOption) (*Lease, error)
+	TryLockAll(ctx context.Context, keys []string, opts ...LockOption) (*Lease, error)
+}
+
 var (
-	_ Watcher = (*Broker)(nil)
-	_ Watcher = (*Client)(nil)
+	_ Watcher     = (*Broker)(nil)
+	_ Watcher     = (*Client)(nil)
+	_ MultiLocker = (*Broker)(nil)
+	_ MultiLocker = (*Client)(nil)
 )
 
 // KeyInfo describes one key, as Inspect sees it.

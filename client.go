@@ -614,6 +614,20 @@ func (cc *clientConn) dispatch(h header, p []byte) error {
 			w.send(&ev)
 		}
 		return nil
+	case opRevoke:
+		d := decoder{b: p}
+		d.string()
+		id := d.ulid()
+		if err := d.done(); err != nil {
+			return fmt.Errorf("%w: revoke: %v", ErrProtocol, err)
+		}
+		cc.mu.Lock()
+		l := cc.leases[id]
+		cc.mu.Unlock()
+		if l != nil {
+			l.revokeNow()
+		}
+		return nil
 	case opEnded:
 		d := decoder{b: p}
 		d.string()

@@ -22,26 +22,52 @@ type Lease struct {
 	door  door // where Unlock and Extend go
 
 	// Broker state, guarded by the shard's mu (see shard).
-	e      *entry // the key's entry while waiting or held, else nil
-	prev   *Lease // neighbours in e.waiters or e.holders
-	next   *Lease
-	state  leaseState
-	shared bool
-	keep   bool   // KeepOnDisconnect
-	count  int32  // grants held by the owner (re-entrancy)
-	reqID  uint32 // the network request a waiter answers
-	prio   int32
-	owner  string
-	hook   leaseHook     // told of grant and end; nil in-process
-	ready  chan struct{} // a waiter's wake-up; sent once on grant or failure
+	e         *entry // the key's entry while waiting or held, else nil
+	prev      *Lease // neighbours in e.waiters or e.holders
+	next      *Lease
+	state     leaseState
+	shared    bool
+	keep      bool   // KeepOnDisconnect
+	noPreempt bool   // NoPreempt
+	count     int32  // grants held by the owner (re-entrancy)
+	reqID     uint32 // the network request a waiter answers
+	prio      int32
+	x         *leaseExtra   // what few leases need; nil for most
+	hook      leaseHook     // told of grant and end; nil in-process
+	ready     chan struct{} // a waiter's wake-up; sent once on grant or failure
 
 	// ttl is nil for a lease that never had an expiry. It and its expires
 	// are written holding both mu and, for a broker's lease, the shard's mu.
 	ttl *ttlState
 
-	mu   sync.Mutex // guards the fields below; taken after the shard's mu
-	done chan struct{}
-	err  error // why the lease ended, or why a wait failed
+	mu     sync.Mutex // guards the fields below; taken after the shard's mu
+	done   chan struct{}
+	revoke chan struct{} // see Revoked
+	err    error         // why the lease ended, or why a wait failed
+}
+
+// leaseExtra holds what only some of a broker's leases need, so that the
+// others do not pay for it. Guarded by the shard's mu.
+type leaseExtra struct {
+	owner    string      // asked with Owner
+	bypassed int32       // a waiter's count of later requests granted first
+	preempt  *preemption // a waiter asked with Preempt
+}
+
+// owner returns who asked for the lease, or "".
+func (l *Lease) owner() string {
+	if l.x == nil {
+		return ""
+	}
+	return l.x.owner
+}
+
+// extra returns l's leaseExtra, making it if need be.
+func (l *Lease) extra() *leaseExtra {
+	if l.x == nil {
+		l.x = new(leaseExtra)
+	}
+	return l.x
 }
 
 type leaseState uint8
@@ -92,6 +118,36 @@ func (l *Lease) Done() <-chan struct{} {
 		l.done = make(chan struct{})
 	}
 	return l.done
+}
+
+// Revoked returns a channel that is closed when a higher-priority waiter
+// asked with Preempt wants the key: the holder should finish and Unlock
+// within the waiter's grace period, or the broker ends the lease with
+// ErrPreempted. It is never closed for a lease asked with NoPreempt.
+func (l *Lease) Revoked() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.revoke == nil {
+		l.revoke = make(chan struct{})
+	}
+	return l.revoke
+}
+
+// revokeNow closes Revoked's channel, once.
+func (l *Lease) revokeNow() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch l.revoke {
+	case nil:
+		l.revoke = closedChan
+	case closedChan:
+	default:
+		select {
+		case <-l.revoke:
+		default:
+			close(l.revoke)
+		}
+	}
 }
 
 // Err returns nil while the lease is held, and then why it ended: ErrReleased

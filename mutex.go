@@ -132,7 +132,7 @@ func (e *entry) idle() bool { return e.holders.n == 0 && e.waiters.n == 0 }
 // network session, or in-process when nil), or nil.
 func (e *entry) heldBy(owner string, hook leaseHook) *Lease {
 	for h := e.holders.head; h != nil; h = h.next {
-		if h.owner == owner && h.hook == hook {
+		if h.owner() == owner && h.hook == hook {
 			return h
 		}
 	}
@@ -156,7 +156,7 @@ func (e *entry) info() KeyInfo {
 		ki.Holders = append(ki.Holders, HolderInfo{
 			ID:      h.id,
 			Token:   h.token,
-			Owner:   h.owner,
+			Owner:   h.owner(),
 			Shared:  h.shared,
 			Count:   int(h.count),
 			Since:   ulid.Time(h.id.Time()),
@@ -164,7 +164,7 @@ func (e *entry) info() KeyInfo {
 		})
 	}
 	for w := e.waiters.head; w != nil; w = w.next {
-		ki.Waiters = append(ki.Waiters, WaiterInfo{Owner: w.owner, Priority: int(w.prio), Shared: w.shared})
+		ki.Waiters = append(ki.Waiters, WaiterInfo{Owner: w.owner(), Priority: int(w.prio), Shared: w.shared})
 	}
 	return ki
 }

@@ -30,6 +30,8 @@ const (
 	optShared
 	optKeepAlive
 	optKeepOnDisconnect
+	optPreempt
+	optNoPreempt
 )
 
 // TTL makes the lease end by itself d after it is granted (or last extended)
@@ -77,6 +79,20 @@ func KeepAlive(max time.Duration) LockOption { return LockOption{kind: optKeepAl
 // there is no session, and it changes nothing.
 func KeepOnDisconnect() LockOption { return LockOption{kind: optKeepOnDisconnect} }
 
+// Preempt lets a waiting request take the key from holders of lower
+// priority that stand in its way, once it is at the head of the queue: each
+// such holder's Revoked channel is closed, and a holder that has not let go
+// grace later loses its lease with ErrPreempted. The key is then granted to
+// the request, with a new fencing token. Holders asked with NoPreempt, or of
+// equal or higher priority, are never preempted. grace must not be negative
+// (else ErrInvalidOption); 0 preempts at once. The default is not to preempt.
+func Preempt(grace time.Duration) LockOption { return LockOption{kind: optPreempt, d: grace} }
+
+// NoPreempt protects the lease from preemption, whatever the priority of
+// the waiters. The default is that a lease may be preempted by a waiter of
+// higher priority that asks for it.
+func NoPreempt() LockOption { return LockOption{kind: optNoPreempt} }
+
 // request is a validated set of lock options.
 type request struct {
 	ttl              time.Duration
@@ -86,11 +102,13 @@ type request struct {
 	owner            string
 	shared           bool
 	keepOnDisconnect bool
+	preempt          time.Duration // grace; < 0 for no preemption
+	noPreempt        bool
 }
 
 // parseOptions applies opts over the defaults and validates the result.
 func parseOptions(opts []LockOption) (request, error) {
-	r := request{limit: 1}
+	r := request{limit: 1, preempt: -1}
 	if len(opts) == 0 {
 		return r, nil
 	}
@@ -113,6 +131,13 @@ func parseOptions(opts []LockOption) (request, error) {
 			r.keepAlive = o.d
 		case optKeepOnDisconnect:
 			r.keepOnDisconnect = true
+		case optPreempt:
+			if o.d < 0 {
+				return r, fmt.Errorf("%w: Preempt(%v) must not be negative", ErrInvalidOption, o.d)
+			}
+			r.preempt = o.d
+		case optNoPreempt:
+			r.noPreempt = true
 		}
 	}
 	return r, r.validate()

@@ -20,12 +20,13 @@ func (q *leaseList) pushBack(l *Lease) {
 	q.n++
 }
 
-// insert puts l behind every lease of its priority or higher: the queue is
-// ordered by priority, then arrival. It walks from the tail, so a queue of
-// equal priorities costs O(1).
+// insert puts l behind every lease of its priority or higher, and behind
+// any that has been overtaken maxBypass times: the queue is ordered by
+// priority, then arrival, with that bound against starvation. It walks from
+// the tail, so a queue of equal priorities costs O(1).
 func (q *leaseList) insert(l *Lease) {
 	at := q.tail
-	for at != nil && at.prio < l.prio {
+	for at != nil && at.prio < l.prio && !at.bypassedMax() {
 		at = at.prev
 	}
 	if at == q.tail {
@@ -44,7 +45,24 @@ func (q *leaseList) insert(l *Lease) {
 	l.prev, l.next = at, next
 	next.prev = l
 	q.n++
+	q.overtaken(next)
 }
+
+// mayOvertake reports whether l may be granted ahead of every waiter.
+func (q *leaseList) mayOvertake(l *Lease) bool {
+	h := q.head
+	return h == nil || h.prio < l.prio && !h.bypassedMax()
+}
+
+// overtaken counts one bypass for from and every waiter behind it.
+func (q *leaseList) overtaken(from *Lease) {
+	for w := from; w != nil; w = w.next {
+		w.extra().bypassed++
+	}
+}
+
+// bypassedMax reports whether the waiter l may not be overtaken again.
+func (l *Lease) bypassedMax() bool { return l.x != nil && l.x.bypassed >= maxBypass }
 
 // remove unlinks l, which must be in q.
 func (q *leaseList) remove(l *Lease) {

@@ -437,6 +437,23 @@ func (s *session) granted(l *Lease, reqID uint32) {
 	})
 }
 
+// revoked implements leaseHook: it tells the client a waiter of higher
+// priority wants the lease.
+func (s *session) revoked(l *Lease) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.over {
+		return
+	}
+	key, id := l.key, l.id
+	s.push(func(b []byte) []byte {
+		return frame(b, opRevoke, 0, 0, 0, func(b []byte) []byte {
+			b = appendString(b, key)
+			return append(b, id[:]...)
+		})
+	})
+}
+
 // ended implements leaseHook: it tells the client its lease ended, for
 // whatever reason, including its own Release.
 func (s *session) ended(l *Lease, reason error) {

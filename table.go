@@ -61,6 +61,7 @@ func (sh *shard) init(b *Broker) {
 type leaseHook interface {
 	queued(l *Lease, reqID uint32)
 	granted(l *Lease, reqID uint32)
+	revoked(l *Lease)
 	ended(l *Lease, reason error)
 }
 
@@ -94,9 +95,15 @@ func (sh *shard) acquire(ctx context.Context, key string, r *request, wait bool)
 // without a hook, through its ready channel.
 func (sh *shard) begin(key string, r *request, wait bool, hook leaseHook, reqID uint32) (l *Lease, queued bool, err error) {
 	// Allocate before locking, to keep the critical section short.
-	l = &Lease{key: key, door: sh, shared: r.shared, prio: int32(r.priority), owner: r.owner, keep: r.keepOnDisconnect, hook: hook}
+	l = &Lease{key: key, door: sh, shared: r.shared, prio: int32(r.priority), keep: r.keepOnDisconnect, noPreempt: r.noPreempt, hook: hook}
 	if r.ttl > 0 {
 		l.ttl = &ttlState{ttl: r.ttl, keepAlive: r.keepAlive}
+	}
+	if r.owner != "" {
+		l.extra().owner = r.owner
+	}
+	if r.preempt >= 0 {
+		l.extra().preempt = &preemption{grace: r.preempt}
 	}
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -125,8 +132,10 @@ func (sh *shard) begin(key string, r *request, wait bool, hook leaseHook, reqID 
 		}
 	}
 	// A request goes straight to the head of the queue only past waiters of
-	// lower priority: it never overtakes one it would have to queue behind.
-	if (e.waiters.head == nil || e.waiters.head.prio < l.prio) && e.fits(l) {
+	// lower priority: it never overtakes one it would have to queue behind,
+	// nor one overtaken maxBypass times already.
+	if e.waiters.mayOvertake(l) && e.fits(l) {
+		e.waiters.overtaken(e.waiters.head)
 		sh.grantLocked(e, l)
 		if hook != nil {
 			hook.granted(l, reqID)
@@ -145,6 +154,7 @@ func (sh *shard) begin(key string, r *request, wait bool, hook leaseHook, reqID 
 	}
 	e.waiters.insert(l)
 	sh.st.waiters++
+	sh.maybePreemptLocked(e)
 	return l, true, nil
 }
 
@@ -249,6 +259,7 @@ func (sh *shard) grantNextLocked(e *entry) {
 			w.ready <- struct{}{}
 		}
 	}
+	sh.maybePreemptLocked(e)
 }
 
 // dropLocked ends the held lease l for reason without granting its successor.

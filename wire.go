@@ -57,6 +57,7 @@ const (
 	opStatsOK op = 0x87
 	opPong    op = 0x88
 	opEvent   op = 0x89
+	opRevoke  op = 0x8a
 )
 
 // Lock flags.
@@ -64,6 +65,8 @@ const (
 	flagWait             = 1 << 0
 	flagShared           = 1 << 1
 	flagKeepOnDisconnect = 1 << 2
+	flagNoPreempt        = 1 << 3
+	flagPreempt          = 1 << 4 // a duration grace follows the owner
 )
 
 // header is a decoded frame header.
@@ -219,7 +222,11 @@ func appendLock(b []byte, key string, r *request) []byte {
 	b = binary.AppendUvarint(b, uint64(r.ttl))
 	b = binary.AppendUvarint(b, uint64(r.limit))
 	b = binary.AppendVarint(b, int64(r.priority))
-	return appendString(b, r.owner)
+	b = appendString(b, r.owner)
+	if r.preempt >= 0 {
+		b = binary.AppendUvarint(b, uint64(r.preempt))
+	}
+	return b
 }
 
 func lockFlags(r *request, wait bool) uint8 {
@@ -233,6 +240,12 @@ func lockFlags(r *request, wait bool) uint8 {
 	if r.keepOnDisconnect {
 		f |= flagKeepOnDisconnect
 	}
+	if r.noPreempt {
+		f |= flagNoPreempt
+	}
+	if r.preempt >= 0 {
+		f |= flagPreempt
+	}
 	return f
 }
 
@@ -243,6 +256,10 @@ func decodeLock(h header, p []byte) (lockMsg, error) {
 	limit := d.uvarint()
 	m.req.priority = int(d.varint())
 	m.req.owner = d.string()
+	m.req.preempt = -1
+	if h.flags&flagPreempt != 0 {
+		m.req.preempt = d.duration()
+	}
 	if err := d.done(); err != nil {
 		return m, err
 	}
@@ -252,6 +269,7 @@ func decodeLock(h header, p []byte) (lockMsg, error) {
 	m.req.limit = int(limit)
 	m.req.shared = h.flags&flagShared != 0
 	m.req.keepOnDisconnect = h.flags&flagKeepOnDisconnect != 0
+	m.req.noPreempt = h.flags&flagNoPreempt != 0
 	return m, nil
 }
 
@@ -335,7 +353,7 @@ func (e *remoteError) Unwrap() error { return e.sentinel }
 var reasonErrors = map[uint16]error{
 	reasonReleased:    ErrReleased,
 	reasonExpired:     errExpired,
-	reasonPreempted:   lost(ErrPreempted),
+	reasonPreempted:   errPreempted,
 	reasonSessionLost: errSessionLost,
 	reasonForced:      errForced,
 	reasonClosed:      errClosed,

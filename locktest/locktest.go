@@ -98,6 +98,10 @@ var tests = []struct {
 	{"Inspect", testInspect},
 	{"InvalidInput", testInvalidInput},
 	{"IdleKeysFreed", testIdleKeysFreed},
+	{"PreemptReleasedInGrace", testPreemptReleasedInGrace},
+	{"PreemptForced", testPreemptForced},
+	{"PreemptRefused", testPreemptRefused},
+	{"PriorityStarvationBound", testStarvationBound},
 	{"LockAll", testLockAll},
 	{"LockAllWaits", testLockAllWaits},
 	{"LockAllPartLost", testLockAllPartLost},
@@ -1037,4 +1041,107 @@ func testLockAllRandom(e *env) {
 		}
 	}
 	assert.Zero(e, overlaps.Load(), "a key was granted twice")
+}
+
+func (e *env) assertNotRevoked(l *lmx.Lease) {
+	e.Helper()
+	select {
+	case <-l.Revoked():
+		e.Fatalf("lease of %q was revoked", l.Key())
+	default:
+	}
+}
+
+func testPreemptReleasedInGrace(e *env) {
+	e.needAdmin()
+	low := e.lock("pre", lmx.Priority(1))
+	ch := make(chan result, 1)
+	e.lockAsync(e.Context(), ch, "high", "pre", lmx.Priority(5), lmx.Preempt(40*e.unit))
+	select {
+	case <-low.Revoked():
+	case <-time.After(400 * e.unit):
+		e.Fatal("the holder was not asked to give way")
+	}
+	e.assertHeld(low) // the grace period is the holder's
+	e.unlock(low)
+	r := e.recv(ch)
+	require.NoError(e, r.err)
+	assert.Greater(e, r.lease.Token(), low.Token())
+	assert.ErrorIs(e, low.Err(), lmx.ErrReleased, "a holder that gave way in time was not preempted")
+	e.unlock(r.lease)
+}
+
+func testPreemptForced(e *env) {
+	e.needAdmin()
+	low := e.lock("pre", lmx.Priority(1), lmx.Owner("low"))
+	ch := make(chan result, 1)
+	start := time.Now()
+	e.lockAsync(e.Context(), ch, "high", "pre", lmx.Priority(5), lmx.Preempt(8*e.unit))
+	<-low.Revoked()
+	err := e.waitDone(low, 400*e.unit)
+	require.ErrorIs(e, err, lmx.ErrPreempted)
+	require.ErrorIs(e, err, lmx.ErrLeaseLost)
+	assert.GreaterOrEqual(e, time.Since(start), 8*e.unit, "preempted before the grace period")
+	if e.bubble {
+		assert.Equal(e, 8*e.unit, time.Since(start), "preempted after the grace period")
+	}
+	r := e.recv(ch)
+	require.NoError(e, r.err)
+	assert.Greater(e, r.lease.Token(), low.Token(), "the preempting grant needs a newer token")
+	require.ErrorIs(e, low.Unlock(e.Context()), lmx.ErrPreempted)
+	st, err := e.admin.Stats(e.Context())
+	require.NoError(e, err)
+	assert.Equal(e, uint64(1), st.Preemptions)
+	e.unlock(r.lease)
+}
+
+func testPreemptRefused(e *env) {
+	e.needAdmin()
+	for _, c := range []struct {
+		name   string
+		holder []lmx.LockOption
+	}{
+		{"NoPreempt", []lmx.LockOption{lmx.Priority(1), lmx.NoPreempt()}},
+		{"equal priority", []lmx.LockOption{lmx.Priority(5)}},
+	} {
+		held := e.lock("pre", c.holder...)
+		ctx, cancel := context.WithTimeout(e.Context(), 20*e.unit)
+		_, err := e.l.Lock(ctx, "pre", lmx.Priority(5), lmx.Preempt(e.unit))
+		cancel()
+		require.ErrorIs(e, err, context.DeadlineExceeded, c.name)
+		e.assertNotRevoked(held)
+		e.assertHeld(held)
+		e.unlock(held)
+	}
+	_, err := e.l.Lock(e.Context(), "pre", lmx.Preempt(-e.unit))
+	require.ErrorIs(e, err, lmx.ErrInvalidOption)
+}
+
+// A low-priority waiter is overtaken by at most 64 later requests of higher
+// priority.
+func testStarvationBound(e *env) {
+	e.needAdmin()
+	holder := e.lock("starve")
+	ch := make(chan result, 100)
+	e.lockAsync(e.Context(), ch, "low", "starve", lmx.Priority(0))
+	e.waitQueued("starve", 1)
+	for i := range 99 {
+		e.lockAsync(e.Context(), ch, fmt.Sprint("high", i), "starve", lmx.Priority(9))
+		e.waitQueued("starve", i+2)
+	}
+	e.unlock(holder)
+	for i := 0; ; i++ {
+		r := e.recv(ch)
+		require.NoError(e, r.err)
+		e.unlock(r.lease)
+		if r.name == "low" {
+			assert.Equal(e, 64, i, "the low-priority waiter was granted after %d others", i)
+			break
+		}
+	}
+	for range 99 - 64 {
+		r := e.recv(ch)
+		require.NoError(e, r.err)
+		e.unlock(r.lease)
+	}
 }

@@ -49,9 +49,10 @@ type Lease struct {
 // leaseExtra holds what only some of a broker's leases need, so that the
 // others do not pay for it. Guarded by the shard's mu.
 type leaseExtra struct {
-	owner    string      // asked with Owner
-	bypassed int32       // a waiter's count of later requests granted first
-	preempt  *preemption // a waiter asked with Preempt
+	owner     string        // asked with Owner
+	bypassed  int32         // a waiter's count of later requests granted first
+	preempt   *preemption   // a waiter asked with Preempt
+	lockDelay time.Duration // asked with LockDelay, else -1 (none asked)
 }
 
 // owner returns who asked for the lease, or "".
@@ -65,7 +66,7 @@ func (l *Lease) owner() string {
 // extra returns l's leaseExtra, making it if need be.
 func (l *Lease) extra() *leaseExtra {
 	if l.x == nil {
-		l.x = new(leaseExtra)
+		l.x = &leaseExtra{lockDelay: -1}
 	}
 	return l.x
 }

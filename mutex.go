@@ -115,10 +115,14 @@ type entry struct {
 	shared  int32     // shared holders
 	holders leaseList // in grant order
 	waiters leaseList // ordered by priority, then arrival
+	delay   *delay    // a lock-delay in force, or nil
 }
 
 // fits reports whether l could hold the key alongside the present holders.
 func (e *entry) fits(l *Lease) bool {
+	if e.delay != nil {
+		return false
+	}
 	if l.shared {
 		return e.excl == 0
 	}
@@ -126,7 +130,7 @@ func (e *entry) fits(l *Lease) bool {
 }
 
 // idle reports whether the entry can be freed.
-func (e *entry) idle() bool { return e.holders.n == 0 && e.waiters.n == 0 }
+func (e *entry) idle() bool { return e.holders.n == 0 && e.waiters.n == 0 && e.delay == nil }
 
 // heldBy returns the lease of key held by owner through hook (the same
 // network session, or in-process when nil), or nil.

@@ -32,6 +32,7 @@ const (
 	optKeepOnDisconnect
 	optPreempt
 	optNoPreempt
+	optLockDelay
 )
 
 // TTL makes the lease end by itself d after it is granted (or last extended)
@@ -93,6 +94,14 @@ func Preempt(grace time.Duration) LockOption { return LockOption{kind: optPreemp
 // higher priority that asks for it.
 func NoPreempt() LockOption { return LockOption{kind: optNoPreempt} }
 
+// LockDelay makes the key wait d before it is granted again when this lease
+// ends without being released: by expiry, a lost session or ForceUnlock
+// (Chubby's lock-delay). A holder that vanished may still be writing; the
+// delay protects resources that cannot check fencing tokens. Unlock and
+// preemption are not delayed. The default is the broker's WithLockDelay,
+// itself 0; a negative d is ErrInvalidOption.
+func LockDelay(d time.Duration) LockOption { return LockOption{kind: optLockDelay, d: d} }
+
 // request is a validated set of lock options.
 type request struct {
 	ttl              time.Duration
@@ -104,11 +113,12 @@ type request struct {
 	keepOnDisconnect bool
 	preempt          time.Duration // grace; < 0 for no preemption
 	noPreempt        bool
+	lockDelay        time.Duration // < 0 for the broker's default
 }
 
 // parseOptions applies opts over the defaults and validates the result.
 func parseOptions(opts []LockOption) (request, error) {
-	r := request{limit: 1, preempt: -1}
+	r := request{limit: 1, preempt: -1, lockDelay: -1}
 	if len(opts) == 0 {
 		return r, nil
 	}
@@ -138,6 +148,11 @@ func parseOptions(opts []LockOption) (request, error) {
 			r.preempt = o.d
 		case optNoPreempt:
 			r.noPreempt = true
+		case optLockDelay:
+			if o.d < 0 {
+				return r, fmt.Errorf("%w: LockDelay(%v) must not be negative", ErrInvalidOption, o.d)
+			}
+			r.lockDelay = o.d
 		}
 	}
 	return r, r.validate()
@@ -171,6 +186,7 @@ const DefaultMaxKeyLen = 1024
 type BrokerOption func(*brokerConfig)
 
 type brokerConfig struct {
+	lockDelay         time.Duration
 	maxKeyLen         int
 	authToken         string
 	tlsConfig         *tls.Config
@@ -218,6 +234,13 @@ func orDefault[T int | time.Duration](v, def T) T {
 // keys fail with ErrInvalidKey. n <= 0 means DefaultMaxKeyLen (1,024).
 func WithMaxKeyLen(n int) BrokerOption {
 	return func(c *brokerConfig) { c.maxKeyLen = orDefault(n, DefaultMaxKeyLen) }
+}
+
+// WithLockDelay sets the lock-delay of leases asked without LockDelay: how
+// long a key waits before it is granted again after a lease ended by
+// expiry, a lost session or ForceUnlock. The default is 0, no delay.
+func WithLockDelay(d time.Duration) BrokerOption {
+	return func(c *brokerConfig) { c.lockDelay = max(d, 0) }
 }
 
 // WithAuthToken makes the network door refuse clients whose handshake does

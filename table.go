@@ -105,6 +105,9 @@ func (sh *shard) begin(key string, r *request, wait bool, hook leaseHook, reqID 
 	if r.preempt >= 0 {
 		l.extra().preempt = &preemption{grace: r.preempt}
 	}
+	if r.lockDelay >= 0 {
+		l.extra().lockDelay = r.lockDelay
+	}
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if sh.b.closed.Load() {
@@ -272,6 +275,7 @@ func (sh *shard) dropLocked(l *Lease, reason error) {
 		e.excl--
 	}
 	sh.st.holders--
+	sh.delayLocked(e, l, reason)
 	l.e, l.state = nil, stateEnded
 	if l.ttl != nil {
 		sh.unscheduleLocked(l)

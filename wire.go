@@ -67,6 +67,7 @@ const (
 	flagKeepOnDisconnect = 1 << 2
 	flagNoPreempt        = 1 << 3
 	flagPreempt          = 1 << 4 // a duration grace follows the owner
+	flagLockDelay        = 1 << 5 // a duration lock-delay follows
 )
 
 // header is a decoded frame header.
@@ -226,6 +227,9 @@ func appendLock(b []byte, key string, r *request) []byte {
 	if r.preempt >= 0 {
 		b = binary.AppendUvarint(b, uint64(r.preempt))
 	}
+	if r.lockDelay >= 0 {
+		b = binary.AppendUvarint(b, uint64(r.lockDelay))
+	}
 	return b
 }
 
@@ -246,6 +250,9 @@ func lockFlags(r *request, wait bool) uint8 {
 	if r.preempt >= 0 {
 		f |= flagPreempt
 	}
+	if r.lockDelay >= 0 {
+		f |= flagLockDelay
+	}
 	return f
 }
 
@@ -256,9 +263,12 @@ func decodeLock(h header, p []byte) (lockMsg, error) {
 	limit := d.uvarint()
 	m.req.priority = int(d.varint())
 	m.req.owner = d.string()
-	m.req.preempt = -1
+	m.req.preempt, m.req.lockDelay = -1, -1
 	if h.flags&flagPreempt != 0 {
 		m.req.preempt = d.duration()
+	}
+	if h.flags&flagLockDelay != 0 {
+		m.req.lockDelay = d.duration()
 	}
 	if err := d.done(); err != nil {
 		return m, err

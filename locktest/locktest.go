@@ -102,6 +102,7 @@ var tests = []struct {
 	{"PreemptForced", testPreemptForced},
 	{"PreemptRefused", testPreemptRefused},
 	{"PriorityStarvationBound", testStarvationBound},
+	{"LockDelay", testLockDelay},
 	{"LockAll", testLockAll},
 	{"LockAllWaits", testLockAllWaits},
 	{"LockAllPartLost", testLockAllPartLost},
@@ -1144,4 +1145,35 @@ func testStarvationBound(e *env) {
 		require.NoError(e, r.err)
 		e.unlock(r.lease)
 	}
+}
+
+// After a lease ends without being released, LockDelay keeps its key from
+// the next holder for a while; a release is not delayed.
+func testLockDelay(e *env) {
+	e.needAdmin()
+	e.unlock(e.lock("d", lmx.LockDelay(40*e.unit)))
+	e.assertFree("d") // released: no delay
+
+	l := e.lock("d", lmx.TTL(4*e.unit), lmx.LockDelay(40*e.unit))
+	ch := make(chan result, 1)
+	e.lockAsync(e.Context(), ch, "next", "d")
+	require.ErrorIs(e, e.waitDone(l, 400*e.unit), lmx.ErrExpired)
+	expired := time.Now()
+	e.none(ch)
+	e.assertLocked("d")
+	r := e.recv(ch)
+	require.NoError(e, r.err)
+	assert.GreaterOrEqual(e, time.Since(expired), 38*e.unit, "granted before the lock-delay ended")
+	if e.bubble {
+		assert.Equal(e, 40*e.unit, time.Since(expired))
+	}
+	e.unlock(r.lease)
+
+	f := e.lock("d", lmx.LockDelay(40*e.unit))
+	require.NoError(e, e.admin.ForceUnlock(e.Context(), "d"))
+	e.waitDone(f, 400*e.unit)
+	e.assertLocked("d") // forced: delayed
+
+	_, err := e.l.Lock(e.Context(), "d", lmx.LockDelay(-e.unit))
+	require.ErrorIs(e, err, lmx.ErrInvalidOption)
 }

@@ -91,3 +91,89 @@ func ExampleFence() {
 	// new holder writes: <nil>
 	// old holder writes: true
 }
+
+// LockAll takes several keys as one, in an order that cannot deadlock with
+// other callers; each key has its own fencing token.
+func ExampleBroker_LockAll() {
+	b := lmx.NewBroker()
+	defer b.Close()
+	ctx := context.Background()
+
+	l, err := b.LockAll(ctx, []string{"accounts/9", "accounts/3"})
+	if err != nil {
+		panic(err)
+	}
+	for _, p := range l.Parts() {
+		fmt.Println("holding", p.Key())
+	}
+	_, err = b.TryLock(ctx, "accounts/9")
+	fmt.Println(err)
+	l.Unlock(ctx)
+	// Output:
+	// holding accounts/3
+	// holding accounts/9
+	// lmx: key is locked
+}
+
+// A waiter of higher priority may ask holders of lower priority to make way.
+func ExamplePreempt() {
+	b := lmx.NewBroker()
+	defer b.Close()
+	ctx := context.Background()
+
+	batch, _ := b.Lock(ctx, "gpu", lmx.Priority(1))
+	go func() {
+		<-batch.Revoked() // asked to make way: finish up and let go
+		fmt.Println("batch job: checkpointing")
+		batch.Unlock(ctx)
+	}()
+	urgent, err := b.Lock(ctx, "gpu", lmx.Priority(9), lmx.Preempt(time.Second))
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("urgent job has the gpu; batch job's lease:", batch.Err())
+	urgent.Unlock(ctx)
+	// Output:
+	// batch job: checkpointing
+	// urgent job has the gpu; batch job's lease: lmx: lease released
+}
+
+// Watch streams what happens to the keys under a prefix.
+func ExampleBroker_Watch() {
+	b := lmx.NewBroker()
+	defer b.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	events, _ := b.Watch(ctx, "jobs/")
+	l, _ := b.Lock(ctx, "jobs/nightly", lmx.Owner("worker-7"))
+	l.Unlock(ctx)
+	for range 2 {
+		ev := <-events
+		fmt.Println(ev.Type, ev.Key, ev.Owner)
+	}
+	// Output:
+	// acquired jobs/nightly worker-7
+	// released jobs/nightly worker-7
+}
+
+// One candidate leads at a time; the others wait their turn.
+func ExampleElection() {
+	b := lmx.NewBroker()
+	defer b.Close()
+	ctx := context.Background()
+
+	a := lmx.NewElection(b, "scheduler")
+	leadership, err := a.Campaign(ctx, "node-a")
+	if err != nil {
+		panic(err)
+	}
+	leader, _ := lmx.NewElection(b, "scheduler").Leader(ctx)
+	fmt.Println("leader:", leader)
+	a.Resign(ctx, leadership)
+	_, err = a.Leader(ctx)
+	fmt.Println(err)
+	// Output:
+	// leader: node-a
+	// lmx: election has no leader
+}

@@ -563,7 +563,11 @@ func testKeepAlive(e *env) {
 	l := e.lock("k", lmx.TTL(8*e.unit), lmx.KeepAlive(40*e.unit))
 	time.Sleep(24 * e.unit) // three TTLs
 	e.assertHeld(l)
-	assert.True(e, l.Expires().After(time.Now()), "a kept-alive lease never looks expired")
+	if e.bubble {
+		assert.True(e, l.Expires().After(time.Now()), "a kept-alive lease never looks expired")
+	} else { // a stalled machine may delay a renewal's answer, not the renewals
+		assert.True(e, l.Expires().After(start.Add(16*e.unit)), "Expires did not follow the renewals")
+	}
 	err := e.waitDone(l, 400*e.unit)
 	require.ErrorIs(e, err, lmx.ErrExpired)
 	held := time.Since(start)

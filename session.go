@@ -108,7 +108,7 @@ func (s *session) handshake() error {
 	if version != protocolVersion {
 		return refuse(codeProtocol, fmt.Errorf("%w: client speaks version %d, this broker %d", ErrProtocol, version, protocolVersion))
 	}
-	if subtle.ConstantTimeCompare(token, []byte(cfg.authToken)) != 1 {
+	if cfg.authToken != "" && subtle.ConstantTimeCompare(token, []byte(cfg.authToken)) != 1 {
 		return refuse(codeAuth, fmt.Errorf("%w: wrong auth token", ErrAuth))
 	}
 	if err := s.b.srv.addSession(s, cfg.maxSessions); err != nil {
@@ -510,6 +510,6 @@ func (s *session) shutdown() {
 			s.replyErr(id, ErrClosed)
 		}
 	}
-	s.out.flush()
+	s.out.drain()
 	s.nc.Close()
 }

@@ -456,3 +456,12 @@ func TestShutdown(t *testing.T) {
 	assert.ErrorIs(t, err, lmx.ErrClosed)
 	assert.True(t, errors.Is(b.Serve(l), lmx.ErrClosed))
 }
+
+// A broker without an auth token admits every client, even one that
+// presents a token.
+func TestNoAuthTokenAdmitsAll(t *testing.T) {
+	addr, _ := listen(t, "tcp")
+	c, err := lmx.Dial(context.Background(), addr, lmx.WithDialToken("anything"))
+	require.NoError(t, err)
+	c.Close()
+}

@@ -1,0 +1,728 @@
+package lmx_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/lmx-go/lmx"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// These tests speak the wire protocol of PROTOCOL.md byte by byte, as a
+// broken or hostile client would, and check what the broker answers and that
+// a well-behaved Client of the same broker never notices.
+
+// The protocol's numbers, from PROTOCOL.md.
+const (
+	headerLen = 12
+
+	opHello   byte = 0x01
+	opLock    byte = 0x02
+	opPing    byte = 0x08
+	opWelcome byte = 0x81
+	opGranted byte = 0x82
+	opError   byte = 0x84
+	opPong    byte = 0x88
+
+	flagWait byte = 1
+
+	codeInvalidKey uint16 = 4
+	codeProtocol   uint16 = 8
+	codeAuth       uint16 = 9
+
+	protocolVersion = 1
+	helloMagic      = "LMX\x00"
+)
+
+// frameWait bounds every wait for the broker's answer on a raw connection.
+const frameWait = 5 * time.Second
+
+// A wireFrame is one frame: its header fields and its payload.
+type wireFrame struct {
+	op, flags byte
+	code      uint16
+	id        uint32
+	payload   []byte
+}
+
+// message returns the message of an Error frame.
+func (f wireFrame) message() string {
+	n, k := binary.Uvarint(f.payload)
+	if k <= 0 || n > uint64(len(f.payload)-k) {
+		return fmt.Sprintf("<malformed error payload %x>", f.payload)
+	}
+	return string(f.payload[k : k+int(n)])
+}
+
+func (f wireFrame) String() string {
+	s := fmt.Sprintf("op 0x%02x id %d code %d, %d bytes", f.op, f.id, f.code, len(f.payload))
+	if f.op == opError {
+		s += fmt.Sprintf(" %q", f.message())
+	}
+	return s
+}
+
+// header returns a frame header announcing length payload bytes.
+func header(op, flags byte, code uint16, id, length uint32) []byte {
+	h := make([]byte, headerLen)
+	h[0], h[1] = op, flags
+	binary.BigEndian.PutUint16(h[2:], code)
+	binary.BigEndian.PutUint32(h[4:], id)
+	binary.BigEndian.PutUint32(h[8:], length)
+	return h
+}
+
+// writeFrame writes one whole frame.
+func writeFrame(t *testing.T, nc net.Conn, op, flags byte, id uint32, payload []byte) {
+	t.Helper()
+	writeRaw(t, nc, append(header(op, flags, 0, id, uint32(len(payload))), payload...))
+}
+
+// writeRaw writes bytes, whatever they are.
+func writeRaw(t *testing.T, nc net.Conn, p []byte) {
+	t.Helper()
+	require.NoError(t, nc.SetWriteDeadline(time.Now().Add(frameWait)))
+	_, err := nc.Write(p)
+	require.NoError(t, err)
+}
+
+// tryReadFrame reads one frame, waiting at most frameWait.
+func tryReadFrame(nc net.Conn) (wireFrame, error) {
+	// On a net.Pipe whose other end is closed this fails, and so will the
+	// read, with io.EOF.
+	nc.SetReadDeadline(time.Now().Add(frameWait))
+	var h [headerLen]byte
+	if _, err := io.ReadFull(nc, h[:]); err != nil {
+		return wireFrame{}, err
+	}
+	f := wireFrame{
+		op: h[0], flags: h[1],
+		code: binary.BigEndian.Uint16(h[2:]),
+		id:   binary.BigEndian.Uint32(h[4:]),
+	}
+	n := binary.BigEndian.Uint32(h[8:])
+	if n > 1<<20 {
+		return f, fmt.Errorf("the broker announced a frame of %d bytes", n)
+	}
+	f.payload = make([]byte, n)
+	if _, err := io.ReadFull(nc, f.payload); err != nil {
+		return f, fmt.Errorf("reading a payload of %d bytes: %w", n, err)
+	}
+	return f, nil
+}
+
+// readFrame reads one frame, waiting at most frameWait.
+func readFrame(t *testing.T, nc net.Conn) wireFrame {
+	t.Helper()
+	f, err := tryReadFrame(nc)
+	require.NoError(t, err, "reading a frame from the broker")
+	return f
+}
+
+// requireErrorFrame checks that f is an Error frame with code answering
+// request id, and returns its message.
+func requireErrorFrame(t *testing.T, f wireFrame, code uint16, id uint32) string {
+	t.Helper()
+	require.Equal(t, opError, f.op, "not an Error frame: %v", f)
+	assert.Equal(t, code, f.code, "error code: %v", f)
+	assert.Equal(t, id, f.id, "request id: %v", f)
+	return f.message()
+}
+
+// requireClosed checks that the broker closed the connection: a read ends
+// with an error other than our own deadline.
+func requireClosed(t *testing.T, nc net.Conn) {
+	t.Helper()
+	f, err := tryReadFrame(nc)
+	require.Error(t, err, "the broker sent %v instead of closing", f)
+	var ne net.Error
+	require.False(t, errors.As(err, &ne) && ne.Timeout(), "the broker did not close the connection within %v", frameWait)
+}
+
+func appendStr(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+// helloPayload is the payload of a Hello.
+func helloPayload(version byte, token string) []byte {
+	return appendStr(append(appendStr(nil, helloMagic), version), token)
+}
+
+// helloFrame is a Hello frame with payload p.
+func helloFrame(p []byte) []byte {
+	return append(header(opHello, 0, 0, 0, uint32(len(p))), p...)
+}
+
+// lockPayload is the payload of a Lock of key: no TTL, limit 1, priority 0,
+// no owner.
+func lockPayload(key string) []byte {
+	b := appendStr(nil, key)
+	b = binary.AppendUvarint(b, 0) // ttl
+	b = binary.AppendUvarint(b, 1) // limit
+	b = binary.AppendVarint(b, 0)  // priority
+	return appendStr(b, "")        // owner
+}
+
+// handshake says Hello and checks the Welcome.
+func handshake(t *testing.T, nc net.Conn, token string) {
+	t.Helper()
+	writeFrame(t, nc, opHello, 0, 0, helloPayload(protocolVersion, token))
+	f := readFrame(t, nc)
+	require.Equal(t, opWelcome, f.op, "the handshake was answered with %v", f)
+	require.NotEmpty(t, f.payload)
+	assert.Equal(t, byte(protocolVersion), f.payload[0])
+}
+
+// ping sends a Ping and requires its Pong: the connection still works.
+func ping(t *testing.T, nc net.Conn, id uint32) {
+	t.Helper()
+	writeFrame(t, nc, opPing, 0, id, nil)
+	f := readFrame(t, nc)
+	require.Equal(t, opPong, f.op, "a Ping was answered with %v", f)
+	require.Equal(t, id, f.id)
+}
+
+// dialRaw opens a TCP connection to a broker address made by listen.
+func dialRaw(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	nc, err := net.DialTimeout("tcp", strings.TrimPrefix(addr, "tcp://"), frameWait)
+	require.NoError(t, err)
+	t.Cleanup(func() { nc.Close() })
+	return nc
+}
+
+// servePipe returns the client end of a net.Pipe the broker serves.
+func servePipe(b *lmx.Broker) net.Conn {
+	c1, c2 := net.Pipe()
+	b.ServeConn(c2)
+	return c1
+}
+
+// pipeDialer makes a Client's connections net.Pipes to b.
+func pipeDialer(b *lmx.Broker) lmx.ClientOption {
+	return lmx.WithDialer(func(context.Context, string, string) (net.Conn, error) { return servePipe(b), nil })
+}
+
+// A bystander is a well-behaved client of the broker under attack. It holds
+// a lock from before the bad client comes until the end.
+type bystander struct {
+	c    *lmx.Client
+	held *lmx.Lease
+	n    int
+}
+
+const bystanderKey = "bystander/held"
+
+func newBystander(t *testing.T, c *lmx.Client) *bystander {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), frameWait)
+	defer cancel()
+	l, err := c.Lock(ctx, bystanderKey)
+	require.NoError(t, err)
+	return &bystander{c: c, held: l}
+}
+
+// check requires that the bystander still holds its lock and can lock and
+// unlock another key.
+func (s *bystander) check(t *testing.T) {
+	t.Helper()
+	select {
+	case <-s.held.Done():
+		require.Failf(t, "the bystander lost its lock", "%v", s.held.Err())
+	default:
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), frameWait)
+	defer cancel()
+	_, err := s.c.TryLock(ctx, bystanderKey)
+	require.ErrorIs(t, err, lmx.ErrLocked, "the broker no longer holds the bystander's lock")
+	s.n++
+	l, err := s.c.Lock(ctx, fmt.Sprintf("bystander/other/%d", s.n))
+	require.NoError(t, err, "the bystander cannot lock")
+	require.NoError(t, l.Unlock(ctx), "the bystander cannot unlock")
+	require.NoError(t, s.held.Err())
+}
+
+// tcpBroker starts a broker on 127.0.0.1 with a bystander connected.
+func tcpBroker(t *testing.T, opts ...lmx.BrokerOption) (string, *bystander) {
+	t.Helper()
+	addr, _ := listen(t, "tcp", opts...)
+	ctx, cancel := context.WithTimeout(context.Background(), frameWait)
+	defer cancel()
+	c, err := lmx.Dial(ctx, addr)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return addr, newBystander(t, c)
+}
+
+// A client whose first frame is not a well-formed Hello is answered with an
+// Error frame, code 8, and disconnected.
+func TestProtocolNotAHello(t *testing.T) {
+	addr, by := tcpBroker(t)
+	tests := []struct {
+		name  string
+		bytes []byte
+		want  string // in the message
+	}{
+		{"HTTP request", []byte("GET / HTTP/1.1\r\n\r\n"), "not an lmx client"},
+		{"Ping first", header(opPing, 0, 0, 1, 0), "op 0x08"},
+		{"bad magic", helloFrame(appendStr(append(appendStr(nil, "HTTP"), 1), "")), "bad hello"},
+		{"no token", helloFrame(append(appendStr(nil, helloMagic), 1)), "bad hello"},
+		{"trailing byte", helloFrame(append(helloPayload(1, ""), 0)), "bad hello"},
+		{"Hello over 4096 bytes", header(opHello, 0, 0, 0, 4097), "4097 bytes"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			nc := dialRaw(t, addr)
+			writeRaw(t, nc, tt.bytes)
+			msg := requireErrorFrame(t, readFrame(t, nc), codeProtocol, 0)
+			assert.Contains(t, msg, lmx.ErrProtocol.Error())
+			assert.Contains(t, msg, tt.want)
+			requireClosed(t, nc)
+			by.check(t)
+		})
+	}
+}
+
+// A Hello of another version is refused with code 8, naming both versions.
+func TestProtocolWrongVersion(t *testing.T) {
+	addr, by := tcpBroker(t)
+	for _, v := range []byte{0, 2, 255} {
+		t.Run(fmt.Sprint("version ", v), func(t *testing.T) {
+			nc := dialRaw(t, addr)
+			writeFrame(t, nc, opHello, 0, 0, helloPayload(v, ""))
+			msg := requireErrorFrame(t, readFrame(t, nc), codeProtocol, 0)
+			assert.Contains(t, msg, lmx.ErrProtocol.Error())
+			assert.Contains(t, msg, "version")
+			assert.Regexp(t, regexp.MustCompile(fmt.Sprintf(`\b%d\b`, v)), msg, "the client's version is not named")
+			assert.Regexp(t, regexp.MustCompile(fmt.Sprintf(`\b%d\b`, protocolVersion)), msg, "the broker's version is not named")
+			requireClosed(t, nc)
+			by.check(t)
+		})
+	}
+}
+
+// logBuffer is a log destination safe for the broker's goroutines.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// A Hello with the wrong token is refused with code 9 and logged; Dial with
+// the wrong token fails with ErrAuth, and with the right one works.
+func TestProtocolWrongToken(t *testing.T) {
+	var logs logBuffer
+	addr, _ := listen(t, "tcp", lmx.WithAuthToken("s3cret"), lmx.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*frameWait)
+	defer cancel()
+	good, err := lmx.Dial(ctx, addr, lmx.WithDialToken("s3cret"))
+	require.NoError(t, err)
+	defer good.Close()
+	by := newBystander(t, good)
+
+	nc := dialRaw(t, addr)
+	writeFrame(t, nc, opHello, 0, 0, helloPayload(protocolVersion, "wrong"))
+	msg := requireErrorFrame(t, readFrame(t, nc), codeAuth, 0)
+	assert.Contains(t, msg, lmx.ErrAuth.Error())
+	requireClosed(t, nc)
+	by.check(t)
+
+	_, err = lmx.Dial(ctx, addr, lmx.WithDialToken("wrong"))
+	require.ErrorIs(t, err, lmx.ErrAuth)
+	_, err = lmx.Dial(ctx, addr)
+	require.ErrorIs(t, err, lmx.ErrAuth, "no token")
+	c, err := lmx.Dial(ctx, addr, lmx.WithDialToken("s3cret"))
+	require.NoError(t, err)
+	l, err := c.Lock(ctx, "k")
+	require.NoError(t, err)
+	require.NoError(t, l.Unlock(ctx))
+	require.NoError(t, c.Close())
+	by.check(t)
+
+	// The broker logs each refusal after sending it: wait for the three.
+	deadline := time.Now().Add(frameWait)
+	for strings.Count(logs.String(), "refused a client") < 3 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	out := logs.String()
+	assert.Equal(t, 3, strings.Count(out, "refused a client"), "refusals logged:\n%s", out)
+	assert.Contains(t, out, "wrong auth token")
+	assert.Contains(t, out, "level=WARN")
+	assert.NotContains(t, out, "s3cret", "the broker logged its token")
+}
+
+// An unknown op after the handshake is answered with Error code 8 for its
+// request id, and the session goes on.
+func TestProtocolUnknownOp(t *testing.T) {
+	addr, by := tcpBroker(t)
+	nc := dialRaw(t, addr)
+	handshake(t, nc, "")
+
+	writeFrame(t, nc, 0x7f, 0, 42, []byte("junk"))
+	msg := requireErrorFrame(t, readFrame(t, nc), codeProtocol, 42)
+	assert.Contains(t, msg, lmx.ErrProtocol.Error())
+	assert.Contains(t, msg, "0x7f")
+	by.check(t)
+	ping(t, nc, 43)
+
+	// Ops a client must never send, back to back in one write.
+	var burst []byte
+	for i, op := range []byte{0x00, opHello, opWelcome, opPong, 0xff} {
+		burst = append(burst, header(op, 0, 0, uint32(100+i), 0)...)
+	}
+	writeRaw(t, nc, burst)
+	for i := range 5 {
+		requireErrorFrame(t, readFrame(t, nc), codeProtocol, uint32(100+i))
+	}
+	ping(t, nc, 44)
+	by.check(t)
+}
+
+// A Lock whose payload does not parse is answered with Error code 8 for its
+// request id, grants nothing, and the session goes on.
+func TestProtocolMalformedLock(t *testing.T) {
+	addr, by := tcpBroker(t)
+	nc := dialRaw(t, addr)
+	handshake(t, nc, "")
+
+	valid := lockPayload("k")
+	tests := []struct {
+		name    string
+		payload []byte
+	}{
+		{"truncated", valid[:len(valid)-1]},
+		{"only the key", appendStr(nil, "k")},
+		{"empty", nil},
+		{"trailing byte", append(append([]byte(nil), valid...), 0)},
+		{"key longer than the payload", append(binary.AppendUvarint(nil, 1000), 'k')},
+		{"overlong varint", append(appendStr(nil, "k"), bytes.Repeat([]byte{0xff}, 11)...)},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			id := uint32(10 + i)
+			writeFrame(t, nc, opLock, flagWait, id, tt.payload)
+			msg := requireErrorFrame(t, readFrame(t, nc), codeProtocol, id)
+			assert.Contains(t, msg, lmx.ErrProtocol.Error())
+			ping(t, nc, 1000+id)
+		})
+	}
+	by.check(t)
+
+	// Nothing was granted: the same connection locks k at once.
+	writeFrame(t, nc, opLock, 0, 99, valid)
+	f := readFrame(t, nc)
+	require.Equal(t, opGranted, f.op, "a valid Lock after malformed ones: %v", f)
+	require.Equal(t, uint32(99), f.id)
+	by.check(t)
+}
+
+// A frame announcing a payload over the broker's limit is answered with
+// Error code 8 and the connection closed, at once: the broker neither waits
+// for the payload nor allocates it.
+func TestProtocolOversizedFrame(t *testing.T) {
+	addr, by := tcpBroker(t, lmx.WithMaxFrame(1024))
+	nc := dialRaw(t, addr)
+	handshake(t, nc, "")
+
+	// A frame at the limit is served.
+	writeFrame(t, nc, opPing, 0, 1, make([]byte, 1024))
+	f := readFrame(t, nc)
+	require.Equal(t, opPong, f.op, "a frame of exactly the limit: %v", f)
+
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	writeRaw(t, nc, header(opLock, 0, 0, 9, 1<<20)) // and no payload
+	msg := requireErrorFrame(t, readFrame(t, nc), codeProtocol, 9)
+	runtime.ReadMemStats(&after)
+	assert.Contains(t, msg, lmx.ErrProtocol.Error())
+	assert.Contains(t, msg, "1048576")
+	assert.Contains(t, msg, "1024")
+	requireClosed(t, nc)
+	assert.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(512<<10), "the broker allocated for the announced payload")
+	by.check(t)
+}
+
+// Bug pinned: when the session's writer goroutine is busy writing a pushed
+// frame (a Granted, an Ended) as the reader meets a frame over the limit,
+// the reader's flush returns at once, leaving the writing to the writer, and
+// session.run closes the connection before the writer gets to the Error
+// frame: the client never learns why it was cut off. PROTOCOL.md: "a longer
+// frame is answered with an Error frame (code 8) and the connection is
+// closed".
+func TestOversizedFrameErrorLostWhileWriterBusy(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		b := lmx.NewBroker(lmx.WithMaxFrame(1024))
+		defer b.Close()
+		held, err := b.Lock(ctx, "k")
+		require.NoError(t, err)
+		nc := servePipe(b)
+		defer nc.Close()
+		handshake(t, nc, "")
+
+		writeFrame(t, nc, opLock, flagWait, 1, lockPayload("k"))
+		synctest.Wait() // queued
+		// The grant is pushed by the session's writer goroutine, which then
+		// blocks writing it: this client reads nothing yet.
+		require.NoError(t, held.Unlock(ctx))
+		synctest.Wait()
+		writeRaw(t, nc, header(opLock, 0, 0, 2, 1<<20))
+		synctest.Wait() // the broker has answered, as it does, and closed
+
+		var got []wireFrame
+		for {
+			f, err := tryReadFrame(nc)
+			if err != nil {
+				require.ErrorIs(t, err, io.EOF)
+				break
+			}
+			got = append(got, f)
+		}
+		found := false
+		for _, f := range got {
+			found = found || f.op == opError && f.code == codeProtocol && f.id == 2
+		}
+		require.True(t, found, "the broker closed the connection without the Error frame for a frame over its limit; it sent %v", got)
+	})
+}
+
+// A client that stops in the middle of a frame is dropped after the session
+// timeout, and its leases are released.
+func TestProtocolHalfFrameThenSilence(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		b := lmx.NewBroker(lmx.WithHeartbeat(100*time.Millisecond, 300*time.Millisecond))
+		defer b.Close()
+		c, err := lmx.Dial(ctx, "pipe:0", pipeDialer(b))
+		require.NoError(t, err)
+		defer c.Close()
+		by := newBystander(t, c)
+
+		nc := servePipe(b)
+		defer nc.Close()
+		handshake(t, nc, "")
+		writeFrame(t, nc, opLock, 0, 1, lockPayload("k"))
+		f := readFrame(t, nc)
+		require.Equal(t, opGranted, f.op, "%v", f)
+		_, err = c.TryLock(ctx, "k")
+		require.ErrorIs(t, err, lmx.ErrLocked)
+
+		writeRaw(t, nc, header(opPing, 0, 0, 2, 0)[:5])
+		start := time.Now()
+		lctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		l, err := c.Lock(lctx, "k")
+		require.NoError(t, err, "the stalled session's lock was not released within a second")
+		waited := time.Since(start)
+		assert.GreaterOrEqual(t, waited, 300*time.Millisecond, "released before the session timeout")
+		assert.LessOrEqual(t, waited, 400*time.Millisecond, "released long after the session timeout")
+		require.NoError(t, l.Unlock(ctx))
+		requireClosed(t, nc)
+		by.check(t)
+	})
+}
+
+// A connection that never completes its Hello is closed after the session
+// timeout.
+func TestProtocolHalfHelloThenSilence(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := lmx.NewBroker(lmx.WithHeartbeat(100*time.Millisecond, 300*time.Millisecond))
+		defer b.Close()
+		nc := servePipe(b)
+		defer nc.Close()
+		hello := helloFrame(helloPayload(protocolVersion, ""))
+		writeRaw(t, nc, hello[:len(hello)-1])
+		start := time.Now()
+		requireClosed(t, nc)
+		assert.Equal(t, 300*time.Millisecond, time.Since(start))
+	})
+}
+
+// A Lock of a key longer than the broker's limit is answered with Error code
+// 4, and the session goes on.
+func TestProtocolKeyTooLong(t *testing.T) {
+	addr, by := tcpBroker(t)
+	nc := dialRaw(t, addr)
+	handshake(t, nc, "")
+
+	writeFrame(t, nc, opLock, 0, 5, lockPayload(strings.Repeat("k", lmx.DefaultMaxKeyLen+1)))
+	msg := requireErrorFrame(t, readFrame(t, nc), codeInvalidKey, 5)
+	assert.Contains(t, msg, lmx.ErrInvalidKey.Error())
+	writeFrame(t, nc, opLock, 0, 6, lockPayload(""))
+	requireErrorFrame(t, readFrame(t, nc), codeInvalidKey, 6)
+	ping(t, nc, 7)
+	by.check(t)
+
+	// The longest key the broker takes.
+	writeFrame(t, nc, opLock, 0, 8, lockPayload(strings.Repeat("k", lmx.DefaultMaxKeyLen)))
+	f := readFrame(t, nc)
+	require.Equal(t, opGranted, f.op, "a key of the maximum length: %v", f)
+	by.check(t)
+}
+
+// Bug pinned: a Lock's priority travels as a varint (64 bits) and
+// lmx.Priority takes an int, but the broker keeps it in an int32
+// (table.go, shard.begin: prio: int32(r.priority)) without checking its
+// range, so a priority of 1<<31 becomes -1<<31: the most urgent waiter is
+// queued last, and Inspect reports a priority that was never asked. The
+// broker must either honour the priority or refuse it (ErrInvalidOption,
+// code 5).
+func TestLockPriorityBeyondInt32Wraps(t *testing.T) {
+	if strconv.IntSize < 64 {
+		t.Skip("a priority of 1<<31 does not fit an int here")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*frameWait)
+	defer cancel()
+	addr, b := listen(t, "tcp")
+	held, err := b.Lock(ctx, "p")
+	require.NoError(t, err)
+	nc := dialRaw(t, addr)
+	handshake(t, nc, "")
+
+	lock := func(prio int64) []byte {
+		p := appendStr(nil, "p")
+		p = binary.AppendUvarint(p, 0)
+		p = binary.AppendUvarint(p, 1)
+		p = binary.AppendVarint(p, prio)
+		return appendStr(p, "")
+	}
+	const high = int64(1) << 31
+	writeFrame(t, nc, opLock, flagWait, 1, lock(0))
+	writeFrame(t, nc, opLock, flagWait, 2, lock(high))
+	writeFrame(t, nc, opPing, 0, 3, nil)
+	f := readFrame(t, nc)
+	if f.op == opError && f.id == 2 {
+		assert.Equal(t, uint16(5), f.code, "refused with the wrong code: %v", f)
+		return // refusing a priority it cannot keep is fine
+	}
+	require.Equal(t, opPong, f.op, "%v", f)
+
+	ki, err := b.Inspect(ctx, "p")
+	require.NoError(t, err)
+	require.Len(t, ki.Waiters, 2)
+	assert.Equal(t, high, int64(ki.Waiters[0].Priority), "the queue, head first: %+v", ki.Waiters)
+	require.NoError(t, held.Unlock(ctx))
+	f = readFrame(t, nc)
+	require.Equal(t, opGranted, f.op, "%v", f)
+	assert.Equal(t, uint32(2), f.id, "the waiter of priority 1<<31 was not granted first")
+}
+
+// Bug pinned: the broker compares a frame's length with uint32(maxFrame)
+// (session.go, session.read), so WithMaxFrame(n) for n of 4 GiB or more
+// takes n modulo 4 GiB as the limit: WithMaxFrame(1<<32) refuses every frame
+// with a payload, as longer than its limit of 4294967296 bytes, and closes
+// the session. The limit must be min(n, the largest length a header
+// carries).
+func TestMaxFrameOf4GiBRefusesEverything(t *testing.T) {
+	if strconv.IntSize < 64 {
+		t.Skip("1<<32 does not fit an int here")
+	}
+	var limit uint64 = 1 << 32
+	addr, _ := listen(t, "tcp", lmx.WithMaxFrame(int(limit)))
+	nc := dialRaw(t, addr)
+	handshake(t, nc, "")
+	writeFrame(t, nc, opLock, 0, 1, lockPayload("k"))
+	f := readFrame(t, nc)
+	require.Equal(t, opGranted, f.op, "a Lock of %d bytes, under a limit of 4 GiB, was answered with %v", len(lockPayload("k")), f)
+}
+
+// Bug pinned: the broker flushes its answers only when its read buffer is
+// empty (session.go, session.read: br.Buffered() == 0), so while the buffer
+// holds the first bytes of a frame, the answers to the whole frames before
+// it wait: here a Pong is never sent, and when the session times out it is
+// dropped with the connection. PROTOCOL.md: "answers come as they are
+// ready", and "a reader must handle a frame split across reads".
+func TestAnswersWithheldWhileNextFrameIncomplete(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := lmx.NewBroker(lmx.WithHeartbeat(time.Second, 3*time.Second))
+		defer b.Close()
+		nc := servePipe(b)
+		defer nc.Close()
+		handshake(t, nc, "")
+
+		// A whole Ping, and 5 bytes of the next frame, in one write.
+		writeRaw(t, nc, append(header(opPing, 0, 0, 1, 0), header(opPing, 0, 0, 2, 0)[:5]...))
+		start := time.Now()
+		f, err := tryReadFrame(nc)
+		require.NoError(t, err, "no Pong for a whole Ping after %v", time.Since(start))
+		require.Equal(t, opPong, f.op, "%v", f)
+		assert.Equal(t, uint32(1), f.id)
+		assert.Zero(t, time.Since(start), "the Pong waited for the next frame")
+	})
+}
+
+// Bug pinned: Broker.Shutdown answers a session's queued Locks with ErrClosed
+// and then calls session.shutdown's s.out.flush() and s.nc.Close(); when the
+// session's writer goroutine is busy writing a pushed frame, flush returns at
+// once, and the close cuts the answers off: the client never learns that its
+// Lock was refused. Shutdown's documentation: it "answers every queued remote
+// Lock with ErrClosed, sends what each session has to send".
+func TestShutdownAnswersLostWhileWriterBusy(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		b := lmx.NewBroker()
+		defer b.Close()
+		a, err := b.Lock(ctx, "a")
+		require.NoError(t, err)
+		defer a.Unlock(ctx)
+		k, err := b.Lock(ctx, "k")
+		require.NoError(t, err)
+		nc := servePipe(b)
+		defer nc.Close()
+		handshake(t, nc, "")
+
+		writeFrame(t, nc, opLock, flagWait, 1, lockPayload("a")) // stays queued
+		writeFrame(t, nc, opLock, flagWait, 2, lockPayload("k"))
+		synctest.Wait()
+		// The grant of k is pushed by the session's writer goroutine, which
+		// then blocks writing it: this client reads nothing yet.
+		require.NoError(t, k.Unlock(ctx))
+		synctest.Wait()
+		shut := make(chan error, 1)
+		go func() { shut <- b.Shutdown(ctx) }()
+		synctest.Wait()
+
+		var got []wireFrame
+		for {
+			f, err := tryReadFrame(nc)
+			if err != nil {
+				require.ErrorIs(t, err, io.EOF)
+				break
+			}
+			got = append(got, f)
+		}
+		require.NoError(t, <-shut)
+		found := false
+		for _, f := range got {
+			found = found || f.op == opError && f.code == 6 && f.id == 1
+		}
+		require.True(t, found, "Shutdown closed the connection without answering the queued Lock with ErrClosed (code 6); it sent %v", got)
+	})
+}

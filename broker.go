@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"hash/maphash"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -107,6 +109,35 @@ func (b *Broker) Inspect(ctx context.Context, key string) (KeyInfo, error) {
 		return e.info(), nil
 	}
 	return KeyInfo{Key: key}, nil
+}
+
+// List returns the live keys that start with prefix, sorted, at most limit
+// of them (DefaultListLimit when limit <= 0, at most MaxListLimit).
+func (b *Broker) List(ctx context.Context, prefix string, limit int) ([]KeyStat, error) {
+	if b.closed.Load() {
+		return nil, ErrClosed
+	}
+	limit = listLimit(limit)
+	var keys []KeyStat
+	for i := range b.shards {
+		sh := &b.shards[i]
+		sh.mu.Lock()
+		for k, e := range sh.keys {
+			if e != sh.idle && strings.HasPrefix(k, prefix) {
+				keys = append(keys, KeyStat{Key: k, Limit: int(e.limit), Holders: e.holders.n, Waiters: e.waiters.n})
+			}
+		}
+		sh.mu.Unlock()
+	}
+	slices.SortFunc(keys, func(a, b KeyStat) int { return strings.Compare(a.Key, b.Key) })
+	return keys[:min(len(keys), limit)], nil
+}
+
+func listLimit(limit int) int {
+	if limit <= 0 {
+		return DefaultListLimit
+	}
+	return min(limit, MaxListLimit)
 }
 
 // Stats counts what the table holds and has done. It fails only with

@@ -444,6 +444,25 @@ func (cc *clientConn) unwatch(id uint32) {
 	cc.out.send(func(b []byte) []byte { return frame(b, opCancel, 0, 0, id, nil) })
 }
 
+// List returns the broker's live keys that start with prefix; see
+// Broker.List.
+func (c *Client) List(ctx context.Context, prefix string, limit int) ([]KeyStat, error) {
+	cc, err := c.getConn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rep, err := cc.roundTrip(ctx, &call{}, func(b []byte, id uint32) []byte {
+		return frame(b, opList, 0, 0, id, func(b []byte) []byte {
+			b = appendString(b, prefix)
+			return binary.AppendUvarint(b, uint64(listLimit(limit)))
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return decodeKeyStats(rep.payload)
+}
+
 // Stats counts what the broker's table holds and has done.
 func (c *Client) Stats(ctx context.Context) (Stats, error) {
 	cc, err := c.getConn(ctx)
@@ -669,7 +688,7 @@ func (cc *clientConn) dispatch(h header, p []byte) error {
 	case opError:
 		d := decoder{b: p}
 		r.err = codeError(h.code, d.string()) // a cancelled Lock's caller has gone: dropped below
-	case opOK, opInfo, opStatsOK:
+	case opOK, opInfo, opStatsOK, opKeys:
 		r.payload = p
 	default:
 		return fmt.Errorf("%w: unexpected op 0x%02x", ErrProtocol, h.op)

@@ -65,6 +65,33 @@ var (
 	_ MultiLocker = (*Client)(nil)
 )
 
+// Lister is implemented by the doors that list their keys: *Broker and
+// *Client.
+type Lister interface {
+	// List returns the live keys that start with prefix, sorted, at most
+	// limit of them (DefaultListLimit when limit <= 0, at most MaxListLimit).
+	List(ctx context.Context, prefix string, limit int) ([]KeyStat, error)
+}
+
+var (
+	_ Lister = (*Broker)(nil)
+	_ Lister = (*Client)(nil)
+)
+
+// Limits of List.
+const (
+	DefaultListLimit = 1000
+	MaxListLimit     = 10000
+)
+
+// KeyStat summarizes one live key, as List sees it.
+type KeyStat struct {
+	Key     string
+	Limit   int // holders admitted at once
+	Holders int
+	Waiters int
+}
+
 // KeyInfo describes one key, as Inspect sees it.
 type KeyInfo struct {
 	Key     string

@@ -271,6 +271,19 @@ func (s *session) handle(h header, p []byte) {
 		})
 	case opCancel:
 		s.cancel(h.id)
+	case opList:
+		prefix, limit := d.string(), d.uvarint()
+		if s.malformed(h, &d) {
+			return
+		}
+		keys, err := s.b.List(ctx, prefix, int(min(limit, MaxListLimit)))
+		if err != nil {
+			s.replyErr(h.id, err)
+			return
+		}
+		s.reply(func(b []byte) []byte {
+			return frame(b, opKeys, 0, 0, h.id, func(b []byte) []byte { return appendKeyStats(b, keys) })
+		})
 	case opWatch:
 		prefix := d.string()
 		if s.malformed(h, &d) {

@@ -44,6 +44,7 @@ const (
 	opPing    op = 0x08
 	opCancel  op = 0x09
 	opWatch   op = 0x0a
+	opList    op = 0x0b
 )
 
 // Ops from broker to client.
@@ -58,6 +59,7 @@ const (
 	opPong    op = 0x88
 	opEvent   op = 0x89
 	opRevoke  op = 0x8a
+	opKeys    op = 0x8b
 )
 
 // Lock flags.
@@ -454,6 +456,30 @@ func decodeEvent(code uint16, p []byte) (Event, error) {
 		d.fail()
 	}
 	return ev, d.done()
+}
+
+func appendKeyStats(b []byte, keys []KeyStat) []byte {
+	b = binary.AppendUvarint(b, uint64(len(keys)))
+	for _, k := range keys {
+		b = appendString(b, k.Key)
+		b = binary.AppendUvarint(b, uint64(k.Limit))
+		b = binary.AppendUvarint(b, uint64(k.Holders))
+		b = binary.AppendUvarint(b, uint64(k.Waiters))
+	}
+	return b
+}
+
+func decodeKeyStats(p []byte) ([]KeyStat, error) {
+	d := decoder{b: p}
+	n := d.uvarint()
+	if n > MaxListLimit {
+		d.fail()
+	}
+	var keys []KeyStat
+	for ; n > 0 && d.err == nil; n-- {
+		keys = append(keys, KeyStat{Key: d.string(), Limit: int(d.uvarint()), Holders: int(d.uvarint()), Waiters: int(d.uvarint())})
+	}
+	return keys, d.done()
 }
 
 func boolByte(v bool) byte {

@@ -107,6 +107,7 @@ var tests = []struct {
 	{"LockAllWaits", testLockAllWaits},
 	{"LockAllPartLost", testLockAllPartLost},
 	{"LockAllRandom", testLockAllRandom},
+	{"List", testList},
 	{"Watch", testWatch},
 	{"WatchLagged", testWatchLagged},
 	{"Close", testClose},
@@ -1180,4 +1181,22 @@ func testLockDelay(e *env) {
 
 	_, err := e.l.Lock(e.Context(), "d", lmx.LockDelay(-e.unit))
 	require.ErrorIs(e, err, lmx.ErrInvalidOption)
+}
+
+func testList(e *env) {
+	lister, ok := e.l.(lmx.Lister)
+	if !ok {
+		e.Skip("the door does not implement lmx.Lister")
+	}
+	e.lock("ls/b")
+	e.lock("ls/a", lmx.Limit(3))
+	e.lock("ls/a", lmx.Limit(3))
+	e.lock("other")
+	e.unlock(e.lock("ls/gone"))
+	keys, err := lister.List(e.Context(), "ls/", 0)
+	require.NoError(e, err)
+	assert.Equal(e, []lmx.KeyStat{{Key: "ls/a", Limit: 3, Holders: 2}, {Key: "ls/b", Limit: 1, Holders: 1}}, keys)
+	keys, err = lister.List(e.Context(), "", 1)
+	require.NoError(e, err)
+	assert.Equal(e, []lmx.KeyStat{{Key: "ls/a", Limit: 3, Holders: 2}}, keys)
 }

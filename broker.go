@@ -161,6 +161,8 @@ func (b *Broker) Stats(ctx context.Context) (Stats, error) {
 		s.Forced += sh.st.forced
 		s.Preemptions += sh.st.preemptions
 		s.SessionLost += sh.st.sessionLost
+		s.WaitTime.add(&sh.st.wait)
+		s.HoldTime.add(&sh.st.hold)
 		sh.mu.Unlock()
 	}
 	s.Sessions = b.srv.sessionCount()

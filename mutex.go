@@ -131,6 +131,51 @@ type Stats struct {
 	Forced      uint64 // leases ended by ForceUnlock
 	Preemptions uint64 // leases ended by preemption
 	SessionLost uint64 // leases ended because their session ended
+
+	WaitTime Histogram // how long granted requests waited in a queue
+	HoldTime Histogram // how long ended leases were held
+}
+
+// HistogramBounds are the upper bounds of a Histogram's buckets.
+var HistogramBounds = [...]time.Duration{
+	time.Millisecond, 5 * time.Millisecond, 10 * time.Millisecond, 50 * time.Millisecond,
+	100 * time.Millisecond, 500 * time.Millisecond, time.Second, 5 * time.Second,
+	10 * time.Second, time.Minute,
+}
+
+// A Histogram counts durations, to the millisecond, in the buckets of
+// HistogramBounds: Counts[i] those up to HistogramBounds[i], and the last
+// count those above every bound.
+type Histogram struct {
+	Counts [len(HistogramBounds) + 1]uint64
+	Sum    time.Duration
+}
+
+// observe counts d.
+func (h *Histogram) observe(d time.Duration) {
+	i := 0
+	for i < len(HistogramBounds) && d > HistogramBounds[i] {
+		i++
+	}
+	h.Counts[i]++
+	h.Sum += d
+}
+
+// add adds o's counts to h.
+func (h *Histogram) add(o *Histogram) {
+	for i := range h.Counts {
+		h.Counts[i] += o.Counts[i]
+	}
+	h.Sum += o.Sum
+}
+
+// Count returns how many durations h counted.
+func (h *Histogram) Count() uint64 {
+	var n uint64
+	for _, c := range h.Counts {
+		n += c
+	}
+	return n
 }
 
 // entry is the state of one live key. It exists while the key has a holder

@@ -46,6 +46,13 @@ func runChild(mode, addr string) int {
 			return 1
 		}
 		fmt.Println("locked", l.Token())
+	case "ensure": // ensure a broker, say whether this process started it
+		_, b, err := lmx.Ensure(ctx, addr, nil)
+		if err != nil {
+			fmt.Println("error", err)
+			return 1
+		}
+		fmt.Println("started", b != nil)
 	case "broker": // serve a broker until killed
 		b := lmx.NewBroker()
 		if _, err := b.Listen("unix", addr); err != nil {
@@ -464,4 +471,52 @@ func TestNoAuthTokenAdmitsAll(t *testing.T) {
 	c, err := lmx.Dial(context.Background(), addr, lmx.WithDialToken("anything"))
 	require.NoError(t, err)
 	c.Close()
+}
+
+// Processes racing to Ensure a broker at one address end up with exactly
+// one broker, which all of them use.
+func TestEnsureRace(t *testing.T) {
+	path := socketPath(t)
+	const n = 5
+	lines := make(chan string, n)
+	for range n {
+		go func() {
+			cmd := exec.Command(os.Args[0], "-test.run=^$")
+			cmd.Env = append(os.Environ(), "LMX_TEST_CHILD=ensure", "LMX_TEST_ADDR=unix://"+path)
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				lines <- "error " + err.Error()
+				return
+			}
+			if err := cmd.Start(); err != nil {
+				lines <- "error " + err.Error()
+				return
+			}
+			t.Cleanup(func() {
+				cmd.Process.Kill()
+				cmd.Wait()
+			})
+			s, _ := bufio.NewReader(out).ReadString('\n')
+			lines <- strings.TrimSpace(s)
+		}()
+	}
+	started := 0
+	for range n {
+		select {
+		case l := <-lines:
+			require.True(t, strings.HasPrefix(l, "started "), l)
+			if l == "started true" {
+				started++
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("a child did not ensure a broker")
+		}
+	}
+	assert.Equal(t, 1, started, "brokers started")
+	c, err := lmx.Dial(context.Background(), "unix://"+path)
+	require.NoError(t, err)
+	defer c.Close()
+	st, err := c.Stats(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, n+1, st.Sessions, "every process is a client of the one broker")
 }

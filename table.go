@@ -45,6 +45,7 @@ type shard struct {
 type counters struct {
 	holders, waiters                                   int
 	grants, expiries, forced, preemptions, sessionLost uint64
+	wait, hold                                         Histogram
 }
 
 func (sh *shard) init(b *Broker) {
@@ -149,7 +150,9 @@ func (sh *shard) begin(key string, r *request, wait bool, hook leaseHook, reqID 
 		sh.freeIfIdleLocked(e)
 		return nil, false, ErrLocked
 	}
-	l.e, l.state, l.reqID = e, stateWaiting, reqID
+	// A waiter has no token yet: until its grant the field holds when it
+	// queued, for the wait-time histogram.
+	l.e, l.state, l.reqID, l.token = e, stateWaiting, reqID, uint64(sh.b.clock.now())
 	if hook == nil {
 		l.ready = sh.b.readies.Get().(chan struct{})
 	} else {
@@ -255,6 +258,7 @@ func (sh *shard) grantNextLocked(e *entry) {
 	for w := e.waiters.head; w != nil && e.fits(w); w = e.waiters.head {
 		e.waiters.remove(w)
 		sh.st.waiters--
+		sh.st.wait.observe(time.Duration(sh.b.clock.now()-int64(w.token)) * time.Millisecond)
 		sh.grantLocked(e, w)
 		if w.hook != nil {
 			w.hook.granted(w, w.reqID)
@@ -275,6 +279,7 @@ func (sh *shard) dropLocked(l *Lease, reason error) {
 		e.excl--
 	}
 	sh.st.holders--
+	sh.st.hold.observe(time.Duration(sh.b.clock.now()-int64(l.id.Time())) * time.Millisecond)
 	sh.delayLocked(e, l, reason)
 	l.e, l.state = nil, stateEnded
 	if l.ttl != nil {

@@ -494,6 +494,12 @@ func appendStats(b []byte, s *Stats) []byte {
 		s.Grants, s.Expiries, s.Forced, s.Preemptions, s.SessionLost} {
 		b = binary.AppendUvarint(b, v)
 	}
+	for _, h := range []*Histogram{&s.WaitTime, &s.HoldTime} {
+		for _, c := range h.Counts {
+			b = binary.AppendUvarint(b, c)
+		}
+		b = binary.AppendUvarint(b, uint64(h.Sum))
+	}
 	return b
 }
 
@@ -502,6 +508,12 @@ func decodeStats(p []byte) (Stats, error) {
 	s := Stats{
 		Keys: int(d.uvarint()), Holders: int(d.uvarint()), Waiters: int(d.uvarint()), Sessions: int(d.uvarint()),
 		Grants: d.uvarint(), Expiries: d.uvarint(), Forced: d.uvarint(), Preemptions: d.uvarint(), SessionLost: d.uvarint(),
+	}
+	for _, h := range []*Histogram{&s.WaitTime, &s.HoldTime} {
+		for i := range h.Counts {
+			h.Counts[i] = d.uvarint()
+		}
+		h.Sum = d.duration()
 	}
 	return s, d.done()
 }

@@ -108,6 +108,7 @@ var tests = []struct {
 	{"LockAllPartLost", testLockAllPartLost},
 	{"LockAllRandom", testLockAllRandom},
 	{"List", testList},
+	{"StatsHistograms", testStatsHistograms},
 	{"Watch", testWatch},
 	{"WatchLagged", testWatchLagged},
 	{"Close", testClose},
@@ -1199,4 +1200,26 @@ func testList(e *env) {
 	keys, err = lister.List(e.Context(), "", 1)
 	require.NoError(e, err)
 	assert.Equal(e, []lmx.KeyStat{{Key: "ls/a", Limit: 3, Holders: 2}}, keys)
+}
+
+func testStatsHistograms(e *env) {
+	e.needAdmin()
+	held := e.lock("h")
+	ch := make(chan result, 1)
+	e.lockAsync(e.Context(), ch, "w", "h")
+	e.waitQueued("h", 1)
+	time.Sleep(4 * e.unit)
+	e.unlock(held)
+	r := e.recv(ch)
+	require.NoError(e, r.err)
+	e.unlock(r.lease)
+	st, err := e.admin.Stats(e.Context())
+	require.NoError(e, err)
+	assert.Equal(e, uint64(1), st.WaitTime.Count(), "one request waited")
+	assert.Equal(e, uint64(2), st.HoldTime.Count(), "two leases ended")
+	assert.GreaterOrEqual(e, st.WaitTime.Sum, 4*e.unit-time.Millisecond)
+	if e.bubble { // 4s: in the bucket up to 5s
+		assert.Equal(e, uint64(1), st.WaitTime.Counts[7], "%+v", st.WaitTime)
+		assert.Equal(e, 4*e.unit, st.WaitTime.Sum)
+	}
 }

@@ -2,6 +2,7 @@ package lmx
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -11,6 +12,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/url"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -559,12 +561,21 @@ func (cc *clientConn) roundTrip(ctx context.Context, cl *call, f func([]byte, ui
 	}
 	id := cc.nextID
 	cc.calls[id] = cl
+	busy := len(cc.calls) > 1
 	if cl.watch != nil { // its events may come before its answer
 		cc.watches[id] = cl.watch
 		cl.watch.done = func() { cc.unwatch(id) }
 	}
 	cc.mu.Unlock()
-	if err := cc.out.send(func(b []byte) []byte { return f(b, id) }); err != nil {
+	if !cc.out.add(func(b []byte) []byte { return f(b, id) }) {
+		cc.fail(cc.out.failure())
+	}
+	if busy {
+		// Other calls are in flight: let their goroutines add their frames
+		// too, so that one write carries them all.
+		runtime.Gosched()
+	}
+	if err := cc.out.flush(); err != nil {
 		cc.fail(err)
 	}
 	select {
@@ -590,6 +601,7 @@ func (cc *clientConn) roundTrip(ctx context.Context, cl *call, f func([]byte, ui
 func (cc *clientConn) read() {
 	br := bufio.NewReaderSize(cc.nc, 64<<10)
 	var hdr [headerLen]byte
+	var buf []byte // reused: dispatch copies what it hands on
 	for n := 1; ; n++ {
 		// Renew the deadline before a read that may block, and every 256
 		// frames while the broker keeps the buffer full.
@@ -605,7 +617,10 @@ func (cc *clientConn) read() {
 			cc.fail(fmt.Errorf("%w: frame of %d bytes from the broker", ErrProtocol, h.length))
 			return
 		}
-		p := make([]byte, h.length)
+		if cap(buf) < int(h.length) {
+			buf = make([]byte, h.length)
+		}
+		p := buf[:h.length]
 		if _, err := io.ReadFull(br, p); err != nil {
 			cc.fail(err)
 			return
@@ -670,6 +685,8 @@ func (cc *clientConn) dispatch(h header, p []byte) error {
 	cc.mu.Lock()
 	cl := cc.calls[h.id]
 	delete(cc.calls, h.id)
+	// Out of calls, it can no longer be abandoned (see roundTrip).
+	abandoned := cl != nil && cl.abandoned
 	cc.mu.Unlock()
 	if cl == nil {
 		return nil // the reply to a fire-and-forget release
@@ -689,13 +706,10 @@ func (cc *clientConn) dispatch(h header, p []byte) error {
 		d := decoder{b: p}
 		r.err = codeError(h.code, d.string()) // a cancelled Lock's caller has gone: dropped below
 	case opOK, opInfo, opStatsOK, opKeys:
-		r.payload = p
+		r.payload = bytes.Clone(p) // p is the reader's buffer
 	default:
 		return fmt.Errorf("%w: unexpected op 0x%02x", ErrProtocol, h.op)
 	}
-	cc.mu.Lock()
-	abandoned := cl.abandoned
-	cc.mu.Unlock()
 	if abandoned {
 		if r.lease != nil {
 			cc.releaseAsync(r.lease)

@@ -760,7 +760,10 @@ func (cc *clientConn) renew(l *Lease) {
 	ctx, cancel := context.WithTimeout(context.Background(), t.ttl/3)
 	defer cancel()
 	if err := cc.extend(ctx, l, ttl); err != nil {
-		return // the lease ended, or will expire: the broker says which
+		if !errors.Is(err, ErrNotHeld) && !errors.Is(err, ErrSessionLost) && !errors.Is(err, ErrClosed) {
+			t.timer.Reset(t.ttl / 6) // a slow answer: try again while the lease still runs
+		}
+		return
 	}
 	if ttl == t.ttl {
 		t.timer.Reset(t.ttl / 3)

@@ -1,48 +1,39 @@
-// Command lmx is the lmx lock broker's command line.
+// Command lmx is the lmx lock broker's command line: it runs a broker, and
+// takes, releases, inspects and watches its locks from the shell.
 //
 // Usage:
 //
-//	lmx demo    show the broker at work: FIFO hand-off, a semaphore, a TTL
-//	            expiring, a fence refusing a stale holder, and a client on a
-//	            Unix socket sharing the table
+//	lmx start [--listen URL]...          run a broker until SIGINT or SIGTERM
+//	lmx acquire KEY [--ttl D] [--wait D] take a lock that outlives the command
+//	lmx release KEY ID | KEY --force     release it from anywhere
+//	lmx run KEY [--try] -- CMD ARGS...   hold a lock while a command runs
+//	lmx ls [PREFIX]                      list the keys held or awaited
+//	lmx inspect KEY                      show a key's holders and waiters
+//	lmx watch [PREFIX]                   print lock events as they happen
+//	lmx ping                             time a round trip to the broker
+//	lmx stats                            show the broker's counts
+//	lmx demo                             show the broker at work
+//
+// 'lmx help' and 'lmx COMMAND --help' say more: flags, environment
+// variables, the default addresses and the exit codes.
 package main
 
 import (
-	"context"
-	"fmt"
-	"io"
 	"os"
+	"os/signal"
+	"syscall"
 )
 
 func main() {
-	if len(os.Args) < 2 {
-		usage(os.Stderr)
-		os.Exit(2)
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	c := &cli{
+		stdin:   os.Stdin,
+		stdout:  os.Stdout,
+		stderr:  os.Stderr,
+		getenv:  os.Getenv,
+		environ: os.Environ,
+		signals: sigs,
 	}
-	var err error
-	switch os.Args[1] {
-	case "demo":
-		err = demo(context.Background(), os.Stdout)
-	case "help", "-h", "-help", "--help":
-		usage(os.Stdout)
-		return
-	default:
-		fmt.Fprintf(os.Stderr, "lmx: unknown command %q\n", os.Args[1])
-		usage(os.Stderr)
-		os.Exit(2)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "lmx:", err)
-		os.Exit(1)
-	}
-}
-
-func usage(w io.Writer) {
-	fmt.Fprint(w, `Usage: lmx COMMAND
-
-Commands:
-  demo    show the broker at work: FIFO hand-off, a semaphore, a TTL
-          expiring, a fence refusing a stale holder, and a client on a
-          Unix socket sharing the table
-`)
+	os.Exit(c.main(os.Args[1:]))
 }

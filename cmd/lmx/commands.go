@@ -1,0 +1,369 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/lmx-go/lmx"
+	"github.com/oklog/ulid/v2"
+)
+
+// defaultAcquireTTL is acquire's --ttl: a lease that outlives its command
+// must end by itself if nobody releases it.
+const defaultAcquireTTL = 30 * time.Second
+
+// lockFlags are the lock options acquire and run share.
+type lockFlags struct {
+	limit  int
+	owner  string
+	shared bool
+	wait   time.Duration
+}
+
+func addLockFlags(f *cmdFlags) *lockFlags {
+	lf := new(lockFlags)
+	f.IntVar(&lf.limit, "limit", 1, "holders admitted at once: N > 1 makes the key a semaphore")
+	f.StringVar(&lf.owner, "owner", "", "who holds the lock, as inspect and watch show it")
+	f.BoolVar(&lf.shared, "shared", false, "a read lock: shared holders together, no exclusive holder with them")
+	return lf
+}
+
+func (lf *lockFlags) options() ([]lmx.LockOption, error) {
+	if lf.limit < 1 {
+		return nil, usageErrorf("--limit must be at least 1")
+	}
+	if lf.wait < 0 {
+		return nil, usageErrorf("--wait must not be negative")
+	}
+	opts := []lmx.LockOption{lmx.Limit(lf.limit)}
+	if lf.owner != "" {
+		opts = append(opts, lmx.Owner(lf.owner))
+	}
+	if lf.shared {
+		opts = append(opts, lmx.Shared())
+	}
+	return opts, nil
+}
+
+// take locks key: at once when try is set, else waiting up to wait, or for
+// as long as ctx allows when wait is 0. A key held by another is
+// exitLocked, a wait that ran out exitTimeout.
+func take(ctx context.Context, cl *lmx.Client, key string, try bool, wait time.Duration, opts []lmx.LockOption) (*lmx.Lease, error) {
+	if try {
+		l, err := cl.TryLock(ctx, key, opts...)
+		if errors.Is(err, lmx.ErrLocked) {
+			return nil, withCode(exitLocked, fmt.Errorf("%s is held by another", key))
+		}
+		return l, err
+	}
+	wctx := ctx
+	if wait > 0 {
+		var cancel context.CancelFunc
+		wctx, cancel = context.WithTimeout(ctx, wait)
+		defer cancel()
+	}
+	l, err := cl.Lock(wctx, key, opts...)
+	if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		return nil, withCode(exitTimeout, fmt.Errorf("%s: still held by another after waiting %v", key, wait))
+	}
+	return l, err
+}
+
+// oneKey checks that the positional arguments are exactly one key.
+func oneKey(pos []string) (string, error) {
+	switch len(pos) {
+	case 0:
+		return "", usageErrorf("KEY is missing")
+	case 1:
+		return pos[0], nil
+	}
+	return "", usageErrorf("unexpected argument %q", pos[1])
+}
+
+func cmdAcquire(c *cli, cmd *command, args []string) error {
+	f := c.newFlags(cmd)
+	ttl := f.Duration("ttl", defaultAcquireTTL, "the lease ends by itself this long after it is granted, unless released first")
+	lf := addLockFlags(f)
+	f.DurationVar(&lf.wait, "wait", 0, "wait up to this long for the lock (default 0: fail at once, with exit code 3, if it is held)")
+	quiet := f.Bool("q", false, "print only the lock id")
+	jsonOut := f.Bool("json", false, "print a JSON object")
+	cf := addConnFlags(f)
+	pos, _, err := f.parse(args, -1)
+	if err != nil {
+		return err
+	}
+	key, err := oneKey(pos)
+	if err != nil {
+		return err
+	}
+	if *ttl <= 0 {
+		return usageErrorf("--ttl must be positive: a lock that outlives acquire ends by its TTL if nobody releases it")
+	}
+	opts, err := lf.options()
+	if err != nil {
+		return err
+	}
+	opts = append(opts, lmx.TTL(*ttl), lmx.KeepOnDisconnect())
+
+	ctx, cancel := c.interruptible()
+	defer cancel()
+	cl, _, err := c.connect(ctx, cf)
+	if err != nil {
+		return err
+	}
+	defer cl.Close() // the lease stays: KeepOnDisconnect
+	l, err := take(ctx, cl, key, lf.wait == 0, lf.wait, opts)
+	if err != nil {
+		return err
+	}
+	out := leaseOut{Key: key, ID: l.ID().String(), Token: l.Token(), Expires: jsonTime(l.Expires())}
+	switch {
+	case *jsonOut:
+		return printJSON(c.stdout, out)
+	case *quiet:
+		_, err = fmt.Fprintln(c.stdout, out.ID)
+	default:
+		_, err = fmt.Fprintf(c.stdout, "acquired %s\nid       %s\ntoken    %d\nexpires  %s\nrelease with: lmx release %s %s\n",
+			key, out.ID, out.Token, humanTime(l.Expires()), shellQuote(key), out.ID)
+	}
+	return err
+}
+
+func cmdRelease(c *cli, cmd *command, args []string) error {
+	f := c.newFlags(cmd)
+	force := f.Bool("force", false, "end every lease of KEY, whoever holds it (ForceUnlock)")
+	jsonOut := f.Bool("json", false, "print a JSON object")
+	cf := addConnFlags(f)
+	pos, _, err := f.parse(args, -1)
+	if err != nil {
+		return err
+	}
+	var key string
+	var id ulid.ULID
+	switch {
+	case len(pos) == 0:
+		return usageErrorf("KEY is missing")
+	case *force && len(pos) > 1:
+		return usageErrorf("--force releases every lease of KEY: give no ID")
+	case *force:
+		key = pos[0]
+	case len(pos) == 1:
+		return usageErrorf("the lock ID is missing (or use --force)")
+	case len(pos) > 2:
+		return usageErrorf("unexpected argument %q", pos[2])
+	default:
+		key = pos[0]
+		if id, err = ulid.ParseStrict(pos[1]); err != nil {
+			return usageErrorf("%q is not a lock id: %v", pos[1], err)
+		}
+	}
+	ctx, cancel := c.interruptible()
+	defer cancel()
+	cl, _, err := c.connect(ctx, cf)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	out := releaseOut{Key: key}
+	if *force {
+		err = cl.ForceUnlock(ctx, key)
+		out.Forced = true
+	} else {
+		err = cl.Release(ctx, key, id)
+		out.ID, out.Released = id.String(), true
+	}
+	if errors.Is(err, lmx.ErrNotHeld) {
+		if *force {
+			return fmt.Errorf("%s has no holder", key)
+		}
+		return fmt.Errorf("%s is not held with id %s", key, id)
+	}
+	if err != nil {
+		return err
+	}
+	if *jsonOut {
+		return printJSON(c.stdout, out)
+	}
+	if *force {
+		_, err = fmt.Fprintf(c.stdout, "forced %s: every lease ended\n", key)
+	} else {
+		_, err = fmt.Fprintf(c.stdout, "released %s %s\n", key, id)
+	}
+	return err
+}
+
+func cmdLs(c *cli, cmd *command, args []string) error {
+	f := c.newFlags(cmd)
+	n := f.Int("max", lmx.DefaultListLimit, fmt.Sprintf("list at most N keys (at most %d)", lmx.MaxListLimit))
+	jsonOut := f.Bool("json", false, "print a JSON object per key, one per line")
+	cf := addConnFlags(f)
+	pos, _, err := f.parse(args, -1)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 1 {
+		return usageErrorf("unexpected argument %q", pos[1])
+	}
+	prefix := ""
+	if len(pos) == 1 {
+		prefix = pos[0]
+	}
+	if *n < 1 {
+		return usageErrorf("--max must be positive")
+	}
+	ctx, cancel := c.interruptible()
+	defer cancel()
+	cl, _, err := c.connect(ctx, cf)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	keys, err := cl.List(ctx, prefix, *n)
+	if err != nil {
+		return err
+	}
+	if *jsonOut {
+		for _, k := range keys {
+			if err := printJSON(c.stdout, keyOut{Key: k.Key, Limit: k.Limit, Holders: k.Holders, Waiters: k.Waiters}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return printKeys(c.stdout, keys)
+}
+
+func cmdInspect(c *cli, cmd *command, args []string) error {
+	f := c.newFlags(cmd)
+	jsonOut := f.Bool("json", false, "print a JSON object")
+	cf := addConnFlags(f)
+	pos, _, err := f.parse(args, -1)
+	if err != nil {
+		return err
+	}
+	key, err := oneKey(pos)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := c.interruptible()
+	defer cancel()
+	cl, _, err := c.connect(ctx, cf)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ki, err := cl.Inspect(ctx, key)
+	if err != nil {
+		return err
+	}
+	if *jsonOut {
+		return printJSON(c.stdout, newInfoOut(ki))
+	}
+	return printInfo(c.stdout, ki)
+}
+
+func cmdWatch(c *cli, cmd *command, args []string) error {
+	f := c.newFlags(cmd)
+	jsonOut := f.Bool("json", false, "print a JSON object per event, one per line")
+	cf := addConnFlags(f)
+	pos, _, err := f.parse(args, -1)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 1 {
+		return usageErrorf("unexpected argument %q", pos[1])
+	}
+	prefix := ""
+	if len(pos) == 1 {
+		prefix = pos[0]
+	}
+	ctx, cancel := c.interruptible()
+	defer cancel()
+	cl, addr, err := c.connect(ctx, cf)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	events, err := cl.Watch(ctx, prefix)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stderr, "lmx watch: watching %s at %s; Ctrl-C to stop\n", strconv.Quote(prefix), addr)
+	for ev := range events {
+		if *jsonOut {
+			err = printJSON(c.stdout, newEventOut(ev))
+		} else {
+			err = printEvent(c.stdout, ev)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if ctx.Err() != nil {
+		return nil // interrupted: how a watch ends
+	}
+	return withCode(exitUnreachable, errors.New("the connection to the broker was lost"))
+}
+
+func cmdPing(c *cli, cmd *command, args []string) error {
+	f := c.newFlags(cmd)
+	jsonOut := f.Bool("json", false, "print a JSON object")
+	cf := addConnFlags(f)
+	pos, _, err := f.parse(args, -1)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageErrorf("unexpected argument %q", pos[0])
+	}
+	ctx, cancel := c.interruptible()
+	defer cancel()
+	t0 := time.Now()
+	cl, addr, err := c.connect(ctx, cf)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	t1 := time.Now()
+	// The client has no Ping of its own: Stats is the lightest round trip.
+	if _, err := cl.Stats(ctx); err != nil {
+		return err
+	}
+	connect, rtt := t1.Sub(t0), time.Since(t1)
+	if *jsonOut {
+		return printJSON(c.stdout, pingOut{Addr: addr, ConnectSeconds: connect.Seconds(), RoundTripSeconds: rtt.Seconds()})
+	}
+	_, err = fmt.Fprintf(c.stdout, "%s: connected in %v, round trip %v\n", addr, roundDuration(connect), roundDuration(rtt))
+	return err
+}
+
+func cmdStats(c *cli, cmd *command, args []string) error {
+	f := c.newFlags(cmd)
+	jsonOut := f.Bool("json", false, "print a JSON object")
+	cf := addConnFlags(f)
+	pos, _, err := f.parse(args, -1)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usageErrorf("unexpected argument %q", pos[0])
+	}
+	ctx, cancel := c.interruptible()
+	defer cancel()
+	cl, _, err := c.connect(ctx, cf)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	s, err := cl.Stats(ctx)
+	if err != nil {
+		return err
+	}
+	if *jsonOut {
+		return printJSON(c.stdout, newStatsOut(&s))
+	}
+	return printStats(c.stdout, &s)
+}

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/lmx-go/lmx"
+)
+
+// Defaults of run's --keepalive.
+const (
+	// keepAliveTTL is the TTL of a kept-alive lease when --ttl is not given.
+	keepAliveTTL = 30 * time.Second
+	// keepAliveMax bounds the renewals: about ten years, so that a command
+	// keeps its lock for as long as it runs.
+	keepAliveMax = 10 * 365 * 24 * time.Hour
+)
+
+func cmdRun(c *cli, cmd *command, args []string) error {
+	f := c.newFlags(cmd)
+	ttl := f.Duration("ttl", 0, "the lease ends by itself this long after it is granted, even while the command runs (default: none, held as long as lmx run lives)")
+	keepAlive := f.Bool("keepalive", false, "renew the TTL while the command runs, every third of it (--ttl defaults to 30s then)")
+	try := f.Bool("try", false, "fail at once, with exit code 3, if the lock is held")
+	lf := addLockFlags(f)
+	f.DurationVar(&lf.wait, "wait", 0, "wait up to this long for the lock, then fail with exit code 4 (default: as long as it takes)")
+	cf := addConnFlags(f)
+	pos, command, err := f.parse(args, 1)
+	if err != nil {
+		return err
+	}
+	if len(pos) == 0 {
+		return usageErrorf("KEY is missing")
+	}
+	key := pos[0]
+	if len(command) == 0 {
+		return usageErrorf("the command is missing: lmx run KEY -- CMD ARGS...")
+	}
+	if *ttl < 0 {
+		return usageErrorf("--ttl must not be negative")
+	}
+	if *try && lf.wait > 0 {
+		return usageErrorf("--try and --wait do not go together")
+	}
+	opts, err := lf.options()
+	if err != nil {
+		return err
+	}
+	if *keepAlive && *ttl == 0 {
+		*ttl = keepAliveTTL
+	}
+	if *ttl > 0 {
+		opts = append(opts, lmx.TTL(*ttl))
+	}
+	if *keepAlive {
+		opts = append(opts, lmx.KeepAlive(keepAliveMax))
+	}
+
+	// Until the command starts, a signal cuts the wait short.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stopWatch, watching := make(chan struct{}), make(chan struct{})
+	var caught os.Signal
+	go func() {
+		defer close(watching)
+		select {
+		case caught = <-c.signals:
+			cancel()
+		case <-stopWatch:
+		}
+	}()
+	cl, l, err := connectAndTake(ctx, c, cf, key, *try, lf.wait, opts)
+	close(stopWatch)
+	<-watching
+	if cl != nil {
+		defer cl.Close()
+	}
+	if caught != nil {
+		if l != nil {
+			unlock(l)
+		}
+		return fmt.Errorf("%v before the command started", caught)
+	}
+	if err != nil {
+		return err
+	}
+
+	child := exec.Command(command[0], command[1:]...)
+	child.Stdin, child.Stdout, child.Stderr = c.stdin, c.stdout, c.stderr
+	child.Env = append(c.environ(),
+		"LMX_LOCK_KEY="+key,
+		"LMX_LOCK_ID="+l.ID().String(),
+		"LMX_LOCK_TOKEN="+strconv.FormatUint(l.Token(), 10))
+	if err := child.Start(); err != nil {
+		unlock(l)
+		code := 126
+		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist) {
+			code = 127
+		}
+		return withCode(code, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- child.Wait() }()
+	for {
+		select {
+		case sig := <-c.signals:
+			child.Process.Signal(sig) // then wait for it to exit
+			continue
+		case <-l.Done():
+			child.Process.Kill()
+			<-exited
+			return withCode(exitLeaseLost, fmt.Errorf("the lock on %s was lost while the command ran (%v); the command was killed", key, l.Err()))
+		case err = <-exited:
+		}
+		break
+	}
+	if lost := l.Err(); lost != nil {
+		return withCode(exitLeaseLost, fmt.Errorf("the lock on %s was lost while the command ran (%v)", key, lost))
+	}
+	unlock(l)
+	return exitStatus(err)
+}
+
+// connectAndTake connects and locks key, returning the client if it
+// connected and the lease if it was granted.
+func connectAndTake(ctx context.Context, c *cli, cf *connFlags, key string, try bool, wait time.Duration, opts []lmx.LockOption) (*lmx.Client, *lmx.Lease, error) {
+	cl, _, err := c.connect(ctx, cf)
+	if err != nil {
+		return nil, nil, err
+	}
+	l, err := take(ctx, cl, key, try, wait, opts)
+	return cl, l, err
+}
+
+// unlock releases l, giving up after a while: the broker releases it with
+// the session anyway.
+func unlock(l *lmx.Lease) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	l.Unlock(ctx)
+}
+
+// exitStatus turns how a command ended into lmx run's exit code.
+func exitStatus(err error) error {
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		return err
+	}
+	if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return withCode(128+int(ws.Signal()), nil)
+	}
+	return withCode(ee.ExitCode(), nil)
+}

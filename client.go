@@ -446,6 +446,16 @@ func (cc *clientConn) unwatch(id uint32) {
 	cc.out.send(func(b []byte) []byte { return frame(b, opCancel, 0, 0, id, nil) })
 }
 
+// Ping makes a round trip to the broker.
+func (c *Client) Ping(ctx context.Context) error {
+	cc, err := c.getConn(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = cc.roundTrip(ctx, &call{}, func(b []byte, id uint32) []byte { return frame(b, opPing, 0, 0, id, nil) })
+	return err
+}
+
 // List returns the broker's live keys that start with prefix; see
 // Broker.List.
 func (c *Client) List(ctx context.Context, prefix string, limit int) ([]KeyStat, error) {
@@ -635,7 +645,9 @@ func (cc *clientConn) read() {
 func (cc *clientConn) dispatch(h header, p []byte) error {
 	switch h.op {
 	case opPong:
-		return nil
+		if h.id == 0 {
+			return nil // a heartbeat's
+		}
 	case opEvent:
 		ev, err := decodeEvent(h.code, p)
 		if err != nil {
@@ -707,6 +719,7 @@ func (cc *clientConn) dispatch(h header, p []byte) error {
 		r.err = codeError(h.code, d.string()) // a cancelled Lock's caller has gone: dropped below
 	case opOK, opInfo, opStatsOK, opKeys:
 		r.payload = bytes.Clone(p) // p is the reader's buffer
+	case opPong:
 	default:
 		return fmt.Errorf("%w: unexpected op 0x%02x", ErrProtocol, h.op)
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"testing/synctest"
 
 	"github.com/lmx-go/lmx"
 	"github.com/lmx-go/lmx/locktest"
@@ -76,4 +77,13 @@ func TestClientConformance(t *testing.T) {
 	})
 	t.Run("TCP", func(t *testing.T) { locktest.Run(t, dialer("tcp"), locktest.RealTime(0)) })
 	t.Run("Unix", func(t *testing.T) { locktest.Run(t, dialer("unix"), locktest.RealTime(0)) })
+}
+
+func TestClientPing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c, _ := pipeClient(t)
+		require.NoError(t, c.Ping(context.Background()))
+		require.NoError(t, c.Close())
+		require.ErrorIs(t, c.Ping(context.Background()), lmx.ErrClosed)
+	})
 }

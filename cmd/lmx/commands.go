@@ -328,8 +328,7 @@ func cmdPing(c *cli, cmd *command, args []string) error {
 	}
 	defer cl.Close()
 	t1 := time.Now()
-	// The client has no Ping of its own: Stats is the lightest round trip.
-	if _, err := cl.Stats(ctx); err != nil {
+	if err := cl.Ping(ctx); err != nil {
 		return err
 	}
 	connect, rtt := t1.Sub(t0), time.Since(t1)

@@ -21,7 +21,7 @@ type outbox struct {
 	buf     []byte // frames waiting to be written
 	spare   []byte // the buffer being written, reused next time
 	writing bool
-	idle    chan struct{} // closed when the current writer is done
+	idle    chan struct{} // made by a drain waiting for the writer, closed when it is done
 	err     error         // the first write error; the outbox is dead after it
 }
 
@@ -78,7 +78,6 @@ func (o *outbox) flush() error {
 		return o.err
 	}
 	o.writing = true
-	o.idle = make(chan struct{})
 	for len(o.buf) > 0 && o.err == nil {
 		buf := o.buf
 		o.buf = o.spare[:0]
@@ -97,7 +96,10 @@ func (o *outbox) flush() error {
 		}
 	}
 	o.writing = false
-	close(o.idle)
+	if o.idle != nil {
+		close(o.idle)
+		o.idle = nil
+	}
 	return o.err
 }
 
@@ -106,11 +108,15 @@ func (o *outbox) flush() error {
 func (o *outbox) drain() error {
 	for {
 		o.mu.Lock()
-		writing, idle := o.writing, o.idle
-		o.mu.Unlock()
-		if !writing {
+		if !o.writing {
+			o.mu.Unlock()
 			return o.flush()
 		}
+		if o.idle == nil {
+			o.idle = make(chan struct{})
+		}
+		idle := o.idle
+		o.mu.Unlock()
 		<-idle // bounded by the writer's deadline
 	}
 }

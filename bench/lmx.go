@@ -1,0 +1,307 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/lmx-go/lmx"
+)
+
+var services = []service{
+	{"lmx-inproc", true, startInproc},
+	{"lmx-unix", true, func(ctx context.Context, _ config) (running, error) { return startLMXChild(ctx, "unix") }},
+	{"lmx-tcp", false, func(ctx context.Context, _ config) (running, error) { return startLMXChild(ctx, "tcp") }},
+	{"echo-unix", true, func(ctx context.Context, _ config) (running, error) { return startEcho(ctx, "unix", false) }},
+	{"echo-tcp", false, func(ctx context.Context, _ config) (running, error) { return startEcho(ctx, "tcp", false) }},
+	{"echo-pipelined-unix", true, func(ctx context.Context, _ config) (running, error) { return startEcho(ctx, "unix", true) }},
+	{"redis-redislock", false, startRedislock},
+	{"redis-redsync", false, startRedsync},
+	{"live-mutex", false, startLiveMutex},
+}
+
+// lmxWorker does cycles through a Locker shared by all workers.
+type lmxWorker struct {
+	l      lmx.Locker
+	served *atomic.Int64
+}
+
+func (w lmxWorker) cycle(ctx context.Context, key string) (time.Duration, error) {
+	t := time.Now()
+	l, err := w.l.Lock(ctx, key)
+	if err != nil {
+		return 0, err
+	}
+	d := time.Since(t)
+	if err := l.Unlock(ctx); err != nil {
+		return 0, err
+	}
+	if w.served != nil {
+		w.served.Add(1)
+	}
+	return d, nil
+}
+
+func (lmxWorker) close() {}
+
+type inproc struct{ b *lmx.Broker }
+
+func startInproc(context.Context, config) (running, error) { return inproc{lmx.NewBroker()}, nil }
+
+func (s inproc) newWorker(context.Context, int) (worker, error) { return lmxWorker{l: s.b}, nil }
+func (inproc) rss() string                                      { return "" }
+func (s inproc) close()                                         { s.b.Close() }
+
+// A child is a server this command started in another process: this binary
+// again, redis-server or node. It is stopped by closing its stdin (which
+// the children this command writes watch) and SIGTERM, then killed.
+type child struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	dir   string // a temporary directory removed at stop, or ""
+	done  chan struct{}
+	once  sync.Once
+}
+
+// startChild starts cmd and waits, at most 15 s, for ready to accept a line
+// of its stdout (or for ready to be nil and probe to succeed).
+func startChild(ctx context.Context, cmd *exec.Cmd, dir string, ready func(line string) bool, probe func() error) (*child, error) {
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	var stderr strings.Builder
+	var stderrMu sync.Mutex
+	cmd.Stderr = writerFunc(func(p []byte) (int, error) {
+		stderrMu.Lock()
+		defer stderrMu.Unlock()
+		if stderr.Len() < 4096 {
+			stderr.Write(p)
+		}
+		return len(p), nil
+	})
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	c := &child{cmd: cmd, stdin: stdin, dir: dir, done: make(chan struct{})}
+	lines := make(chan string, 16)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			select {
+			case lines <- sc.Text():
+			default:
+			}
+		}
+		close(lines)
+		cmd.Wait()
+		close(c.done)
+	}()
+	fail := func(err error) (*child, error) {
+		c.stop()
+		stderrMu.Lock()
+		defer stderrMu.Unlock()
+		if s := strings.TrimSpace(stderr.String()); s != "" {
+			err = fmt.Errorf("%w: %s", err, s)
+		}
+		return nil, err
+	}
+	deadline := time.NewTimer(15 * time.Second)
+	defer deadline.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return fail(ctx.Err())
+		case <-deadline.C:
+			return fail(errors.New("not ready after 15s"))
+		case line, ok := <-lines:
+			if !ok {
+				lines = nil
+				continue
+			}
+			if ready != nil && ready(line) {
+				return c, nil
+			}
+		case <-c.done:
+			return fail(fmt.Errorf("%s exited", filepath.Base(cmd.Path)))
+		case <-tick.C:
+			if ready == nil && probe() == nil {
+				return c, nil
+			}
+		}
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// rss is the child's VmRSS from /proc.
+func (c *child) rss() string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.cmd.Process.Pid))
+	if err != nil {
+		return "?"
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			f := strings.Fields(v)
+			if len(f) > 0 {
+				kb, err := strconv.Atoi(f[0])
+				if err == nil {
+					return fmt.Sprintf("%.1f MiB", float64(kb)/1024)
+				}
+			}
+		}
+	}
+	return "?"
+}
+
+func (c *child) stop() {
+	c.once.Do(func() {
+		c.stdin.Close()
+		c.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-c.done:
+		case <-time.After(5 * time.Second):
+			c.cmd.Process.Kill()
+			<-c.done
+		}
+		if c.dir != "" {
+			os.RemoveAll(c.dir)
+		}
+	})
+}
+
+// childAddr returns a listening URL for network: a socket in a new
+// temporary directory, or 127.0.0.1 with a port the kernel picks.
+func childAddr(network string) (url, dir string, err error) {
+	if network == "unix" {
+		dir, err = os.MkdirTemp("", "lmxbench")
+		if err != nil {
+			return "", "", err
+		}
+		return "unix://" + filepath.Join(dir, "s"), dir, nil
+	}
+	return "tcp://127.0.0.1:0", "", nil
+}
+
+// selfChild starts this binary as a server of kind (brokerEnv or echoEnv)
+// on network; it prints "ready URL" when it listens.
+func selfChild(ctx context.Context, env, network string) (*child, string, error) {
+	url, dir, err := childAddr(network)
+	if err != nil {
+		return nil, "", err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, "", err
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), env+"="+url)
+	var addr string
+	c, err := startChild(ctx, cmd, dir, func(line string) bool {
+		a, ok := strings.CutPrefix(line, "ready ")
+		addr = a
+		return ok
+	}, nil)
+	if err != nil {
+		if dir != "" {
+			os.RemoveAll(dir)
+		}
+		return nil, "", err
+	}
+	return c, addr, nil
+}
+
+type lmxNet struct {
+	c      *lmx.Client
+	ch     *child
+	served atomic.Int64
+}
+
+func startLMXChild(ctx context.Context, network string) (running, error) {
+	ch, addr, err := selfChild(ctx, brokerEnv, network)
+	if err != nil {
+		return nil, err
+	}
+	c, err := lmx.Dial(ctx, addr)
+	if err != nil {
+		ch.stop()
+		return nil, err
+	}
+	return &lmxNet{c: c, ch: ch}, nil
+}
+
+func (s *lmxNet) newWorker(context.Context, int) (worker, error) {
+	return lmxWorker{l: s.c, served: &s.served}, nil
+}
+
+func (s *lmxNet) rss() string {
+	return fmt.Sprintf("%s after %d cycles", s.ch.rss(), s.served.Load())
+}
+
+func (s *lmxNet) close() {
+	s.c.Close()
+	s.ch.stop()
+}
+
+// runBroker is the child broker: it listens on url, prints "ready URL", and
+// serves until its stdin closes or it gets SIGTERM.
+func runBroker(url string) int {
+	b := lmx.NewBroker()
+	defer b.Close()
+	network, address, _ := strings.Cut(url, "://")
+	a, err := b.Listen(network, address)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "lmxbench broker:", err)
+		return 1
+	}
+	fmt.Printf("ready %s://%s\n", a.Network(), a.String())
+	waitStop()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	b.Shutdown(ctx)
+	return 0
+}
+
+// waitStop returns when stdin closes or a SIGTERM or SIGINT comes.
+func waitStop() {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, os.Interrupt)
+	eof := make(chan struct{})
+	go func() {
+		io.Copy(io.Discard, os.Stdin)
+		close(eof)
+	}()
+	select {
+	case <-sig:
+	case <-eof:
+	}
+}
+
+// dialURL dials a "unix://path" or "tcp://host:port" URL.
+func dialURL(ctx context.Context, url string) (net.Conn, error) {
+	network, address, _ := strings.Cut(url, "://")
+	var d net.Dialer
+	return d.DialContext(ctx, network, address)
+}

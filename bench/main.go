@@ -1,0 +1,112 @@
+// Command lmxbench runs lock workloads against lmx and the lock services it is
+// measured against, and prints a table of cycles/s, acquire latency and
+// fairness (Jain's index of the workers' cycle counts). One cycle is a lock
+// then an unlock; for the echo baselines it is two round trips.
+//
+// Every service it starts listens on 127.0.0.1 or a Unix socket in a
+// temporary directory and is stopped before it exits, also on error.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// brokerEnv, when set, makes this binary a child lmx broker listening on
+// the URL it holds: the "lmx over a socket, broker in another process"
+// services re-execute themselves this way.
+const brokerEnv = "LMXBENCH_BROKER"
+
+type config struct {
+	services  []string
+	workloads []string
+	cycles    int // 0: each workload's default
+	runs      int
+	timeout   time.Duration // bound on one run of one workload
+	smoke     bool
+	out       string
+	nodeDir   string // where node_modules/live-mutex is
+}
+
+func main() {
+	if url := os.Getenv(brokerEnv); url != "" {
+		os.Exit(runBroker(url))
+	}
+	if url := os.Getenv(echoEnv); url != "" {
+		os.Exit(runEchoServer(url))
+	}
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("lmxbench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg config
+	services := fs.String("services", "", "comma-separated `services` (default: all; -smoke: "+strings.Join(smokeServices, ",")+"); known: "+strings.Join(serviceNames(), ","))
+	workloads := fs.String("workloads", "", "comma-separated `workloads` (default: all): "+strings.Join(workloadNames(), ","))
+	fs.IntVar(&cfg.cycles, "cycles", 0, "cycles per workload run (default: the workload's own)")
+	fs.IntVar(&cfg.runs, "runs", 3, "runs of each workload; the table reports medians")
+	fs.DurationVar(&cfg.timeout, "timeout", 60*time.Second, "bound on one run of one workload")
+	fs.BoolVar(&cfg.smoke, "smoke", false, "tiny cycle counts, only services that start fast")
+	fs.StringVar(&cfg.out, "o", "", "also write the table as markdown to `file`")
+	fs.StringVar(&cfg.nodeDir, "node-dir", ".", "the `directory` holding node_modules/live-mutex")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg.services = splitList(*services)
+	cfg.workloads = splitList(*workloads)
+	if len(cfg.services) == 0 {
+		if cfg.smoke {
+			cfg.services = smokeServices
+		} else {
+			cfg.services = serviceNames()
+		}
+	}
+	if len(cfg.workloads) == 0 {
+		cfg.workloads = workloadNames()
+	}
+	if cfg.runs < 1 {
+		cfg.runs = 1
+	}
+	for _, s := range cfg.services {
+		if _, ok := serviceByName(s); !ok {
+			fmt.Fprintf(stderr, "lmxbench: unknown service %q\n", s)
+			return 2
+		}
+	}
+	for _, w := range cfg.workloads {
+		if _, ok := workloadByName(w); !ok {
+			fmt.Fprintf(stderr, "lmxbench: unknown workload %q\n", w)
+			return 2
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rows := runMatrix(ctx, cfg, stderr)
+	table := renderTable(rows)
+	fmt.Fprint(stdout, table)
+	if cfg.out != "" {
+		if err := os.WriteFile(cfg.out, []byte(table), 0o644); err != nil {
+			fmt.Fprintln(stderr, "lmxbench:", err)
+			return 1
+		}
+	}
+	return 0
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}

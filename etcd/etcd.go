@@ -1,0 +1,645 @@
+// Package etcd is an lmx.Locker over etcd, for locks that must survive the
+// machine of a single broker. Importing it registers the etcd:// scheme with
+// lmx.Open:
+//
+//	etcd://10.0.0.5:2379,10.0.0.6:2379/locks/app
+//
+// Layout: the queue of key K is the etcd keys PREFIX K "\x00" ID, one per
+// request (waiting or granted), each attached to the Locker's session (an
+// etcd lease kept alive while the Locker lives). The queue is ordered by
+// create revision: a request is granted when the requests created before it
+// allow it, and its fencing token is its create revision, so tokens of a key
+// increase in grant order. A waiter waits only for the deletion of its
+// predecessor, seen on one watch per Locker, so a release wakes one waiter,
+// not a herd.
+//
+// Supported options: TTL, KeepAlive, Limit (semaphores), Shared (without
+// Limit), NoPreempt (nothing is ever preempted) and LockDelay(0). Priority
+// other than 0, Owner, Preempt, KeepOnDisconnect and a positive LockDelay
+// fail with an error matching ErrUnsupported and lmx.ErrInvalidOption.
+//
+// TTL is enforced by the Locker: when it runs out the lease ends
+// (lmx.ErrExpired) before its key is deleted. A holder whose process dies
+// or loses etcd frees its keys when the session's etcd lease expires
+// (SessionTTL); its leases end with lmx.ErrSessionLost, as soon as the
+// Locker sees its keys deleted or its session expire.
+package etcd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/lmx-go/lmx"
+	"github.com/oklog/ulid/v2"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+func init() { lmx.Register("etcd", openURL) }
+
+// ErrUnsupported: the etcd backend cannot honour a lock option. It is
+// always wrapped together with lmx.ErrInvalidOption.
+var ErrUnsupported = errors.New("lmx/etcd: option not supported by the etcd backend")
+
+// DefaultSessionTTL is the TTL of a Locker's session unless SessionTTL says
+// otherwise: how long etcd keeps the keys of a Locker it no longer hears.
+const DefaultSessionTTL = 5 * time.Second
+
+// An Option configures a Locker made by New.
+type Option func(*config)
+
+type config struct {
+	sessionTTL time.Duration
+}
+
+// SessionTTL sets the TTL of the Locker's session, rounded up to a second
+// (etcd's lease granularity); d <= 0 means DefaultSessionTTL.
+func SessionTTL(d time.Duration) Option {
+	return func(c *config) {
+		if d > 0 {
+			c.sessionTTL = d
+		}
+	}
+}
+
+// A Locker is an lmx.Locker whose lock table is in etcd. Its methods are
+// safe for concurrent use.
+type Locker struct {
+	cli    *clientv3.Client
+	own    bool // Close closes cli
+	pfx    string
+	ttl    int64 // session TTL, seconds
+	ctx    context.Context
+	cancel context.CancelFunc
+	watch  *dispatcher
+
+	mu     sync.Mutex
+	sess   *session // nil until the first request, or after one was lost
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// session is one etcd lease and what hangs on it.
+type session struct {
+	id     clientv3.LeaseID
+	done   chan struct{} // closed when the session ends
+	reason error         // why, set before done closes
+	leases map[string]*lease
+}
+
+// New returns a Locker whose keys live under prefix in the etcd cluster cli
+// talks to. The caller keeps cli and closes it after the Locker.
+func New(ctx context.Context, cli *clientv3.Client, prefix string, opts ...Option) (*Locker, error) {
+	c := config{sessionTTL: DefaultSessionTTL}
+	for _, o := range opts {
+		o(&c)
+	}
+	if prefix != "" && !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	lctx, cancel := context.WithCancel(context.Background())
+	lk := &Locker{
+		cli: cli, pfx: prefix, ctx: lctx, cancel: cancel,
+		ttl: int64((c.sessionTTL + time.Second - 1) / time.Second),
+	}
+	resp, err := cli.Get(ctx, prefix+"\x00", clientv3.WithCountOnly())
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("lmx/etcd: %w", err)
+	}
+	lk.watch = newDispatcher(lk, resp.Header.Revision)
+	lk.wg.Go(lk.watch.run)
+	return lk, nil
+}
+
+// openURL is the lmx.Driver of etcd://host:port[,host:port]/prefix.
+func openURL(ctx context.Context, u *url.URL) (lmx.Locker, error) {
+	if u.Host == "" {
+		return nil, fmt.Errorf("lmx/etcd: %q names no endpoint", u.Redacted())
+	}
+	var eps []string
+	for _, h := range strings.Split(u.Host, ",") {
+		eps = append(eps, "http://"+h)
+	}
+	cfg := clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second, Context: context.Background()}
+	if u.User != nil {
+		cfg.Username = u.User.Username()
+		cfg.Password, _ = u.User.Password()
+	}
+	cli, err := clientv3.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("lmx/etcd: %w", err)
+	}
+	var opts []Option
+	if s := u.Query().Get("session_ttl"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			cli.Close()
+			return nil, fmt.Errorf("lmx/etcd: session_ttl: %w", err)
+		}
+		opts = append(opts, SessionTTL(d))
+	}
+	lk, err := New(ctx, cli, strings.TrimPrefix(u.Path, "/"), opts...)
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	lk.own = true
+	return lk, nil
+}
+
+// Lock waits until key is granted.
+func (lk *Locker) Lock(ctx context.Context, key string, opts ...lmx.LockOption) (*lmx.Lease, error) {
+	return lk.lock(ctx, key, opts, false)
+}
+
+// TryLock grants key if the requests before it allow it now, and otherwise
+// fails with lmx.ErrLocked.
+func (lk *Locker) TryLock(ctx context.Context, key string, opts ...lmx.LockOption) (*lmx.Lease, error) {
+	return lk.lock(ctx, key, opts, true)
+}
+
+// Close ends the session: its leases end (lmx.ErrClosed), its waiters fail
+// with lmx.ErrClosed, and etcd drops its keys. Close is idempotent.
+func (lk *Locker) Close() error {
+	lk.mu.Lock()
+	if lk.closed {
+		lk.mu.Unlock()
+		return nil
+	}
+	lk.closed = true
+	s := lk.sess
+	lk.sess = nil
+	lk.mu.Unlock()
+	if s != nil {
+		lk.endSession(s, lmx.ErrClosed)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		lk.cli.Revoke(ctx, s.id)
+		cancel()
+	}
+	lk.cancel()
+	lk.wg.Wait()
+	if lk.own {
+		return lk.cli.Close()
+	}
+	return nil
+}
+
+// Session returns the etcd lease id of the Locker's current session, or 0
+// when it has none yet: revoking it is how a test kills the session.
+func (lk *Locker) Session() clientv3.LeaseID {
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	if lk.sess == nil {
+		return 0
+	}
+	return lk.sess.id
+}
+
+// session returns the current session, starting one if need be.
+func (lk *Locker) session(ctx context.Context) (*session, error) {
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	if lk.closed {
+		return nil, lmx.ErrClosed
+	}
+	if lk.sess != nil {
+		return lk.sess, nil
+	}
+	g, err := lk.cli.Grant(ctx, lk.ttl)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("lmx/etcd: session: %w", err)
+	}
+	ka, err := lk.cli.KeepAlive(lk.ctx, g.ID)
+	if err != nil {
+		return nil, fmt.Errorf("lmx/etcd: session: %w", err)
+	}
+	s := &session{id: g.ID, done: make(chan struct{}), leases: map[string]*lease{}}
+	lk.sess = s
+	lk.wg.Go(func() {
+		for range ka {
+		}
+		lk.sessionLost(s)
+	})
+	return s, nil
+}
+
+// sessionLost ends s after its keepalive stopped.
+func (lk *Locker) sessionLost(s *session) {
+	lk.mu.Lock()
+	if lk.sess == s {
+		lk.sess = nil
+	}
+	closed := lk.closed
+	lk.mu.Unlock()
+	if closed {
+		lk.endSession(s, lmx.ErrClosed)
+	} else {
+		lk.endSession(s, lmx.ErrSessionLost)
+	}
+}
+
+// endSession ends every lease of s with reason and wakes its waiters.
+func (lk *Locker) endSession(s *session, reason error) {
+	lk.mu.Lock()
+	select {
+	case <-s.done:
+		lk.mu.Unlock()
+		return
+	default:
+	}
+	s.reason = reason
+	close(s.done)
+	leases := s.leases
+	s.leases = map[string]*lease{}
+	lk.mu.Unlock()
+	for _, l := range leases {
+		l.lost(reason)
+	}
+}
+
+// wrap returns ctx.Err() itself when ctx ended, else err made an lmx error.
+func (lk *Locker) wrap(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	lk.mu.Lock()
+	closed := lk.closed
+	lk.mu.Unlock()
+	if closed {
+		return lmx.ErrClosed
+	}
+	return fmt.Errorf("lmx/etcd: %w", err)
+}
+
+// unsupported checks the options the backend cannot honour.
+func unsupported(r lmx.LockRequest) error {
+	var what string
+	switch {
+	case r.Priority != 0:
+		what = "Priority"
+	case r.Owner != "":
+		what = "Owner (re-entrancy)"
+	case r.Preempt >= 0:
+		what = "Preempt"
+	case r.KeepOnDisconnect:
+		what = "KeepOnDisconnect"
+	case r.LockDelay > 0:
+		what = "LockDelay"
+	case r.Shared && r.Limit > 1:
+		what = "Shared with Limit"
+	default:
+		return nil
+	}
+	return fmt.Errorf("%w: %w: %s", lmx.ErrInvalidOption, ErrUnsupported, what)
+}
+
+// waiter describes one request in a key's queue.
+type waiter struct {
+	key    string // etcd key
+	rev    int64  // create revision
+	limit  int
+	shared bool
+}
+
+func encodeValue(limit int, shared bool) string {
+	if shared {
+		return "s" + strconv.Itoa(limit)
+	}
+	return "x" + strconv.Itoa(limit)
+}
+
+func decode(kvKey []byte, value []byte, rev int64) waiter {
+	w := waiter{key: string(kvKey), rev: rev, limit: 1}
+	v := string(value)
+	if len(v) > 1 {
+		w.shared = v[0] == 's'
+		if n, err := strconv.Atoi(v[1:]); err == nil {
+			w.limit = n
+		}
+	}
+	return w
+}
+
+// decision is what the requests before one make of it.
+type decision struct {
+	granted bool
+	targets []string // keys whose change may grant it
+}
+
+// decide applies the rules of the queue to a request and the requests
+// created before it, in create order.
+func decide(me waiter, lower []waiter) decision {
+	if me.shared {
+		for i := len(lower) - 1; i >= 0; i-- {
+			if !lower[i].shared {
+				return decision{targets: []string{lower[i].key}}
+			}
+		}
+		return decision{granted: true}
+	}
+	switch n := len(lower); {
+	case n < me.limit:
+		return decision{granted: true}
+	case n == me.limit:
+		// The first waiter of a semaphore: any holder may let it in.
+		d := decision{}
+		for _, w := range lower {
+			d.targets = append(d.targets, w.key)
+		}
+		return d
+	default:
+		return decision{targets: []string{lower[n-1].key}}
+	}
+}
+
+func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, try bool) (*lmx.Lease, error) {
+	if key == "" || len(key) > lmx.DefaultMaxKeyLen || strings.IndexByte(key, 0) >= 0 {
+		return nil, fmt.Errorf("%w: %d bytes (1..%d, no NUL)", lmx.ErrInvalidKey, len(key), lmx.DefaultMaxKeyLen)
+	}
+	req, err := lmx.ParseLockOptions(opts...)
+	if err != nil {
+		return nil, err
+	}
+	if err := unsupported(req); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	id := ulid.Make()
+	queue := lk.pfx + key + "\x00"
+	me := waiter{key: queue + id.String(), limit: req.Limit, shared: req.Shared}
+	var s *session
+	var resp *clientv3.TxnResponse
+	for attempt := 0; ; attempt++ {
+		if s, err = lk.session(ctx); err != nil {
+			return nil, err
+		}
+		// Not ctx: a Put cut short may still land after the Delete that
+		// would undo it, and leave the key held.
+		pctx, cancel := context.WithTimeout(lk.ctx, 10*time.Second)
+		resp, err = lk.cli.Txn(pctx).Then(
+			clientv3.OpPut(me.key, encodeValue(me.limit, me.shared), clientv3.WithLease(s.id)),
+			clientv3.OpGet(queue, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(1)),
+		).Commit()
+		cancel()
+		if err == nil {
+			break
+		}
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) && attempt == 0 {
+			// The session ended before its keepalive noticed: start another.
+			lk.sessionLost(s)
+			continue
+		}
+		lk.abandon(me.key)
+		return nil, lk.wrap(ctx, err)
+	}
+	me.rev = resp.Header.Revision
+	if first := resp.Responses[1].GetResponseRange().Kvs; len(first) == 1 {
+		f := decode(first[0].Key, first[0].Value, first[0].CreateRevision)
+		if f.limit != me.limit {
+			lk.abandon(me.key)
+			return nil, fmt.Errorf("%w: key %q has Limit(%d), asked %d", lmx.ErrLimitMismatch, key, f.limit, me.limit)
+		}
+	}
+	rev := me.rev
+	for {
+		lower, r, err := lk.lower(ctx, queue, me)
+		if err != nil {
+			lk.abandon(me.key)
+			return nil, lk.wrap(ctx, err)
+		}
+		rev = max(rev, r)
+		d := decide(me, lower)
+		if d.granted {
+			return lk.granted(s, key, id, me, rev, req)
+		}
+		if try {
+			lk.abandon(me.key)
+			return nil, lmx.ErrLocked
+		}
+		wake, stop := lk.watch.subscribe(d.targets, rev)
+		select {
+		case <-wake:
+			stop()
+		case <-ctx.Done():
+			stop()
+			lk.abandon(me.key)
+			return nil, ctx.Err()
+		case <-s.done:
+			stop()
+			return nil, s.err()
+		}
+	}
+}
+
+// err is why the session ended.
+func (s *session) err() error {
+	if errors.Is(s.reason, lmx.ErrClosed) {
+		return lmx.ErrClosed
+	}
+	return fmt.Errorf("%w: %w", lmx.ErrSessionLost, s.reason)
+}
+
+// lower returns the requests of queue created before me, in create order,
+// and the revision they were read at. For a mutex only the last one counts.
+func (lk *Locker) lower(ctx context.Context, queue string, me waiter) ([]waiter, int64, error) {
+	opts := []clientv3.OpOption{
+		clientv3.WithPrefix(), clientv3.WithMaxCreateRev(me.rev - 1),
+		clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortDescend),
+	}
+	if !me.shared && me.limit == 1 {
+		opts = append(opts, clientv3.WithLimit(1))
+	}
+	resp, err := lk.cli.Get(ctx, queue, opts...)
+	if err != nil {
+		return nil, 0, err
+	}
+	lower := make([]waiter, len(resp.Kvs))
+	for i, kv := range resp.Kvs {
+		lower[len(lower)-1-i] = decode(kv.Key, kv.Value, kv.CreateRevision)
+	}
+	return lower, resp.Header.Revision, nil
+}
+
+// abandon deletes a request's key, without relying on any caller's ctx.
+func (lk *Locker) abandon(etcdKey string) {
+	ctx, cancel := context.WithTimeout(lk.ctx, 5*time.Second)
+	defer cancel()
+	lk.cli.Delete(ctx, etcdKey)
+}
+
+// granted makes the lease of a granted request, read at revision rev.
+func (lk *Locker) granted(s *session, key string, id ulid.ULID, me waiter, rev int64, req lmx.LockRequest) (*lmx.Lease, error) {
+	l := &lease{lk: lk, s: s, etcdKey: me.key, ttl: req.TTL}
+	var exp time.Time
+	if req.TTL > 0 {
+		exp = time.Now().Add(req.TTL)
+		if req.KeepAlive > 0 {
+			l.keepUntil = time.Now().Add(req.KeepAlive)
+		}
+	}
+	l.lease, l.end = lmx.NewLease(key, id, uint64(me.rev), exp, l)
+	lk.mu.Lock()
+	select {
+	case <-s.done:
+		lk.mu.Unlock()
+		lk.abandon(me.key)
+		return nil, s.err()
+	default:
+	}
+	s.leases[me.key] = l
+	l.mu.Lock()
+	if req.TTL > 0 {
+		l.timer = time.AfterFunc(req.TTL, l.expire)
+		if req.KeepAlive > 0 {
+			l.renew = time.AfterFunc(req.TTL/3, l.keepAlive)
+		}
+	}
+	l.mu.Unlock()
+	lk.mu.Unlock()
+	if !lk.watch.hold(me.key, rev, l) {
+		l.lost(lmx.ErrSessionLost)
+		return nil, fmt.Errorf("%w: the key was deleted as it was granted", lmx.ErrSessionLost)
+	}
+	if me.limit > 1 {
+		// Tell the request behind this one that it may be the first waiter.
+		ctx, cancel := context.WithTimeout(lk.ctx, 5*time.Second)
+		lk.cli.Put(ctx, me.key, encodeValue(me.limit, me.shared), clientv3.WithIgnoreLease())
+		cancel()
+	}
+	return l.lease, nil
+}
+
+// lease is the etcd side of one lmx.Lease.
+type lease struct {
+	lk      *Locker
+	s       *session
+	etcdKey string
+	lease   *lmx.Lease
+	end     func(error) bool
+
+	mu        sync.Mutex
+	ttl       time.Duration
+	keepUntil time.Time
+	timer     *time.Timer // expiry
+	renew     *time.Timer // KeepAlive
+}
+
+// forget takes l out of its session and the watch, and stops its timers; it
+// reports whether l was still there.
+func (l *lease) forget() bool {
+	l.lk.mu.Lock()
+	here := l.s.leases[l.etcdKey] == l
+	delete(l.s.leases, l.etcdKey)
+	l.lk.mu.Unlock()
+	l.lk.watch.release(l.etcdKey)
+	l.mu.Lock()
+	if l.timer != nil {
+		l.timer.Stop()
+	}
+	if l.renew != nil {
+		l.renew.Stop()
+	}
+	l.mu.Unlock()
+	return here
+}
+
+// lost ends l for reason, then deletes its key.
+func (l *lease) lost(reason error) {
+	l.forget()
+	l.end(reason)
+	l.lk.abandon(l.etcdKey)
+}
+
+// expire ends l when its TTL ran out.
+func (l *lease) expire() {
+	if l.forget() {
+		l.end(lmx.ErrExpired)
+		l.lk.abandon(l.etcdKey)
+	}
+}
+
+// keepAlive renews l by its TTL, never past its KeepAlive bound.
+func (l *lease) keepAlive() {
+	l.mu.Lock()
+	ttl := min(l.ttl, time.Until(l.keepUntil))
+	full := l.ttl
+	l.mu.Unlock()
+	if ttl <= 0 || l.lease.Err() != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(l.lk.ctx, full/3)
+	defer cancel()
+	err := l.lease.Extend(ctx, ttl)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case err != nil && !errors.Is(err, lmx.ErrNotHeld):
+		l.renew.Reset(full / 6)
+	case err == nil && ttl == full:
+		l.renew.Reset(full / 3)
+	}
+}
+
+// Unlock implements lmx.LeaseBackend.
+func (l *lease) Unlock(ctx context.Context, _ *lmx.Lease) error {
+	if !l.forget() {
+		return lmx.ErrNotHeld
+	}
+	if ctx.Err() != nil {
+		l.lk.wg.Go(func() { l.lk.abandon(l.etcdKey) })
+		return ctx.Err()
+	}
+	resp, err := l.lk.cli.Delete(ctx, l.etcdKey)
+	if err != nil {
+		l.lk.wg.Go(func() { l.lk.abandon(l.etcdKey) })
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return nil // released here; etcd drops the key with the session at worst
+	}
+	if resp.Deleted == 0 {
+		l.end(lmx.ErrSessionLost)
+		return lmx.ErrNotHeld
+	}
+	return nil
+}
+
+// Extend implements lmx.LeaseBackend: the key must still be there.
+func (l *lease) Extend(ctx context.Context, _ *lmx.Lease, ttl time.Duration) (time.Time, error) {
+	resp, err := l.lk.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(l.etcdKey), "=", int64(l.lease.Token()))).
+		Commit()
+	if err != nil {
+		return time.Time{}, l.lk.wrap(ctx, err)
+	}
+	if !resp.Succeeded {
+		l.lost(lmx.ErrSessionLost)
+		return time.Time{}, lmx.ErrNotHeld
+	}
+	exp := time.Now().Add(ttl)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.lease.Err() != nil {
+		return time.Time{}, lmx.ErrNotHeld
+	}
+	if l.timer == nil {
+		l.timer = time.AfterFunc(ttl, l.expire)
+	} else if !l.timer.Stop() {
+		return time.Time{}, lmx.ErrNotHeld // expiring as we speak
+	} else {
+		l.timer.Reset(ttl)
+	}
+	return exp, nil
+}

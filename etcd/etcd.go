@@ -33,6 +33,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lmx-go/lmx"
@@ -320,7 +321,7 @@ func encodeValue(limit int, shared bool) string {
 
 func decode(kvKey []byte, value []byte, rev int64) waiter {
 	w := waiter{key: string(kvKey), rev: rev, limit: 1}
-	v := string(value)
+	v, _, _ := strings.Cut(string(value), "/") // a reason may follow, see Release
 	if len(v) > 1 {
 		w.shared = v[0] == 's'
 		if n, err := strconv.Atoi(v[1:]); err == nil {
@@ -528,6 +529,8 @@ type lease struct {
 	etcdKey string
 	lease   *lmx.Lease
 	end     func(error) bool
+
+	why atomic.Value // whyReleased or whyForced once Release or ForceUnlock marked the key
 
 	mu        sync.Mutex
 	ttl       time.Duration

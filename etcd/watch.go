@@ -2,6 +2,7 @@ package etcd
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"github.com/lmx-go/lmx"
@@ -147,15 +148,30 @@ func (d *dispatcher) dispatch(events []*clientv3.Event, rev int64) {
 			close(s.ch)
 			d.unsubscribe(s)
 		}
-		if l := d.held[k]; l != nil && del {
-			delete(d.held, k)
-			lost = append(lost, l)
+		l := d.held[k]
+		if l == nil {
+			continue
 		}
+		if !del {
+			if _, why, ok := strings.Cut(string(ev.Kv.Value), "/"); ok {
+				l.why.Store(why) // what the deletion to come means
+			}
+			continue
+		}
+		delete(d.held, k)
+		lost = append(lost, l)
 	}
 	d.rev = max(d.rev, rev)
 	d.lk.mu.Unlock()
 	for _, l := range lost {
-		l.lost(lmx.ErrSessionLost)
+		switch l.why.Load() {
+		case whyReleased:
+			l.lost(lmx.ErrReleased)
+		case whyForced:
+			l.lost(lmx.ErrForced)
+		default:
+			l.lost(lmx.ErrSessionLost)
+		}
 	}
 }
 

@@ -1,0 +1,192 @@
+package etcd
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/lmx-go/lmx"
+	"github.com/oklog/ulid/v2"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+var _ lmx.Admin = (*Locker)(nil)
+
+// Reasons that Release and ForceUnlock write into a key's value, after a
+// "/", before they delete it, so that its holder, wherever it is, learns why
+// the key went.
+const (
+	whyReleased = "released"
+	whyForced   = "forced"
+)
+
+// queueOf returns the etcd prefix of key's queue, or an error for a key
+// the backend refuses.
+func (lk *Locker) queueOf(key string) (string, error) {
+	if key == "" || len(key) > lmx.DefaultMaxKeyLen || strings.IndexByte(key, 0) >= 0 {
+		return "", fmt.Errorf("%w: %d bytes (1..%d, no NUL)", lmx.ErrInvalidKey, len(key), lmx.DefaultMaxKeyLen)
+	}
+	return lk.pfx + key + "\x00", nil
+}
+
+// queue returns the requests of a queue in create order, and which hold.
+func (lk *Locker) queue(ctx context.Context, queue string) ([]waiter, []bool, []string, error) {
+	resp, err := lk.cli.Get(ctx, queue, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
+	if err != nil {
+		return nil, nil, nil, lk.wrap(ctx, err)
+	}
+	ws := make([]waiter, len(resp.Kvs))
+	vals := make([]string, len(resp.Kvs))
+	for i, kv := range resp.Kvs {
+		ws[i] = decode(kv.Key, kv.Value, kv.CreateRevision)
+		vals[i], _, _ = strings.Cut(string(kv.Value), "/")
+	}
+	held := make([]bool, len(ws))
+	for i, w := range ws {
+		held[i] = decide(w, ws[:i]).granted
+	}
+	return ws, held, vals, nil
+}
+
+// mark writes why into the value of a request's key, then deletes it.
+func (lk *Locker) mark(ctx context.Context, w waiter, val, why string) (bool, error) {
+	resp, err := lk.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(w.key), "=", w.rev)).
+		Then(clientv3.OpPut(w.key, val+"/"+why, clientv3.WithIgnoreLease())).
+		Commit()
+	if err != nil {
+		return false, lk.wrap(ctx, err)
+	}
+	if !resp.Succeeded {
+		return false, nil
+	}
+	if _, err := lk.cli.Delete(ctx, w.key); err != nil {
+		lk.abandon(w.key)
+		return true, lk.wrap(ctx, err)
+	}
+	return true, nil
+}
+
+// Release ends the lease of key whose lock id is id, from any Locker on the
+// same prefix; its holder sees lmx.ErrReleased.
+func (lk *Locker) Release(ctx context.Context, key string, id ulid.ULID) error {
+	q, err := lk.queueOf(key)
+	if err != nil {
+		return err
+	}
+	ws, held, vals, err := lk.queue(ctx, q)
+	if err != nil {
+		return err
+	}
+	for i, w := range ws {
+		if w.key == q+id.String() && held[i] {
+			ok, err := lk.mark(ctx, w, vals[i], whyReleased)
+			if err != nil || ok {
+				return err
+			}
+		}
+	}
+	return lmx.ErrNotHeld
+}
+
+// ForceUnlock ends every lease of key with lmx.ErrForced.
+func (lk *Locker) ForceUnlock(ctx context.Context, key string) error {
+	q, err := lk.queueOf(key)
+	if err != nil {
+		return err
+	}
+	ws, held, vals, err := lk.queue(ctx, q)
+	if err != nil {
+		return err
+	}
+	n := 0
+	for i, w := range ws {
+		if held[i] {
+			ok, err := lk.mark(ctx, w, vals[i], whyForced)
+			if err != nil {
+				return err
+			}
+			if ok {
+				n++
+			}
+		}
+	}
+	if n == 0 {
+		return lmx.ErrNotHeld
+	}
+	return nil
+}
+
+// Inspect describes key's holders and waiters as etcd has them. Owner is
+// never set, Count is 1, and Expires is known only for this Locker's own
+// leases.
+func (lk *Locker) Inspect(ctx context.Context, key string) (lmx.KeyInfo, error) {
+	q, err := lk.queueOf(key)
+	if err != nil {
+		return lmx.KeyInfo{}, err
+	}
+	ws, held, _, err := lk.queue(ctx, q)
+	if err != nil {
+		return lmx.KeyInfo{}, err
+	}
+	ki := lmx.KeyInfo{Key: key}
+	if len(ws) > 0 {
+		ki.Limit = ws[0].limit
+	}
+	for i, w := range ws {
+		if !held[i] {
+			ki.Waiters = append(ki.Waiters, lmx.WaiterInfo{Shared: w.shared})
+			continue
+		}
+		id, _ := ulid.ParseStrict(strings.TrimPrefix(w.key, q))
+		h := lmx.HolderInfo{ID: id, Token: uint64(w.rev), Shared: w.shared, Count: 1, Since: ulid.Time(id.Time())}
+		lk.mu.Lock()
+		var l *lease
+		if lk.sess != nil {
+			l = lk.sess.leases[w.key]
+		}
+		lk.mu.Unlock()
+		if l != nil {
+			h.Expires = l.lease.Expires()
+		}
+		ki.Holders = append(ki.Holders, h)
+	}
+	return ki, nil
+}
+
+// Stats counts the keys, holders and waiters under the Locker's prefix, by
+// reading them all. The counters of what happened are not kept (zero).
+func (lk *Locker) Stats(ctx context.Context) (lmx.Stats, error) {
+	resp, err := lk.cli.Get(ctx, lk.pfx, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
+	if err != nil {
+		return lmx.Stats{}, lk.wrap(ctx, err)
+	}
+	queues := map[string][]waiter{}
+	for _, kv := range resp.Kvs {
+		k := string(kv.Key)
+		i := strings.LastIndexByte(k, 0)
+		if i < 0 {
+			continue
+		}
+		queues[k[:i]] = append(queues[k[:i]], decode(kv.Key, kv.Value, kv.CreateRevision))
+	}
+	var st lmx.Stats
+	names := make([]string, 0, len(queues))
+	for q := range queues {
+		names = append(names, q)
+	}
+	sort.Strings(names)
+	for _, q := range names {
+		ws := queues[q]
+		st.Keys++
+		for i, w := range ws {
+			if decide(w, ws[:i]).granted {
+				st.Holders++
+			} else {
+				st.Waiters++
+			}
+		}
+	}
+	return st, nil
+}

@@ -78,7 +78,9 @@ var errUnavailable = errors.New("unavailable")
 type service struct {
 	name  string
 	smoke bool // starts fast: part of -smoke
-	start func(ctx context.Context, cfg config) (running, error)
+	// maxCycles, if not 0, caps the cycles of a run: for slow services.
+	maxCycles int
+	start     func(ctx context.Context, cfg config) (running, error)
 }
 
 func serviceNames() []string {
@@ -163,6 +165,9 @@ func runService(ctx context.Context, cfg config, svc service, log io.Writer) []r
 		}
 		if cfg.cycles > 0 {
 			n = cfg.cycles
+		}
+		if svc.maxCycles > 0 && n > svc.maxCycles {
+			n = svc.maxCycles
 		}
 		rw := row{service: svc.name, workload: name, status: "ok"}
 		var results []result

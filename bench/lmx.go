@@ -22,15 +22,16 @@ import (
 )
 
 var services = []service{
-	{"lmx-inproc", true, startInproc},
-	{"lmx-unix", true, func(ctx context.Context, _ config) (running, error) { return startLMXChild(ctx, "unix") }},
-	{"lmx-tcp", false, func(ctx context.Context, _ config) (running, error) { return startLMXChild(ctx, "tcp") }},
-	{"echo-unix", true, func(ctx context.Context, _ config) (running, error) { return startEcho(ctx, "unix", false) }},
-	{"echo-tcp", false, func(ctx context.Context, _ config) (running, error) { return startEcho(ctx, "tcp", false) }},
-	{"echo-pipelined-unix", true, func(ctx context.Context, _ config) (running, error) { return startEcho(ctx, "unix", true) }},
-	{"redis-redislock", false, startRedislock},
-	{"redis-redsync", false, startRedsync},
-	{"live-mutex", false, startLiveMutex},
+	{name: "lmx-inproc", smoke: true, start: startInproc},
+	{name: "lmx-unix", smoke: true, start: func(ctx context.Context, _ config) (running, error) { return startLMXChild(ctx, "unix") }},
+	{name: "lmx-tcp", smoke: false, start: func(ctx context.Context, _ config) (running, error) { return startLMXChild(ctx, "tcp") }},
+	{name: "echo-unix", smoke: true, start: func(ctx context.Context, _ config) (running, error) { return startEcho(ctx, "unix", false) }},
+	{name: "echo-tcp", smoke: false, start: func(ctx context.Context, _ config) (running, error) { return startEcho(ctx, "tcp", false) }},
+	{name: "echo-pipelined-unix", smoke: true, start: func(ctx context.Context, _ config) (running, error) { return startEcho(ctx, "unix", true) }},
+	{name: "redis-redislock", smoke: false, start: startRedislock},
+	{name: "redis-redsync", smoke: false, start: startRedsync},
+	{name: "live-mutex", smoke: false, start: startLiveMutex},
+	{name: "etcd", start: startEtcd, maxCycles: etcdMaxCycles},
 }
 
 // lmxWorker does cycles through a Locker shared by all workers.

@@ -1,0 +1,107 @@
+package main
+
+import (
+	"bytes"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestMain lets the test binary be the child broker and echo server that
+// the lmx-unix and echo services re-execute.
+func TestMain(m *testing.M) {
+	if url := os.Getenv(brokerEnv); url != "" {
+		os.Exit(runBroker(url))
+	}
+	if url := os.Getenv(echoEnv); url != "" {
+		os.Exit(runEchoServer(url))
+	}
+	os.Exit(m.Run())
+}
+
+// tableRows returns the table's rows as service/workload -> status.
+func tableRows(t *testing.T, table string) map[string]string {
+	t.Helper()
+	rows := make(map[string]string)
+	for _, line := range strings.Split(strings.TrimSpace(table), "\n")[2:] {
+		f := strings.Split(strings.Trim(line, "|"), "|")
+		if len(f) != 11 {
+			t.Fatalf("row %q has %d cells", line, len(f))
+		}
+		rows[strings.TrimSpace(f[0])+"/"+strings.TrimSpace(f[1])] = strings.TrimSpace(f[10])
+	}
+	return rows
+}
+
+func TestSmoke(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "table.md")
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"-smoke", "-runs", "1", "-o", out}, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	md, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(md) != stdout.String() {
+		t.Errorf("-o file differs from stdout:\n%s\n%s", md, stdout.String())
+	}
+	rows := tableRows(t, string(md))
+	want := map[string]bool{}
+	for _, s := range []string{"lmx-inproc", "lmx-unix", "echo-unix", "echo-pipelined-unix"} {
+		for _, w := range []string{"hot1", "hot20", "keys20", "keys200"} {
+			want[s+"/"+w] = true
+			if st, ok := rows[s+"/"+w]; !ok {
+				t.Errorf("no row %s/%s", s, w)
+			} else if st != "ok" {
+				t.Errorf("row %s/%s: %s", s, w, st)
+			}
+		}
+	}
+	if len(rows) != len(want) {
+		t.Errorf("%d rows, want %d:\n%s", len(rows), len(want), md)
+	}
+	if !strings.Contains(string(md), "MiB after") {
+		t.Errorf("no broker RSS in:\n%s", md)
+	}
+}
+
+// An unavailable service has its rows, saying so.
+func TestUnavailable(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	var stdout bytes.Buffer
+	code := run([]string{"-services", "redis-redislock,live-mutex", "-workloads", "hot1,hot20", "-runs", "1"}, &stdout, io.Discard)
+	if code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	rows := tableRows(t, stdout.String())
+	for _, k := range []string{"redis-redislock/hot1", "redis-redislock/hot20", "live-mutex/hot1", "live-mutex/hot20"} {
+		if !strings.HasPrefix(rows[k], "unavailable") {
+			t.Errorf("%s: %q, want unavailable", k, rows[k])
+		}
+	}
+}
+
+func TestUnknownService(t *testing.T) {
+	if code := run([]string{"-services", "nope"}, io.Discard, io.Discard); code != 2 {
+		t.Errorf("exit %d, want 2", code)
+	}
+}
+
+func TestJain(t *testing.T) {
+	for _, c := range []struct {
+		counts []int64
+		want   float64
+	}{
+		{[]int64{5, 5, 5, 5}, 1},
+		{[]int64{10, 0, 0, 0}, 0.25},
+		{[]int64{0, 0}, 0},
+	} {
+		if got := jain(c.counts); math.Abs(got-c.want) > 1e-9 {
+			t.Errorf("jain(%v) = %v, want %v", c.counts, got, c.want)
+		}
+	}
+}

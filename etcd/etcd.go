@@ -18,11 +18,15 @@
 // other than 0, Owner, Preempt, KeepOnDisconnect and a positive LockDelay
 // fail with an error matching ErrUnsupported and lmx.ErrInvalidOption.
 //
-// TTL is enforced by the Locker: when it runs out the lease ends
-// (lmx.ErrExpired) before its key is deleted. A holder whose process dies
+// TTL is enforced by the holder's Locker: when it runs out, the key is
+// deleted and the lease ends (lmx.ErrExpired). A holder whose process dies
 // or loses etcd frees its keys when the session's etcd lease expires
-// (SessionTTL); its leases end with lmx.ErrSessionLost, as soon as the
-// Locker sees its keys deleted or its session expire.
+// (SessionTTL, default 5s); its leases end with lmx.ErrSessionLost as soon
+// as the Locker sees its keys deleted or its session expire.
+//
+// *Locker implements lmx.Admin: Release and ForceUnlock work across
+// processes (the holder learns the reason from the key's last value), and
+// Inspect and Stats read the queues from etcd (no owners, no counters).
 package etcd
 
 import (
@@ -420,7 +424,7 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 			lk.abandon(me.key)
 			return nil, lk.wrap(ctx, err)
 		}
-		rev = max(rev, r)
+		rev = r // the decision holds at r: watch for changes after it
 		d := decide(me, lower)
 		if d.granted {
 			return lk.granted(s, key, id, me, rev, req)
@@ -462,15 +466,27 @@ func (lk *Locker) lower(ctx context.Context, queue string, me waiter) ([]waiter,
 	if !me.shared && me.limit == 1 {
 		opts = append(opts, clientv3.WithLimit(1))
 	}
-	resp, err := lk.cli.Get(ctx, queue, opts...)
-	if err != nil {
-		return nil, 0, err
+	// Once the watch has passed me.rev, a serializable read at the watch's
+	// revision is a consistent snapshot as fresh as what woke the waiter,
+	// without a linearizable round through raft; the watch covers what
+	// changed after it. A member behind that revision refuses it.
+	var resp *clientv3.GetResponse
+	var err error
+	at := lk.watch.revision()
+	if at >= me.rev {
+		resp, err = lk.cli.Get(ctx, queue, append(opts, clientv3.WithSerializable(), clientv3.WithRev(at))...)
+	}
+	if resp == nil || err != nil {
+		if resp, err = lk.cli.Get(ctx, queue, opts...); err != nil {
+			return nil, 0, err
+		}
+		at = resp.Header.Revision
 	}
 	lower := make([]waiter, len(resp.Kvs))
 	for i, kv := range resp.Kvs {
 		lower[len(lower)-1-i] = decode(kv.Key, kv.Value, kv.CreateRevision)
 	}
-	return lower, resp.Header.Revision, nil
+	return lower, at, nil
 }
 
 // abandon deletes a request's key, without relying on any caller's ctx.
@@ -568,8 +584,16 @@ func (l *lease) lost(reason error) {
 // expire ends l when its TTL ran out.
 func (l *lease) expire() {
 	if l.forget() {
+		// Delete first, as a broker would expire the key before telling the
+		// holder, so that the key is free when Done closes; but never keep the
+		// holder believing past a second.
+		ctx, cancel := context.WithTimeout(l.lk.ctx, time.Second)
+		_, err := l.lk.cli.Delete(ctx, l.etcdKey)
+		cancel()
 		l.end(lmx.ErrExpired)
-		l.lk.abandon(l.etcdKey)
+		if err != nil {
+			l.lk.abandon(l.etcdKey)
+		}
 	}
 }
 

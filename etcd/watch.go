@@ -105,6 +105,13 @@ func (d *dispatcher) hold(key string, rev int64, l *lease) bool {
 	return true
 }
 
+// revision returns the revision up to which changes are dispatched.
+func (d *dispatcher) revision() int64 {
+	d.lk.mu.Lock()
+	defer d.lk.mu.Unlock()
+	return d.rev
+}
+
 // release stops watching a held key.
 func (d *dispatcher) release(key string) {
 	d.lk.mu.Lock()

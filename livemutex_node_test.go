@@ -1,0 +1,172 @@
+package lmx_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lmx-go/lmx"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// These tests drive the real live-mutex Node client (npm live-mutex@0.2.25,
+// installed into testdata/livemutex/node_modules by .ci/run) against an lmx
+// broker, through testdata/livemutex/scenario.js.
+
+const lmDir = "testdata/livemutex"
+
+// needNode skips, or under CI fails, when node or the npm package is missing.
+func needNode(t testing.TB) string {
+	t.Helper()
+	node, err := exec.LookPath("node")
+	missing := ""
+	if err != nil {
+		missing = "node is not on PATH"
+	} else if _, err := os.Stat(filepath.Join(lmDir, "node_modules", "live-mutex", "package.json")); err != nil {
+		missing = "live-mutex is not installed: run `npm install --no-save --ignore-scripts live-mutex@0.2.25` in " + lmDir
+	}
+	if missing != "" {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("live-mutex compatibility tests need Node: %s", missing)
+		}
+		t.Skip(missing)
+	}
+	return node
+}
+
+// lmNodeBroker returns a broker serving live-mutex on a Unix socket.
+func lmNodeBroker(t testing.TB) (*lmx.Broker, string) {
+	t.Helper()
+	b := lmBrokerTB(t)
+	path := socketPath(t)
+	_, err := b.ListenLiveMutex("unix", path)
+	require.NoError(t, err)
+	return b, path
+}
+
+func lmBrokerTB(t testing.TB) *lmx.Broker {
+	b := lmx.NewBroker(lmx.WithLogger(slog.New(slog.DiscardHandler)))
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+// runScenario runs one scenario to its end and returns its result lines.
+func runScenario(t testing.TB, node, uds, name string, env ...string) []map[string]any {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, node, "scenario.js", name)
+	cmd.Dir = lmDir
+	cmd.Env = append(os.Environ(), append(env, "LMX_UDS="+uds)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	outp, err := cmd.Output()
+	require.NoError(t, err, "scenario %s: stdout %s\nstderr %s", name, outp, stderr.String())
+	var res []map[string]any
+	for line := range strings.SplitSeq(strings.TrimSpace(string(outp)), "\n") {
+		var m map[string]any
+		require.NoError(t, json.Unmarshal([]byte(line), &m), "line %q", line)
+		require.Nil(t, m["error"], "scenario %s failed: %v", name, m["error"])
+		res = append(res, m)
+	}
+	return res
+}
+
+func TestLiveMutexNode(t *testing.T) {
+	node := needNode(t)
+	_, uds := lmNodeBroker(t)
+	cases := []struct {
+		name  string
+		check func(t *testing.T, res []map[string]any)
+	}{
+		{"basic", func(t *testing.T, res []map[string]any) {
+			require.Len(t, res, 2)
+			assert.Equal(t, true, res[0]["acquired"])
+			assert.Equal(t, "basic", res[0]["key"])
+			assert.Equal(t, true, res[1]["unlocked"])
+		}},
+		{"fifo", func(t *testing.T, res []map[string]any) {
+			assert.Equal(t, []any{0.0, 1.0, 2.0, 3.0, 4.0}, res[0]["order"])
+		}},
+		{"semaphore", func(t *testing.T, res []map[string]any) {
+			assert.Equal(t, 3.0, res[0]["peak"])
+			assert.Equal(t, 12.0, res[0]["done"])
+		}},
+		{"wrongid", func(t *testing.T, res []map[string]any) {
+			assert.Equal(t, true, res[0]["refused"], "%v", res[0])
+			assert.Equal(t, true, res[1]["unlocked"])
+		}},
+		{"force", func(t *testing.T, res []map[string]any) {
+			assert.Equal(t, true, res[0]["acquired"])
+		}},
+		{"ttl", func(t *testing.T, res []map[string]any) {
+			assert.Equal(t, true, res[0]["acquired"])
+			assert.InDelta(t, 300, res[0]["waitedMs"], 250)
+		}},
+		{"disconnect", func(t *testing.T, res []map[string]any) {
+			assert.Equal(t, true, res[0]["acquired"])
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) { tc.check(t, runScenario(t, node, uds, tc.name)) })
+	}
+}
+
+// TestLiveMutexNodeAndGoContend: a Go lease and a Node lock on one key
+// exclude each other and queue in one FIFO queue.
+func TestLiveMutexNodeAndGoContend(t *testing.T) {
+	node := needNode(t)
+	b, uds := lmNodeBroker(t)
+	ctx := context.Background()
+	l, err := b.Lock(ctx, "gk")
+	require.NoError(t, err)
+
+	cmd := exec.Command(node, "scenario.js", "contend")
+	cmd.Dir = lmDir
+	cmd.Env = append(os.Environ(), "LMX_UDS="+uds)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	lines := bufio.NewScanner(stdout)
+	next := func() map[string]any {
+		require.True(t, lines.Scan(), "node ended early: %v", lines.Err())
+		var m map[string]any
+		require.NoError(t, json.Unmarshal(lines.Bytes(), &m))
+		require.Nil(t, m["error"])
+		return m
+	}
+	assert.Equal(t, true, next()["asking"])
+	require.Eventually(t, func() bool {
+		ki, _ := b.Inspect(ctx, "gk")
+		return len(ki.Waiters) == 1
+	}, 10*time.Second, time.Millisecond)
+	require.NoError(t, l.Unlock(ctx))
+	assert.Equal(t, true, next()["granted"])
+	_, err = b.TryLock(ctx, "gk")
+	require.ErrorIs(t, err, lmx.ErrLocked) // Node holds it
+	l2, err := b.Lock(ctx, "gk")           // queued behind Node's hold
+	require.NoError(t, err)
+	assert.Equal(t, true, next()["released"])
+	require.NoError(t, l2.Unlock(ctx))
+	require.NoError(t, cmd.Wait())
+}
+
+// TestLiveMutexNodeCycles is live-mutex's headline run as a test: 10,000
+// cycles, 20 in flight, on one key.
+func TestLiveMutexNodeCycles(t *testing.T) {
+	node := needNode(t)
+	_, uds := lmNodeBroker(t)
+	res := runScenario(t, node, uds, "bench")
+	assert.Equal(t, 10000.0, res[0]["cycles"])
+	t.Logf("lmx broker, live-mutex Node client: %v cycles/s", res[0]["perSecond"])
+}

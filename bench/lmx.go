@@ -238,10 +238,72 @@ type lmxNet struct {
 	c      *lmx.Client
 	ch     *child
 	served atomic.Int64
+	note   string // about the broker binary
+}
+
+// leanBroker is cmd/lmxbroker built once into a temporary directory, so
+// that the broker whose RSS is measured does not carry this binary's
+// dependencies; "" when it cannot be built (no go command, not run from the
+// bench module), and then this binary serves as the broker.
+var leanBroker struct {
+	once sync.Once
+	dir  string
+	path string
+}
+
+func leanBrokerPath(ctx context.Context) string {
+	leanBroker.once.Do(func() {
+		if _, err := os.Stat(filepath.Join("cmd", "lmxbroker", "main.go")); err != nil {
+			return
+		}
+		dir, err := os.MkdirTemp("", "lmxbench-bin")
+		if err != nil {
+			return
+		}
+		path := filepath.Join(dir, "lmxbroker")
+		bctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		if err := exec.CommandContext(bctx, "go", "build", "-o", path, "./cmd/lmxbroker").Run(); err != nil {
+			os.RemoveAll(dir)
+			return
+		}
+		leanBroker.dir, leanBroker.path = dir, path
+	})
+	return leanBroker.path
+}
+
+// removeLeanBroker removes what leanBrokerPath built.
+func removeLeanBroker() {
+	if leanBroker.dir != "" {
+		os.RemoveAll(leanBroker.dir)
+	}
 }
 
 func startLMXChild(ctx context.Context, network string) (running, error) {
-	ch, addr, err := selfChild(ctx, brokerEnv, network)
+	var (
+		ch   *child
+		addr string
+		err  error
+		note string
+	)
+	if bin := leanBrokerPath(ctx); bin != "" {
+		var url, dir string
+		url, dir, err = childAddr(network)
+		if err != nil {
+			return nil, err
+		}
+		ch, err = startChild(ctx, exec.Command(bin, "-listen", url), dir, func(line string) bool {
+			a, ok := strings.CutPrefix(line, "ready ")
+			addr = a
+			return ok
+		}, nil)
+		if err != nil && dir != "" {
+			os.RemoveAll(dir)
+		}
+	} else {
+		note = " (lmxbench binary)"
+		ch, addr, err = selfChild(ctx, brokerEnv, network)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -250,7 +312,7 @@ func startLMXChild(ctx context.Context, network string) (running, error) {
 		ch.stop()
 		return nil, err
 	}
-	return &lmxNet{c: c, ch: ch}, nil
+	return &lmxNet{c: c, ch: ch, note: note}, nil
 }
 
 func (s *lmxNet) newWorker(context.Context, int) (worker, error) {
@@ -258,7 +320,7 @@ func (s *lmxNet) newWorker(context.Context, int) (worker, error) {
 }
 
 func (s *lmxNet) rss() string {
-	return fmt.Sprintf("%s after %d cycles", s.ch.rss(), s.served.Load())
+	return fmt.Sprintf("%s after %d cycles%s", s.ch.rss(), s.served.Load(), s.note)
 }
 
 func (s *lmxNet) close() {

@@ -89,6 +89,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	defer removeLeanBroker()
 	rows := runMatrix(ctx, cfg, stderr)
 	table := renderTable(rows)
 	fmt.Fprint(stdout, table)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/lmx-go/lmx"
@@ -39,7 +41,7 @@ type startFlags struct {
 
 func addStartFlags(f *cmdFlags) *startFlags {
 	sf := new(startFlags)
-	f.Var(&sf.listen, "listen", "serve on `URL`, repeatable (default: the default socket and "+defaultTCP+")")
+	f.Var(&sf.listen, "listen", "serve on `URL` (livemutex+tcp:// or livemutex+unix:// for live-mutex clients), repeatable (default: the default socket and "+defaultTCP+")")
 	f.StringVar(&sf.token, "token", "", "refuse clients that do not present this auth token")
 	f.StringVar(&sf.tlsCert, "tls-cert", "", "serve TCP with TLS: the broker's certificate, a PEM `FILE`")
 	f.StringVar(&sf.tlsKey, "tls-key", "", "the certificate's key, a PEM `FILE`")
@@ -200,15 +202,21 @@ func (sf *startFlags) brokerOptions(logger *slog.Logger) ([]lmx.BrokerOption, er
 func serve(b *lmx.Broker, listen []string, metricsAddr string, logger *slog.Logger) (*http.Server, []string, string, error) {
 	var urls []string
 	for _, u := range listen {
-		network, address, err := parseURL(u)
-		if err != nil {
-			return nil, nil, "", usageErrorf("--listen: %v", err)
+		// livemutex+tcp:// and livemutex+unix:// serve live-mutex's protocol.
+		rest, lm := strings.CutPrefix(u, "livemutex+")
+		network, address, err := parseURL(rest)
+		if err != nil || lm && !strings.Contains(rest, "://") {
+			return nil, nil, "", usageErrorf("--listen: %v", cmp.Or(err, fmt.Errorf("%q: livemutex+ needs tcp:// or unix://", u)))
 		}
-		a, err := b.Listen(network, address)
+		listen, scheme := b.Listen, network
+		if lm {
+			listen, scheme = b.ListenLiveMutex, "livemutex+"+network
+		}
+		a, err := listen(network, address)
 		if err != nil {
 			return nil, nil, "", fmt.Errorf("%s: %w", u, err)
 		}
-		urls = append(urls, network+"://"+a.String())
+		urls = append(urls, scheme+"://"+a.String())
 	}
 	if metricsAddr == "" {
 		return nil, urls, "", nil

@@ -170,3 +170,40 @@ func TestLiveMutexNodeCycles(t *testing.T) {
 	assert.Equal(t, 10000.0, res[0]["cycles"])
 	t.Logf("lmx broker, live-mutex Node client: %v cycles/s", res[0]["perSecond"])
 }
+
+// BenchmarkLiveMutexHeadline measures live-mutex's headline (10,000 cycles,
+// 20 in flight, one key, the Node client over a Unix socket) against
+// live-mutex's own 0.2.25 broker and against an lmx broker, in one run:
+//
+//	go test -run '^$' -bench LiveMutexHeadline -benchtime 3x .
+func BenchmarkLiveMutexHeadline(b *testing.B) {
+	node := needNode(b)
+	run := func(b *testing.B, uds string) {
+		var sum float64
+		n := 0
+		for b.Loop() {
+			res := runScenario(b, node, uds, "bench")
+			sum += res[0]["perSecond"].(float64)
+			n++
+		}
+		b.ReportMetric(sum/float64(n), "cycles/s")
+	}
+	b.Run("broker=live-mutex", func(b *testing.B) {
+		uds := socketPath(b)
+		cmd := exec.Command(node, "scenario.js", "broker")
+		cmd.Dir = lmDir
+		cmd.Env = append(os.Environ(), "LMX_UDS="+uds)
+		stdout, err := cmd.StdoutPipe()
+		require.NoError(b, err)
+		require.NoError(b, cmd.Start())
+		b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		line, err := bufio.NewReader(stdout).ReadString('\n')
+		require.NoError(b, err)
+		require.Contains(b, line, "ready")
+		run(b, uds)
+	})
+	b.Run("broker=lmx", func(b *testing.B) {
+		_, uds := lmNodeBroker(b)
+		run(b, uds)
+	})
+}

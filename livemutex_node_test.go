@@ -5,7 +5,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -206,4 +208,85 @@ func BenchmarkLiveMutexHeadline(b *testing.B) {
 		_, uds := lmNodeBroker(b)
 		run(b, uds)
 	})
+}
+
+// BenchmarkLiveMutexRawHeadline is the same headline with a Go NDJSON load
+// generator instead of the Node client, which is most of the cost above:
+//
+//	go test -run '^$' -bench LiveMutexRawHeadline -benchtime 3x .
+func BenchmarkLiveMutexRawHeadline(b *testing.B) {
+	node := needNode(b)
+	run := func(b *testing.B, uds string) {
+		var sum float64
+		n := 0
+		for b.Loop() {
+			sum += rawCycles(b, uds, 10000, 20)
+			n++
+		}
+		b.ReportMetric(sum/float64(n), "cycles/s")
+	}
+	b.Run("broker=live-mutex", func(b *testing.B) {
+		uds := socketPath(b)
+		cmd := exec.Command(node, "scenario.js", "broker")
+		cmd.Dir = lmDir
+		cmd.Env = append(os.Environ(), "LMX_UDS="+uds)
+		stdout, err := cmd.StdoutPipe()
+		require.NoError(b, err)
+		require.NoError(b, cmd.Start())
+		b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		line, err := bufio.NewReader(stdout).ReadString('\n')
+		require.NoError(b, err)
+		require.Contains(b, line, "ready")
+		run(b, uds)
+	})
+	b.Run("broker=lmx", func(b *testing.B) {
+		_, uds := lmNodeBroker(b)
+		run(b, uds)
+	})
+}
+
+// rawCycles runs cycles lock+unlock cycles on one key, inflight at once,
+// over one connection, and returns cycles per second.
+func rawCycles(tb testing.TB, uds string, cycles, inflight int) float64 {
+	nc, err := net.Dial("unix", uds)
+	require.NoError(tb, err)
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(60 * time.Second))
+	br, bw := bufio.NewReader(nc), bufio.NewWriter(nc)
+	started, done, seq := 0, 0, 0
+	lock := func() {
+		seq++
+		started++
+		fmt.Fprintf(bw, `{"type":"lock","uuid":"l%d","key":"bench","ttl":7050,"max":null,"retryCount":0}`+"\n", seq)
+	}
+	t0 := time.Now()
+	for range inflight {
+		lock()
+	}
+	for done < cycles {
+		if br.Buffered() == 0 {
+			require.NoError(tb, bw.Flush())
+		}
+		line, err := br.ReadBytes('\n')
+		require.NoError(tb, err)
+		var m struct {
+			Type     string `json:"type"`
+			UUID     string `json:"uuid"`
+			Acquired bool   `json:"acquired"`
+			Unlocked bool   `json:"unlocked"`
+		}
+		require.NoError(tb, json.Unmarshal(line, &m))
+		switch {
+		case m.Type == "lock" && m.Acquired:
+			fmt.Fprintf(bw, `{"type":"lock-received","uuid":%q,"key":"bench"}`+"\n", m.UUID)
+			fmt.Fprintf(bw, `{"type":"unlock","uuid":"u%s","_uuid":%q,"key":"bench","force":false}`+"\n", m.UUID, m.UUID)
+		case m.Type == "unlock":
+			require.True(tb, m.Unlocked, "%s", line)
+			done++
+			if started < cycles {
+				lock()
+			}
+		}
+	}
+	return float64(cycles) / time.Since(t0).Seconds()
 }

@@ -473,7 +473,12 @@ func (c *lmConn) unlock(r *lmRequest) {
 	ctx := context.Background()
 	key, lockID := r.key(), r.LockID
 	rep := lmUnlock{UUID: r.UUID, Key: key, Type: "unlock", Unlocked: true}
-	defer func() { c.reply(&rep) }()
+	replied := false
+	defer func() {
+		if !replied {
+			c.reply(&rep)
+		}
+	}()
 	if err := b.check(key); err != nil {
 		rep.Unlocked, rep.Error = false, err.Error()
 		return
@@ -495,9 +500,13 @@ func (c *lmConn) unlock(r *lmRequest) {
 	_, lost := c.gone[lockID]
 	c.mu.Unlock()
 	if l != nil && l.key == key {
-		if err := b.Release(ctx, key, l.ID()); err == nil {
-			return
-		}
+		// Held through this connection: unlocked, whether Release ends it
+		// or its TTL or a force unlock just did. The reply goes before the
+		// hand-off's grant, as live-mutex sends them.
+		c.reply(&rep)
+		replied = true
+		b.Release(ctx, key, l.ID())
+		return
 	}
 	// Another connection's lock, or one kept after its connection died.
 	ki, err := b.Inspect(ctx, key)

@@ -45,6 +45,13 @@ func (s *server) start(f func()) bool {
 // file left by a broker that died is replaced; one a live broker listens on
 // is not. TCP is served with TLS when the broker has WithTLS.
 func (b *Broker) Listen(network, address string) (net.Addr, error) {
+	return b.listen(network, address, "listen", b.cfg.tlsConfig, b.ServeConn)
+}
+
+// listen listens on network at address, with TLS on TCP when tlsConfig is
+// set, and serves the connections it accepts with serveConn in the
+// background. what names the door in errors and logs.
+func (b *Broker) listen(network, address, what string, tlsConfig *tls.Config, serveConn func(net.Conn)) (net.Addr, error) {
 	var l net.Listener
 	var err error
 	switch network {
@@ -52,20 +59,20 @@ func (b *Broker) Listen(network, address string) (net.Addr, error) {
 		l, err = listenUnix(address, b.cfg.socketMode)
 	case "tcp", "tcp4", "tcp6":
 		l, err = net.Listen(network, address)
-		if err == nil && b.cfg.tlsConfig != nil {
-			l = tls.NewListener(l, b.cfg.tlsConfig)
+		if err == nil && tlsConfig != nil {
+			l = tls.NewListener(l, tlsConfig)
 		}
 	default:
-		return nil, fmt.Errorf("lmx: listen: unsupported network %q", network)
+		return nil, fmt.Errorf("lmx: %s: unsupported network %q", what, network)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("lmx: listen: %w", err)
+		return nil, fmt.Errorf("lmx: %s: %w", what, err)
 	}
 	if !b.srv.track(l) {
 		l.Close()
 		return nil, ErrClosed
 	}
-	b.srv.start(func() { b.serve(l) })
+	b.srv.start(func() { b.serve(l, what, serveConn) })
 	return l.Addr(), nil
 }
 
@@ -76,10 +83,12 @@ func (b *Broker) Serve(l net.Listener) error {
 	if !b.srv.track(l) {
 		return ErrClosed
 	}
-	return b.serve(l)
+	return b.serve(l, "listen", b.ServeConn)
 }
 
-func (b *Broker) serve(l net.Listener) error {
+// serve accepts connections from l, a tracked listener, and serves each
+// with serveConn, until l fails or the broker shuts down.
+func (b *Broker) serve(l net.Listener, what string, serveConn func(net.Conn)) error {
 	defer b.srv.untrack(l)
 	var delay time.Duration
 	for {
@@ -93,12 +102,12 @@ func (b *Broker) serve(l net.Listener) error {
 			}
 			// Out of file descriptors, say: wait, rather than spin.
 			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			b.cfg.logger.Warn("lmx: accept", "addr", l.Addr().String(), "err", err, "retry_in", delay)
+			b.cfg.logger.Warn("lmx: "+what+": accept", "addr", l.Addr().String(), "err", err, "retry_in", delay)
 			time.Sleep(delay)
 			continue
 		}
 		delay = 0
-		b.ServeConn(nc)
+		serveConn(nc)
 	}
 }
 

@@ -44,25 +44,7 @@ const lmOwnerPrefix = "livemutex:"
 // on. Unix sockets get WithSocketMode's permissions; there is no TLS nor
 // auth, as live-mutex has neither.
 func (b *Broker) ListenLiveMutex(network, address string) (net.Addr, error) {
-	var l net.Listener
-	var err error
-	switch network {
-	case "unix":
-		l, err = listenUnix(address, b.cfg.socketMode)
-	case "tcp", "tcp4", "tcp6":
-		l, err = net.Listen(network, address)
-	default:
-		return nil, fmt.Errorf("lmx: listen live-mutex: unsupported network %q", network)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("lmx: listen live-mutex: %w", err)
-	}
-	if !b.srv.track(l) {
-		l.Close()
-		return nil, ErrClosed
-	}
-	b.srv.start(func() { b.serveLiveMutex(l) })
-	return l.Addr(), nil
+	return b.listen(network, address, "listen live-mutex", nil, b.ServeLiveMutexConn)
 }
 
 // ServeLiveMutex serves the live-mutex protocol on connections accepted
@@ -72,29 +54,7 @@ func (b *Broker) ServeLiveMutex(l net.Listener) error {
 	if !b.srv.track(l) {
 		return ErrClosed
 	}
-	return b.serveLiveMutex(l)
-}
-
-func (b *Broker) serveLiveMutex(l net.Listener) error {
-	defer b.srv.untrack(l)
-	var delay time.Duration
-	for {
-		nc, err := l.Accept()
-		if err != nil {
-			if b.srv.isClosing() {
-				return ErrClosed
-			}
-			if errors.Is(err, net.ErrClosed) {
-				return err
-			}
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			b.cfg.logger.Warn("lmx: live-mutex accept", "addr", l.Addr().String(), "err", err, "retry_in", delay)
-			time.Sleep(delay)
-			continue
-		}
-		delay = 0
-		b.ServeLiveMutexConn(nc)
-	}
+	return b.serve(l, "listen live-mutex", b.ServeLiveMutexConn)
 }
 
 // ServeLiveMutexConn serves one connection, already accepted, with the

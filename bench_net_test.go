@@ -1,10 +1,7 @@
 package lmx_test
 
 import (
-	"bufio"
 	"context"
-	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -14,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/lmx-go/lmx"
+	"github.com/lmx-go/lmx/internal/echo"
 )
 
 // The network benchmarks put lmx over a socket beside raw echo baselines over
@@ -38,10 +36,6 @@ import (
 
 // netNetworks are the socket types every network benchmark runs on.
 var netNetworks = []string{"unix", "tcp"}
-
-// echoFrame is the size of an echo round trip's request and reply, about an
-// lmx request frame (a Lock of a short key is 20 bytes, a Release 32).
-const echoFrame = 24
 
 // dialLMX starts a broker listening on network and returns a Client of it;
 // both are closed at cleanup.
@@ -157,7 +151,7 @@ func echoServer(b *testing.B, network string) func() net.Conn {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				echo(c)
+				echo.Serve(c)
 			}()
 		}
 	}()
@@ -180,28 +174,11 @@ func echoServer(b *testing.B, network string) func() net.Conn {
 	}
 }
 
-// echo writes back what it reads, as it reads it: one Read, then one Write.
-func echo(c net.Conn) {
-	defer c.Close()
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := c.Read(buf)
-		if n > 0 {
-			if _, err := c.Write(buf[:n]); err != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
 // echoRoundTrip returns a worker doing round trips on a connection of its
-// own: write echoFrame bytes, read them back.
+// own: write echo.Frame bytes, read them back.
 func echoRoundTrip(c net.Conn) func(*rand.Rand) error {
-	out := make([]byte, echoFrame)
-	in := make([]byte, echoFrame)
+	out := make([]byte, echo.Frame)
+	in := make([]byte, echo.Frame)
 	return func(*rand.Rand) error {
 		if _, err := c.Write(out); err != nil {
 			return err
@@ -209,113 +186,6 @@ func echoRoundTrip(c net.Conn) func(*rand.Rand) error {
 		_, err := io.ReadFull(c, in)
 		return err
 	}
-}
-
-// muxConn is a minimal multiplexing client: callers append request frames to
-// a shared buffer that one writer goroutine writes, coalescing what piles up
-// during a write; one reader goroutine reads the replies and hands each to
-// its caller's channel by the 4-byte request id that opens the frame.
-type muxConn struct {
-	nc   net.Conn
-	kick chan struct{} // wakes the writer; one slot
-	done chan struct{} // closed when the reader has stopped
-	wg   sync.WaitGroup
-
-	wmu sync.Mutex
-	buf []byte // frames waiting for the writer; guarded by wmu
-
-	mu    sync.Mutex
-	next  uint32                   // guarded by mu
-	calls map[uint32]chan struct{} // requests awaiting a reply; guarded by mu
-}
-
-var errMuxClosed = errors.New("mux connection closed")
-
-func newMuxConn(nc net.Conn) *muxConn {
-	m := &muxConn{
-		nc:    nc,
-		kick:  make(chan struct{}, 1),
-		done:  make(chan struct{}),
-		calls: make(map[uint32]chan struct{}),
-	}
-	m.wg.Add(2)
-	go m.writer()
-	go m.reader()
-	return m
-}
-
-func (m *muxConn) writer() {
-	defer m.wg.Done()
-	var spare []byte
-	for {
-		select {
-		case <-m.kick:
-		case <-m.done:
-			return
-		}
-		m.wmu.Lock()
-		buf := m.buf
-		m.buf = spare[:0]
-		m.wmu.Unlock()
-		if len(buf) > 0 {
-			if _, err := m.nc.Write(buf); err != nil {
-				m.nc.Close() // the reader fails and closes done
-				return
-			}
-		}
-		spare = buf // never the buffer callers append to
-	}
-}
-
-func (m *muxConn) reader() {
-	defer m.wg.Done()
-	defer close(m.done)
-	br := bufio.NewReaderSize(m.nc, 64<<10)
-	var f [echoFrame]byte
-	for {
-		if _, err := io.ReadFull(br, f[:]); err != nil {
-			return
-		}
-		id := binary.BigEndian.Uint32(f[:])
-		m.mu.Lock()
-		ch := m.calls[id]
-		delete(m.calls, id)
-		m.mu.Unlock()
-		if ch == nil {
-			m.nc.Close()
-			return
-		}
-		ch <- struct{}{}
-	}
-}
-
-// roundTrip sends one request and waits for its reply on ch, which has one
-// slot and belongs to the caller.
-func (m *muxConn) roundTrip(ch chan struct{}) error {
-	m.mu.Lock()
-	m.next++
-	id := m.next
-	m.calls[id] = ch
-	m.mu.Unlock()
-	m.wmu.Lock()
-	m.buf = binary.BigEndian.AppendUint32(m.buf, id)
-	m.buf = append(m.buf, make([]byte, echoFrame-4)...)
-	m.wmu.Unlock()
-	select {
-	case m.kick <- struct{}{}:
-	default:
-	}
-	select {
-	case <-ch:
-		return nil
-	case <-m.done:
-		return errMuxClosed
-	}
-}
-
-func (m *muxConn) close() {
-	m.nc.Close()
-	m.wg.Wait()
 }
 
 // benchEcho runs workers goroutines, each doing round trips on its own
@@ -326,20 +196,20 @@ func benchEcho(b *testing.B, network string, workers int) {
 }
 
 // benchPipelined runs workers goroutines doing round trips through one
-// shared muxConn to an echo server.
+// shared echo.Mux to an echo server.
 func benchPipelined(b *testing.B, network string, workers int) {
-	m := newMuxConn(echoServer(b, network)())
-	b.Cleanup(m.close) // before the server's cleanup: cleanups run last first
+	m := echo.NewMux(echoServer(b, network)())
+	b.Cleanup(m.Close) // before the server's cleanup: cleanups run last first
 	runNet(b, workers, 1, func(int) func(*rand.Rand) error {
 		ch := make(chan struct{}, 1)
-		return func(*rand.Rand) error { return m.roundTrip(ch) }
+		return func(*rand.Rand) error { return m.RoundTrip(context.Background(), ch) }
 	})
 }
 
 // BenchmarkNetHot1 is one goroutine locking and unlocking one key through a
 // Client, beside one goroutine doing echo round trips on its own connection
 // and, to show what a multiplexing client's goroutine hops cost alone, one
-// goroutine doing them through a muxConn.
+// goroutine doing them through an echo.Mux.
 func BenchmarkNetHot1(b *testing.B) {
 	for _, network := range netNetworks {
 		b.Run(network, func(b *testing.B) {
@@ -354,7 +224,7 @@ func BenchmarkNetHot1(b *testing.B) {
 
 // BenchmarkNetHot20 is 20 goroutines on one key through one shared Client,
 // beside 20 goroutines doing echo round trips each on its own connection,
-// and 20 sharing one connection through a muxConn.
+// and 20 sharing one connection through an echo.Mux.
 func BenchmarkNetHot20(b *testing.B) {
 	for _, network := range netNetworks {
 		b.Run(network, func(b *testing.B) {
@@ -369,7 +239,7 @@ func BenchmarkNetHot20(b *testing.B) {
 
 // BenchmarkNetKeys200 is 200 goroutines over 1,000 random keys through one
 // shared Client, beside 200 goroutines sharing one connection through a
-// muxConn.
+// echo.Mux.
 func BenchmarkNetKeys200(b *testing.B) {
 	keys := make([]string, 1000)
 	for i := range keys {

@@ -1,26 +1,20 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"strings"
-	"sync"
 	"time"
+
+	"github.com/lmx-go/lmx/internal/echo"
 )
 
 // echoEnv, when set, makes this binary a child echo server on the URL it
 // holds.
 const echoEnv = "LMXBENCH_ECHO"
-
-// echoFrame is the size of an echo request and reply, about an lmx request
-// frame.
-const echoFrame = 24
 
 // runEchoServer is the child echo server: what it reads on a connection it
 // writes back, one Read then one Write.
@@ -38,21 +32,7 @@ func runEchoServer(url string) int {
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 64<<10)
-				for {
-					n, err := c.Read(buf)
-					if n > 0 {
-						if _, err := c.Write(buf[:n]); err != nil {
-							return
-						}
-					}
-					if err != nil {
-						return
-					}
-				}
-			}()
+			go echo.Serve(c)
 		}
 	}()
 	fmt.Printf("ready %s://%s\n", l.Addr().Network(), l.Addr().String())
@@ -66,7 +46,7 @@ type echoService struct {
 	ch        *child
 	addr      string
 	pipelined bool
-	mux       *muxConn
+	mux       *echo.Mux
 }
 
 func startEcho(ctx context.Context, network string, pipelined bool) (running, error) {
@@ -81,7 +61,7 @@ func startEcho(ctx context.Context, network string, pipelined bool) (running, er
 			ch.stop()
 			return nil, err
 		}
-		s.mux = newMuxConn(nc)
+		s.mux = echo.NewMux(nc)
 	}
 	return s, nil
 }
@@ -94,14 +74,14 @@ func (s *echoService) newWorker(ctx context.Context, _ int) (worker, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &echoWorker{nc: nc, out: make([]byte, echoFrame), in: make([]byte, echoFrame)}, nil
+	return &echoWorker{nc: nc, out: make([]byte, echo.Frame), in: make([]byte, echo.Frame)}, nil
 }
 
 func (s *echoService) rss() string { return "" }
 
 func (s *echoService) close() {
 	if s.mux != nil {
-		s.mux.close()
+		s.mux.Close()
 	}
 	s.ch.stop()
 }
@@ -134,124 +114,17 @@ func (w *echoWorker) cycle(ctx context.Context, _ string) (time.Duration, error)
 func (w *echoWorker) close() { w.nc.Close() }
 
 type muxWorker struct {
-	m  *muxConn
+	m  *echo.Mux
 	ch chan struct{}
 }
 
 func (w *muxWorker) cycle(ctx context.Context, _ string) (time.Duration, error) {
 	t := time.Now()
-	if err := w.m.roundTrip(ctx, w.ch); err != nil {
+	if err := w.m.RoundTrip(ctx, w.ch); err != nil {
 		return 0, err
 	}
 	d := time.Since(t)
-	return d, w.m.roundTrip(ctx, w.ch)
+	return d, w.m.RoundTrip(ctx, w.ch)
 }
 
 func (w *muxWorker) close() {}
-
-// muxConn is a minimal multiplexing client, as in the library's network
-// benchmarks: callers append frames to a shared buffer that one writer
-// goroutine writes, coalescing what piles up; one reader goroutine hands
-// each reply to its caller by the 4-byte request id opening the frame.
-type muxConn struct {
-	nc   net.Conn
-	kick chan struct{}
-	done chan struct{}
-	wg   sync.WaitGroup
-
-	wmu sync.Mutex
-	buf []byte
-
-	mu    sync.Mutex
-	next  uint32
-	calls map[uint32]chan struct{}
-}
-
-var errMuxClosed = errors.New("mux connection closed")
-
-func newMuxConn(nc net.Conn) *muxConn {
-	m := &muxConn{nc: nc, kick: make(chan struct{}, 1), done: make(chan struct{}), calls: make(map[uint32]chan struct{})}
-	m.wg.Add(2)
-	go m.writer()
-	go m.reader()
-	return m
-}
-
-func (m *muxConn) writer() {
-	defer m.wg.Done()
-	var spare []byte
-	for {
-		select {
-		case <-m.kick:
-		case <-m.done:
-			return
-		}
-		m.wmu.Lock()
-		buf := m.buf
-		m.buf = spare[:0]
-		m.wmu.Unlock()
-		if len(buf) > 0 {
-			if _, err := m.nc.Write(buf); err != nil {
-				m.nc.Close()
-				return
-			}
-		}
-		spare = buf
-	}
-}
-
-func (m *muxConn) reader() {
-	defer m.wg.Done()
-	defer close(m.done)
-	br := bufio.NewReaderSize(m.nc, 64<<10)
-	var f [echoFrame]byte
-	for {
-		if _, err := io.ReadFull(br, f[:]); err != nil {
-			return
-		}
-		id := binary.BigEndian.Uint32(f[:])
-		m.mu.Lock()
-		ch := m.calls[id]
-		delete(m.calls, id)
-		m.mu.Unlock()
-		if ch == nil {
-			m.nc.Close()
-			return
-		}
-		ch <- struct{}{}
-	}
-}
-
-var zeros [echoFrame - 4]byte
-
-func (m *muxConn) roundTrip(ctx context.Context, ch chan struct{}) error {
-	m.mu.Lock()
-	m.next++
-	id := m.next
-	m.calls[id] = ch
-	m.mu.Unlock()
-	m.wmu.Lock()
-	m.buf = binary.BigEndian.AppendUint32(m.buf, id)
-	m.buf = append(m.buf, zeros[:]...)
-	m.wmu.Unlock()
-	select {
-	case m.kick <- struct{}{}:
-	default:
-	}
-	select {
-	case <-ch:
-		return nil
-	case <-m.done:
-		return errMuxClosed
-	case <-ctx.Done():
-		// The reply may still come: close the connection rather than let
-		// it land on a channel that is reused.
-		m.nc.Close()
-		return ctx.Err()
-	}
-}
-
-func (m *muxConn) close() {
-	m.nc.Close()
-	m.wg.Wait()
-}

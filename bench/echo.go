@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lmx-go/lmx/bench/internal/childsrv"
 	"github.com/lmx-go/lmx/internal/echo"
 )
 
@@ -36,7 +37,7 @@ func runEchoServer(url string) int {
 		}
 	}()
 	fmt.Printf("ready %s://%s\n", l.Addr().Network(), l.Addr().String())
-	waitStop()
+	childsrv.WaitStop()
 	return 0
 }
 

@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -326,40 +325,6 @@ func (s *lmxNet) rss() string {
 func (s *lmxNet) close() {
 	s.c.Close()
 	s.ch.stop()
-}
-
-// runBroker is the child broker: it listens on url, prints "ready URL", and
-// serves until its stdin closes or it gets SIGTERM.
-func runBroker(url string) int {
-	b := lmx.NewBroker()
-	defer b.Close()
-	network, address, _ := strings.Cut(url, "://")
-	a, err := b.Listen(network, address)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "lmxbench broker:", err)
-		return 1
-	}
-	fmt.Printf("ready %s://%s\n", a.Network(), a.String())
-	waitStop()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	b.Shutdown(ctx)
-	return 0
-}
-
-// waitStop returns when stdin closes or a SIGTERM or SIGINT comes.
-func waitStop() {
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, os.Interrupt)
-	eof := make(chan struct{})
-	go func() {
-		io.Copy(io.Discard, os.Stdin)
-		close(eof)
-	}()
-	select {
-	case <-sig:
-	case <-eof:
-	}
 }
 
 // dialURL dials a "unix://path" or "tcp://host:port" URL.

@@ -17,6 +17,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/lmx-go/lmx/bench/internal/childsrv"
 )
 
 // brokerEnv, when set, makes this binary a child lmx broker listening on
@@ -37,7 +39,7 @@ type config struct {
 
 func main() {
 	if url := os.Getenv(brokerEnv); url != "" {
-		os.Exit(runBroker(url))
+		os.Exit(childsrv.Broker("lmxbench broker", url))
 	}
 	if url := os.Getenv(echoEnv); url != "" {
 		os.Exit(runEchoServer(url))

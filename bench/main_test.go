@@ -8,13 +8,15 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/lmx-go/lmx/bench/internal/childsrv"
 )
 
 // TestMain lets the test binary be the child broker and echo server that
 // the lmx-unix and echo services re-execute.
 func TestMain(m *testing.M) {
 	if url := os.Getenv(brokerEnv); url != "" {
-		os.Exit(runBroker(url))
+		os.Exit(childsrv.Broker("lmxbench broker", url))
 	}
 	if url := os.Getenv(echoEnv); url != "" {
 		os.Exit(runEchoServer(url))

@@ -6,47 +6,14 @@
 package main
 
 import (
-	"context"
 	"flag"
-	"fmt"
-	"io"
 	"os"
-	"os/signal"
-	"strings"
-	"syscall"
-	"time"
 
-	"github.com/lmx-go/lmx"
+	"github.com/lmx-go/lmx/bench/internal/childsrv"
 )
 
 func main() {
 	listen := flag.String("listen", "", "the `URL` to serve on: unix:///path or tcp://127.0.0.1:0")
 	flag.Parse()
-	network, address, ok := strings.Cut(*listen, "://")
-	if !ok {
-		fmt.Fprintln(os.Stderr, "lmxbroker: -listen wants unix:///path or tcp://host:port")
-		os.Exit(2)
-	}
-	b := lmx.NewBroker()
-	defer b.Close()
-	a, err := b.Listen(network, address)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "lmxbroker:", err)
-		os.Exit(1)
-	}
-	fmt.Printf("ready %s://%s\n", a.Network(), a.String())
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, os.Interrupt)
-	eof := make(chan struct{})
-	go func() {
-		io.Copy(io.Discard, os.Stdin)
-		close(eof)
-	}()
-	select {
-	case <-sig:
-	case <-eof:
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	b.Shutdown(ctx)
+	os.Exit(childsrv.Broker("lmxbroker", *listen))
 }

@@ -180,33 +180,8 @@ func TestLiveMutexNodeCycles(t *testing.T) {
 //	go test -run '^$' -bench LiveMutexHeadline -benchtime 3x .
 func BenchmarkLiveMutexHeadline(b *testing.B) {
 	node := needNode(b)
-	run := func(b *testing.B, uds string) {
-		var sum float64
-		n := 0
-		for b.Loop() {
-			res := runScenario(b, node, uds, "bench")
-			sum += res[0]["perSecond"].(float64)
-			n++
-		}
-		b.ReportMetric(sum/float64(n), "cycles/s")
-	}
-	b.Run("broker=live-mutex", func(b *testing.B) {
-		uds := socketPath(b)
-		cmd := exec.Command(node, "scenario.js", "broker")
-		cmd.Dir = lmDir
-		cmd.Env = append(os.Environ(), "LMX_UDS="+uds)
-		stdout, err := cmd.StdoutPipe()
-		require.NoError(b, err)
-		require.NoError(b, cmd.Start())
-		b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-		line, err := bufio.NewReader(stdout).ReadString('\n')
-		require.NoError(b, err)
-		require.Contains(b, line, "ready")
-		run(b, uds)
-	})
-	b.Run("broker=lmx", func(b *testing.B) {
-		_, uds := lmNodeBroker(b)
-		run(b, uds)
+	benchBothBrokers(b, node, func(b *testing.B, uds string) float64 {
+		return runScenario(b, node, uds, "bench")[0]["perSecond"].(float64)
 	})
 }
 
@@ -215,12 +190,19 @@ func BenchmarkLiveMutexHeadline(b *testing.B) {
 //
 //	go test -run '^$' -bench LiveMutexRawHeadline -benchtime 3x .
 func BenchmarkLiveMutexRawHeadline(b *testing.B) {
-	node := needNode(b)
+	benchBothBrokers(b, needNode(b), func(b *testing.B, uds string) float64 {
+		return rawCycles(b, uds, 10000, 20)
+	})
+}
+
+// benchBothBrokers runs cycles, which returns cycles per second, against
+// live-mutex's own broker and against an lmx broker, and reports the mean.
+func benchBothBrokers(b *testing.B, node string, cycles func(b *testing.B, uds string) float64) {
 	run := func(b *testing.B, uds string) {
 		var sum float64
 		n := 0
 		for b.Loop() {
-			sum += rawCycles(b, uds, 10000, 20)
+			sum += cycles(b, uds)
 			n++
 		}
 		b.ReportMetric(sum/float64(n), "cycles/s")

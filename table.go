@@ -285,10 +285,13 @@ func (sh *shard) dropLocked(l *Lease, reason error) {
 	if l.ttl != nil {
 		sh.unscheduleLocked(l)
 	}
+	// Watchers hear of the end before the holder does, as they hear of a
+	// grant before the grantee: whatever the holder does next comes after it
+	// in every watch.
+	sh.emitLocked(eventType(reason), l)
 	if l.hook != nil {
 		l.hook.ended(l, reason)
 	}
-	sh.emitLocked(eventType(reason), l)
 	l.end(reason)
 }
 

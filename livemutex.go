@@ -61,10 +61,12 @@ func (b *Broker) ServeLiveMutex(l net.Listener) error {
 // live-mutex protocol, in the background.
 func (b *Broker) ServeLiveMutexConn(nc net.Conn) {
 	c := &lmConn{
-		s:      newSession(b, nc),
-		leases: make(map[string]*Lease),
-		waits:  make(map[string]*Lease),
-		gone:   make(map[string]struct{}),
+		s:        newSession(b, nc),
+		leases:   make(map[string]*Lease),
+		waits:    make(map[string]*Lease),
+		gone:     make(map[string]struct{}),
+		manys:    make(map[string]*lmMany),
+		goneMany: make(map[string][]string),
 	}
 	if !b.srv.start(c.run) {
 		nc.Close()
@@ -74,15 +76,20 @@ func (b *Broker) ServeLiveMutexConn(nc net.Conn) {
 // An lmConn is one live-mutex client connection. It borrows a session for
 // what every connection of the broker has (its outbox and writer, its place
 // among the broker's sessions, so that Shutdown and Close end it), and is
-// the leaseHook of its own leases.
+// the leaseHook of its own leases (an lmMany is that of its keys' leases).
+// Its mu is taken under the shard's mu, by the hooks; no table call is made
+// holding it.
 type lmConn struct {
 	s *session
 
-	mu     sync.Mutex
-	leases map[string]*Lease   // held, by live-mutex lock id; guarded by mu
-	waits  map[string]*Lease   // queued, by lock id; guarded by mu
-	gone   map[string]struct{} // lock ids lost (expired, forced); guarded by mu
-	over   bool                // guarded by mu
+	mu          sync.Mutex
+	leases      map[string]*Lease   // held, by live-mutex lock id; guarded by mu
+	waits       map[string]*Lease   // queued, by lock id; guarded by mu
+	gone        map[string]struct{} // lock ids lost (expired, forced); guarded by mu
+	manys       map[string]*lmMany  // acquire-many requests, taking or held, by lock id; guarded by mu
+	manyWaiting int                 // of manys, those still taking their keys; guarded by mu
+	goneMany    map[string][]string // keys of acquire-many locks lost, by lock id; guarded by mu
+	over        bool                // guarded by mu
 
 	mismatch bool // the client's version is refused; reader only
 }
@@ -164,6 +171,9 @@ type lmRequest struct {
 	UUID                string          `json:"uuid"`
 	Key                 json.RawMessage `json:"key"`
 	LockID              string          `json:"_uuid"`
+	LockUUID            string          `json:"lockUuid"`
+	Keys                json.RawMessage `json:"keys"`
+	Wait                *bool           `json:"wait"`
 	TTL                 json.RawMessage `json:"ttl"`
 	Max                 json.RawMessage `json:"max"`
 	Force               bool            `json:"force"`
@@ -214,6 +224,10 @@ func (c *lmConn) handle(line []byte) bool {
 		// connection until released, lost with it, or expired.
 	case "lock-received-rejected", "lock-client-timeout", "lock-client-error":
 		c.abandon(r.key(), r.UUID)
+	case "acquire-many":
+		c.acquireMany(&r)
+	case "release-many":
+		c.releaseMany(&r)
 	case "ls":
 		c.ls(&r)
 	case "lock-info-request":
@@ -309,21 +323,12 @@ func (c *lmConn) lock(r *lmRequest) {
 		}
 		req.limit, explicitMax = n, true
 	}
-	switch ttl := string(r.TTL); ttl {
-	case "", "0":
-		req.ttl = liveMutexDefaultTTL
-	case "null":
-	default:
-		ms, err := strconv.ParseFloat(ttl, 64)
-		if err != nil || ms < 0 || ms > float64(1<<40) {
-			refuse("`ttl` must be a number of milliseconds or null, got " + truncate(r.TTL, 40))
-			return
-		}
-		req.ttl = time.Duration(ms * float64(time.Millisecond))
-		if req.ttl <= 0 {
-			req.ttl = liveMutexDefaultTTL
-		}
+	ttl, err := lmTTL(r.TTL)
+	if err != nil {
+		refuse(err.Error())
+		return
 	}
+	req.ttl = ttl
 	// keepLocksAfterDeath keeps a lock past its connection only with a
 	// TTL: a lock with none would outlive everyone.
 	req.keepOnDisconnect = r.KeepLocksAfterDeath && req.ttl > 0
@@ -337,7 +342,7 @@ func (c *lmConn) lock(r *lmRequest) {
 
 	c.mu.Lock()
 	held, waiting := c.leases[id], c.waits[id]
-	n := len(c.waits)
+	n := len(c.waits) + c.manyWaiting
 	c.mu.Unlock()
 	switch {
 	case held != nil: // a retry whose grant crossed it: grant again
@@ -350,18 +355,43 @@ func (c *lmConn) lock(r *lmRequest) {
 		refuse(fmt.Sprintf("%d requests of this connection wait already", n))
 		return
 	}
-	sh := c.s.b.shardFor(key)
-	_, _, err := sh.begin(key, &req, true, c, 0)
-	if errors.Is(err, ErrLimitMismatch) && !explicitMax {
-		// max null: take the key's own limit, as live-mutex does.
-		if ki, ierr := c.s.b.Inspect(context.Background(), key); ierr == nil && ki.Limit > 0 {
-			req.limit = ki.Limit
-			_, _, err = sh.begin(key, &req, true, c, 0)
-		}
-	}
-	if err != nil {
+	if _, _, err := c.begin(key, req, explicitMax, true, c); err != nil {
 		refuse(err.Error())
 	}
+}
+
+// lmTTL reads a live-mutex ttl: milliseconds, null for none, missing or 0
+// for live-mutex's default.
+func lmTTL(raw json.RawMessage) (time.Duration, error) {
+	switch string(raw) {
+	case "", "0":
+		return liveMutexDefaultTTL, nil
+	case "null":
+		return 0, nil
+	}
+	ms, err := strconv.ParseFloat(string(raw), 64)
+	if err != nil || ms < 0 || ms > float64(1<<40) {
+		return 0, errors.New("`ttl` must be a number of milliseconds or null, got " + truncate(raw, 40))
+	}
+	if d := time.Duration(ms * float64(time.Millisecond)); d > 0 {
+		return d, nil
+	}
+	return liveMutexDefaultTTL, nil
+}
+
+// begin asks the table for key, as the native door does, with hook told of
+// the outcome. Without an explicit max, a request takes the key's own
+// limit, as live-mutex does with max null.
+func (c *lmConn) begin(key string, req request, explicitMax, wait bool, hook leaseHook) (l *Lease, queued bool, err error) {
+	sh := c.s.b.shardFor(key)
+	l, queued, err = sh.begin(key, &req, wait, hook, 0)
+	if errors.Is(err, ErrLimitMismatch) && !explicitMax {
+		if ki, ierr := c.s.b.Inspect(context.Background(), key); ierr == nil && ki.Limit > 0 {
+			req.limit = ki.Limit
+			l, queued, err = sh.begin(key, &req, wait, hook, 0)
+		}
+	}
+	return l, queued, err
 }
 
 // lockID returns the live-mutex lock id of a lease asked through this door.
@@ -553,6 +583,19 @@ func (c *lmConn) end() int {
 	c.over = true
 	leases, waits := c.leases, c.waits
 	c.leases, c.waits = nil, nil
+	type many struct {
+		m       *lmMany
+		held    bool
+		parts   []*Lease
+		waiting *Lease
+	}
+	manys := make([]many, 0, len(c.manys))
+	for _, m := range c.manys {
+		held := m.state == manyHeld
+		parts, waiting := m.endLocked()
+		manys = append(manys, many{m, held, parts, waiting})
+	}
+	c.manys = nil
 	c.mu.Unlock()
 	for _, l := range waits {
 		c.s.b.shardFor(l.key).sessionEnded(l, c)
@@ -563,6 +606,19 @@ func (c *lmConn) end() int {
 			released++
 		}
 		c.s.b.shardFor(l.key).sessionEnded(l, c)
+	}
+	for _, m := range manys {
+		if !m.held { // never granted: its keys go, kept or not
+			released += len(m.parts)
+			c.drop(m.parts, m.waiting)
+			continue
+		}
+		for _, l := range m.parts {
+			if !l.keep {
+				released++
+			}
+			c.s.b.shardFor(l.key).sessionEnded(l, m.m)
+		}
 	}
 	return released
 }

@@ -54,9 +54,7 @@ func lockAll(ctx context.Context, d Locker, keys []string, opts []LockOption, wa
 	if len(keys) == 0 {
 		return nil, fmt.Errorf("%w: LockAll of no keys", ErrInvalidKey)
 	}
-	keys = slices.Clone(keys)
-	slices.Sort(keys)
-	keys = slices.Compact(keys)
+	keys = canonicalKeys(keys)
 	parts := make([]*Lease, 0, len(keys))
 	for _, k := range keys {
 		var p *Lease
@@ -85,6 +83,14 @@ func lockAll(ctx context.Context, d Locker, keys []string, opts []LockOption, wa
 	}
 	go m.watch()
 	return l, nil
+}
+
+// canonicalKeys returns keys in the order every multi-key lock takes them:
+// sorted, without duplicates, in a fresh slice.
+func canonicalKeys(keys []string) []string {
+	keys = slices.Clone(keys)
+	slices.Sort(keys)
+	return slices.Compact(keys)
 }
 
 // expires returns the earliest expiry of the parts, or zero if none expires.

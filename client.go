@@ -1,7 +1,6 @@
 package lmx
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -12,9 +11,11 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/url"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -170,7 +171,9 @@ func (c *Client) connect(ctx context.Context) (*clientConn, error) {
 		return nil, err
 	}
 	nc.SetDeadline(time.Time{})
-	c.start(cc.read)
+	cc.free, cc.idleSet = time.Now(), true
+	cc.idle = time.AfterFunc(idleRead, cc.idleTimeout)
+	c.start(cc.background)
 	c.start(cc.heartbeat)
 	return cc, nil
 }
@@ -192,6 +195,8 @@ func (c *Client) handshake(ctx context.Context, nc net.Conn) (*clientConn, error
 		c:       c,
 		nc:      nc,
 		out:     outbox{nc: nc},
+		in:      inbox{fill: nc.Read},
+		bgTurn:  make(chan struct{}, 1),
 		done:    make(chan struct{}),
 		calls:   make(map[uint32]*call),
 		leases:  make(map[ulid.ULID]*Lease),
@@ -235,6 +240,7 @@ func (c *Client) handshake(ctx context.Context, nc net.Conn) (*clientConn, error
 	cc.timeout = d.duration()
 	cc.maxFrame = int(min(d.uvarint(), 1<<30))
 	cc.maxKeyLen = int(min(d.uvarint(), 1<<30))
+	cc.in.max = max(cc.maxFrame, 4<<20)
 	if err := d.done(); err != nil || cc.heartbeatEvery <= 0 || cc.timeout <= 0 {
 		return nil, fmt.Errorf("%w: malformed welcome", ErrProtocol)
 	}
@@ -507,6 +513,15 @@ func (c *Client) request(ctx context.Context, key string, f func([]byte, uint32)
 }
 
 // A clientConn is one session of a Client.
+//
+// One goroutine at a time reads the connection: it holds the read role.
+// A caller awaiting its reply takes the role when nobody holds it, so that
+// a lone request is read by the goroutine that made it, without waking
+// another (a goroutine hop costs more than the round trip on an idle
+// machine). Its reply read, the caller hands the role on (see passRead):
+// to the one call still waiting, to the background reader if several are,
+// or, once nobody has held it for idleRead, to the background reader,
+// which gives it back when a lone caller wants it.
 type clientConn struct {
 	c              *Client
 	nc             net.Conn
@@ -518,30 +533,84 @@ type clientConn struct {
 	maxKeyLen      int
 	done           chan struct{} // closed when the session is lost
 
+	in     inbox         // the read role's
+	rdl    deadline      // the read role's
+	bgTurn chan struct{} // gives the background reader the read role
+	idle   *time.Timer   // runs idleTimeout
+	want   atomic.Bool   // a caller waits for the background reader's role
+
 	mu      sync.Mutex
 	nextID  uint32               // guarded by mu
 	calls   map[uint32]*call     // requests awaiting a reply; guarded by mu
+	waiting callList             // calls whose callers await their reply; guarded by mu
+	reader  *call                // the read role's holder: a call, bgReader or nil; guarded by mu
+	free    time.Time            // when the read role was last left unheld; guarded by mu
+	idleSet bool                 // idle will fire; guarded by mu
 	leases  map[ulid.ULID]*Lease // leases held; guarded by mu
 	watches map[uint32]*watcher  // by request id; guarded by mu
 	err     error                // why the session was lost; guarded by mu
 }
 
+// idleRead is how long the read role may go unheld before the background
+// reader takes it, which bounds how late a frame that answers no request
+// (a lease's end, a revocation, a watch event) is read.
+const idleRead = time.Millisecond
+
+// bgReader stands for the background reader where a call holds the role.
+var bgReader = new(call)
+
 // A call is a request awaiting its reply.
 type call struct {
-	ch        chan reply
-	key       string
-	lock      bool // a Lock or TryLock: its reply grants a lease
-	wait      bool
-	ttl       time.Duration
-	keepAlive time.Duration
-	watch     *watcher // a Watch: receives the Event frames answering it
-	abandoned bool     // its caller has gone; guarded by the conn's mu
+	ch         chan reply // its reply, or the read role (reply.turn)
+	key        string
+	lock       bool // a Lock or TryLock: its reply grants a lease
+	wait       bool
+	ttl        time.Duration
+	keepAlive  time.Duration
+	watch      *watcher // a Watch: receives the Event frames answering it
+	abandoned  bool     // its caller has gone; guarded by the conn's mu
+	prev, next *call    // in the conn's waiting; guarded by the conn's mu
+	listed     bool     // in the conn's waiting; guarded by the conn's mu
 }
 
 type reply struct {
 	payload []byte
 	lease   *Lease
 	err     error
+	turn    bool // not a reply: the read role, handed to the call
+}
+
+// A callList is a list of calls.
+type callList struct{ head, tail *call }
+
+func (q *callList) push(cl *call) {
+	cl.prev, cl.next, cl.listed = q.tail, nil, true
+	if q.tail != nil {
+		q.tail.next = cl
+	} else {
+		q.head = cl
+	}
+	q.tail = cl
+}
+
+// alone reports whether the list holds exactly one call.
+func (q *callList) alone() bool { return q.head != nil && q.head == q.tail }
+
+func (q *callList) remove(cl *call) {
+	if !cl.listed {
+		return
+	}
+	if cl.prev != nil {
+		cl.prev.next = cl.next
+	} else {
+		q.head = cl.next
+	}
+	if cl.next != nil {
+		cl.next.prev = cl.prev
+	} else {
+		q.tail = cl.prev
+	}
+	cl.prev, cl.next, cl.listed = nil, nil, false
 }
 
 func (cc *clientConn) checkKey(key string) error {
@@ -588,14 +657,16 @@ func (cc *clientConn) roundTrip(ctx context.Context, cl *call, f func([]byte, ui
 	if err := cc.out.flush(); err != nil {
 		cc.fail(err)
 	}
-	select {
-	case r := <-cl.ch:
+	if r, ok := cc.await(ctx, cl, id); ok {
 		return r, r.err
-	case <-ctx.Done():
 	}
 	cc.mu.Lock()
 	_, pending := cc.calls[id]
 	cl.abandoned = pending
+	cc.waiting.remove(cl)
+	if cc.reader == cl && cc.err == nil {
+		cc.passRead()
+	}
 	cc.mu.Unlock()
 	if !pending { // the reply raced ctx
 		if r := <-cl.ch; r.lease != nil {
@@ -607,51 +678,197 @@ func (cc *clientConn) roundTrip(ctx context.Context, cl *call, f func([]byte, ui
 	return reply{}, ctx.Err()
 }
 
-// read dispatches the broker's frames until the session fails.
-func (cc *clientConn) read() {
-	br := bufio.NewReaderSize(cc.nc, 64<<10)
-	var hdr [headerLen]byte
-	var buf []byte // reused: dispatch copies what it hands on
-	for n := 1; ; n++ {
-		// Renew the deadline before a read that may block, and every 256
-		// frames while the broker keeps the buffer full.
-		if br.Buffered() < headerLen || n%256 == 0 {
-			cc.nc.SetReadDeadline(time.Now().Add(cc.timeout))
+// await waits for the reply to cl, sent as request id, reading it itself
+// if no other goroutine is reading the connection. It reports false if ctx
+// ended first; the caller then hands the read role on if it holds it.
+func (cc *clientConn) await(ctx context.Context, cl *call, id uint32) (reply, bool) {
+	for {
+		select {
+		case r := <-cl.ch:
+			if !r.turn {
+				return r, true
+			}
+		default:
 		}
-		if _, err := io.ReadFull(br, hdr[:]); err != nil {
-			cc.fail(err)
-			return
+		cc.mu.Lock()
+		if err := cc.err; err != nil {
+			cc.mu.Unlock()
+			return reply{err: err}, true
 		}
-		h := parseHeader(hdr[:])
-		if h.length > uint32(max(cc.maxFrame, 4<<20)) {
-			cc.fail(fmt.Errorf("%w: frame of %d bytes from the broker", ErrProtocol, h.length))
-			return
+		interrupt := false
+		if cc.calls[id] == cl { // else its reply is in cl.ch
+			if !cl.listed {
+				// Only now, its frame written, may it be handed the read
+				// role: a reader stuck writing could deadlock with a
+				// broker stuck writing to it.
+				cc.waiting.push(cl)
+			}
+			switch {
+			case cc.reader == nil:
+				cc.reader = cl
+			case cc.reader == bgReader && cc.waiting.alone():
+				interrupt = !cc.want.Swap(true)
+			}
 		}
-		if cap(buf) < int(h.length) {
-			buf = make([]byte, h.length)
+		mine := cc.reader == cl
+		cc.mu.Unlock()
+		if mine {
+			got, err := cc.readFor(ctx, cl)
+			switch {
+			case err != nil:
+				cc.fail(err) // the reply, if it has not come, is the failure
+			case !got:
+				return reply{}, false
+			default:
+				cc.mu.Lock()
+				cc.passRead()
+				cc.mu.Unlock()
+			}
+			continue
 		}
-		p := buf[:h.length]
-		if _, err := io.ReadFull(br, p); err != nil {
-			cc.fail(err)
-			return
+		if interrupt {
+			cc.interrupt()
 		}
-		if err := cc.dispatch(h, p); err != nil {
-			cc.fail(err)
-			return
+		select {
+		case r := <-cl.ch:
+			if !r.turn {
+				return r, true
+			}
+		case <-ctx.Done():
+			return reply{}, false
 		}
 	}
 }
 
-func (cc *clientConn) dispatch(h header, p []byte) error {
+// readFor reads and dispatches frames, holding the read role, until cl's
+// reply has come (got), ctx has ended, or, for the background reader (cl
+// is bgReader), a caller wants the role. Before it gives up the role it
+// dispatches the frames it has buffered whole.
+func (cc *clientConn) readFor(ctx context.Context, cl *call) (got bool, err error) {
+	if ctx.Done() != nil {
+		stop := context.AfterFunc(ctx, cc.interrupt)
+		defer stop()
+	}
+	for {
+		// Renew the read deadline before looking at what would stop the
+		// read: an interrupt sets those, then the deadline, so that it is
+		// either seen here or makes the next read fail.
+		cc.rdl.renew(cc.nc.SetReadDeadline, cc.timeout)
+		if cl == bgReader && cc.want.Load() || ctx.Err() != nil {
+			return false, nil
+		}
+		h, p, err := cc.in.next()
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) && time.Now().Before(cc.rdl.at) {
+				cc.rdl = deadline{} // interrupted, not timed out
+				continue
+			}
+			return false, err
+		}
+		to, err := cc.dispatch(h, p)
+		if err != nil {
+			return false, err
+		}
+		if to != cl {
+			continue
+		}
+		for {
+			h, p, ok, err := cc.in.buffered()
+			if !ok || err != nil {
+				return true, err
+			}
+			if _, err := cc.dispatch(h, p); err != nil {
+				return true, err
+			}
+		}
+	}
+}
+
+// interrupt makes the read in progress, if any, fail at once.
+func (cc *clientConn) interrupt() { cc.nc.SetReadDeadline(time.Unix(1, 0)) }
+
+// passRead hands the read role on; the caller holds it and cc.mu. A call
+// awaiting its reply alone gets it; with more than one waiting, the
+// background reader does, for it reads on for all of them where a caller
+// would hand the role on again at its reply, a goroutine hop each time.
+// With none waiting, the background reader gets it after idleRead.
+func (cc *clientConn) passRead() {
+	switch cl := cc.waiting.head; {
+	case cl == nil:
+	case cc.waiting.alone():
+		cc.reader = cl
+		cl.ch <- reply{turn: true} // cl has no reply yet, and holds no turn
+		return
+	default:
+		if cc.reader != bgReader {
+			cc.reader = bgReader
+			cc.bgTurn <- struct{}{}
+		}
+		return
+	}
+	cc.reader, cc.free = nil, time.Now()
+	if !cc.idleSet { // a timer reset per call would cost more than the call
+		cc.idleSet = true
+		cc.idle.Reset(idleRead)
+	}
+}
+
+// idleTimeout gives the background reader the read role if nobody has held
+// it for idleRead.
+func (cc *clientConn) idleTimeout() {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	cc.idleSet = false
+	if cc.reader != nil || cc.err != nil {
+		return // passRead sets the timer again
+	}
+	if left := idleRead - time.Since(cc.free); left > 0 {
+		cc.idleSet = true
+		cc.idle.Reset(left)
+		return
+	}
+	cc.reader = bgReader
+	cc.bgTurn <- struct{}{}
+}
+
+// background reads the connection while no caller does: for the frames
+// that answer no request (a lease's end, a revocation, a watch event, a
+// heartbeat's pong) and to notice a broker that has gone.
+func (cc *clientConn) background() {
+	for {
+		select {
+		case <-cc.bgTurn:
+		case <-cc.done:
+			return
+		}
+		for held := true; held; {
+			if _, err := cc.readFor(context.Background(), bgReader); err != nil {
+				cc.fail(err)
+				return
+			}
+			cc.mu.Lock()
+			cc.want.Store(false)
+			if cc.err == nil {
+				cc.passRead() // which may leave the role here
+			}
+			held = cc.reader == bgReader && cc.err == nil
+			cc.mu.Unlock()
+		}
+	}
+}
+
+// dispatch handles one frame from the broker and returns the call it
+// answered, if any.
+func (cc *clientConn) dispatch(h header, p []byte) (*call, error) {
 	switch h.op {
 	case opPong:
 		if h.id == 0 {
-			return nil // a heartbeat's
+			return nil, nil // a heartbeat's
 		}
 	case opEvent:
 		ev, err := decodeEvent(h.code, p)
 		if err != nil {
-			return fmt.Errorf("%w: event: %v", ErrProtocol, err)
+			return nil, fmt.Errorf("%w: event: %v", ErrProtocol, err)
 		}
 		cc.mu.Lock()
 		w := cc.watches[h.id]
@@ -659,13 +876,13 @@ func (cc *clientConn) dispatch(h header, p []byte) error {
 		if w != nil {
 			w.send(&ev)
 		}
-		return nil
+		return nil, nil
 	case opRevoke:
 		d := decoder{b: p}
 		d.string()
 		id := d.ulid()
 		if err := d.done(); err != nil {
-			return fmt.Errorf("%w: revoke: %v", ErrProtocol, err)
+			return nil, fmt.Errorf("%w: revoke: %v", ErrProtocol, err)
 		}
 		cc.mu.Lock()
 		l := cc.leases[id]
@@ -673,13 +890,13 @@ func (cc *clientConn) dispatch(h header, p []byte) error {
 		if l != nil {
 			l.revokeNow()
 		}
-		return nil
+		return nil, nil
 	case opEnded:
 		d := decoder{b: p}
 		d.string()
 		id := d.ulid()
 		if err := d.done(); err != nil {
-			return fmt.Errorf("%w: ended: %v", ErrProtocol, err)
+			return nil, fmt.Errorf("%w: ended: %v", ErrProtocol, err)
 		}
 		reason, ok := reasonErrors[h.code]
 		if !ok {
@@ -692,28 +909,29 @@ func (cc *clientConn) dispatch(h header, p []byte) error {
 		if l != nil {
 			endRemote(l, reason)
 		}
-		return nil
+		return nil, nil
 	}
 	cc.mu.Lock()
 	cl := cc.calls[h.id]
 	delete(cc.calls, h.id)
+	if cl != nil {
+		cc.waiting.remove(cl)
+	}
 	// Out of calls, it can no longer be abandoned (see roundTrip).
 	abandoned := cl != nil && cl.abandoned
 	cc.mu.Unlock()
 	if cl == nil {
-		return nil // the reply to a fire-and-forget release
+		return nil, nil // the reply to a fire-and-forget release
 	}
 	var r reply
+	var bad error // the frame is wrong: it fails the call and the session
 	switch h.op {
 	case opGranted:
 		if !cl.lock {
-			return fmt.Errorf("%w: a grant answered a request that asked none", ErrProtocol)
+			bad = fmt.Errorf("%w: a grant answered a request that asked none", ErrProtocol)
+			break
 		}
-		l, err := cc.granted(cl, p)
-		if err != nil {
-			return err
-		}
-		r.lease = l
+		r.lease, bad = cc.granted(cl, p)
 	case opError:
 		d := decoder{b: p}
 		r.err = codeError(h.code, d.string()) // a cancelled Lock's caller has gone: dropped below
@@ -721,16 +939,18 @@ func (cc *clientConn) dispatch(h header, p []byte) error {
 		r.payload = bytes.Clone(p) // p is the reader's buffer
 	case opPong:
 	default:
-		return fmt.Errorf("%w: unexpected op 0x%02x", ErrProtocol, h.op)
+		bad = fmt.Errorf("%w: unexpected op 0x%02x", ErrProtocol, h.op)
 	}
-	if abandoned {
-		if r.lease != nil {
-			cc.releaseAsync(r.lease)
-		}
-		return nil
+	if bad != nil {
+		r = reply{err: bad}
 	}
-	cl.ch <- r
-	return nil
+	switch {
+	case !abandoned:
+		cl.ch <- r
+	case r.lease != nil:
+		cc.releaseAsync(r.lease)
+	}
+	return cl, bad
 }
 
 // granted makes the lease a Granted frame grants, or counts one more grant
@@ -906,6 +1126,7 @@ func (cc *clientConn) fail(cause error) {
 	leases, watches := cc.leases, cc.watches
 	cc.calls, cc.leases, cc.watches = nil, nil, nil
 	cc.mu.Unlock()
+	cc.idle.Stop()
 	for _, w := range watches {
 		w.stop()
 		w.end()
@@ -917,7 +1138,10 @@ func (cc *clientConn) fail(cause error) {
 		endRemote(l, reason)
 	}
 	for _, cl := range waiting {
-		cl.ch <- reply{err: err}
+		select {
+		case cl.ch <- reply{err: err}:
+		default: // it holds the read role's turn, and will find cc.err
+		}
 	}
 	cc.c.connLost(cc)
 }

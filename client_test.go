@@ -2,14 +2,19 @@ package lmx_test
 
 import (
 	"context"
+	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"github.com/lmx-go/lmx"
 	"github.com/lmx-go/lmx/locktest"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -86,4 +91,92 @@ func TestClientPing(t *testing.T) {
 		require.NoError(t, c.Close())
 		require.ErrorIs(t, c.Ping(context.Background()), lmx.ErrClosed)
 	})
+}
+
+// TestClientReadRole follows the read role between a client's callers and
+// its background reader: a caller waiting for a grant reads the others'
+// replies, a cancelled one hands the role on, and an idle client still
+// learns at once that a lease has ended.
+func TestClientReadRole(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		c, b := pipeClient(t)
+		local, err := b.Lock(ctx, "k")
+		require.NoError(t, err)
+
+		// A cancelled queued Lock, alone, held the role: it hands it on.
+		cctx, cancel := context.WithCancel(ctx)
+		cancelled := make(chan error, 1)
+		go func() {
+			_, err := c.Lock(cctx, "k")
+			cancelled <- err
+		}()
+		synctest.Wait()
+		cancel()
+		require.ErrorIs(t, <-cancelled, context.Canceled)
+		require.NoError(t, c.Ping(ctx))
+
+		// A queued Lock holds the role; a Ping's pong is read for it.
+		granted := make(chan *lmx.Lease, 1)
+		go func() {
+			l, err := c.Lock(ctx, "k")
+			assert.NoError(t, err)
+			granted <- l
+		}()
+		synctest.Wait()
+		require.NoError(t, c.Ping(ctx))
+
+		require.NoError(t, local.Unlock(ctx))
+		l := <-granted
+		require.NotNil(t, l)
+
+		// Idle past idleRead, the background reader holds the role: a
+		// forced end reaches the lease, and a new call takes the role back.
+		time.Sleep(10 * time.Millisecond)
+		require.NoError(t, b.ForceUnlock(ctx, "k"))
+		time.Sleep(10 * time.Millisecond)
+		select {
+		case <-l.Done():
+			require.ErrorIs(t, l.Err(), lmx.ErrForced)
+		default:
+			t.Fatal("the forced end did not reach the idle client")
+		}
+		l2, err := c.Lock(ctx, "k")
+		require.NoError(t, err)
+		require.NoError(t, l2.Unlock(ctx))
+	})
+}
+
+// TestClientManyCallers shares one client among 200 goroutines over 1,000
+// keys: the read role passes between them all the time, and a reply lost on
+// the way would show as a call that never returns.
+func TestClientManyCallers(t *testing.T) {
+	addr, b := listen(t, "unix")
+	c, err := lmx.Dial(context.Background(), addr)
+	require.NoError(t, err)
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for w := range 200 {
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(uint64(w), 1))
+			for range 100 {
+				key := fmt.Sprint("key/", r.IntN(1000))
+				l, err := c.Lock(ctx, key)
+				if !assert.NoError(t, err, "lock %s", key) {
+					return
+				}
+				if !assert.NoError(t, l.Unlock(ctx), "unlock %s", key) {
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	st, err := b.Stats(context.Background())
+	require.NoError(t, err)
+	require.Zero(t, st.Holders)
+	require.Zero(t, st.Waiters)
+	require.EqualValues(t, 200*100, st.Grants)
 }

@@ -16,6 +16,7 @@ import (
 type outbox struct {
 	nc      net.Conn
 	timeout time.Duration // bounds each write; a peer that stops reading is dropped
+	wdl     deadline      // the writer's
 
 	mu      sync.Mutex
 	buf     []byte // frames waiting to be written
@@ -83,7 +84,7 @@ func (o *outbox) flush() error {
 		o.buf = o.spare[:0]
 		o.mu.Unlock()
 		if o.timeout > 0 {
-			o.nc.SetWriteDeadline(time.Now().Add(o.timeout))
+			o.wdl.renew(o.nc.SetWriteDeadline, o.timeout)
 		}
 		_, err := o.nc.Write(buf)
 		o.mu.Lock()

@@ -140,6 +140,7 @@ func (s *session) read() error {
 	br := bufio.NewReaderSize(s.nc, 64<<10)
 	var hdr [headerLen]byte
 	var payload []byte
+	var rdl deadline
 	// Before any read that may block, the replies so far are flushed and
 	// the deadline renewed; so it is every 256 frames on a busy connection.
 	wait := func(n int) error {
@@ -147,7 +148,7 @@ func (s *session) read() error {
 		if err := s.out.flush(); err != nil {
 			return err
 		}
-		s.nc.SetReadDeadline(time.Now().Add(cfg.sessionTimeout))
+		rdl.renew(s.nc.SetReadDeadline, cfg.sessionTimeout)
 		return nil
 	}
 	for n := 1; ; n++ {

@@ -301,17 +301,23 @@ func TestLiveMutexTTLPerHolder(t *testing.T) {
 		ki, err := b.Inspect(context.Background(), "sem")
 		require.NoError(t, err)
 		assert.Len(t, ki.Holders, 2) // "long" kept its own TTL
-		// The default TTL is live-mutex's 5s when ttl is missing.
-		a.sendJSON(map[string]any{"type": "lock", "uuid": "d", "key": "dflt"})
-		require.Equal(t, true, a.recv()["acquired"])
-		ki, err = b.Inspect(context.Background(), "dflt")
-		require.NoError(t, err)
-		assert.Equal(t, 5*time.Second, time.Until(ki.Holders[0].Expires).Round(time.Second))
+		requireDefaultTTL(t, b, a, map[string]any{"type": "lock", "uuid": "d", "key": "dflt"}, "dflt")
 		a.nc.Close()
 		c.nc.Close()
 		b.Close()
 		synctest.Wait()
 	})
+}
+
+// requireDefaultTTL sends req, a lock request without a ttl, and requires
+// that key was granted with live-mutex's default TTL of 5s.
+func requireDefaultTTL(t *testing.T, b *lmx.Broker, a *lmRaw, req map[string]any, key string) {
+	t.Helper()
+	a.sendJSON(req)
+	require.Equal(t, true, a.recv()["acquired"])
+	ki, err := b.Inspect(context.Background(), key)
+	require.NoError(t, err)
+	assert.Equal(t, 5*time.Second, time.Until(ki.Holders[0].Expires).Round(time.Second))
 }
 
 func TestLiveMutexKeepLocksAfterDeath(t *testing.T) {
@@ -658,12 +664,7 @@ func TestLiveMutexAcquireManyTTL(t *testing.T) {
 		require.NoError(t, err)
 		assert.Empty(t, ki.Waiters)
 
-		// The default TTL is live-mutex's 5s when ttl is missing.
-		a.sendJSON(map[string]any{"type": "acquire-many", "uuid": "D", "keys": []string{"d1", "d2"}})
-		require.Equal(t, true, a.recv()["acquired"])
-		ki, err = b.Inspect(ctx, "d2")
-		require.NoError(t, err)
-		assert.Equal(t, 5*time.Second, time.Until(ki.Holders[0].Expires).Round(time.Second))
+		requireDefaultTTL(t, b, a, map[string]any{"type": "acquire-many", "uuid": "D", "keys": []string{"d1", "d2"}}, "d2")
 		a.nc.Close()
 		c.nc.Close()
 		b.Close()

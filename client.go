@@ -24,7 +24,10 @@ import (
 // A Client is a door to a broker's lock table over a connection: the same
 // Locker and Admin calls as the broker's own, for another process or
 // machine. Many goroutines may share one Client; their requests share its
-// connection.
+// connection. A lone request's reply is read by the goroutine that waits for
+// it, so an idle Client costs no goroutine hop; what the broker sends
+// unasked (a lease's end, a revocation, a watch event) is read within about
+// a millisecond even while no call is in flight.
 //
 // The connection is a session. If it is lost (the broker went away, or
 // heartbeats stopped arriving), every lease the Client held ends with an

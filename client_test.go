@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -179,4 +180,25 @@ func TestClientManyCallers(t *testing.T) {
 	require.Zero(t, st.Holders)
 	require.Zero(t, st.Waiters)
 	require.EqualValues(t, 200*100, st.Grants)
+}
+
+// TestClientLargeReply reads replies larger than the client's 64 KiB read
+// buffer, between small ones, through one connection.
+func TestClientLargeReply(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		c, b := pipeClient(t)
+		pad := strings.Repeat("k", 100)
+		for i := range 2000 {
+			_, err := b.Lock(ctx, fmt.Sprintf("%s/%04d", pad, i))
+			require.NoError(t, err)
+		}
+		for range 3 {
+			keys, err := c.List(ctx, pad, 5000) // about 220 KB
+			require.NoError(t, err)
+			require.Len(t, keys, 2000)
+			require.Equal(t, pad+"/1999", keys[1999].Key)
+			require.NoError(t, c.Ping(ctx))
+		}
+	})
 }

@@ -1129,6 +1129,9 @@ func (cc *clientConn) fail(cause error) {
 	leases, watches := cc.leases, cc.watches
 	cc.calls, cc.leases, cc.watches = nil, nil, nil
 	cc.mu.Unlock()
+	// Before anyone learns of the loss, so that a call made once it has
+	// waits for the next session rather than find this one.
+	cc.c.connLost(cc)
 	cc.idle.Stop()
 	for _, w := range watches {
 		w.stop()
@@ -1146,5 +1149,4 @@ func (cc *clientConn) fail(cause error) {
 		default: // it holds the read role's turn, and will find cc.err
 		}
 	}
-	cc.c.connLost(cc)
 }

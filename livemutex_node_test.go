@@ -6,7 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -48,17 +48,25 @@ func needNode(t testing.TB) string {
 // lmNodeBroker returns a broker serving live-mutex on a Unix socket.
 func lmNodeBroker(t testing.TB) (*lmx.Broker, string) {
 	t.Helper()
-	b := lmBrokerTB(t)
+	b := lmBroker(t, nil)
 	path := socketPath(t)
 	_, err := b.ListenLiveMutex("unix", path)
 	require.NoError(t, err)
 	return b, path
 }
 
-func lmBrokerTB(t testing.TB) *lmx.Broker {
-	b := lmx.NewBroker(lmx.WithLogger(slog.New(slog.DiscardHandler)))
-	t.Cleanup(func() { b.Close() })
-	return b
+// startScenario starts a long-running scenario, killed at cleanup, and
+// returns it with its stdout.
+func startScenario(t testing.TB, node, uds, name string) (*exec.Cmd, io.Reader) {
+	t.Helper()
+	cmd := exec.Command(node, "scenario.js", name)
+	cmd.Dir = lmDir
+	cmd.Env = append(os.Environ(), "LMX_UDS="+uds)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	return cmd, stdout
 }
 
 // runScenario runs one scenario to its end and returns its result lines.
@@ -132,13 +140,7 @@ func TestLiveMutexNodeAndGoContend(t *testing.T) {
 	l, err := b.Lock(ctx, "gk")
 	require.NoError(t, err)
 
-	cmd := exec.Command(node, "scenario.js", "contend")
-	cmd.Dir = lmDir
-	cmd.Env = append(os.Environ(), "LMX_UDS="+uds)
-	stdout, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	cmd, stdout := startScenario(t, node, uds, "contend")
 	lines := bufio.NewScanner(stdout)
 	next := func() map[string]any {
 		require.True(t, lines.Scan(), "node ended early: %v", lines.Err())
@@ -209,13 +211,7 @@ func benchBothBrokers(b *testing.B, node string, cycles func(b *testing.B, uds s
 	}
 	b.Run("broker=live-mutex", func(b *testing.B) {
 		uds := socketPath(b)
-		cmd := exec.Command(node, "scenario.js", "broker")
-		cmd.Dir = lmDir
-		cmd.Env = append(os.Environ(), "LMX_UDS="+uds)
-		stdout, err := cmd.StdoutPipe()
-		require.NoError(b, err)
-		require.NoError(b, cmd.Start())
-		b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		_, stdout := startScenario(b, node, uds, "broker")
 		line, err := bufio.NewReader(stdout).ReadString('\n')
 		require.NoError(b, err)
 		require.Contains(b, line, "ready")

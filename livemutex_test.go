@@ -84,7 +84,7 @@ func (r *lmRaw) unlock(uuid, key, lockID string, force bool) map[string]any {
 	return r.recv()
 }
 
-func lmBroker(t *testing.T, logs *logBuffer) *lmx.Broker {
+func lmBroker(t testing.TB, logs *logBuffer) *lmx.Broker {
 	t.Helper()
 	var h slog.Handler = slog.DiscardHandler
 	if logs != nil {

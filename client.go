@@ -573,7 +573,6 @@ type call struct {
 	watch      *watcher // a Watch: receives the Event frames answering it
 	abandoned  bool     // its caller has gone; guarded by the conn's mu
 	prev, next *call    // in the conn's waiting; guarded by the conn's mu
-	listed     bool     // in the conn's waiting; guarded by the conn's mu
 }
 
 type reply struct {
@@ -587,7 +586,7 @@ type reply struct {
 type callList struct{ head, tail *call }
 
 func (q *callList) push(cl *call) {
-	cl.prev, cl.next, cl.listed = q.tail, nil, true
+	cl.prev, cl.next = q.tail, nil
 	if q.tail != nil {
 		q.tail.next = cl
 	} else {
@@ -599,8 +598,11 @@ func (q *callList) push(cl *call) {
 // alone reports whether the list holds exactly one call.
 func (q *callList) alone() bool { return q.head != nil && q.head == q.tail }
 
+// has reports whether cl is in the list.
+func (q *callList) has(cl *call) bool { return cl.prev != nil || q.head == cl }
+
 func (q *callList) remove(cl *call) {
-	if !cl.listed {
+	if !q.has(cl) {
 		return
 	}
 	if cl.prev != nil {
@@ -613,7 +615,7 @@ func (q *callList) remove(cl *call) {
 	} else {
 		q.tail = cl.prev
 	}
-	cl.prev, cl.next, cl.listed = nil, nil, false
+	cl.prev, cl.next = nil, nil
 }
 
 func (cc *clientConn) checkKey(key string) error {
@@ -700,7 +702,7 @@ func (cc *clientConn) await(ctx context.Context, cl *call, id uint32) (reply, bo
 		}
 		interrupt := false
 		if cc.calls[id] == cl { // else its reply is in cl.ch
-			if !cl.listed {
+			if !cc.waiting.has(cl) {
 				// Only now, its frame written, may it be handed the read
 				// role: a reader stuck writing could deadlock with a
 				// broker stuck writing to it.

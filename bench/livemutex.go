@@ -53,7 +53,6 @@ func startLiveMutex(ctx context.Context, cfg config) (running, error) {
 	cmd.Dir = dir
 	ch, err := startChild(ctx, cmd, tmp, func(line string) bool { return line == "ready" }, nil)
 	if err != nil {
-		os.RemoveAll(tmp)
 		return nil, err
 	}
 	return &liveMutexService{ch: ch, path: path}, nil

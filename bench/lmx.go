@@ -77,8 +77,14 @@ type child struct {
 }
 
 // startChild starts cmd and waits, at most 15 s, for ready to accept a line
-// of its stdout (or for ready to be nil and probe to succeed).
-func startChild(ctx context.Context, cmd *exec.Cmd, dir string, ready func(line string) bool, probe func() error) (*child, error) {
+// of its stdout (or for ready to be nil and probe to succeed). dir, if not
+// "", is removed when the child stops, or at once if it fails to start.
+func startChild(ctx context.Context, cmd *exec.Cmd, dir string, ready func(line string) bool, probe func() error) (_ *child, err error) {
+	defer func() {
+		if err != nil && dir != "" {
+			os.RemoveAll(dir)
+		}
+	}()
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err
@@ -205,32 +211,37 @@ func childAddr(network string) (url, dir string, err error) {
 	return "tcp://127.0.0.1:0", "", nil
 }
 
-// selfChild starts this binary as a server of kind (brokerEnv or echoEnv)
-// on network; it prints "ready URL" when it listens.
-func selfChild(ctx context.Context, env, network string) (*child, string, error) {
+// serverChild starts the server that cmd makes for a listening URL on
+// network, and returns the URL it prints in its "ready URL" line.
+func serverChild(ctx context.Context, network string, cmd func(url string) *exec.Cmd) (*child, string, error) {
 	url, dir, err := childAddr(network)
 	if err != nil {
 		return nil, "", err
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, "", err
-	}
-	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), env+"="+url)
 	var addr string
-	c, err := startChild(ctx, cmd, dir, func(line string) bool {
+	c, err := startChild(ctx, cmd(url), dir, func(line string) bool {
 		a, ok := strings.CutPrefix(line, "ready ")
 		addr = a
 		return ok
 	}, nil)
 	if err != nil {
-		if dir != "" {
-			os.RemoveAll(dir)
-		}
 		return nil, "", err
 	}
 	return c, addr, nil
+}
+
+// selfChild starts this binary as a server of kind (brokerEnv or echoEnv)
+// on network.
+func selfChild(ctx context.Context, env, network string) (*child, string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, "", err
+	}
+	return serverChild(ctx, network, func(url string) *exec.Cmd {
+		cmd := exec.Command(exe)
+		cmd.Env = append(os.Environ(), env+"="+url)
+		return cmd
+	})
 }
 
 type lmxNet struct {
@@ -286,19 +297,9 @@ func startLMXChild(ctx context.Context, network string) (running, error) {
 		note string
 	)
 	if bin := leanBrokerPath(ctx); bin != "" {
-		var url, dir string
-		url, dir, err = childAddr(network)
-		if err != nil {
-			return nil, err
-		}
-		ch, err = startChild(ctx, exec.Command(bin, "-listen", url), dir, func(line string) bool {
-			a, ok := strings.CutPrefix(line, "ready ")
-			addr = a
-			return ok
-		}, nil)
-		if err != nil && dir != "" {
-			os.RemoveAll(dir)
-		}
+		ch, addr, err = serverChild(ctx, network, func(url string) *exec.Cmd {
+			return exec.Command(bin, "-listen", url)
+		})
 	} else {
 		note = " (lmxbench binary)"
 		ch, addr, err = selfChild(ctx, brokerEnv, network)

@@ -71,27 +71,17 @@ func (lk *Locker) mark(ctx context.Context, w waiter, val, why string) (bool, er
 // Release ends the lease of key whose lock id is id, from any Locker on the
 // same prefix; its holder sees lmx.ErrReleased.
 func (lk *Locker) Release(ctx context.Context, key string, id ulid.ULID) error {
-	q, err := lk.queueOf(key)
-	if err != nil {
-		return err
-	}
-	ws, held, vals, err := lk.queue(ctx, q)
-	if err != nil {
-		return err
-	}
-	for i, w := range ws {
-		if w.key == q+id.String() && held[i] {
-			ok, err := lk.mark(ctx, w, vals[i], whyReleased)
-			if err != nil || ok {
-				return err
-			}
-		}
-	}
-	return lmx.ErrNotHeld
+	return lk.endHeld(ctx, key, id.String(), whyReleased)
 }
 
 // ForceUnlock ends every lease of key with lmx.ErrForced.
 func (lk *Locker) ForceUnlock(ctx context.Context, key string) error {
+	return lk.endHeld(ctx, key, "", whyForced)
+}
+
+// endHeld marks with why and deletes the granted requests of key, only the one
+// of lock id unless id is "". It fails with lmx.ErrNotHeld if none was.
+func (lk *Locker) endHeld(ctx context.Context, key, id, why string) error {
 	q, err := lk.queueOf(key)
 	if err != nil {
 		return err
@@ -102,14 +92,15 @@ func (lk *Locker) ForceUnlock(ctx context.Context, key string) error {
 	}
 	n := 0
 	for i, w := range ws {
-		if held[i] {
-			ok, err := lk.mark(ctx, w, vals[i], whyForced)
-			if err != nil {
-				return err
-			}
-			if ok {
-				n++
-			}
+		if !held[i] || id != "" && w.key != q+id {
+			continue
+		}
+		ok, err := lk.mark(ctx, w, vals[i], why)
+		if err != nil {
+			return err
+		}
+		if ok {
+			n++
 		}
 	}
 	if n == 0 {

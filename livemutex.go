@@ -313,7 +313,8 @@ func (c *lmConn) lock(r *lmRequest) {
 		refuse(err.Error())
 		return
 	}
-	req := request{limit: 1, preempt: -1, lockDelay: -1, owner: lmOwnerPrefix + id}
+	req := defaultRequest()
+	req.owner = lmOwnerPrefix + id
 	explicitMax := false
 	if len(r.Max) > 0 && string(r.Max) != "null" {
 		n, err := strconv.Atoi(string(r.Max))

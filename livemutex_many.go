@@ -88,9 +88,9 @@ func (c *lmConn) acquireMany(r *lmRequest) {
 		refuse(err.Error())
 		return
 	}
-	m := &lmMany{c: c, id: id, keys: keys, wait: r.Wait == nil || *r.Wait,
-		req: request{limit: 1, preempt: -1, lockDelay: -1, owner: lmOwnerPrefix + id, ttl: ttl,
-			keepOnDisconnect: r.KeepLocksAfterDeath && ttl > 0}}
+	m := &lmMany{c: c, id: id, keys: keys, wait: r.Wait == nil || *r.Wait, req: defaultRequest()}
+	m.req.owner, m.req.ttl = lmOwnerPrefix+id, ttl
+	m.req.keepOnDisconnect = r.KeepLocksAfterDeath && ttl > 0
 	if err := m.req.validate(); err != nil {
 		refuse(err.Error())
 		return

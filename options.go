@@ -116,9 +116,13 @@ type request struct {
 	lockDelay        time.Duration // < 0 for the broker's default
 }
 
+// defaultRequest is a request with no options: an exclusive lock, no TTL,
+// no preemption grace, the broker's default lock delay.
+func defaultRequest() request { return request{limit: 1, preempt: -1, lockDelay: -1} }
+
 // parseOptions applies opts over the defaults and validates the result.
 func parseOptions(opts []LockOption) (request, error) {
-	r := request{limit: 1, preempt: -1, lockDelay: -1}
+	r := defaultRequest()
 	if len(opts) == 0 {
 		return r, nil
 	}

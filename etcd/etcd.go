@@ -368,8 +368,9 @@ func decide(me waiter, lower []waiter) decision {
 }
 
 func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, try bool) (*lmx.Lease, error) {
-	if key == "" || len(key) > lmx.DefaultMaxKeyLen || strings.IndexByte(key, 0) >= 0 {
-		return nil, fmt.Errorf("%w: %d bytes (1..%d, no NUL)", lmx.ErrInvalidKey, len(key), lmx.DefaultMaxKeyLen)
+	queue, err := lk.queueOf(key)
+	if err != nil {
+		return nil, err
 	}
 	req, err := lmx.ParseLockOptions(opts...)
 	if err != nil {
@@ -382,7 +383,6 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 		return nil, err
 	}
 	id := ulid.Make()
-	queue := lk.pfx + key + "\x00"
 	me := waiter{key: queue + id.String(), limit: req.Limit, shared: req.Shared}
 	var s *session
 	var resp *clientv3.TxnResponse

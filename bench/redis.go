@@ -69,21 +69,25 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-type redislockService struct {
+// redisService is a redisServer and the worker, shared by all, that locks
+// through it.
+type redisService struct {
 	*redisServer
-	locker *redislock.Client
+	w worker
 }
 
-func startRedislock(ctx context.Context, _ config) (running, error) {
+func startRedisService(ctx context.Context, newWorker func(*redis.Client) worker) (running, error) {
 	s, err := startRedis(ctx)
 	if err != nil {
 		return nil, err
 	}
-	return &redislockService{redisServer: s, locker: redislock.New(s.rdb)}, nil
+	return &redisService{redisServer: s, w: newWorker(s.rdb)}, nil
 }
 
-func (s *redislockService) newWorker(context.Context, int) (worker, error) {
-	return redislockWorker{s.locker}, nil
+func (s *redisService) newWorker(context.Context, int) (worker, error) { return s.w, nil }
+
+func startRedislock(ctx context.Context, _ config) (running, error) {
+	return startRedisService(ctx, func(rdb *redis.Client) worker { return redislockWorker{redislock.New(rdb)} })
 }
 
 type redislockWorker struct{ c *redislock.Client }
@@ -100,21 +104,8 @@ func (w redislockWorker) cycle(ctx context.Context, key string) (time.Duration, 
 
 func (redislockWorker) close() {}
 
-type redsyncService struct {
-	*redisServer
-	rs *redsync.Redsync
-}
-
 func startRedsync(ctx context.Context, _ config) (running, error) {
-	s, err := startRedis(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return &redsyncService{redisServer: s, rs: redsync.New(goredis.NewPool(s.rdb))}, nil
-}
-
-func (s *redsyncService) newWorker(context.Context, int) (worker, error) {
-	return redsyncWorker{s.rs}, nil
+	return startRedisService(ctx, func(rdb *redis.Client) worker { return redsyncWorker{redsync.New(goredis.NewPool(rdb))} })
 }
 
 type redsyncWorker struct{ rs *redsync.Redsync }

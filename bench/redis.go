@@ -21,6 +21,15 @@ const redisTTL = 10 * time.Second
 // hand-off, waiters poll.
 const redisRetry = time.Millisecond
 
+// The lock options, built once: read-only, so all workers share them.
+var (
+	redislockOptions = &redislock.Options{RetryStrategy: redislock.LinearBackoff(redisRetry)}
+	// redsync's defaults: 32 tries, a random 50–250 ms delay between them;
+	// with 20 waiters on one key that gives up, so try until ctx ends.
+	redsyncOptions = []redsync.Option{redsync.WithExpiry(redisTTL), redsync.WithTries(1 << 30),
+		redsync.WithRetryDelay(redisRetry)}
+)
+
 // redisServer is a redis-server on 127.0.0.1 with a free port, no
 // persistence, and a go-redis client of it.
 type redisServer struct {
@@ -94,7 +103,7 @@ type redislockWorker struct{ c *redislock.Client }
 
 func (w redislockWorker) cycle(ctx context.Context, key string) (time.Duration, error) {
 	t := time.Now()
-	l, err := w.c.Obtain(ctx, key, redisTTL, &redislock.Options{RetryStrategy: redislock.LinearBackoff(redisRetry)})
+	l, err := w.c.Obtain(ctx, key, redisTTL, redislockOptions)
 	if err != nil {
 		return 0, err
 	}
@@ -111,10 +120,7 @@ func startRedsync(ctx context.Context, _ config) (running, error) {
 type redsyncWorker struct{ rs *redsync.Redsync }
 
 func (w redsyncWorker) cycle(ctx context.Context, key string) (time.Duration, error) {
-	// redsync's defaults: 32 tries, a random 50–250 ms delay between them;
-	// with 20 waiters on one key that gives up, so try until ctx ends.
-	m := w.rs.NewMutex(key, redsync.WithExpiry(redisTTL), redsync.WithTries(1<<30),
-		redsync.WithRetryDelay(redisRetry))
+	m := w.rs.NewMutex(key, redsyncOptions...)
 	t := time.Now()
 	if err := m.LockContext(ctx); err != nil {
 		return 0, err

@@ -64,7 +64,7 @@ func (s *liveMutexService) newWorker(ctx context.Context, w int) (worker, error)
 	if err != nil {
 		return nil, err
 	}
-	lw := &lmWorker{nc: nc, r: bufio.NewReaderSize(nc, 16<<10), w: w}
+	lw := &lmWorker{nc: nc, r: bufio.NewReaderSize(nc, 16<<10), enc: json.NewEncoder(nc), w: w}
 	// The handshake: a compatible version gets no reply.
 	if _, err := nc.Write([]byte(`{"type":"version","value":"0.2.25"}` + "\n")); err != nil {
 		nc.Close()
@@ -79,10 +79,13 @@ func (s *liveMutexService) close()      { s.ch.stop() }
 type lmWorker struct {
 	nc  net.Conn
 	r   *bufio.Reader
+	enc *json.Encoder // writes a frame and its newline in one Write
 	w   int
 	seq int
-	buf []byte
 }
+
+// lmPid is this process's id, which live-mutex requests carry.
+var lmPid = os.Getpid()
 
 type lmFrame struct {
 	Type       string `json:"type"`
@@ -98,16 +101,7 @@ func (w *lmWorker) id() string {
 	return strconv.Itoa(w.w) + "-" + strconv.Itoa(w.seq)
 }
 
-func (w *lmWorker) send(v map[string]any) error {
-	w.buf = w.buf[:0]
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	w.buf = append(append(w.buf, b...), '\n')
-	_, err = w.nc.Write(w.buf)
-	return err
-}
+func (w *lmWorker) send(v map[string]any) error { return w.enc.Encode(v) }
 
 // await reads frames until one of type typ and uuid id that is final.
 func (w *lmWorker) await(typ, id string, final func(lmFrame) (bool, error)) error {
@@ -134,7 +128,7 @@ func (w *lmWorker) cycle(ctx context.Context, key string) (time.Duration, error)
 	t := time.Now()
 	lid := w.id()
 	lock := map[string]any{"type": "lock", "uuid": lid, "key": key, "ttl": 7050, "max": nil,
-		"retryCount": 0, "rwStatus": nil, "pid": os.Getpid(), "keepLocksAfterDeath": false}
+		"retryCount": 0, "rwStatus": nil, "pid": lmPid, "keepLocksAfterDeath": false}
 	if err := w.send(lock); err != nil {
 		return 0, err
 	}
@@ -160,7 +154,7 @@ func (w *lmWorker) cycle(ctx context.Context, key string) (time.Duration, error)
 	}
 	uid := w.id()
 	if err := w.send(map[string]any{"type": "unlock", "uuid": uid, "_uuid": lid, "key": key, "force": false,
-		"rwStatus": nil, "pid": os.Getpid(), "keepLocksAfterDeath": false, "max": nil}); err != nil {
+		"rwStatus": nil, "pid": lmPid, "keepLocksAfterDeath": false, "max": nil}); err != nil {
 		return 0, err
 	}
 	err = w.await("unlock", uid, func(f lmFrame) (bool, error) {

@@ -64,6 +64,8 @@ type worker interface {
 
 // A running service makes workers, and is closed at the end.
 type running interface {
+	// newWorker's ctx is the run's: it ends, at the latest at the run's
+	// timeout, when the run does.
 	newWorker(ctx context.Context, w int) (worker, error)
 	// rss reports the memory of a broker in another process, "" if none.
 	rss() string

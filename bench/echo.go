@@ -75,6 +75,9 @@ func (s *echoService) newWorker(ctx context.Context, _ int) (worker, error) {
 	if err != nil {
 		return nil, err
 	}
+	if dl, ok := ctx.Deadline(); ok {
+		nc.SetDeadline(dl)
+	}
 	return &echoWorker{nc: nc, out: make([]byte, echo.Frame), in: make([]byte, echo.Frame)}, nil
 }
 
@@ -100,10 +103,7 @@ func (w *echoWorker) roundTrip() error {
 	return err
 }
 
-func (w *echoWorker) cycle(ctx context.Context, _ string) (time.Duration, error) {
-	if dl, ok := ctx.Deadline(); ok {
-		w.nc.SetDeadline(dl)
-	}
+func (w *echoWorker) cycle(_ context.Context, _ string) (time.Duration, error) {
 	t := time.Now()
 	if err := w.roundTrip(); err != nil {
 		return 0, err

@@ -64,6 +64,9 @@ func (s *liveMutexService) newWorker(ctx context.Context, w int) (worker, error)
 	if err != nil {
 		return nil, err
 	}
+	if dl, ok := ctx.Deadline(); ok {
+		nc.SetDeadline(dl)
+	}
 	lw := &lmWorker{nc: nc, r: bufio.NewReaderSize(nc, 16<<10), enc: json.NewEncoder(nc), w: w}
 	// The handshake: a compatible version gets no reply.
 	if _, err := nc.Write([]byte(`{"type":"version","value":"0.2.25"}` + "\n")); err != nil {
@@ -121,10 +124,7 @@ func (w *lmWorker) await(typ, id string, final func(lmFrame) (bool, error)) erro
 	}
 }
 
-func (w *lmWorker) cycle(ctx context.Context, key string) (time.Duration, error) {
-	if dl, ok := ctx.Deadline(); ok {
-		w.nc.SetDeadline(dl)
-	}
+func (w *lmWorker) cycle(_ context.Context, key string) (time.Duration, error) {
 	t := time.Now()
 	lid := w.id()
 	lock := map[string]any{"type": "lock", "uuid": lid, "key": key, "ttl": 7050, "max": nil,

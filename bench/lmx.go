@@ -36,10 +36,11 @@ var services = []service{
 // lmxWorker does cycles through a Locker shared by all workers.
 type lmxWorker struct {
 	l      lmx.Locker
-	served *atomic.Int64
+	n      int64         // cycles done
+	served *atomic.Int64 // if not nil, gets n at close: no shared write per cycle
 }
 
-func (w lmxWorker) cycle(ctx context.Context, key string) (time.Duration, error) {
+func (w *lmxWorker) cycle(ctx context.Context, key string) (time.Duration, error) {
 	t := time.Now()
 	l, err := w.l.Lock(ctx, key)
 	if err != nil {
@@ -49,19 +50,21 @@ func (w lmxWorker) cycle(ctx context.Context, key string) (time.Duration, error)
 	if err := l.Unlock(ctx); err != nil {
 		return 0, err
 	}
-	if w.served != nil {
-		w.served.Add(1)
-	}
+	w.n++
 	return d, nil
 }
 
-func (lmxWorker) close() {}
+func (w *lmxWorker) close() {
+	if w.served != nil {
+		w.served.Add(w.n)
+	}
+}
 
 type inproc struct{ b *lmx.Broker }
 
 func startInproc(context.Context, config) (running, error) { return inproc{lmx.NewBroker()}, nil }
 
-func (s inproc) newWorker(context.Context, int) (worker, error) { return lmxWorker{l: s.b}, nil }
+func (s inproc) newWorker(context.Context, int) (worker, error) { return &lmxWorker{l: s.b}, nil }
 func (inproc) rss() string                                      { return "" }
 func (s inproc) close()                                         { s.b.Close() }
 
@@ -316,7 +319,7 @@ func startLMXChild(ctx context.Context, network string) (running, error) {
 }
 
 func (s *lmxNet) newWorker(context.Context, int) (worker, error) {
-	return lmxWorker{l: s.c, served: &s.served}, nil
+	return &lmxWorker{l: s.c, served: &s.served}, nil
 }
 
 func (s *lmxNet) rss() string {

@@ -25,19 +25,22 @@ type etcdService struct {
 	dir string
 }
 
-func startEtcd(ctx context.Context, _ config) (running, error) {
+func startEtcd(ctx context.Context, _ config) (_ running, err error) {
 	dir, err := os.MkdirTemp("", "lmxbench-etcd")
 	if err != nil {
 		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(dir)
+		}
+	}()
 	cport, err := freePort()
 	if err != nil {
-		os.RemoveAll(dir)
 		return nil, err
 	}
 	pport, err := freePort()
 	if err != nil {
-		os.RemoveAll(dir)
 		return nil, err
 	}
 	curl, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", cport))
@@ -52,24 +55,22 @@ func startEtcd(ctx context.Context, _ config) (running, error) {
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
-		os.RemoveAll(dir)
 		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			e.Close()
+		}
+	}()
 	select {
 	case <-e.Server.ReadyNotify():
 	case <-time.After(20 * time.Second):
-		e.Close()
-		os.RemoveAll(dir)
 		return nil, errors.New("etcd not ready after 20s")
 	case <-ctx.Done():
-		e.Close()
-		os.RemoveAll(dir)
 		return nil, ctx.Err()
 	}
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{curl.String()}, DialTimeout: 5 * time.Second})
 	if err != nil {
-		e.Close()
-		os.RemoveAll(dir)
 		return nil, err
 	}
 	return &etcdService{e: e, cli: cli, dir: dir}, nil

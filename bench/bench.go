@@ -233,8 +233,7 @@ func runWorkload(ctx context.Context, r running, wl workload, n int, timeout tim
 	}
 	var (
 		next     atomic.Int64
-		counts   = make([]int64, wl.workers)
-		lats     = make([][]time.Duration, wl.workers)
+		lats     = make([][]time.Duration, wl.workers) // each worker's, set when it stops
 		wg       sync.WaitGroup
 		errOnce  sync.Once
 		firstErr error
@@ -257,7 +256,6 @@ func runWorkload(ctx context.Context, r running, wl workload, n int, timeout tim
 					return
 				}
 				lat = append(lat, d)
-				counts[i]++
 			}
 		}()
 	}
@@ -269,17 +267,18 @@ func runWorkload(ctx context.Context, r running, wl workload, n int, timeout tim
 		return result{}, firstErr
 	}
 	var all []time.Duration
-	var total int64
-	for i := range lats {
-		all = append(all, lats[i]...)
-		total += counts[i]
+	counts := make([]int64, len(lats))
+	for i, lat := range lats {
+		all = append(all, lat...)
+		counts[i] = int64(len(lat))
 	}
+	total := len(all)
 	if total == 0 {
 		return result{}, fmt.Errorf("no cycle done in %v", timeout)
 	}
 	slices.Sort(all)
 	res := result{
-		cycles:   int(total),
+		cycles:   total,
 		perSec:   float64(total) / elapsed.Seconds(),
 		p50:      all[len(all)/2],
 		p99:      all[min(len(all)-1, len(all)*99/100)],

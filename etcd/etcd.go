@@ -42,6 +42,7 @@ import (
 
 	"github.com/lmx-go/lmx"
 	"github.com/oklog/ulid/v2"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -396,6 +397,7 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 		resp, err = lk.cli.Txn(pctx).Then(
 			clientv3.OpPut(me.key, encodeValue(me.limit, me.shared), clientv3.WithLease(s.id)),
 			clientv3.OpGet(queue, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(1)),
+			clientv3.OpGet(queue, newest(me, 2)...), // me, then the requests before me
 		).Commit()
 		cancel()
 		if err == nil {
@@ -409,6 +411,10 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 		lk.abandon(me.key)
 		return nil, lk.wrap(ctx, err)
 	}
+	if err := ctx.Err(); err != nil {
+		lk.abandon(me.key) // ctx ended while the txn ran on lk.ctx
+		return nil, err
+	}
 	me.rev = resp.Header.Revision
 	if first := resp.Responses[1].GetResponseRange().Kvs; len(first) == 1 {
 		f := decode(first[0].Key, first[0].Value, first[0].CreateRevision)
@@ -417,14 +423,10 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 			return nil, fmt.Errorf("%w: key %q has Limit(%d), asked %d", lmx.ErrLimitMismatch, key, f.limit, me.limit)
 		}
 	}
-	rev := me.rev
+	// me is the newest request of the txn's read: none is created after it
+	// at its own revision. The first decision holds at me.rev.
+	lower, rev := decodeLower(resp.Responses[2].GetResponseRange().Kvs[1:]), me.rev
 	for {
-		lower, r, err := lk.lower(ctx, queue, me)
-		if err != nil {
-			lk.abandon(me.key)
-			return nil, lk.wrap(ctx, err)
-		}
-		rev = r // the decision holds at r: watch for changes after it
 		d := decide(me, lower)
 		if d.granted {
 			return lk.granted(s, key, id, me, rev, req)
@@ -445,6 +447,11 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 			stop()
 			return nil, s.err()
 		}
+		// The decision holds at rev: watch for changes after it.
+		if lower, rev, err = lk.lower(ctx, queue, me); err != nil {
+			lk.abandon(me.key)
+			return nil, lk.wrap(ctx, err)
+		}
 	}
 }
 
@@ -459,13 +466,7 @@ func (s *session) err() error {
 // lower returns the requests of queue created before me, in create order,
 // and the revision they were read at. For a mutex only the last one counts.
 func (lk *Locker) lower(ctx context.Context, queue string, me waiter) ([]waiter, int64, error) {
-	opts := []clientv3.OpOption{
-		clientv3.WithPrefix(), clientv3.WithMaxCreateRev(me.rev - 1),
-		clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortDescend),
-	}
-	if !me.shared && me.limit == 1 {
-		opts = append(opts, clientv3.WithLimit(1))
-	}
+	opts := append(newest(me, 1), clientv3.WithMaxCreateRev(me.rev-1))
 	// Once the watch has passed me.rev, a serializable read at the watch's
 	// revision is a consistent snapshot as fresh as what woke the waiter,
 	// without a linearizable round through raft; the watch covers what
@@ -482,11 +483,26 @@ func (lk *Locker) lower(ctx context.Context, queue string, me waiter) ([]waiter,
 		}
 		at = resp.Header.Revision
 	}
-	lower := make([]waiter, len(resp.Kvs))
-	for i, kv := range resp.Kvs {
+	return decodeLower(resp.Kvs), at, nil
+}
+
+// newest are the options of a read of a queue's requests newest first: for
+// me a mutex, only the n newest, since only the last one before me counts.
+func newest(me waiter, n int64) []clientv3.OpOption {
+	opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortDescend)}
+	if !me.shared && me.limit == 1 {
+		opts = append(opts, clientv3.WithLimit(n))
+	}
+	return opts
+}
+
+// decodeLower turns requests read newest first into waiters in create order.
+func decodeLower(kvs []*mvccpb.KeyValue) []waiter {
+	lower := make([]waiter, len(kvs))
+	for i, kv := range kvs {
 		lower[len(lower)-1-i] = decode(kv.Key, kv.Value, kv.CreateRevision)
 	}
-	return lower, at, nil
+	return lower
 }
 
 // abandon deletes a request's key, without relying on any caller's ctx.

@@ -3,7 +3,6 @@ package etcd
 import (
 	"context"
 	"fmt"
-	"sort"
 	"strings"
 
 	"github.com/lmx-go/lmx"
@@ -163,13 +162,7 @@ func (lk *Locker) Stats(ctx context.Context) (lmx.Stats, error) {
 		queues[k[:i]] = append(queues[k[:i]], decode(kv.Key, kv.Value, kv.CreateRevision))
 	}
 	var st lmx.Stats
-	names := make([]string, 0, len(queues))
-	for q := range queues {
-		names = append(names, q)
-	}
-	sort.Strings(names)
-	for _, q := range names {
-		ws := queues[q]
+	for _, ws := range queues {
 		st.Keys++
 		for i, w := range ws {
 			if decide(w, ws[:i]).granted {

@@ -26,8 +26,10 @@ import (
 // machine. Many goroutines may share one Client; their requests share its
 // connection. A lone request's reply is read by the goroutine that waits for
 // it, so an idle Client costs no goroutine hop; what the broker sends
-// unasked (a lease's end, a revocation, a watch event) is read within about
-// a millisecond even while no call is in flight.
+// unasked (a lease's end, a revocation, a watch event) is read as it comes
+// while a call is in flight, and within about a millisecond once none has
+// been for a while. Right after a burst of calls that bound grows to at most
+// 100 milliseconds (see idleRead).
 //
 // The connection is a session. If it is lost (the broker went away, or
 // heartbeats stopped arriving), every lease the Client held ends with an
@@ -174,7 +176,7 @@ func (c *Client) connect(ctx context.Context) (*clientConn, error) {
 		return nil, err
 	}
 	nc.SetDeadline(time.Time{})
-	cc.free, cc.idleSet = time.Now(), true
+	cc.free, cc.idleSet, cc.idleWait = time.Now(), true, idleRead
 	cc.idle = time.AfterFunc(idleRead, cc.idleTimeout)
 	c.start(cc.background)
 	c.start(cc.heartbeat)
@@ -523,7 +525,7 @@ func (c *Client) request(ctx context.Context, key string, f func([]byte, uint32)
 // another (a goroutine hop costs more than the round trip on an idle
 // machine). Its reply read, the caller hands the role on (see passRead):
 // to the one call still waiting, to the background reader if several are,
-// or, once nobody has held it for idleRead, to the background reader,
+// or, once nobody has held it for a while (see idleRead), to the background reader,
 // which gives it back when a lone caller wants it.
 type clientConn struct {
 	c              *Client
@@ -542,22 +544,33 @@ type clientConn struct {
 	idle   *time.Timer   // runs idleTimeout
 	want   atomic.Bool   // a caller waits for the background reader's role
 
-	mu      sync.Mutex
-	nextID  uint32               // guarded by mu
-	calls   map[uint32]*call     // requests awaiting a reply; guarded by mu
-	waiting callList             // calls whose callers await their reply; guarded by mu
-	reader  *call                // the read role's holder: a call, bgReader or nil; guarded by mu
-	free    time.Time            // when the read role was last left unheld; guarded by mu
-	idleSet bool                 // idle will fire; guarded by mu
-	leases  map[ulid.ULID]*Lease // leases held; guarded by mu
-	watches map[uint32]*watcher  // by request id; guarded by mu
-	err     error                // why the session was lost; guarded by mu
+	mu       sync.Mutex
+	nextID   uint32               // guarded by mu
+	calls    map[uint32]*call     // requests awaiting a reply; guarded by mu
+	waiting  callList             // calls whose callers await their reply; guarded by mu
+	reader   *call                // the read role's holder: a call, bgReader or nil; guarded by mu
+	free     time.Time            // when the read role was last left unheld; guarded by mu
+	idleSet  bool                 // idle will fire; guarded by mu
+	idleWait time.Duration        // idle's next wait; guarded by mu
+	leases   map[ulid.ULID]*Lease // leases held; guarded by mu
+	watches  map[uint32]*watcher  // by request id; guarded by mu
+	err      error                // why the session was lost; guarded by mu
 }
 
 // idleRead is how long the read role may go unheld before the background
 // reader takes it, which bounds how late a frame that answers no request
 // (a lease's end, a revocation, a watch event) is read.
-const idleRead = time.Millisecond
+//
+// A timer checks. Each time it fires it wakes a thread, which on a machine
+// whose idle CPUs sleep costs a burst of calls milliseconds of round trips
+// (it moves them off the CPU their peer runs on). So each check that finds
+// calls still coming doubles the wait before the next, up to maxIdleWait,
+// and the wait is back to idleRead once the background reader has taken the
+// role.
+const (
+	idleRead    = time.Millisecond
+	maxIdleWait = 100 * time.Millisecond
+)
 
 // bgReader stands for the background reader where a call holds the role.
 var bgReader = new(call)
@@ -796,7 +809,8 @@ func (cc *clientConn) interrupt() { cc.nc.SetReadDeadline(time.Unix(1, 0)) }
 // awaiting its reply alone gets it; with more than one waiting, the
 // background reader does, for it reads on for all of them where a caller
 // would hand the role on again at its reply, a goroutine hop each time.
-// With none waiting, the background reader gets it after idleRead.
+// With none waiting, the background reader gets it once the role has gone
+// unheld for idleRead (see idleTimeout).
 func (cc *clientConn) passRead() {
 	switch cl := cc.waiting.head; {
 	case cl == nil:
@@ -814,24 +828,29 @@ func (cc *clientConn) passRead() {
 	cc.reader, cc.free = nil, time.Now()
 	if !cc.idleSet { // a timer reset per call would cost more than the call
 		cc.idleSet = true
-		cc.idle.Reset(idleRead)
+		cc.idle.Reset(cc.idleWait)
 	}
 }
 
 // idleTimeout gives the background reader the read role if nobody has held
-// it for idleRead.
+// it for idleRead. If calls are still coming, it waits longer before it
+// looks again.
 func (cc *clientConn) idleTimeout() {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
 	cc.idleSet = false
-	if cc.reader != nil || cc.err != nil {
-		return // passRead sets the timer again
-	}
-	if left := idleRead - time.Since(cc.free); left > 0 {
-		cc.idleSet = true
-		cc.idle.Reset(left)
+	if cc.reader == bgReader || cc.err != nil {
 		return
 	}
+	if cc.reader != nil || time.Since(cc.free) < idleRead {
+		cc.idleWait = min(2*cc.idleWait, maxIdleWait)
+		if cc.reader == nil {
+			cc.idleSet = true
+			cc.idle.Reset(cc.idleWait)
+		} // else passRead sets the timer again
+		return
+	}
+	cc.idleWait = idleRead
 	cc.reader = bgReader
 	cc.bgTurn <- struct{}{}
 }

@@ -148,6 +148,50 @@ func TestClientReadRole(t *testing.T) {
 	})
 }
 
+// TestClientIdleAfterBurst: after a burst of calls, during which the idle
+// checks found the read role busy and waited longer each time, a lease's
+// end still reaches the then idle client within 100ms; once its background
+// reader holds the role, an end reaches it at once.
+func TestClientIdleAfterBurst(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		c, b := pipeClient(t)
+		for range 50 { // each Lock waits 3ms for a local holder, its caller reading
+			local, err := b.Lock(ctx, "burst")
+			require.NoError(t, err)
+			go func() {
+				time.Sleep(3 * time.Millisecond)
+				local.Unlock(ctx)
+			}()
+			l, err := c.Lock(ctx, "burst")
+			require.NoError(t, err)
+			require.NoError(t, l.Unlock(ctx))
+		}
+		ended := func() time.Duration {
+			l, err := c.Lock(ctx, "k")
+			require.NoError(t, err)
+			time.Sleep(200 * time.Microsecond) // the client is idle
+			require.NoError(t, b.ForceUnlock(ctx, "k"))
+			start := time.Now()
+			<-l.Done()
+			require.ErrorIs(t, l.Err(), lmx.ErrForced)
+			return time.Since(start)
+		}
+		d := ended()
+		assert.Greater(t, d, time.Millisecond, "the burst did not lengthen the idle checks")
+		assert.LessOrEqual(t, d, 100*time.Millisecond)
+
+		time.Sleep(10 * time.Millisecond) // idle: the background reader takes the role
+		l, err := c.Lock(ctx, "k")
+		require.NoError(t, err)
+		time.Sleep(10 * time.Millisecond)
+		require.NoError(t, b.ForceUnlock(ctx, "k"))
+		start := time.Now()
+		<-l.Done()
+		assert.Zero(t, time.Since(start), "the idle client read the end late")
+	})
+}
+
 // TestClientManyCallers shares one client among 200 goroutines over 1,000
 // keys: the read role passes between them all the time, and a reply lost on
 // the way would show as a call that never returns.

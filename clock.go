@@ -11,6 +11,11 @@ import (
 // some virtual machines, as much as the rest of an uncontended Lock. While
 // grants come, a timer refreshes the time every millisecond; after a
 // millisecond with no grant it stops, so an idle broker has no timer at all.
+//
+// Only in-process grants use it. Each tick wakes a thread, and on a machine
+// whose idle CPUs sleep, the wake-up moves a network round trip's threads
+// apart: a broker serving one client in a loop made a quarter fewer round
+// trips with the clock ticking than without.
 type msClock struct {
 	ms   atomic.Int64 // unix milliseconds; 0 while stopped
 	used atomic.Bool  // read since the last tick

@@ -140,7 +140,7 @@ func (sh *shard) begin(key string, r *request, wait bool, hook leaseHook, reqID 
 	// nor one overtaken maxBypass times already.
 	if e.waiters.mayOvertake(l) && e.fits(l) {
 		e.waiters.overtaken(e.waiters.head)
-		sh.grantLocked(e, l)
+		sh.grantLocked(e, l, sh.now(l))
 		if hook != nil {
 			hook.granted(l, reqID)
 		}
@@ -152,7 +152,7 @@ func (sh *shard) begin(key string, r *request, wait bool, hook leaseHook, reqID 
 	}
 	// A waiter has no token yet: until its grant the field holds when it
 	// queued, for the wait-time histogram.
-	l.e, l.state, l.reqID, l.token = e, stateWaiting, reqID, uint64(sh.b.clock.now())
+	l.e, l.state, l.reqID, l.token = e, stateWaiting, reqID, uint64(sh.now(l))
 	if hook == nil {
 		l.ready = sh.b.readies.Get().(chan struct{})
 	} else {
@@ -233,8 +233,20 @@ func (sh *shard) freeIfIdleLocked(e *entry) {
 	}
 }
 
-// grantLocked makes l a holder of e.
-func (sh *shard) grantLocked(e *entry, l *Lease) {
+// now returns the time, in unix milliseconds, of an event of l: the
+// broker's cached clock for an in-process lease, whose grant costs less than
+// a clock read, and the clock itself for a session's, beside whose round
+// trip a read costs nothing: the cached clock's ticks wake threads, which
+// costs the network door more than the reads (see msClock).
+func (sh *shard) now(l *Lease) int64 {
+	if l.hook == nil {
+		return sh.b.clock.now()
+	}
+	return time.Now().UnixMilli()
+}
+
+// grantLocked makes l a holder of e at now, in unix milliseconds.
+func (sh *shard) grantLocked(e *entry, l *Lease, now int64) {
 	if l.shared {
 		e.shared++
 	} else {
@@ -243,7 +255,7 @@ func (sh *shard) grantLocked(e *entry, l *Lease) {
 	e.holders.pushBack(l)
 	l.e, l.state, l.count = e, stateHeld, 1
 	l.token = sh.b.tokens.Add(1)
-	l.id = sh.newIDLocked(sh.b.clock.now())
+	l.id = sh.newIDLocked(now)
 	if l.ttl != nil {
 		sh.startTTLLocked(l, time.Now())
 	}
@@ -258,8 +270,9 @@ func (sh *shard) grantNextLocked(e *entry) {
 	for w := e.waiters.head; w != nil && e.fits(w); w = e.waiters.head {
 		e.waiters.remove(w)
 		sh.st.waiters--
-		sh.st.wait.observe(time.Duration(sh.b.clock.now()-int64(w.token)) * time.Millisecond)
-		sh.grantLocked(e, w)
+		now := sh.now(w)
+		sh.st.wait.observe(time.Duration(now-int64(w.token)) * time.Millisecond)
+		sh.grantLocked(e, w, now)
 		if w.hook != nil {
 			w.hook.granted(w, w.reqID)
 		} else {
@@ -279,7 +292,7 @@ func (sh *shard) dropLocked(l *Lease, reason error) {
 		e.excl--
 	}
 	sh.st.holders--
-	sh.st.hold.observe(time.Duration(sh.b.clock.now()-int64(l.id.Time())) * time.Millisecond)
+	sh.st.hold.observe(time.Duration(sh.now(l)-int64(l.id.Time())) * time.Millisecond)
 	sh.delayLocked(e, l, reason)
 	l.e, l.state = nil, stateEnded
 	if l.ttl != nil {

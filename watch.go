@@ -173,7 +173,7 @@ func (sh *shard) emitLocked(t EventType, l *Lease) {
 			continue
 		}
 		if ev == nil {
-			ev = &Event{Type: t, Key: l.key, ID: l.id, Token: l.token, Owner: l.owner(), Time: time.UnixMilli(sh.b.clock.now())}
+			ev = &Event{Type: t, Key: l.key, ID: l.id, Token: l.token, Owner: l.owner(), Time: time.UnixMilli(sh.now(l))}
 		}
 		w.send(ev)
 	}

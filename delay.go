@@ -16,14 +16,11 @@ type delay struct {
 // reason: only an end the holder did not choose (expiry, lost session,
 // ForceUnlock) delays the key.
 func (sh *shard) delayLocked(e *entry, l *Lease, reason error) {
-	if !(errors.Is(reason, ErrExpired) || errors.Is(reason, ErrSessionLost) || errors.Is(reason, ErrForced)) {
-		return
-	}
 	d := sh.b.cfg.lockDelay
 	if l.x != nil && l.x.lockDelay >= 0 {
 		d = l.x.lockDelay
 	}
-	if d <= 0 {
+	if d <= 0 || !(errors.Is(reason, ErrExpired) || errors.Is(reason, ErrSessionLost) || errors.Is(reason, ErrForced)) {
 		return
 	}
 	until := time.Now().Add(d)

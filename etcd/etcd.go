@@ -85,10 +85,11 @@ type Locker struct {
 	cancel context.CancelFunc
 	watch  *dispatcher
 
-	mu     sync.Mutex
-	sess   *session // nil until the first request, or after one was lost
-	closed bool
-	wg     sync.WaitGroup
+	mu       sync.Mutex
+	sess     *session      // nil until the first request, or after one was lost
+	starting chan struct{} // closed when the session being started is set or has failed
+	closed   bool
+	wg       sync.WaitGroup
 }
 
 // session is one etcd lease and what hangs on it.
@@ -185,9 +186,7 @@ func (lk *Locker) Close() error {
 	lk.mu.Unlock()
 	if s != nil {
 		lk.endSession(s, lmx.ErrClosed)
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		lk.cli.Revoke(ctx, s.id)
-		cancel()
+		lk.revoke(s.id)
 	}
 	lk.cancel()
 	lk.wg.Wait()
@@ -208,21 +207,57 @@ func (lk *Locker) Session() clientv3.LeaseID {
 	return lk.sess.id
 }
 
-// session returns the current session, starting one if need be.
+// session returns the current session, starting one if need be. One caller
+// starts it while the others wait for it or for their ctx. The etcd round
+// trip that starts it runs without lk.mu and ends with Close, so a slow or
+// unreachable etcd holds up only the callers that need a session, never
+// Close or the leases of the session that ended.
 func (lk *Locker) session(ctx context.Context) (*session, error) {
-	lk.mu.Lock()
-	defer lk.mu.Unlock()
-	if lk.closed {
-		return nil, lmx.ErrClosed
-	}
-	if lk.sess != nil {
-		return lk.sess, nil
-	}
-	g, err := lk.cli.Grant(ctx, lk.ttl)
-	if err != nil {
-		if ctx.Err() != nil {
+	for {
+		lk.mu.Lock()
+		if lk.closed {
+			lk.mu.Unlock()
+			return nil, lmx.ErrClosed
+		}
+		if s := lk.sess; s != nil {
+			lk.mu.Unlock()
+			return s, nil
+		}
+		wait := lk.starting
+		if wait == nil {
+			break // lk.mu is held
+		}
+		lk.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
+	}
+	done := make(chan struct{})
+	lk.starting = done
+	lk.mu.Unlock()
+	defer close(done)
+
+	gctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(lk.ctx, cancel)
+	g, err := lk.cli.Grant(gctx, lk.ttl)
+	stop()
+	cancel()
+	lk.mu.Lock()
+	lk.starting = nil
+	if lk.closed {
+		lk.mu.Unlock()
+		if err == nil {
+			lk.revoke(g.ID)
+		}
+		return nil, lmx.ErrClosed
+	}
+	defer lk.mu.Unlock()
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return nil, ctx.Err()
+	case err != nil:
 		return nil, fmt.Errorf("lmx/etcd: session: %w", err)
 	}
 	ka, err := lk.cli.KeepAlive(lk.ctx, g.ID)
@@ -237,6 +272,13 @@ func (lk *Locker) session(ctx context.Context) (*session, error) {
 		lk.sessionLost(s)
 	})
 	return s, nil
+}
+
+// revoke asks etcd to drop the session id and its keys, waiting at most 5s.
+func (lk *Locker) revoke(id clientv3.LeaseID) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	lk.cli.Revoke(ctx, id)
 }
 
 // sessionLost ends s after its keepalive stopped.

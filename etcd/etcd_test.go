@@ -3,10 +3,12 @@ package etcd_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"log"
 	"net"
 	"net/url"
 	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -122,6 +124,130 @@ func TestUnsupportedOptions(t *testing.T) {
 // Two Lockers (two sessions, as two processes would have) share the keys of
 // one prefix; revoking the holder's session ends its lease with
 // ErrSessionLost and the waiter of the other session gets the key.
+// A link to etcd that stops carrying bytes holds up the Lock that starts
+// the session, and only it: another Lock gives up at its ctx's end, Close
+// returns at once, and the first Lock then fails with ErrClosed.
+func TestCloseWhileSessionStarts(t *testing.T) {
+	link := newFreezer(t, endpoint)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{link.addr}, DialTimeout: 5 * time.Second})
+	require.NoError(t, err)
+	defer cli.Close()
+	lk, err := etcd.New(t.Context(), cli, fmt.Sprintf("frozen/%d", prefixes.Add(1)))
+	require.NoError(t, err)
+
+	link.freeze()
+	locked := make(chan error, 1)
+	go func() {
+		_, err := lk.Lock(context.Background(), "k")
+		locked <- err
+	}()
+	<-link.stalled // the session's Grant is on its way, and stuck
+
+	// Another Lock waits for that session only as long as its ctx allows.
+	short, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	waited := make(chan error, 1)
+	go func() {
+		_, err := lk.Lock(short, "other")
+		waited <- err
+	}()
+	select {
+	case err := <-waited:
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+	case <-time.After(5 * time.Second):
+		t.Fatal("a Lock outlived its ctx while another started the session")
+	}
+
+	closed := make(chan error, 1)
+	go func() { closed <- lk.Close() }()
+	select {
+	case err := <-closed:
+		require.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close waited for the session's start")
+	}
+	select {
+	case err := <-locked:
+		require.ErrorIs(t, err, lmx.ErrClosed)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the Lock starting the session outlived Close")
+	}
+}
+
+// A freezer is a TCP proxy to an address that, once frozen, holds what it
+// reads instead of passing it on.
+type freezer struct {
+	addr    string
+	frozen  atomic.Bool
+	stalled chan struct{} // closed when it first holds back bytes for etcd
+	stall   sync.Once
+	done    chan struct{} // closed at cleanup: held copies end
+}
+
+func newFreezer(t *testing.T, to string) *freezer {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	f := &freezer{addr: ln.Addr().String(), stalled: make(chan struct{}), done: make(chan struct{})}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		close(f.done)
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", to)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c, up)
+			mu.Unlock()
+			wg.Go(func() { f.pipe(up, c, true) })
+			wg.Go(func() { f.pipe(c, up, false) })
+		}
+	})
+	return f
+}
+
+func (f *freezer) freeze() { f.frozen.Store(true) }
+
+// pipe copies from src to dst until either fails, or, frozen, until
+// cleanup; the copy toward etcd, request, tells of its first stall.
+func (f *freezer) pipe(dst io.Writer, src io.Reader, request bool) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && f.frozen.Load() {
+			if request {
+				f.stall.Do(func() { close(f.stalled) })
+			}
+			<-f.done
+			return
+		}
+		if n > 0 {
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
 func TestSessionLost(t *testing.T) {
 	ctx := t.Context()
 	pfx := fmt.Sprintf("etcd://%s/lost/%d?session_ttl=2s", endpoint, prefixes.Add(1))

@@ -525,8 +525,8 @@ func (c *Client) request(ctx context.Context, key string, f func([]byte, uint32)
 // another (a goroutine hop costs more than the round trip on an idle
 // machine). Its reply read, the caller hands the role on (see passRead):
 // to the one call still waiting, to the background reader if several are,
-// or, once nobody has held it for a while (see idleRead), to the background reader,
-// which gives it back when a lone caller wants it.
+// or, once nobody has held it for a while (see idleRead), to the background
+// reader, which gives it back when a lone caller wants it.
 type clientConn struct {
 	c              *Client
 	nc             net.Conn

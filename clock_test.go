@@ -18,14 +18,7 @@ func TestClockStopsWhenIdle(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := NewBroker()
 		defer b.Close()
-		ctx := context.Background()
-		for range 5 {
-			l, err := b.Lock(ctx, "k")
-			require.NoError(t, err)
-			assert.WithinDuration(t, time.Now(), ulid.Time(l.ID().Time()), time.Millisecond)
-			require.NoError(t, l.Unlock(ctx))
-			time.Sleep(700 * time.Microsecond)
-		}
+		grantsTellTime(t, b)
 		time.Sleep(3 * time.Millisecond)
 		b.clock.mu.Lock()
 		defer b.clock.mu.Unlock()
@@ -40,23 +33,30 @@ func TestClockIdleForSessions(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := NewBroker()
 		defer b.Close()
-		ctx := context.Background()
-		c, err := Dial(ctx, "pipe:0", WithDialer(func(context.Context, string, string) (net.Conn, error) {
+		c, err := Dial(context.Background(), "pipe:0", WithDialer(func(context.Context, string, string) (net.Conn, error) {
 			c1, c2 := net.Pipe()
 			b.ServeConn(c2)
 			return c1, nil
 		}))
 		require.NoError(t, err)
 		defer c.Close()
-		for range 5 {
-			l, err := c.Lock(ctx, "k")
-			require.NoError(t, err)
-			assert.WithinDuration(t, time.Now(), ulid.Time(l.ID().Time()), time.Millisecond)
-			require.NoError(t, l.Unlock(ctx))
-			time.Sleep(700 * time.Microsecond)
-		}
+		grantsTellTime(t, c)
 		b.clock.mu.Lock()
 		defer b.clock.mu.Unlock()
 		assert.Nil(t, b.clock.timer, "session grants started the clock")
 	})
+}
+
+// grantsTellTime locks and unlocks a key through l a few times, less than a
+// millisecond apart, and checks that each lock id tells the time of its
+// grant to the millisecond.
+func grantsTellTime(t *testing.T, l Locker) {
+	ctx := context.Background()
+	for range 5 {
+		lease, err := l.Lock(ctx, "k")
+		require.NoError(t, err)
+		assert.WithinDuration(t, time.Now(), ulid.Time(lease.ID().Time()), time.Millisecond)
+		require.NoError(t, lease.Unlock(ctx))
+		time.Sleep(700 * time.Microsecond)
+	}
 }

@@ -72,6 +72,12 @@ type running interface {
 	close()
 }
 
+// A memoryReporter is a running lmx broker in another process that reports
+// its RSS in MiB and the cycles it has served, for the RSS target.
+type memoryReporter interface {
+	memory() (mib float64, served int64, ok bool)
+}
+
 // errUnavailable marks a service that cannot run here, such as one whose
 // server is not installed.
 var errUnavailable = errors.New("unavailable")
@@ -129,6 +135,8 @@ type row struct {
 	runs              int
 	res               result
 	rss               string
+	rssMiB            float64 // a memoryReporter's, with served; 0 if none
+	served            int64
 }
 
 func runMatrix(ctx context.Context, cfg config, log io.Writer) []row {
@@ -196,10 +204,16 @@ func runService(ctx context.Context, cfg config, svc service, log io.Writer) []r
 		}
 		rows = append(rows, rw)
 	}
-	if rss := r.rss(); rss != "" {
-		for i := range rows {
-			rows[i].rss = rss
+	rss := r.rss()
+	var mib float64
+	var served int64
+	if m, ok := r.(memoryReporter); ok {
+		if v, n, ok := m.memory(); ok {
+			mib, served = v, n
 		}
+	}
+	for i := range rows {
+		rows[i].rss, rows[i].rssMiB, rows[i].served = rss, mib, served
 	}
 	return rows
 }

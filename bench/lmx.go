@@ -165,11 +165,20 @@ type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
-// rss is the child's VmRSS from /proc.
+// rss is the child's VmRSS from /proc, "?" if it cannot be read.
 func (c *child) rss() string {
+	mib, ok := c.rssMiB()
+	if !ok {
+		return "?"
+	}
+	return fmt.Sprintf("%.1f MiB", mib)
+}
+
+// rssMiB is the child's VmRSS in MiB, from /proc.
+func (c *child) rssMiB() (float64, bool) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", c.cmd.Process.Pid))
 	if err != nil {
-		return "?"
+		return 0, false
 	}
 	for _, l := range strings.Split(string(b), "\n") {
 		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
@@ -177,12 +186,12 @@ func (c *child) rss() string {
 			if len(f) > 0 {
 				kb, err := strconv.Atoi(f[0])
 				if err == nil {
-					return fmt.Sprintf("%.1f MiB", float64(kb)/1024)
+					return float64(kb) / 1024, true
 				}
 			}
 		}
 	}
-	return "?"
+	return 0, false
 }
 
 func (c *child) stop() {
@@ -324,6 +333,11 @@ func (s *lmxNet) newWorker(context.Context, int) (worker, error) {
 
 func (s *lmxNet) rss() string {
 	return fmt.Sprintf("%s after %d cycles%s", s.ch.rss(), s.served.Load(), s.note)
+}
+
+func (s *lmxNet) memory() (float64, int64, bool) {
+	mib, ok := s.ch.rssMiB()
+	return mib, s.served.Load(), ok
 }
 
 func (s *lmxNet) close() {

@@ -1,7 +1,9 @@
 // Command lmxbench runs lock workloads against lmx and the lock services it is
 // measured against, and prints a table of cycles/s, acquire latency and
 // fairness (Jain's index of the workers' cycle counts). One cycle is a lock
-// then an unlock; for the echo baselines it is two round trips.
+// then an unlock; for the echo baselines it is two round trips. Below the
+// table it judges DESIGN.md's performance targets whose services ran, each a
+// ratio of two rows of the same run.
 //
 // Every service it starts listens on 127.0.0.1 or a Unix socket in a
 // temporary directory and is stopped before it exits, also on error.
@@ -57,7 +59,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.runs, "runs", 3, "runs of each workload; the table reports medians")
 	fs.DurationVar(&cfg.timeout, "timeout", 60*time.Second, "bound on one run of one workload")
 	fs.BoolVar(&cfg.smoke, "smoke", false, "tiny cycle counts, only services that start fast")
-	fs.StringVar(&cfg.out, "o", "", "also write the table as markdown to `file`")
+	fs.StringVar(&cfg.out, "o", "", "also write the table and the targets as markdown to `file`")
 	fs.StringVar(&cfg.nodeDir, "node-dir", ".", "the `directory` holding node_modules/live-mutex")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -93,7 +95,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	defer removeLeanBroker()
 	rows := runMatrix(ctx, cfg, stderr)
-	table := renderTable(rows)
+	table := renderTable(rows) + renderTargets(rows)
 	fmt.Fprint(stdout, table)
 	if cfg.out != "" {
 		if err := os.WriteFile(cfg.out, []byte(table), 0o644); err != nil {

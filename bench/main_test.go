@@ -25,8 +25,9 @@ func TestMain(m *testing.M) {
 }
 
 // tableRows returns the table's rows as service/workload -> status.
-func tableRows(t *testing.T, table string) map[string]string {
+func tableRows(t *testing.T, out string) map[string]string {
 	t.Helper()
+	table, _, _ := strings.Cut(out, "\n\n") // the targets follow
 	rows := make(map[string]string)
 	for _, line := range strings.Split(strings.TrimSpace(table), "\n")[2:] {
 		f := strings.Split(strings.Trim(line, "|"), "|")
@@ -68,6 +69,50 @@ func TestSmoke(t *testing.T) {
 	}
 	if !strings.Contains(string(md), "MiB after") {
 		t.Errorf("no broker RSS in:\n%s", md)
+	}
+	for _, want := range []string{"| hot1 ≥ 0.8x raw echo (Unix socket) | lmx-unix ", "| broker RSS ≤ 20 MiB after 250000 cycles | ", "not judged"} {
+		if !strings.Contains(string(md), want) {
+			t.Errorf("no %q in the targets:\n%s", want, md)
+		}
+	}
+}
+
+// The targets are judged from the rows of one run: a ratio of two services,
+// a fairness, the broker's RSS once it has served enough cycles. One whose
+// services did not both run is left out.
+func TestTargets(t *testing.T) {
+	r := func(service, workload string, perSec, fairness float64) row {
+		return row{service: service, workload: workload, status: "ok", runs: 3, res: result{perSec: perSec, fairness: fairness}}
+	}
+	rows := []row{
+		r("lmx-unix", "hot20", 50000, 0.995),
+		r("live-mutex", "hot20", 9000, 1),
+		r("redis-redislock", "hot20", 11000, 0.98),
+		r("lmx-unix", "hot1", 15000, 1),
+		r("echo-unix", "hot1", 20000, 1),
+		r("echo-tcp", "hot1", 10000, 1),
+		{service: "lmx-tcp", workload: "hot1", status: "error: refused"},
+	}
+	rows[0].rssMiB, rows[0].served = 12.5, 300000
+	got := renderTargets(rows)
+	for _, want := range []string{
+		"| hot20 ≥ 5x live-mutex | lmx-unix 50000 vs live-mutex 9000 = 5.56x | met |",
+		"| hot20 ≥ 5x Redis+redislock | lmx-unix 50000 vs redis-redislock 11000 = 4.55x | not met |",
+		"| hot20 fairness ≥ 0.99 | lmx-unix 0.995 | met |",
+		"| hot1 ≥ 0.8x raw echo (Unix socket) | lmx-unix 15000 vs echo-unix 20000 = 0.75x | not met |",
+		"| broker RSS ≤ 20 MiB after 250000 cycles | 12.5 MiB after 300000 cycles | met |",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("no %q in:\n%s", want, got)
+		}
+	}
+	for _, absent := range []string{"TCP", "keys200"} {
+		if strings.Contains(got, absent) {
+			t.Errorf("a target without its rows (%s) in:\n%s", absent, got)
+		}
+	}
+	if got := renderTargets(rows[3:4]); got != "" {
+		t.Errorf("targets from a run without references:\n%s", got)
 	}
 }
 

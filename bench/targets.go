@@ -1,0 +1,84 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+)
+
+// A target is one of DESIGN.md's performance targets: a ratio of two rows
+// of the same run, a fairness or a broker's memory.
+type target struct {
+	name     string
+	workload string
+	service  string
+	ref      string  // the reference service of a ratio; "" for fairness
+	min      float64 // the least ratio or fairness that meets it
+}
+
+var targets = []target{
+	{"hot20 ≥ 5x live-mutex", "hot20", "lmx-unix", "live-mutex", 5},
+	{"hot20 ≥ 5x Redis+redislock", "hot20", "lmx-unix", "redis-redislock", 5},
+	{"hot20 fairness ≥ 0.99", "hot20", "lmx-unix", "", 0.99},
+	{"hot1 ≥ 0.8x raw echo (Unix socket)", "hot1", "lmx-unix", "echo-unix", 0.8},
+	{"hot1 ≥ 0.8x raw echo (TCP)", "hot1", "lmx-tcp", "echo-tcp", 0.8},
+	{"keys200 ≥ 4x Redis+redislock", "keys200", "lmx-unix", "redis-redislock", 4},
+	{"keys200 ≥ 0.5x pipelined echo", "keys200", "lmx-unix", "echo-pipelined-unix", 0.5},
+}
+
+// The RSS target: at most maxRSS MiB once the broker has served rssCycles.
+const (
+	maxRSS    = 20
+	rssCycles = 250_000
+)
+
+// renderTargets judges the targets whose rows the run has, as a markdown
+// section to follow the table; "" when it has none.
+func renderTargets(rows []row) string {
+	ok := make(map[string]row)
+	for _, r := range rows {
+		if r.runs > 0 {
+			ok[r.service+"/"+r.workload] = r
+		}
+	}
+	var b strings.Builder
+	line := func(name, measured string, met bool) {
+		verdict := "not met"
+		if met {
+			verdict = "met"
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s |\n", name, measured, verdict)
+	}
+	for _, t := range targets {
+		r, have := ok[t.service+"/"+t.workload]
+		if !have {
+			continue
+		}
+		if t.ref == "" {
+			line(t.name, fmt.Sprintf("%s %.3f", t.service, r.res.fairness), r.res.fairness >= t.min)
+			continue
+		}
+		ref, have := ok[t.ref+"/"+t.workload]
+		if !have || ref.res.perSec == 0 {
+			continue
+		}
+		x := r.res.perSec / ref.res.perSec
+		line(t.name, fmt.Sprintf("%s %.0f vs %s %.0f = %.2fx", t.service, r.res.perSec, t.ref, ref.res.perSec, x), x >= t.min)
+	}
+	for _, r := range rows {
+		if r.service != "lmx-unix" || r.rssMiB == 0 {
+			continue
+		}
+		name := fmt.Sprintf("broker RSS ≤ %d MiB after %d cycles", maxRSS, rssCycles)
+		measured := fmt.Sprintf("%.1f MiB after %d cycles", r.rssMiB, r.served)
+		if r.served < rssCycles {
+			fmt.Fprintf(&b, "| %s | %s | not judged: too few cycles |\n", name, measured)
+		} else {
+			line(name, measured, r.rssMiB <= maxRSS)
+		}
+		break
+	}
+	if b.Len() == 0 {
+		return ""
+	}
+	return "\n## targets\n\n| target | measured | |\n|---|---|---|\n" + b.String()
+}

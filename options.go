@@ -87,6 +87,10 @@ func KeepOnDisconnect() LockOption { return LockOption{kind: optKeepOnDisconnect
 // the request, with a new fencing token. Holders asked with NoPreempt, or of
 // equal or higher priority, are never preempted. grace must not be negative
 // (else ErrInvalidOption); 0 preempts at once. The default is not to preempt.
+// A holder through a Client that is between calls learns of the revocation
+// within about a millisecond, or up to 100 milliseconds right after a burst
+// of calls (see Client), so a grace shorter than that may not be one it can
+// use.
 func Preempt(grace time.Duration) LockOption { return LockOption{kind: optPreempt, d: grace} }
 
 // NoPreempt protects the lease from preemption, whatever the priority of

@@ -237,7 +237,6 @@ func (lk *Locker) session(ctx context.Context) (*session, error) {
 	done := make(chan struct{})
 	lk.starting = done
 	lk.mu.Unlock()
-	defer close(done)
 
 	gctx, cancel := context.WithCancel(ctx)
 	stop := context.AfterFunc(lk.ctx, cancel)
@@ -246,6 +245,7 @@ func (lk *Locker) session(ctx context.Context) (*session, error) {
 	cancel()
 	lk.mu.Lock()
 	lk.starting = nil
+	close(done) // the waiters see what follows once lk.mu is free
 	if lk.closed {
 		lk.mu.Unlock()
 		if err == nil {

@@ -349,23 +349,38 @@ func TestLiveMutexAndGoClientShareQueue(t *testing.T) {
 	require.NoError(t, err)
 	a := lmPipe(t, b)
 	require.Equal(t, false, a.lock("A", "shared", nil)["acquired"])
-	got := make(chan *lmx.Lease, 1)
-	go func() {
-		l2, err := b.Lock(ctx, "shared")
-		if err == nil {
-			got <- l2
-		}
-	}()
-	require.Eventually(t, func() bool {
-		ki, _ := b.Inspect(ctx, "shared")
-		return len(ki.Waiters) == 2
-	}, frameWait, time.Millisecond)
+	got := goLockQueued(t, b, "shared", 2)
 	require.NoError(t, l.Unlock(ctx))
 	assert.Equal(t, "A", a.recv()["uuid"]) // FIFO: the live-mutex waiter first
 	assert.Equal(t, true, a.unlock("U", "shared", "A", false)["unlocked"])
+	unlockGranted(t, got)
+}
+
+// goLockQueued starts a Go Lock of key on b and waits until key has
+// waiters waiters, that Lock among them. The lease comes on the channel.
+func goLockQueued(t *testing.T, b *lmx.Broker, key string, waiters int) <-chan *lmx.Lease {
+	t.Helper()
+	ctx := context.Background()
+	got := make(chan *lmx.Lease, 1)
+	go func() {
+		if l, err := b.Lock(ctx, key); err == nil {
+			got <- l
+		}
+	}()
+	require.Eventually(t, func() bool {
+		ki, _ := b.Inspect(ctx, key)
+		return len(ki.Waiters) == waiters
+	}, frameWait, time.Millisecond)
+	return got
+}
+
+// unlockGranted unlocks the lease that comes on got, failing the test if
+// none comes within frameWait.
+func unlockGranted(t *testing.T, got <-chan *lmx.Lease) {
+	t.Helper()
 	select {
-	case l2 := <-got:
-		require.NoError(t, l2.Unlock(ctx))
+	case l := <-got:
+		require.NoError(t, l.Unlock(context.Background()))
 	case <-time.After(frameWait):
 		t.Fatal("the Go waiter was not granted")
 	}
@@ -518,29 +533,14 @@ func TestLiveMutexAcquireManyAndGoLock(t *testing.T) {
 	// While the live-mutex lock holds them, a Go Lock of either key waits.
 	_, err = b.TryLock(ctx, "k2")
 	require.ErrorIs(t, err, lmx.ErrLocked)
-	got := make(chan *lmx.Lease, 1)
-	go func() {
-		l, err := b.Lock(ctx, "k1")
-		if err == nil {
-			got <- l
-		}
-	}()
-	require.Eventually(t, func() bool {
-		ki, _ := b.Inspect(ctx, "k1")
-		return len(ki.Waiters) == 1
-	}, frameWait, time.Millisecond)
+	got := goLockQueued(t, b, "k1", 1)
 	select {
 	case <-got:
 		t.Fatal("a Go Lock was granted a key acquire-many holds")
 	default:
 	}
 	require.Equal(t, true, a.releaseMany("R", "M")["released"])
-	select {
-	case l := <-got:
-		require.NoError(t, l.Unlock(ctx))
-	case <-time.After(frameWait):
-		t.Fatal("the Go waiter was not granted")
-	}
+	unlockGranted(t, got)
 }
 
 func TestLiveMutexAcquireManyBadInput(t *testing.T) {

@@ -162,10 +162,17 @@ func (m *lmMany) take() {
 	}
 }
 
+// answer returns the start of every reply to m.
+func (m *lmMany) answer() lmAcquireMany {
+	return lmAcquireMany{Type: "acquire-many", UUID: m.id, Keys: m.keys}
+}
+
 // grantLocked returns m's grant.
 func (m *lmMany) grantLocked() lmAcquireMany {
-	rep := lmAcquireMany{Type: "acquire-many", UUID: m.id, Keys: m.keys, Acquired: true, LockUUID: m.id,
-		FencingTokens: make(map[string]uint64, len(m.parts)), FencingTokenStrings: make(map[string]string, len(m.parts))}
+	rep := m.answer()
+	rep.Acquired, rep.LockUUID = true, m.id
+	rep.FencingTokens = make(map[string]uint64, len(m.parts))
+	rep.FencingTokenStrings = make(map[string]string, len(m.parts))
 	for _, p := range m.parts {
 		rep.FencingTokens[p.key] = p.token
 		rep.FencingTokenStrings[p.key] = strconv.FormatUint(p.token, 10)
@@ -185,7 +192,7 @@ func (m *lmMany) fail(key string, err error) {
 	parts, waiting := m.endLocked()
 	c.mu.Unlock()
 	c.drop(parts, waiting)
-	rep := lmAcquireMany{Type: "acquire-many", UUID: m.id, Keys: m.keys}
+	rep := m.answer()
 	if errors.Is(err, ErrLocked) {
 		n := 0
 		if ki, ierr := c.s.b.Inspect(context.Background(), key); ierr == nil {
@@ -233,7 +240,9 @@ func (m *lmMany) queued(l *Lease, _ uint32) {
 	}
 	m.waiting = l
 	n := l.e.waiters.n
-	c.push(&lmAcquireMany{Type: "acquire-many", UUID: m.id, Keys: m.keys, ContendedKey: l.key, LockRequestCount: &n})
+	rep := m.answer()
+	rep.ContendedKey, rep.LockRequestCount = l.key, &n
+	c.push(&rep)
 }
 
 // granted implements leaseHook. A key granted at once is take's to record;
@@ -277,8 +286,9 @@ func (m *lmMany) ended(l *Lease, reason error) {
 	c.s.b.srv.start(func() {
 		c.drop(parts, waiting)
 		if !held {
-			c.push(&lmAcquireMany{Type: "acquire-many", UUID: m.id, Keys: m.keys,
-				Error: fmt.Sprintf("key %q was lost before all keys were held: %v", l.key, reason)})
+			rep := m.answer()
+			rep.Error = fmt.Sprintf("key %q was lost before all keys were held: %v", l.key, reason)
+			c.push(&rep)
 		}
 	})
 }

@@ -205,6 +205,7 @@ func (c *Client) handshake(ctx context.Context, nc net.Conn) (*clientConn, error
 		done:    make(chan struct{}),
 		calls:   make(map[uint32]*call),
 		leases:  make(map[ulid.ULID]*Lease),
+		succ:    make(map[ulid.ULID]*call),
 		watches: make(map[uint32]*watcher),
 	}
 	err := cc.out.send(func(b []byte) []byte {
@@ -553,6 +554,7 @@ type clientConn struct {
 	idleSet  bool                 // idle will fire; guarded by mu
 	idleWait time.Duration        // idle's next wait; guarded by mu
 	leases   map[ulid.ULID]*Lease // leases held; guarded by mu
+	succ     map[ulid.ULID]*call  // named Locks by the lock id they follow; guarded by mu
 	watches  map[uint32]*watcher  // by request id; guarded by mu
 	err      error                // why the session was lost; guarded by mu
 }
@@ -577,15 +579,25 @@ var bgReader = new(call)
 
 // A call is a request awaiting its reply.
 type call struct {
-	ch         chan reply // its reply, or the read role (reply.turn)
+	ch         chan reply // its reply, and maybe the read role before it (reply.turn)
+	id         uint32     // its request id
 	key        string
 	lock       bool // a Lock or TryLock: its reply grants a lease
 	wait       bool
 	ttl        time.Duration
 	keepAlive  time.Duration
 	watch      *watcher // a Watch: receives the Event frames answering it
+	release    *Lease   // a Release of this lease, handed on once sent (see handOff)
 	abandoned  bool     // its caller has gone; guarded by the conn's mu
 	prev, next *call    // in the conn's waiting; guarded by the conn's mu
+
+	// A queued Lock the broker named to follow the lease pred, with the
+	// lock id and token of its grant (see chain.go); guarded by the conn's
+	// mu.
+	named  bool
+	pred   ulid.ULID
+	nid    ulid.ULID
+	ntoken uint64
 }
 
 type reply struct {
@@ -593,6 +605,7 @@ type reply struct {
 	lease   *Lease
 	err     error
 	turn    bool // not a reply: the read role, handed to the call
+	handed  bool // the grant of a hand-off (see handOff)
 }
 
 // A callList is a list of calls.
@@ -645,7 +658,7 @@ func (cc *clientConn) checkKey(key string) error {
 // its reply. If ctx ends first it returns ctx.Err() at once; a queued Lock is
 // cancelled at the broker, and a grant that arrives anyway is released.
 func (cc *clientConn) roundTrip(ctx context.Context, cl *call, f func([]byte, uint32) []byte) (reply, error) {
-	cl.ch = make(chan reply, 1)
+	cl.ch = make(chan reply, 2)
 	cc.mu.Lock()
 	if cc.err != nil {
 		err := cc.err
@@ -657,6 +670,7 @@ func (cc *clientConn) roundTrip(ctx context.Context, cl *call, f func([]byte, ui
 		cc.nextID++
 	}
 	id := cc.nextID
+	cl.id = id
 	cc.calls[id] = cl
 	busy := len(cc.calls) > 1
 	if cl.watch != nil { // its events may come before its answer
@@ -666,6 +680,8 @@ func (cc *clientConn) roundTrip(ctx context.Context, cl *call, f func([]byte, ui
 	cc.mu.Unlock()
 	if !cc.out.add(func(b []byte) []byte { return f(b, id) }) {
 		cc.fail(cc.out.failure())
+	} else if cl.release != nil {
+		cc.handOff(cl.release)
 	}
 	if busy {
 		// Other calls are in flight: let their goroutines add their frames
@@ -681,13 +697,20 @@ func (cc *clientConn) roundTrip(ctx context.Context, cl *call, f func([]byte, ui
 	cc.mu.Lock()
 	_, pending := cc.calls[id]
 	cl.abandoned = pending
+	if cl.named {
+		cc.unlink(cl)
+	}
 	cc.waiting.remove(cl)
 	if cc.reader == cl && cc.err == nil {
 		cc.passRead()
 	}
 	cc.mu.Unlock()
 	if !pending { // the reply raced ctx
-		if r := <-cl.ch; r.lease != nil {
+		r := <-cl.ch
+		if r.turn { // passed on above
+			r = <-cl.ch
+		}
+		if r.lease != nil {
 			r.lease.Unlock(context.Background())
 		}
 	} else if cl.lock && cl.wait || cl.watch != nil {
@@ -704,7 +727,7 @@ func (cc *clientConn) await(ctx context.Context, cl *call, id uint32) (reply, bo
 		select {
 		case r := <-cl.ch:
 			if !r.turn {
-				return r, true
+				return cc.got(cl, r), true
 			}
 		default:
 		}
@@ -750,12 +773,26 @@ func (cc *clientConn) await(ctx context.Context, cl *call, id uint32) (reply, bo
 		select {
 		case r := <-cl.ch:
 			if !r.turn {
-				return r, true
+				return cc.got(cl, r), true
 			}
 		case <-ctx.Done():
 			return reply{}, false
 		}
 	}
+}
+
+// got returns r, the reply to cl. A reply handed on (see handOff) may come
+// while cl holds the read role, unread or with its turn still in cl.ch; cl
+// then hands the role on.
+func (cc *clientConn) got(cl *call, r reply) reply {
+	if r.handed {
+		cc.mu.Lock()
+		if cc.reader == cl && cc.err == nil {
+			cc.passRead()
+		}
+		cc.mu.Unlock()
+	}
+	return r
 }
 
 // readFor reads and dispatches frames, holding the read role, until cl's
@@ -774,6 +811,9 @@ func (cc *clientConn) readFor(ctx context.Context, cl *call) (got bool, err erro
 		cc.rdl.renew(cc.nc.SetReadDeadline, cc.timeout)
 		if cl == bgReader && cc.want.Load() || ctx.Err() != nil {
 			return false, nil
+		}
+		if len(cl.ch) > 0 { // a hand-off answered it
+			return true, nil
 		}
 		h, p, err := cc.in.next()
 		if err != nil {
@@ -915,6 +955,22 @@ func (cc *clientConn) dispatch(h header, p []byte) (*call, error) {
 			l.revokeNow()
 		}
 		return nil, nil
+	case opNext:
+		d := decoder{b: p}
+		pred, id, token := d.ulid(), d.ulid(), d.uvarint()
+		if err := d.done(); err != nil {
+			return nil, fmt.Errorf("%w: next: %v", ErrProtocol, err)
+		}
+		cc.name(h.id, pred, id, token)
+		return nil, nil
+	case opStop:
+		d := decoder{b: p}
+		key, seq := d.string(), d.uvarint()
+		if err := d.done(); err != nil {
+			return nil, fmt.Errorf("%w: stop: %v", ErrProtocol, err)
+		}
+		cc.stop(key, seq)
+		return nil, nil
 	case opEnded:
 		d := decoder{b: p}
 		d.string()
@@ -940,6 +996,10 @@ func (cc *clientConn) dispatch(h header, p []byte) (*call, error) {
 	delete(cc.calls, h.id)
 	if cl != nil {
 		cc.waiting.remove(cl)
+		if cl.named { // its successor follows the lease this grants
+			delete(cc.succ, cl.pred)
+			cl.named = false
+		}
 	}
 	// Out of calls, it can no longer be abandoned (see roundTrip).
 	abandoned := cl != nil && cl.abandoned
@@ -1004,6 +1064,76 @@ func (cc *clientConn) granted(cl *call, p []byte) (*Lease, error) {
 	return l, nil
 }
 
+// name records that the broker named the queued Lock reqID to follow the
+// lease pred, with lock id id and token token.
+func (cc *clientConn) name(reqID uint32, pred, id ulid.ULID, token uint64) {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	cl := cc.calls[reqID]
+	if cl == nil || !cl.lock || !cl.wait || cl.abandoned {
+		return // its Cancel is on its way; the broker will grant it, or not
+	}
+	if cl.named { // named again, after a Stop
+		delete(cc.succ, cl.pred)
+	}
+	cl.named, cl.pred, cl.nid, cl.ntoken = true, pred, id, token
+	cc.succ[pred] = cl
+}
+
+// unlink takes the named call cl, whose Cancel is about to go, out of the
+// chain: the Lock named to follow cl follows cl's predecessor, as it does
+// at the broker once the Cancel has taken cl out of the queue.
+func (cc *clientConn) unlink(cl *call) {
+	delete(cc.succ, cl.pred)
+	if next := cc.succ[cl.nid]; next != nil {
+		delete(cc.succ, cl.nid)
+		next.pred = cl.pred
+		cc.succ[cl.pred] = next
+	}
+	cl.named = false
+}
+
+// stop answers the broker's Stop about key: no Lock is handed key on any
+// more, and the answer goes after the Releases of those that were.
+func (cc *clientConn) stop(key string, seq uint64) {
+	cc.mu.Lock()
+	for pred, cl := range cc.succ {
+		if cl.key == key {
+			delete(cc.succ, pred)
+			cl.named = false
+		}
+	}
+	cc.mu.Unlock()
+	cc.out.send(func(b []byte) []byte {
+		return frame(b, opStopped, 0, 0, 0, func(b []byte) []byte {
+			b = appendString(b, key)
+			return binary.AppendUvarint(b, seq)
+		})
+	})
+}
+
+// handOff gives the key of l, whose Release is queued, to the Lock the
+// broker named to follow l, if any: that Lock returns at once with the
+// lease the broker grants it on the Release.
+func (cc *clientConn) handOff(l *Lease) {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	cl := cc.succ[l.id]
+	if cl == nil {
+		return
+	}
+	delete(cc.succ, l.id)
+	delete(cc.calls, cl.id)
+	cc.waiting.remove(cl)
+	cl.named = false
+	nl := &Lease{key: cl.key, id: cl.nid, token: cl.ntoken, door: cc, count: 1}
+	cc.leases[nl.id] = nl
+	cl.ch <- reply{lease: nl, handed: true}
+	if cc.reader == cl {
+		cc.interrupt() // it reads for the reply it has now
+	}
+}
+
 // renew extends a KeepAlive lease by its TTL, never past its KeepAlive
 // bound, and schedules the next renewal while the bound is ahead. Renewals
 // come every third of the TTL, leaving two thirds for a slow round trip.
@@ -1059,7 +1189,9 @@ func (cc *clientConn) unlocked(l *Lease) {
 // the answer.
 func (cc *clientConn) releaseAsync(l *Lease) {
 	release := releaseFrame(l.key, l.id)
-	cc.out.send(func(b []byte) []byte { return release(b, 0) })
+	cc.out.add(func(b []byte) []byte { return release(b, 0) })
+	cc.handOff(l)
+	cc.out.flush()
 	cc.unlocked(l)
 }
 
@@ -1074,7 +1206,7 @@ func (cc *clientConn) unlock(ctx context.Context, l *Lease) error {
 		cc.releaseAsync(l)
 		return ctx.Err()
 	}
-	_, err := cc.roundTrip(ctx, &call{key: l.key}, releaseFrame(l.key, l.id))
+	_, err := cc.roundTrip(ctx, &call{key: l.key, release: l}, releaseFrame(l.key, l.id))
 	switch {
 	case err == nil, ctx.Err() != nil: // released, or the release is on its way
 		cc.unlocked(l)
@@ -1148,7 +1280,7 @@ func (cc *clientConn) fail(cause error) {
 		}
 	}
 	leases, watches := cc.leases, cc.watches
-	cc.calls, cc.leases, cc.watches = nil, nil, nil
+	cc.calls, cc.leases, cc.succ, cc.watches = nil, nil, nil, nil
 	cc.mu.Unlock()
 	// Before anyone learns of the loss, so that a call made once it has
 	// waits for the next session rather than find this one.

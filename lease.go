@@ -29,8 +29,10 @@ type Lease struct {
 	shared    bool
 	keep      bool   // KeepOnDisconnect
 	noPreempt bool   // NoPreempt
+	named     bool   // a waiter named as a successor (see chain.go)
 	count     int32  // grants held by the owner (re-entrancy)
 	reqID     uint32 // the network request a waiter answers
+	at        int64  // unix ms: when a waiter queued, when a holder was granted
 	prio      int32
 	x         *leaseExtra   // what few leases need; nil for most
 	hook      leaseHook     // told of grant and end; nil in-process

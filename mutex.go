@@ -188,6 +188,12 @@ type entry struct {
 	holders leaseList // in grant order
 	waiters leaseList // ordered by priority, then arrival
 	delay   *delay    // a lock-delay in force, or nil
+
+	// chain is the last of the waiters named to the holder's session as its
+	// successors, or nil; stop numbers the Stop that session has yet to
+	// answer, or is 0 (see chain.go).
+	chain *Lease
+	stop  uint32
 }
 
 // fits reports whether l could hold the key alongside the present holders.
@@ -235,7 +241,7 @@ func (e *entry) info() KeyInfo {
 			Owner:   h.owner(),
 			Shared:  h.shared,
 			Count:   int(h.count),
-			Since:   ulid.Time(h.id.Time()),
+			Since:   time.UnixMilli(h.at),
 			Expires: h.expiresLocked(),
 		})
 	}

@@ -45,7 +45,7 @@ const (
 	codeProtocol   uint16 = 8
 	codeAuth       uint16 = 9
 
-	protocolVersion = 1
+	protocolVersion = 2
 	helloMagic      = "LMX\x00"
 )
 
@@ -302,7 +302,7 @@ func TestProtocolNotAHello(t *testing.T) {
 // A Hello of another version is refused with code 8, naming both versions.
 func TestProtocolWrongVersion(t *testing.T) {
 	addr, by := tcpBroker(t)
-	for _, v := range []byte{0, 2, 255} {
+	for _, v := range []byte{0, 1, 255} {
 		t.Run(fmt.Sprint("version ", v), func(t *testing.T) {
 			nc := dialRaw(t, addr)
 			writeFrame(t, nc, opHello, 0, 0, helloPayload(v, ""))

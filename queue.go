@@ -20,20 +20,43 @@ func (q *leaseList) pushBack(l *Lease) {
 	q.n++
 }
 
-// insert puts l behind every lease of its priority or higher, and behind
-// any that has been overtaken maxBypass times: the queue is ordered by
-// priority, then arrival, with that bound against starvation. It walks from
-// the tail, so a queue of equal priorities costs O(1).
+// insert puts l behind every lease of its priority or higher, behind any
+// that has been overtaken maxBypass times, and behind every named one (see
+// chain.go): the queue is ordered by priority, then arrival, with that bound
+// against starvation. It walks from the tail, so a queue of equal
+// priorities costs O(1).
 func (q *leaseList) insert(l *Lease) {
 	at := q.tail
-	for at != nil && at.prio < l.prio && !at.bypassedMax() {
+	for at != nil && at.prio < l.prio && !at.bypassedMax() && !at.named {
 		at = at.prev
 	}
 	if at == q.tail {
 		q.pushBack(l)
 		return
 	}
-	// l goes right after at (at == nil: at the head).
+	q.after(at, l)
+	q.overtaken(l.next)
+}
+
+// requeue puts back the waiter l, which queued before every waiter now in
+// q, behind those of higher priority at the head: they overtook it, and
+// each counts as a bypass, up to maxBypass.
+func (q *leaseList) requeue(l *Lease) {
+	at := q.head
+	for at != nil && at.prio > l.prio && !l.bypassedMax() {
+		l.extra().bypassed++
+		at = at.next
+	}
+	if at == nil {
+		q.pushBack(l)
+	} else {
+		q.after(at.prev, l)
+	}
+}
+
+// after links l in right after at, which is not the tail (at == nil: at the
+// head).
+func (q *leaseList) after(at, l *Lease) {
 	var next *Lease
 	if at == nil {
 		next = q.head
@@ -45,13 +68,12 @@ func (q *leaseList) insert(l *Lease) {
 	l.prev, l.next = at, next
 	next.prev = l
 	q.n++
-	q.overtaken(next)
 }
 
 // mayOvertake reports whether l may be granted ahead of every waiter.
 func (q *leaseList) mayOvertake(l *Lease) bool {
 	h := q.head
-	return h == nil || h.prio < l.prio && !h.bypassedMax()
+	return h == nil || h.prio < l.prio && !h.bypassedMax() && !h.named
 }
 
 // overtaken counts one bypass for from and every waiter behind it.

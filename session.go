@@ -37,6 +37,7 @@ type session struct {
 	leases  map[ulid.ULID]*Lease // held through this session; guarded by mu
 	waits   map[uint32]*Lease    // queued Locks by request id; guarded by mu
 	watches map[uint32]*watcher  // by request id; guarded by mu
+	stops   uint32               // the last Stop's number; guarded by mu
 	over    bool                 // the connection is gone; guarded by mu
 }
 
@@ -274,6 +275,16 @@ func (s *session) handle(h header, p []byte) {
 		})
 	case opCancel:
 		s.cancel(h.id)
+	case opStopped:
+		key, seq := d.string(), d.uvarint()
+		if s.malformed(h, &d) {
+			return
+		}
+		if err := s.b.check(key); err != nil {
+			s.replyErr(h.id, err)
+			return
+		}
+		s.b.shardFor(key).stopped(key, s, uint32(seq)) // a stale one changes nothing
 	case opList:
 		prefix, limit := d.string(), d.uvarint()
 		if s.malformed(h, &d) {
@@ -451,6 +462,44 @@ func (s *session) granted(l *Lease, reqID uint32) {
 			return appendTime(b, exp)
 		})
 	})
+}
+
+// named tells the client that its queued Lock l follows the lease pred:
+// the client may hand the key on to it (see chain.go).
+func (s *session) named(l *Lease, pred ulid.ULID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.over {
+		return
+	}
+	id, token := l.id, l.token
+	s.push(func(b []byte) []byte {
+		return frame(b, opNext, 0, 0, l.reqID, func(b []byte) []byte {
+			b = append(b, pred[:]...)
+			b = append(b, id[:]...)
+			return binary.AppendUvarint(b, token)
+		})
+	})
+}
+
+// stop asks the client to stop handing key on to the Locks named to it, and
+// returns the number its answer will carry, never 0.
+func (s *session) stop(key string) uint32 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stops++; s.stops == 0 {
+		s.stops++
+	}
+	seq := s.stops
+	if !s.over {
+		s.push(func(b []byte) []byte {
+			return frame(b, opStop, 0, 0, 0, func(b []byte) []byte {
+				b = appendString(b, key)
+				return binary.AppendUvarint(b, uint64(seq))
+			})
+		})
+	}
+	return seq
 }
 
 // revoked implements leaseHook: it tells the client a waiter of higher

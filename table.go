@@ -150,9 +150,7 @@ func (sh *shard) begin(key string, r *request, wait bool, hook leaseHook, reqID 
 		sh.freeIfIdleLocked(e)
 		return nil, false, ErrLocked
 	}
-	// A waiter has no token yet: until its grant the field holds when it
-	// queued, for the wait-time histogram.
-	l.e, l.state, l.reqID, l.token = e, stateWaiting, reqID, uint64(sh.now(l))
+	l.e, l.state, l.reqID, l.at = e, stateWaiting, reqID, sh.now(l)
 	if hook == nil {
 		l.ready = sh.b.readies.Get().(chan struct{})
 	} else {
@@ -160,6 +158,11 @@ func (sh *shard) begin(key string, r *request, wait bool, hook leaseHook, reqID 
 	}
 	e.waiters.insert(l)
 	sh.st.waiters++
+	if p := l.prev; p != nil && p.named && p.prio < l.prio {
+		sh.stopLocked(e) // l would overtake waiters named to a client
+	} else {
+		sh.nameLocked(e)
+	}
 	sh.maybePreemptLocked(e)
 	return l, true, nil
 }
@@ -187,7 +190,7 @@ func (sh *shard) cancelWait(ctx context.Context, l *Lease) error {
 // dequeueLocked takes the waiting lease l out of its queue.
 func (sh *shard) dequeueLocked(l *Lease) {
 	e := l.e
-	e.waiters.remove(l)
+	e.unqueue(l)
 	sh.st.waiters--
 	l.e, l.state = nil, stateEnded
 	sh.grantNextLocked(e) // l may have held back those behind it
@@ -253,9 +256,13 @@ func (sh *shard) grantLocked(e *entry, l *Lease, now int64) {
 		e.excl++
 	}
 	e.holders.pushBack(l)
-	l.e, l.state, l.count = e, stateHeld, 1
-	l.token = sh.b.tokens.Add(1)
-	l.id = sh.newIDLocked(now)
+	l.e, l.state, l.count, l.at = e, stateHeld, 1, now
+	if l.named { // it keeps the id and token it was named with
+		l.named = false
+	} else {
+		l.token = sh.b.tokens.Add(1)
+		l.id = sh.newIDLocked(now)
+	}
 	if l.ttl != nil {
 		sh.startTTLLocked(l, time.Now())
 	}
@@ -268,10 +275,10 @@ func (sh *shard) grantLocked(e *entry, l *Lease, now int64) {
 // as the head fits, and wakes each.
 func (sh *shard) grantNextLocked(e *entry) {
 	for w := e.waiters.head; w != nil && e.fits(w); w = e.waiters.head {
-		e.waiters.remove(w)
+		e.unqueue(w)
 		sh.st.waiters--
 		now := sh.now(w)
-		sh.st.wait.observe(time.Duration(now-int64(w.token)) * time.Millisecond)
+		sh.st.wait.observe(time.Duration(now-w.at) * time.Millisecond)
 		sh.grantLocked(e, w, now)
 		if w.hook != nil {
 			w.hook.granted(w, w.reqID)
@@ -279,6 +286,7 @@ func (sh *shard) grantNextLocked(e *entry) {
 			w.ready <- struct{}{}
 		}
 	}
+	sh.nameLocked(e)
 	sh.maybePreemptLocked(e)
 }
 
@@ -292,7 +300,7 @@ func (sh *shard) dropLocked(l *Lease, reason error) {
 		e.excl--
 	}
 	sh.st.holders--
-	sh.st.hold.observe(time.Duration(sh.now(l)-int64(l.id.Time())) * time.Millisecond)
+	sh.st.hold.observe(time.Duration(sh.now(l)-l.at) * time.Millisecond)
 	sh.delayLocked(e, l, reason)
 	l.e, l.state = nil, stateEnded
 	if l.ttl != nil {
@@ -380,7 +388,7 @@ func (sh *shard) closeLocked() {
 			h = next
 		}
 		for w := e.waiters.head; w != nil; w = e.waiters.head {
-			e.waiters.remove(w)
+			e.unqueue(w)
 			sh.st.waiters--
 			w.e, w.state = nil, stateEnded
 			w.end(ErrClosed)

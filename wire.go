@@ -25,7 +25,7 @@ import (
 const headerLen = 12
 
 // protocolVersion is the version a Hello offers and a Welcome accepts.
-const protocolVersion = 1
+const protocolVersion = 2
 
 // magic opens every Hello, so that a stray client is told apart at once.
 const magic = "LMX\x00"
@@ -45,6 +45,7 @@ const (
 	opCancel  op = 0x09
 	opWatch   op = 0x0a
 	opList    op = 0x0b
+	opStopped op = 0x0c
 )
 
 // Ops from broker to client.
@@ -60,6 +61,8 @@ const (
 	opEvent   op = 0x89
 	opRevoke  op = 0x8a
 	opKeys    op = 0x8b
+	opNext    op = 0x8c
+	opStop    op = 0x8d
 )
 
 // Lock flags.
@@ -401,6 +404,7 @@ func appendKeyInfo(b []byte, ki *KeyInfo) []byte {
 		b = append(b, boolByte(h.Shared))
 		b = binary.AppendUvarint(b, uint64(h.Count))
 		b = appendTime(b, h.Expires)
+		b = appendTime(b, h.Since)
 	}
 	b = binary.AppendUvarint(b, uint64(len(waiters)))
 	for _, w := range waiters {
@@ -426,7 +430,7 @@ func decodeKeyInfo(key string, p []byte) (KeyInfo, error) {
 		h.Shared = d.byte() != 0
 		h.Count = int(d.uvarint())
 		h.Expires = d.time()
-		h.Since = ulid.Time(h.ID.Time())
+		h.Since = d.time()
 		ki.Holders = append(ki.Holders, h)
 	}
 	for n := d.uvarint(); n > 0 && d.err == nil; n-- {

@@ -429,12 +429,12 @@ func testCancelRace(e *env) {
 				cancel()
 				if err != nil {
 					if !errors.Is(err, context.DeadlineExceeded) {
-						unexpected.Store(err)
+						unexpected.Store(fmt.Errorf("%w", err))
 					}
 					continue
 				}
 				if err := l.Unlock(e.Context()); err != nil {
-					unexpected.Store(err)
+					unexpected.Store(fmt.Errorf("unlock: %w", err))
 				}
 			}
 		}()

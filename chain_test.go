@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"sync"
 	"testing"
@@ -372,6 +373,66 @@ func TestClientHandOffSkipsCancelled(t *testing.T) {
 		gate.open()
 		require.NoError(t, <-unlocked)
 		synctest.Wait()
+		requireIdle(t, b)
+	})
+}
+
+// Three clients' goroutines, some of higher priority and some that give up
+// waiting, share one key: whatever the hand-offs, one holder at a time, in
+// strictly increasing token order, and nothing is left at the end.
+func TestClientHandOffStress(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := lmx.NewBroker()
+		defer b.Close()
+		const clients, goroutines, rounds = 3, 8, 40
+		var (
+			wg        sync.WaitGroup
+			mu        sync.Mutex
+			inside    int
+			lastToken uint64
+			grants    int
+		)
+		for c := range clients {
+			cl := dialPipe(t, b, nil)
+			for g := range goroutines {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					rnd := rand.New(rand.NewPCG(uint64(c), uint64(g)))
+					for r := range rounds {
+						var opts []lmx.LockOption
+						if (g+r)%5 == 0 {
+							opts = append(opts, lmx.Priority(5))
+						}
+						ctx, cancel := context.WithCancel(t.Context())
+						if r%3 == 0 {
+							ctx, cancel = context.WithTimeout(t.Context(), time.Duration(rnd.IntN(300))*time.Microsecond)
+						}
+						l, err := cl.Lock(ctx, "k", opts...)
+						cancel()
+						if err != nil {
+							assert.ErrorIs(t, err, context.DeadlineExceeded)
+							continue
+						}
+						mu.Lock()
+						inside++
+						assert.Equal(t, 1, inside, "two holders at once")
+						assert.Greater(t, l.Token(), lastToken, "tokens went back")
+						lastToken = l.Token()
+						grants++
+						mu.Unlock()
+						time.Sleep(time.Duration(rnd.IntN(50)) * time.Microsecond)
+						mu.Lock()
+						inside--
+						mu.Unlock()
+						assert.NoError(t, l.Unlock(t.Context()))
+					}
+				}()
+			}
+		}
+		wg.Wait()
+		synctest.Wait()
+		assert.Greater(t, grants, clients*goroutines*rounds/2, "most Locks should have been granted")
 		requireIdle(t, b)
 	})
 }

@@ -31,6 +31,15 @@ import (
 // been for a while. Right after a burst of calls that bound grows to at most
 // 100 milliseconds (see idleRead).
 //
+// Goroutines of one Client that queue for a key behind each other pass it
+// on without a round trip: the broker names to the Client the Locks that
+// wait right behind its lease, and Unlock gives the key to the next one as
+// soon as its Release is on its way (see PROTOCOL.md, "Hand-offs inside a
+// session"). The queue's order across clients, priorities and fencing
+// tokens are as if every grant came from the broker. Plain Locks only:
+// those with a TTL, an Owner, Shared, KeepOnDisconnect, or on a key of
+// limit above 1 wait for the broker's grant.
+//
 // The connection is a session. If it is lost (the broker went away, or
 // heartbeats stopped arriving), every lease the Client held ends with an
 // error matching ErrSessionLost, since the broker releases them, and calls

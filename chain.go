@@ -47,7 +47,8 @@ func (sh *shard) nameLocked(e *entry) {
 		pred, w = e.chain, e.chain.next
 	}
 	for ; w != nil && w.hook == h.hook && w.chainable(); pred, w = w, w.next {
-		w.named = true
+		x := w.extra()
+		x.named, x.at = true, int64(w.token) // the token held when it queued
 		w.token = sh.b.tokens.Add(1)
 		w.id = sh.newIDLocked(sh.now(w))
 		e.chain = w
@@ -59,7 +60,7 @@ func (sh *shard) nameLocked(e *entry) {
 // was named.
 func (e *entry) unqueue(l *Lease) {
 	if e.chain == l {
-		if p := l.prev; p != nil && p.named {
+		if p := l.prev; p != nil && p.isNamed() {
 			e.chain = p
 		} else {
 			e.chain, e.stop = nil, 0 // a Stop's answer, if due, changes nothing
@@ -87,12 +88,13 @@ func (sh *shard) stopped(key string, s *session, seq uint32) {
 		return // the names ran out first
 	}
 	var named []*Lease
-	for w := e.waiters.head; w != nil && w.named; w = w.next {
+	for w := e.waiters.head; w != nil && w.isNamed(); w = w.next {
 		named = append(named, w)
 	}
 	for _, w := range named {
 		e.unqueue(w)
-		w.named = false
+		w.token = uint64(w.queued()) // a waiter again, as before its naming
+		w.x.named, w.x.at = false, 0
 	}
 	for _, w := range slices.Backward(named) {
 		e.waiters.requeue(w)

@@ -29,10 +29,8 @@ type Lease struct {
 	shared    bool
 	keep      bool   // KeepOnDisconnect
 	noPreempt bool   // NoPreempt
-	named     bool   // a waiter named as a successor (see chain.go)
 	count     int32  // grants held by the owner (re-entrancy)
 	reqID     uint32 // the network request a waiter answers
-	at        int64  // unix ms: when a waiter queued, when a holder was granted
 	prio      int32
 	x         *leaseExtra   // what few leases need; nil for most
 	hook      leaseHook     // told of grant and end; nil in-process
@@ -52,9 +50,16 @@ type Lease struct {
 // others do not pay for it. Guarded by the shard's mu.
 type leaseExtra struct {
 	owner     string        // asked with Owner
-	bypassed  int32         // a waiter's count of later requests granted first
 	preempt   *preemption   // a waiter asked with Preempt
 	lockDelay time.Duration // asked with LockDelay, else -1 (none asked)
+
+	// named is set while a waiter is named to its session (see chain.go).
+	// Its token and id are then set, so at holds, in unix milliseconds,
+	// when it queued; and once it is granted, when, as its id has the time
+	// it was named.
+	at       int64
+	bypassed int32 // a waiter's count of later requests granted first
+	named    bool
 }
 
 // owner returns who asked for the lease, or "".
@@ -63,6 +68,25 @@ func (l *Lease) owner() string {
 		return ""
 	}
 	return l.x.owner
+}
+
+// isNamed reports whether the waiter l is named to its session.
+func (l *Lease) isNamed() bool { return l.x != nil && l.x.named }
+
+// queued returns when the waiter l queued, in unix milliseconds.
+func (l *Lease) queued() int64 {
+	if l.isNamed() {
+		return l.x.at
+	}
+	return int64(l.token) // a waiter's token is not set yet
+}
+
+// granted returns when the held lease l was granted, in unix milliseconds.
+func (l *Lease) granted() int64 {
+	if l.x != nil && l.x.at != 0 {
+		return l.x.at
+	}
+	return int64(l.id.Time())
 }
 
 // extra returns l's leaseExtra, making it if need be.

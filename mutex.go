@@ -185,15 +185,11 @@ type entry struct {
 	limit   int32     // exclusive holders admitted at once, fixed at creation
 	excl    int32     // exclusive holders
 	shared  int32     // shared holders
+	stop    uint32    // the Stop the chain's session has yet to answer, or 0
 	holders leaseList // in grant order
 	waiters leaseList // ordered by priority, then arrival
 	delay   *delay    // a lock-delay in force, or nil
-
-	// chain is the last of the waiters named to the holder's session as its
-	// successors, or nil; stop numbers the Stop that session has yet to
-	// answer, or is 0 (see chain.go).
-	chain *Lease
-	stop  uint32
+	chain   *Lease    // the last waiter named to the holder's session, or nil (see chain.go)
 }
 
 // fits reports whether l could hold the key alongside the present holders.
@@ -241,7 +237,7 @@ func (e *entry) info() KeyInfo {
 			Owner:   h.owner(),
 			Shared:  h.shared,
 			Count:   int(h.count),
-			Since:   time.UnixMilli(h.at),
+			Since:   time.UnixMilli(h.granted()),
 			Expires: h.expiresLocked(),
 		})
 	}

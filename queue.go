@@ -27,7 +27,7 @@ func (q *leaseList) pushBack(l *Lease) {
 // priorities costs O(1).
 func (q *leaseList) insert(l *Lease) {
 	at := q.tail
-	for at != nil && at.prio < l.prio && !at.bypassedMax() && !at.named {
+	for at != nil && at.prio < l.prio && !at.bypassedMax() && !at.isNamed() {
 		at = at.prev
 	}
 	if at == q.tail {
@@ -73,7 +73,7 @@ func (q *leaseList) after(at, l *Lease) {
 // mayOvertake reports whether l may be granted ahead of every waiter.
 func (q *leaseList) mayOvertake(l *Lease) bool {
 	h := q.head
-	return h == nil || h.prio < l.prio && !h.bypassedMax() && !h.named
+	return h == nil || h.prio < l.prio && !h.bypassedMax() && !h.isNamed()
 }
 
 // overtaken counts one bypass for from and every waiter behind it.

@@ -472,9 +472,9 @@ func (s *session) named(l *Lease, pred ulid.ULID) {
 	if s.over {
 		return
 	}
-	id, token := l.id, l.token
+	reqID, id, token := l.reqID, l.id, l.token
 	s.push(func(b []byte) []byte {
-		return frame(b, opNext, 0, 0, l.reqID, func(b []byte) []byte {
+		return frame(b, opNext, 0, 0, reqID, func(b []byte) []byte {
 			b = append(b, pred[:]...)
 			b = append(b, id[:]...)
 			return binary.AppendUvarint(b, token)

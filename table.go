@@ -150,7 +150,10 @@ func (sh *shard) begin(key string, r *request, wait bool, hook leaseHook, reqID 
 		sh.freeIfIdleLocked(e)
 		return nil, false, ErrLocked
 	}
-	l.e, l.state, l.reqID, l.at = e, stateWaiting, reqID, sh.now(l)
+	// A waiter has no token yet: until its grant, or its naming (see
+	// chain.go), the field holds when it queued, for the wait-time
+	// histogram.
+	l.e, l.state, l.reqID, l.token = e, stateWaiting, reqID, uint64(sh.now(l))
 	if hook == nil {
 		l.ready = sh.b.readies.Get().(chan struct{})
 	} else {
@@ -158,7 +161,7 @@ func (sh *shard) begin(key string, r *request, wait bool, hook leaseHook, reqID 
 	}
 	e.waiters.insert(l)
 	sh.st.waiters++
-	if p := l.prev; p != nil && p.named && p.prio < l.prio {
+	if p := l.prev; p != nil && p.isNamed() && p.prio < l.prio {
 		sh.stopLocked(e) // l would overtake waiters named to a client
 	} else {
 		sh.nameLocked(e)
@@ -256,9 +259,9 @@ func (sh *shard) grantLocked(e *entry, l *Lease, now int64) {
 		e.excl++
 	}
 	e.holders.pushBack(l)
-	l.e, l.state, l.count, l.at = e, stateHeld, 1, now
-	if l.named { // it keeps the id and token it was named with
-		l.named = false
+	l.e, l.state, l.count = e, stateHeld, 1
+	if l.isNamed() { // it keeps the id and token it was named with
+		l.x.named, l.x.at = false, now
 	} else {
 		l.token = sh.b.tokens.Add(1)
 		l.id = sh.newIDLocked(now)
@@ -278,7 +281,7 @@ func (sh *shard) grantNextLocked(e *entry) {
 		e.unqueue(w)
 		sh.st.waiters--
 		now := sh.now(w)
-		sh.st.wait.observe(time.Duration(now-w.at) * time.Millisecond)
+		sh.st.wait.observe(time.Duration(now-w.queued()) * time.Millisecond)
 		sh.grantLocked(e, w, now)
 		if w.hook != nil {
 			w.hook.granted(w, w.reqID)
@@ -300,7 +303,7 @@ func (sh *shard) dropLocked(l *Lease, reason error) {
 		e.excl--
 	}
 	sh.st.holders--
-	sh.st.hold.observe(time.Duration(sh.now(l)-l.at) * time.Millisecond)
+	sh.st.hold.observe(time.Duration(sh.now(l)-l.granted()) * time.Millisecond)
 	sh.delayLocked(e, l, reason)
 	l.e, l.state = nil, stateEnded
 	if l.ttl != nil {

@@ -384,7 +384,7 @@ func (c *Client) acquire(ctx context.Context, key string, opts []LockOption, wai
 	if err := cc.checkKey(key); err != nil {
 		return nil, err
 	}
-	rep, err := cc.roundTrip(ctx, &call{key: key, lock: true, wait: wait, ttl: r.ttl, keepAlive: r.keepAlive},
+	rep, err := cc.roundTrip(ctx, call{key: key, lock: true, wait: wait, ttl: r.ttl, keepAlive: r.keepAlive},
 		func(b []byte, id uint32) []byte {
 			return frame(b, opLock, lockFlags(&r, wait), 0, id, func(b []byte) []byte { return appendLock(b, key, &r) })
 		})
@@ -397,17 +397,16 @@ func (c *Client) acquire(ctx context.Context, key string, opts []LockOption, wai
 // Release ends the lease of key whose lock id is id, as its Unlock would, on
 // whichever client or process holds it.
 func (c *Client) Release(ctx context.Context, key string, id ulid.ULID) error {
-	_, err := c.request(ctx, key, releaseFrame(key, id))
+	_, err := c.request(ctx, key, func(b []byte, reqID uint32) []byte { return appendRelease(b, reqID, key, id) })
 	return err
 }
 
-func releaseFrame(key string, id ulid.ULID) func([]byte, uint32) []byte {
-	return func(b []byte, reqID uint32) []byte {
-		return frame(b, opRelease, 0, 0, reqID, func(b []byte) []byte {
-			b = appendString(b, key)
-			return append(b, id[:]...)
-		})
-	}
+// appendRelease appends a Release frame of the lease of key with lock id id.
+func appendRelease(b []byte, reqID uint32, key string, id ulid.ULID) []byte {
+	return frame(b, opRelease, 0, 0, reqID, func(b []byte) []byte {
+		b = appendString(b, key)
+		return append(b, id[:]...)
+	})
 }
 
 // ForceUnlock ends every lease of key with ErrForced; see Broker.ForceUnlock.
@@ -438,8 +437,7 @@ func (c *Client) Watch(ctx context.Context, prefix string) (<-chan Event, error)
 	w := &watcher{prefix: prefix, sink: chanSink(ch)}
 	var once sync.Once
 	w.end = func() { once.Do(func() { close(ch) }) }
-	cl := &call{watch: w}
-	_, err = cc.roundTrip(ctx, cl, func(b []byte, id uint32) []byte {
+	_, err = cc.roundTrip(ctx, call{watch: w}, func(b []byte, id uint32) []byte {
 		return frame(b, opWatch, 0, 0, id, func(b []byte) []byte { return appendString(b, prefix) })
 	})
 	if err != nil {
@@ -473,7 +471,7 @@ func (c *Client) Ping(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	_, err = cc.roundTrip(ctx, &call{}, func(b []byte, id uint32) []byte { return frame(b, opPing, 0, 0, id, nil) })
+	_, err = cc.roundTrip(ctx, call{}, func(b []byte, id uint32) []byte { return frame(b, opPing, 0, 0, id, nil) })
 	return err
 }
 
@@ -484,7 +482,7 @@ func (c *Client) List(ctx context.Context, prefix string, limit int) ([]KeyStat,
 	if err != nil {
 		return nil, err
 	}
-	rep, err := cc.roundTrip(ctx, &call{}, func(b []byte, id uint32) []byte {
+	rep, err := cc.roundTrip(ctx, call{}, func(b []byte, id uint32) []byte {
 		return frame(b, opList, 0, 0, id, func(b []byte) []byte {
 			b = appendString(b, prefix)
 			return binary.AppendUvarint(b, uint64(listLimit(limit)))
@@ -502,7 +500,7 @@ func (c *Client) Stats(ctx context.Context) (Stats, error) {
 	if err != nil {
 		return Stats{}, err
 	}
-	rep, err := cc.roundTrip(ctx, &call{}, func(b []byte, id uint32) []byte { return frame(b, opStats, 0, 0, id, nil) })
+	rep, err := cc.roundTrip(ctx, call{}, func(b []byte, id uint32) []byte { return frame(b, opStats, 0, 0, id, nil) })
 	if err != nil {
 		return Stats{}, err
 	}
@@ -524,7 +522,7 @@ func (c *Client) request(ctx context.Context, key string, f func([]byte, uint32)
 	if err := cc.checkKey(key); err != nil {
 		return reply{}, err
 	}
-	return cc.roundTrip(ctx, &call{key: key}, f)
+	return cc.roundTrip(ctx, call{key: key}, f)
 }
 
 // A clientConn is one session of a Client.
@@ -548,6 +546,12 @@ type clientConn struct {
 	maxKeyLen      int
 	done           chan struct{} // closed when the session is lost
 
+	// spare recycles the calls that have had their reply, with their
+	// channels: two of each a Lock and Unlock otherwise. It is the conn's,
+	// not global, so that a channel made in one synctest bubble never serves
+	// in another.
+	spare sync.Pool
+
 	in     inbox         // the read role's
 	rdl    deadline      // the read role's
 	bgTurn chan struct{} // gives the background reader the read role
@@ -566,6 +570,18 @@ type clientConn struct {
 	succ     map[ulid.ULID]*call  // named Locks by the lock id they follow; guarded by mu
 	watches  map[uint32]*watcher  // by request id; guarded by mu
 	err      error                // why the session was lost; guarded by mu
+}
+
+// newCall returns a call like c, with an empty channel.
+func (cc *clientConn) newCall(c call) *call {
+	cl, _ := cc.spare.Get().(*call)
+	if cl == nil {
+		cl, c.ch = new(call), make(chan reply, 2)
+	} else {
+		c.ch = cl.ch
+	}
+	*cl = c
+	return cl
 }
 
 // idleRead is how long the read role may go unheld before the background
@@ -615,6 +631,7 @@ type reply struct {
 	err     error
 	turn    bool // not a reply: the read role, handed to the call
 	handed  bool // the grant of a hand-off (see handOff)
+	lost    bool // not from cl.ch: the session's loss, which may yet send there
 }
 
 // A callList is a list of calls.
@@ -663,15 +680,17 @@ func (cc *clientConn) checkKey(key string) error {
 	return nil
 }
 
-// roundTrip sends the frame f builds, under a fresh request id, and waits for
-// its reply. If ctx ends first it returns ctx.Err() at once; a queued Lock is
-// cancelled at the broker, and a grant that arrives anyway is released.
-func (cc *clientConn) roundTrip(ctx context.Context, cl *call, f func([]byte, uint32) []byte) (reply, error) {
-	cl.ch = make(chan reply, 2)
+// roundTrip sends the frame f builds, under a fresh request id, as the call
+// c, and waits for its reply. If ctx ends first it returns ctx.Err() at
+// once; a queued Lock is cancelled at the broker, and a grant that arrives
+// anyway is released.
+func (cc *clientConn) roundTrip(ctx context.Context, c call, f func([]byte, uint32) []byte) (reply, error) {
+	cl := cc.newCall(c)
 	cc.mu.Lock()
 	if cc.err != nil {
 		err := cc.err
 		cc.mu.Unlock()
+		cc.spare.Put(cl)
 		return reply{}, err
 	}
 	cc.nextID++
@@ -701,6 +720,9 @@ func (cc *clientConn) roundTrip(ctx context.Context, cl *call, f func([]byte, ui
 		cc.fail(err)
 	}
 	if r, ok := cc.await(ctx, cl, id); ok {
+		if !r.lost && cl.watch == nil {
+			cc.spare.Put(cl) // nothing refers to it any more
+		}
 		return r, r.err
 	}
 	cc.mu.Lock()
@@ -743,7 +765,7 @@ func (cc *clientConn) await(ctx context.Context, cl *call, id uint32) (reply, bo
 		cc.mu.Lock()
 		if err := cc.err; err != nil {
 			cc.mu.Unlock()
-			return reply{err: err}, true
+			return reply{err: err, lost: true}, true
 		}
 		interrupt := false
 		if cc.calls[id] == cl { // else its reply is in cl.ch
@@ -1197,8 +1219,7 @@ func (cc *clientConn) unlocked(l *Lease) {
 // releaseAsync asks the broker to release one grant of l without waiting for
 // the answer.
 func (cc *clientConn) releaseAsync(l *Lease) {
-	release := releaseFrame(l.key, l.id)
-	cc.out.add(func(b []byte) []byte { return release(b, 0) })
+	cc.out.add(func(b []byte) []byte { return appendRelease(b, 0, l.key, l.id) })
 	cc.handOff(l)
 	cc.out.flush()
 	cc.unlocked(l)
@@ -1215,7 +1236,9 @@ func (cc *clientConn) unlock(ctx context.Context, l *Lease) error {
 		cc.releaseAsync(l)
 		return ctx.Err()
 	}
-	_, err := cc.roundTrip(ctx, &call{key: l.key, release: l}, releaseFrame(l.key, l.id))
+	_, err := cc.roundTrip(ctx, call{key: l.key, release: l}, func(b []byte, id uint32) []byte {
+		return appendRelease(b, id, l.key, l.id)
+	})
 	switch {
 	case err == nil, ctx.Err() != nil: // released, or the release is on its way
 		cc.unlocked(l)
@@ -1231,7 +1254,7 @@ func (cc *clientConn) extend(ctx context.Context, l *Lease, ttl time.Duration) e
 	if l.Err() != nil {
 		return l.notHeld()
 	}
-	rep, err := cc.roundTrip(ctx, &call{key: l.key}, func(b []byte, id uint32) []byte {
+	rep, err := cc.roundTrip(ctx, call{key: l.key}, func(b []byte, id uint32) []byte {
 		return frame(b, opExtend, 0, 0, id, func(b []byte) []byte {
 			b = appendString(b, l.key)
 			b = append(b, l.id[:]...)

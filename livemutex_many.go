@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 )
 
@@ -148,12 +149,16 @@ func (m *lmMany) take() {
 			return
 		}
 		c.mu.Lock()
+		// A queued l may have been granted and taken on by another take,
+		// which may even have finished: once the hooks have recorded l, it
+		// is m's, whatever m's state.
+		mine := l == m.waiting || slices.Contains(m.parts, l)
 		switch {
-		case m.state != manyTaking: // ended meanwhile: l is not m's to keep
+		case m.state != manyTaking && !mine: // ended meanwhile: l is not m's to keep
 			c.mu.Unlock()
 			c.drop(nil, l)
 			return
-		case queued: // granted will carry on
+		case queued: // granted carries on, or has
 			c.mu.Unlock()
 			return
 		}

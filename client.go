@@ -35,10 +35,11 @@ import (
 // on without a round trip: the broker names to the Client the Locks that
 // wait right behind its lease, and Unlock gives the key to the next one as
 // soon as its Release is on its way (see PROTOCOL.md, "Hand-offs inside a
-// session"). The queue's order across clients, priorities and fencing
-// tokens are as if every grant came from the broker. Plain Locks only:
-// those with a TTL, an Owner, Shared, KeepOnDisconnect, or on a key of
-// limit above 1 wait for the broker's grant.
+// session"). The queue's order across clients and the fencing tokens are as
+// if every grant came from the broker; a request of higher priority from
+// elsewhere goes first once the Client has heard of it, a round trip later.
+// Plain Locks only: those with a TTL, an Owner, Shared, KeepOnDisconnect, or
+// on a key of limit above 1 wait for the broker's grant.
 //
 // The connection is a session. If it is lost (the broker went away, or
 // heartbeats stopped arriving), every lease the Client held ends with an

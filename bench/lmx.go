@@ -22,8 +22,9 @@ import (
 
 var services = []service{
 	{name: "lmx-inproc", smoke: true, start: startInproc},
-	{name: "lmx-unix", smoke: true, start: func(ctx context.Context, _ config) (running, error) { return startLMXChild(ctx, "unix") }},
-	{name: "lmx-tcp", smoke: false, start: func(ctx context.Context, _ config) (running, error) { return startLMXChild(ctx, "tcp") }},
+	{name: "lmx-unix", smoke: true, start: func(ctx context.Context, _ config) (running, error) { return startLMXChild(ctx, "unix", false) }},
+	{name: "lmx-tcp", smoke: false, start: func(ctx context.Context, _ config) (running, error) { return startLMXChild(ctx, "tcp", false) }},
+	{name: "lmx-unix-clients", smoke: false, start: func(ctx context.Context, _ config) (running, error) { return startLMXChild(ctx, "unix", true) }},
 	{name: "echo-unix", smoke: true, start: func(ctx context.Context, _ config) (running, error) { return startEcho(ctx, "unix", false) }},
 	{name: "echo-tcp", smoke: false, start: func(ctx context.Context, _ config) (running, error) { return startEcho(ctx, "tcp", false) }},
 	{name: "echo-pipelined-unix", smoke: true, start: func(ctx context.Context, _ config) (running, error) { return startEcho(ctx, "unix", true) }},
@@ -33,9 +34,11 @@ var services = []service{
 	{name: "etcd", start: startEtcd, maxCycles: etcdMaxCycles},
 }
 
-// lmxWorker does cycles through a Locker shared by all workers.
+// lmxWorker does cycles through a Locker, shared by all workers unless it
+// is the worker's own Client.
 type lmxWorker struct {
 	l      lmx.Locker
+	own    *lmx.Client   // closed with the worker
 	n      int64         // cycles done
 	served *atomic.Int64 // if not nil, gets n at close: no shared write per cycle
 }
@@ -57,6 +60,9 @@ func (w *lmxWorker) cycle(ctx context.Context, key string) (time.Duration, error
 func (w *lmxWorker) close() {
 	if w.served != nil {
 		w.served.Add(w.n)
+	}
+	if w.own != nil {
+		w.own.Close()
 	}
 }
 
@@ -257,10 +263,12 @@ func selfChild(ctx context.Context, env, network string) (*child, string, error)
 }
 
 type lmxNet struct {
-	c      *lmx.Client
-	ch     *child
-	served atomic.Int64
-	note   string // about the broker binary
+	c         *lmx.Client
+	addr      string
+	perWorker bool // each worker dials a Client of its own
+	ch        *child
+	served    atomic.Int64
+	note      string // about the broker binary
 }
 
 // leanBroker is cmd/lmxbroker built once into a temporary directory, so
@@ -301,7 +309,10 @@ func removeLeanBroker() {
 	}
 }
 
-func startLMXChild(ctx context.Context, network string) (running, error) {
+// startLMXChild starts a broker process listening on network. Its workers
+// share one Client, or, with perWorker, each has its own: hand-offs between
+// them then cross the broker.
+func startLMXChild(ctx context.Context, network string, perWorker bool) (running, error) {
 	var (
 		ch   *child
 		addr string
@@ -324,11 +335,18 @@ func startLMXChild(ctx context.Context, network string) (running, error) {
 		ch.stop()
 		return nil, err
 	}
-	return &lmxNet{c: c, ch: ch, note: note}, nil
+	return &lmxNet{c: c, addr: addr, perWorker: perWorker, ch: ch, note: note}, nil
 }
 
-func (s *lmxNet) newWorker(context.Context, int) (worker, error) {
-	return &lmxWorker{l: s.c, served: &s.served}, nil
+func (s *lmxNet) newWorker(ctx context.Context, _ int) (worker, error) {
+	if !s.perWorker {
+		return &lmxWorker{l: s.c, served: &s.served}, nil
+	}
+	c, err := lmx.Dial(ctx, s.addr)
+	if err != nil {
+		return nil, err
+	}
+	return &lmxWorker{l: c, own: c, served: &s.served}, nil
 }
 
 func (s *lmxNet) rss() string {

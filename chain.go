@@ -20,7 +20,8 @@ import "slices"
 // queues behind them and has the broker ask the client to stop (a Stop
 // frame). The client answers (Stopped) after the Releases of the hand-offs
 // it made, and the broker then drops the names and puts the queue back in
-// priority order, so the request waits at most a round trip longer.
+// priority order: the request waits longer only for the Locks the client
+// handed the key to before it read the Stop.
 //
 // Only plain Locks are named: exclusive ones on a key of limit 1, without a
 // TTL (the client would have to know when the grant's expiry starts),

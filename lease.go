@@ -53,13 +53,12 @@ type leaseExtra struct {
 	preempt   *preemption   // a waiter asked with Preempt
 	lockDelay time.Duration // asked with LockDelay, else -1 (none asked)
 
-	// named is set while a waiter is named to its session (see chain.go).
-	// Its token and id are then set, so at holds, in unix milliseconds,
-	// when it queued; and once it is granted, when, as its id has the time
-	// it was named.
+	// at is, in unix milliseconds, when a named waiter queued (its token
+	// field holds its token already), then when the lease it was named for
+	// was granted (its id has the time it was named); else 0.
 	at       int64
 	bypassed int32 // a waiter's count of later requests granted first
-	named    bool
+	named    bool  // a waiter named to its session (see chain.go)
 }
 
 // owner returns who asked for the lease, or "".

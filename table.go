@@ -163,8 +163,8 @@ func (sh *shard) begin(key string, r *request, wait bool, hook leaseHook, reqID 
 	sh.st.waiters++
 	if p := l.prev; p != nil && p.isNamed() && p.prio < l.prio {
 		sh.stopLocked(e) // l would overtake waiters named to a client
-	} else {
-		sh.nameLocked(e)
+	} else if hook != nil {
+		sh.nameLocked(e) // l may follow its session's lease or named waiters
 	}
 	sh.maybePreemptLocked(e)
 	return l, true, nil

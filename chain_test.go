@@ -191,18 +191,33 @@ func dialPipe(t *testing.T, b *lmx.Broker, conn *gatedConn) *lmx.Client {
 	return c
 }
 
+// holding starts a broker and a client of it, through gate if set, that
+// holds "k".
+func holding(t *testing.T, gate *gatedConn) (*lmx.Broker, *lmx.Client, *lmx.Lease) {
+	t.Helper()
+	b := lmx.NewBroker()
+	t.Cleanup(func() { b.Close() })
+	c := dialPipe(t, b, gate)
+	h, err := c.Lock(t.Context(), "k")
+	require.NoError(t, err)
+	return b, c, h
+}
+
+// unlockLater unlocks l on a goroutine of its own, whose answer it returns.
+func unlockLater(t *testing.T, l *lmx.Lease) <-chan error {
+	unlocked := make(chan error, 1)
+	go func() { unlocked <- l.Unlock(t.Context()) }()
+	return unlocked
+}
+
 // A goroutine's Unlock hands the key to the next Lock of the same client
 // before the broker has heard of the Release, with the lease the broker
 // grants it when it does.
 func TestClientHandOffWithoutRoundTrip(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		ctx := t.Context()
-		b := lmx.NewBroker()
-		defer b.Close()
 		var gate gatedConn
-		c := dialPipe(t, b, &gate)
-		h, err := c.Lock(ctx, "k")
-		require.NoError(t, err)
+		b, c, h := holding(t, &gate)
 		got := make(chan *lmx.Lease, 1)
 		go func() {
 			l, err := c.Lock(ctx, "k")
@@ -211,8 +226,7 @@ func TestClientHandOffWithoutRoundTrip(t *testing.T) {
 		}()
 		synctest.Wait() // queued, and named to the client
 		gate.hold()
-		unlocked := make(chan error, 1)
-		go func() { unlocked <- h.Unlock(ctx) }()
+		unlocked := unlockLater(t, h)
 		synctest.Wait()
 		var w *lmx.Lease
 		select {
@@ -295,11 +309,8 @@ func (g *grantLog) check(t *testing.T, want ...string) {
 // them.
 func TestClientHandOffKeepsFIFO(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		b := lmx.NewBroker()
-		defer b.Close()
-		a, x := dialPipe(t, b, nil), dialPipe(t, b, nil)
-		h, err := a.Lock(t.Context(), "k")
-		require.NoError(t, err)
+		b, a, h := holding(t, nil)
+		x := dialPipe(t, b, nil)
 		var g grantLog
 		g.lock(t, a, "a1")
 		g.lock(t, x, "x")
@@ -316,11 +327,8 @@ func TestClientHandOffKeepsFIFO(t *testing.T) {
 // waiters named to the holder's client, as they would without names.
 func TestClientHandOffYieldsToPriority(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		b := lmx.NewBroker()
-		defer b.Close()
-		a, p := dialPipe(t, b, nil), dialPipe(t, b, nil)
-		h, err := a.Lock(t.Context(), "k")
-		require.NoError(t, err)
+		b, a, h := holding(t, nil)
+		p := dialPipe(t, b, nil)
 		var g grantLog
 		g.lock(t, a, "a1")
 		g.lock(t, a, "a2")
@@ -346,12 +354,8 @@ func TestClientHandOffYieldsToPriority(t *testing.T) {
 // or queued.
 func TestClientHandOffSkipsCancelled(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		b := lmx.NewBroker()
-		defer b.Close()
 		var gate gatedConn
-		a := dialPipe(t, b, &gate)
-		h, err := a.Lock(t.Context(), "k")
-		require.NoError(t, err)
+		b, a, h := holding(t, &gate)
 		var g grantLog
 		g.lock(t, a, "a1")
 		ctx, cancel := context.WithCancel(t.Context())
@@ -366,8 +370,7 @@ func TestClientHandOffSkipsCancelled(t *testing.T) {
 		require.ErrorIs(t, <-cancelled, context.Canceled)
 		synctest.Wait()
 		gate.hold()
-		unlocked := make(chan error, 1)
-		go func() { unlocked <- h.Unlock(t.Context()) }()
+		unlocked := unlockLater(t, h)
 		synctest.Wait()
 		g.check(t, "a1", "a3")
 		gate.open()

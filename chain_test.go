@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -438,4 +439,56 @@ func TestClientHandOffStress(t *testing.T) {
 		assert.Greater(t, grants, clients*goroutines*rounds/2, "most Locks should have been granted")
 		requireIdle(t, b)
 	})
+}
+
+// A named Lock cancelled while the lease it follows is released: the client
+// must not hand the key past it unless the broker reads its Cancel before
+// the Release. Were the Release read first, the broker would grant the
+// cancelled Lock, and the Unlock of the Lock the client handed the key to
+// instead would find its lease not yet granted: ErrNotHeld, and the key left
+// held by the client. Each round races the Cancel against the Release.
+func TestClientHandOffRacesCancel(t *testing.T) {
+	b, c, h := holding(t, nil)
+	ctx := t.Context()
+	for range 300 {
+		cctx, cancel := context.WithCancel(ctx)
+		cancelled, after := make(chan error, 1), make(chan error, 1)
+		lockUnlock := func(ctx context.Context, answer chan<- error) {
+			l, err := c.Lock(ctx, "k")
+			if err == nil {
+				err = l.Unlock(t.Context())
+			}
+			answer <- err
+		}
+		go lockUnlock(cctx, cancelled)
+		waitWaiters(t, b, "k", 1)
+		go lockUnlock(ctx, after)
+		waitWaiters(t, b, "k", 2)
+		unlocked := unlockLater(t, h)
+		cancel()
+		require.NoError(t, <-unlocked)
+		if err := <-cancelled; err != nil {
+			require.ErrorIs(t, err, context.Canceled)
+		}
+		require.NoError(t, <-after, "the Lock after the cancelled one")
+		var err error
+		h, err = c.Lock(ctx, "k")
+		require.NoError(t, err)
+	}
+	require.NoError(t, h.Unlock(ctx))
+	requireIdle(t, b)
+}
+
+// waitWaiters waits until key has n waiters at b.
+func waitWaiters(t *testing.T, b *lmx.Broker, key string, n int) {
+	t.Helper()
+	for range 10000 {
+		ki, err := b.Inspect(t.Context(), key)
+		require.NoError(t, err)
+		if len(ki.Waiters) == n {
+			return
+		}
+		runtime.Gosched()
+	}
+	t.Fatalf("%s never had %d waiters", key, n)
 }

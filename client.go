@@ -613,7 +613,7 @@ type call struct {
 	ttl        time.Duration
 	keepAlive  time.Duration
 	watch      *watcher // a Watch: receives the Event frames answering it
-	release    *Lease   // a Release of this lease, handed on once sent (see handOff)
+	release    *Lease   // a Release of this lease, handed on once sent (see handOffLocked)
 	abandoned  bool     // its caller has gone; guarded by the conn's mu
 	prev, next *call    // in the conn's waiting; guarded by the conn's mu
 
@@ -631,7 +631,7 @@ type reply struct {
 	lease   *Lease
 	err     error
 	turn    bool // not a reply: the read role, handed to the call
-	handed  bool // the grant of a hand-off (see handOff)
+	handed  bool // the grant of a hand-off (see handOffLocked)
 	lost    bool // not from cl.ch: the session's loss, which may yet send there
 }
 
@@ -706,11 +706,16 @@ func (cc *clientConn) roundTrip(ctx context.Context, c call, f func([]byte, uint
 		cc.watches[id] = cl.watch
 		cl.watch.done = func() { cc.unwatch(id) }
 	}
+	// The frame is queued under mu, so that the broker reads a Release
+	// and a Cancel in the order in which they change the chain of named
+	// Locks (see handOffLocked and unlink).
+	added := cc.out.add(func(b []byte) []byte { return f(b, id) })
+	if added && cl.release != nil {
+		cc.handOffLocked(cl.release)
+	}
 	cc.mu.Unlock()
-	if !cc.out.add(func(b []byte) []byte { return f(b, id) }) {
+	if !added {
 		cc.fail(cc.out.failure())
-	} else if cl.release != nil {
-		cc.handOff(cl.release)
 	}
 	if busy {
 		// Other calls are in flight: let their goroutines add their frames
@@ -729,15 +734,22 @@ func (cc *clientConn) roundTrip(ctx context.Context, c call, f func([]byte, uint
 	cc.mu.Lock()
 	_, pending := cc.calls[id]
 	cl.abandoned = pending
+	cancel := pending && (cl.lock && cl.wait || cl.watch != nil)
 	if cl.named {
 		cc.unlink(cl)
+	}
+	if cancel {
+		// Queued under mu: the broker reads it before any Release that
+		// hands the key past cl (see unlink).
+		cc.out.add(func(b []byte) []byte { return frame(b, opCancel, 0, 0, id, nil) })
 	}
 	cc.waiting.remove(cl)
 	if cc.reader == cl && cc.err == nil {
 		cc.passRead()
 	}
 	cc.mu.Unlock()
-	if !pending { // the reply raced ctx
+	switch {
+	case !pending: // the reply raced ctx
 		r := <-cl.ch
 		if r.turn { // passed on above
 			r = <-cl.ch
@@ -745,8 +757,10 @@ func (cc *clientConn) roundTrip(ctx context.Context, c call, f func([]byte, uint
 		if r.lease != nil {
 			r.lease.Unlock(context.Background())
 		}
-	} else if cl.lock && cl.wait || cl.watch != nil {
-		cc.out.send(func(b []byte) []byte { return frame(b, opCancel, 0, 0, id, nil) })
+	case cancel:
+		if err := cc.out.flush(); err != nil {
+			cc.fail(err)
+		}
 	}
 	return reply{}, ctx.Err()
 }
@@ -813,7 +827,7 @@ func (cc *clientConn) await(ctx context.Context, cl *call, id uint32) (reply, bo
 	}
 }
 
-// got returns r, the reply to cl. A reply handed on (see handOff) may come
+// got returns r, the reply to cl. A reply handed on (see handOffLocked) may come
 // while cl holds the read role, unread or with its turn still in cl.ch; cl
 // then hands the role on.
 func (cc *clientConn) got(cl *call, r reply) reply {
@@ -1144,12 +1158,12 @@ func (cc *clientConn) stop(key string, seq uint64) {
 	})
 }
 
-// handOff gives the key of l, whose Release is queued, to the Lock the
-// broker named to follow l, if any: that Lock returns at once with the
-// lease the broker grants it on the Release.
-func (cc *clientConn) handOff(l *Lease) {
-	cc.mu.Lock()
-	defer cc.mu.Unlock()
+// handOffLocked gives the key of l, whose Release is queued, to the Lock
+// the broker named to follow l, if any: that Lock returns at once with the
+// lease the broker grants it on the Release. The Release must have been
+// queued under the same hold of cc.mu, for the chain is the broker's only
+// as long as the frames that changed it are read before the Release.
+func (cc *clientConn) handOffLocked(l *Lease) {
 	cl := cc.succ[l.id]
 	if cl == nil {
 		return
@@ -1220,8 +1234,11 @@ func (cc *clientConn) unlocked(l *Lease) {
 // releaseAsync asks the broker to release one grant of l without waiting for
 // the answer.
 func (cc *clientConn) releaseAsync(l *Lease) {
-	cc.out.add(func(b []byte) []byte { return appendRelease(b, 0, l.key, l.id) })
-	cc.handOff(l)
+	cc.mu.Lock()
+	if cc.out.add(func(b []byte) []byte { return appendRelease(b, 0, l.key, l.id) }) {
+		cc.handOffLocked(l)
+	}
+	cc.mu.Unlock()
 	cc.out.flush()
 	cc.unlocked(l)
 }

@@ -84,7 +84,8 @@ func (b *Broker) Release(ctx context.Context, key string, id ulid.ULID) error {
 	if err := b.check(key); err != nil {
 		return err
 	}
-	return b.shardFor(key).release(key, id)
+	_, err := b.shardFor(key).release(key, id, nil)
+	return err
 }
 
 // ForceUnlock ends every lease of key with an error matching ErrForced, and

@@ -378,11 +378,8 @@ func (c *Client) acquire(ctx context.Context, key string, opts []LockOption, wai
 	if err != nil {
 		return nil, err
 	}
-	cc, err := c.getConn(ctx)
+	cc, err := c.connFor(ctx, key)
 	if err != nil {
-		return nil, err
-	}
-	if err := cc.checkKey(key); err != nil {
 		return nil, err
 	}
 	rep, err := cc.roundTrip(ctx, call{key: key, lock: true, wait: wait, ttl: r.ttl, keepAlive: r.keepAlive},
@@ -398,7 +395,21 @@ func (c *Client) acquire(ctx context.Context, key string, opts []LockOption, wai
 // Release ends the lease of key whose lock id is id, as its Unlock would, on
 // whichever client or process holds it.
 func (c *Client) Release(ctx context.Context, key string, id ulid.ULID) error {
-	_, err := c.request(ctx, key, func(b []byte, reqID uint32) []byte { return appendRelease(b, reqID, key, id) })
+	cc, err := c.connFor(ctx, key)
+	if err != nil {
+		return err
+	}
+	_, err = cc.roundTrip(ctx, call{key: key}, func(b []byte, reqID uint32) []byte { return appendRelease(b, reqID, key, id) })
+	if err == nil {
+		// The broker tells of the end of a lease of this session in its
+		// answer, not in an Ended frame.
+		cc.mu.Lock()
+		l := cc.leases[id]
+		cc.mu.Unlock()
+		if l != nil {
+			cc.unlocked(l)
+		}
+	}
 	return err
 }
 
@@ -516,14 +527,20 @@ func keyFrame(o op, key string) func([]byte, uint32) []byte {
 
 // request makes a round trip about key.
 func (c *Client) request(ctx context.Context, key string, f func([]byte, uint32) []byte) (reply, error) {
-	cc, err := c.getConn(ctx)
+	cc, err := c.connFor(ctx, key)
 	if err != nil {
 		return reply{}, err
 	}
-	if err := cc.checkKey(key); err != nil {
-		return reply{}, err
-	}
 	return cc.roundTrip(ctx, call{key: key}, f)
+}
+
+// connFor returns the session to make a request about key on.
+func (c *Client) connFor(ctx context.Context, key string) (*clientConn, error) {
+	cc, err := c.getConn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return cc, cc.checkKey(key)
 }
 
 // A clientConn is one session of a Client.

@@ -45,7 +45,7 @@ const (
 	codeProtocol   uint16 = 8
 	codeAuth       uint16 = 9
 
-	protocolVersion = 2
+	protocolVersion = 3
 	helloMagic      = "LMX\x00"
 )
 
@@ -441,6 +441,57 @@ func TestProtocolMalformedLock(t *testing.T) {
 	require.Equal(t, opGranted, f.op, "a valid Lock after malformed ones: %v", f)
 	require.Equal(t, uint32(99), f.id)
 	by.check(t)
+}
+
+// A Release through the session that holds the lease is answered OK and
+// nothing more: the OK says that one grant is undone. A lease of the session
+// released otherwise, by id from another session or in-process, is told of
+// by an Ended frame (reason 1, released).
+func TestProtocolEndedOnlyForReleasesFromElsewhere(t *testing.T) {
+	b := lmx.NewBroker()
+	defer b.Close()
+	nc, other := servePipe(b), servePipe(b)
+	handshake(t, nc, "")
+	handshake(t, other, "")
+	const codeNotHeld, reasonReleased = 2, 1
+
+	writeFrame(t, nc, opLock, 0, 1, lockPayload("a"))
+	a, _ := grant(t, expectFrame(t, nc, opGranted, 1))
+	writeFrame(t, nc, opRelease, 0, 2, releasePayload("a", a))
+	expectFrame(t, nc, opOK, 2)
+	ping(t, nc, 3) // no Ended frame came before the Pong
+
+	owned := appendStr(nil, "r")
+	owned = binary.AppendUvarint(owned, 0) // ttl
+	owned = binary.AppendUvarint(owned, 1) // limit
+	owned = binary.AppendVarint(owned, 0)  // priority
+	owned = appendStr(owned, "o")          // owner
+	writeFrame(t, nc, opLock, 0, 4, owned)
+	r, _ := grant(t, expectFrame(t, nc, opGranted, 4))
+	writeFrame(t, nc, opLock, 0, 5, owned)
+	again, _ := grant(t, expectFrame(t, nc, opGranted, 5))
+	require.Equal(t, r, again, "the owner did not re-enter its lease")
+	for id := uint32(6); id <= 7; id++ {
+		writeFrame(t, nc, opRelease, 0, id, releasePayload("r", r))
+		expectFrame(t, nc, opOK, id)
+	}
+	writeFrame(t, nc, opRelease, 0, 8, releasePayload("r", r))
+	requireErrorFrame(t, readFrame(t, nc), codeNotHeld, 8)
+
+	writeFrame(t, nc, opLock, 0, 9, lockPayload("c"))
+	c, _ := grant(t, expectFrame(t, nc, opGranted, 9))
+	writeFrame(t, other, opRelease, 0, 1, releasePayload("c", c))
+	expectFrame(t, other, opOK, 1)
+	f := expectFrame(t, nc, opEnded, 0)
+	assert.Equal(t, uint16(reasonReleased), f.code)
+	assert.Equal(t, releasePayload("c", c), f.payload, "the Ended frame names another lease")
+
+	writeFrame(t, nc, opLock, 0, 10, lockPayload("d"))
+	d, _ := grant(t, expectFrame(t, nc, opGranted, 10))
+	require.NoError(t, b.Release(t.Context(), "d", d))
+	f = expectFrame(t, nc, opEnded, 0)
+	assert.Equal(t, uint16(reasonReleased), f.code)
+	assert.Equal(t, releasePayload("d", d), f.payload, "the Ended frame names another lease")
 }
 
 // A frame announcing a payload over the broker's limit is answered with

@@ -240,7 +240,7 @@ func (s *session) handle(h header, p []byte) {
 		if s.malformed(h, &d) {
 			return
 		}
-		s.result(h.id, s.b.Release(ctx, key, id))
+		s.result(h.id, s.release(key, id))
 	case opExtend:
 		key, id, ttl := d.string(), d.ulid(), d.duration()
 		if s.malformed(h, &d) {
@@ -309,6 +309,21 @@ func (s *session) handle(h header, p []byte) {
 	default:
 		s.replyErr(h.id, fmt.Errorf("%w: unexpected op 0x%02x", ErrProtocol, h.op))
 	}
+}
+
+// release undoes one grant of the lease of key with lock id id. A lease of
+// this session that it ends gets no Ended frame: the answer says so.
+func (s *session) release(key string, id ulid.ULID) error {
+	if err := s.b.check(key); err != nil {
+		return err
+	}
+	ended, err := s.b.shardFor(key).release(key, id, s)
+	if ended {
+		s.mu.Lock()
+		delete(s.leases, id)
+		s.mu.Unlock()
+	}
+	return err
 }
 
 // malformed answers a request whose payload did not decode.
@@ -522,7 +537,7 @@ func (s *session) revoked(l *Lease) {
 }
 
 // ended implements leaseHook: it tells the client its lease ended, for
-// whatever reason, including its own Release.
+// whatever reason but the client's own Release (see release).
 func (s *session) ended(l *Lease, reason error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -36,6 +36,11 @@ type shard struct {
 	// not see it.
 	idle *entry
 
+	// asked is the lease that release ends at the request of its own
+	// session, which learns of the end from the answer and so is not told
+	// of it as well; nil otherwise.
+	asked *Lease
+
 	deadlines deadlines   // TTL leases by wake time, see ttl.go
 	timer     *time.Timer // fires at deadlines[0]'s wake; nil until needed
 	_         [64]byte    // keeps neighbouring shards' mutexes off one cache line
@@ -313,7 +318,7 @@ func (sh *shard) dropLocked(l *Lease, reason error) {
 	// grant before the grantee: whatever the holder does next comes after it
 	// in every watch.
 	sh.emitLocked(eventType(reason), l)
-	if l.hook != nil {
+	if l.hook != nil && l != sh.asked {
 		l.hook.ended(l, reason)
 	}
 	l.end(reason)
@@ -346,20 +351,27 @@ func (sh *shard) unlock(_ context.Context, l *Lease) error {
 	return nil
 }
 
-// release ends the lease of key with lock id id.
-func (sh *shard) release(key string, id ulid.ULID) error {
+// release undoes one grant of the lease of key with lock id id, and
+// reports whether the lease ended. by, if not nil, is the hook of the
+// session asking: if the lease is that session's, the session is not told
+// of its end, which its answer to the Release tells the client.
+func (sh *shard) release(key string, id ulid.ULID, by leaseHook) (ended bool, err error) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	e := sh.liveLocked(key)
 	if e == nil {
-		return ErrNotHeld
+		return false, ErrNotHeld
 	}
 	l := e.heldWithID(id)
 	if l == nil {
-		return ErrNotHeld
+		return false, ErrNotHeld
+	}
+	if by != nil && l.hook == by {
+		sh.asked = l
 	}
 	sh.releaseLocked(l)
-	return nil
+	sh.asked = nil
+	return l.state == stateEnded, nil
 }
 
 // forceUnlock ends every lease of key with ErrForced.

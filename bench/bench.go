@@ -133,77 +133,110 @@ type row struct {
 	service, workload string
 	status            string // "ok", or why not
 	runs              int
-	res               result
+	all               []result // each round's, in order
+	res               result   // their median
 	rss               string
 	rssMiB            float64 // a memoryReporter's, with served; 0 if none
 	served            int64
 }
 
+// runMatrix runs each workload of each service cfg.runs times, in rounds:
+// each round starts every service anew and runs each of its workloads once.
+// So every service's runs are spread over the whole matrix's time, and two
+// services' medians come from the same stretches of it: on a shared VM
+// throughput moves by up to 2x over tens of seconds, and one service run
+// minutes after another would be compared with another machine. A fresh
+// start each round also samples where each process's threads land.
 func runMatrix(ctx context.Context, cfg config, log io.Writer) []row {
 	var rows []row
 	for _, name := range cfg.services {
-		svc, _ := serviceByName(name)
-		rows = append(rows, runService(ctx, cfg, svc, log)...)
+		for _, w := range cfg.workloads {
+			rows = append(rows, row{service: name, workload: w, status: "ok"})
+		}
+	}
+	for round := 1; round <= cfg.runs && ctx.Err() == nil; round++ {
+		for i, name := range cfg.services {
+			svc, _ := serviceByName(name)
+			runService(ctx, cfg, svc, round, rows[i*len(cfg.workloads):(i+1)*len(cfg.workloads)], log)
+		}
+	}
+	for i := range rows {
+		r := &rows[i]
+		r.runs = len(r.all)
+		if r.runs > 0 {
+			r.res = median(r.all)
+		}
+		if ctx.Err() != nil && r.status == "ok" && r.runs < cfg.runs {
+			r.status = "interrupted"
+		}
+	}
+	if !cfg.smoke {
+		soakRSS(ctx, cfg, rows, log)
 	}
 	return rows
 }
 
-func runService(ctx context.Context, cfg config, svc service, log io.Writer) []row {
-	fail := func(status string) []row {
-		var rows []row
-		for _, w := range cfg.workloads {
-			rows = append(rows, row{service: svc.name, workload: w, status: status})
-		}
-		return rows
+// runService starts svc and runs each workload of rows once, unless an
+// earlier round failed it, adding the results to rows.
+func runService(ctx context.Context, cfg config, svc service, round int, rows []row, log io.Writer) {
+	if !anyOK(rows) {
+		return // it could not start, or failed every workload, before
 	}
-	fmt.Fprintf(log, "lmxbench: starting %s\n", svc.name)
+	fmt.Fprintf(log, "lmxbench: round %d: starting %s\n", round, svc.name)
 	r, err := svc.start(ctx, cfg)
 	if err != nil {
 		fmt.Fprintf(log, "lmxbench: %s: %v\n", svc.name, err)
+		status := "error: " + oneLine(err.Error())
 		if errors.Is(err, errUnavailable) {
-			return fail(oneLine(err.Error()))
+			status = oneLine(err.Error())
 		}
-		return fail("error: " + oneLine(err.Error()))
+		for i := range rows {
+			rows[i].status = status
+		}
+		return
 	}
 	defer r.close()
-	var rows []row
-	for _, name := range cfg.workloads {
-		wl, _ := workloadByName(name)
-		n := wl.cycles
-		if cfg.smoke {
-			n = wl.smoke
+	for i := range rows {
+		rw := &rows[i]
+		if rw.status != "ok" || ctx.Err() != nil {
+			continue
 		}
-		if cfg.cycles > 0 {
-			n = cfg.cycles
+		wl, _ := workloadByName(rw.workload)
+		res, err := runWorkload(ctx, r, wl, cycles(cfg, svc, wl), cfg.timeout)
+		if err != nil {
+			fmt.Fprintf(log, "lmxbench: %s %s round %d: %v\n", svc.name, rw.workload, round, err)
+			rw.status = "error: " + oneLine(err.Error())
+			continue
 		}
-		if svc.maxCycles > 0 && n > svc.maxCycles {
-			n = svc.maxCycles
-		}
-		rw := row{service: svc.name, workload: name, status: "ok"}
-		var results []result
-		for i := range cfg.runs {
-			if ctx.Err() != nil {
-				break
-			}
-			res, err := runWorkload(ctx, r, wl, n, cfg.timeout)
-			if err != nil {
-				fmt.Fprintf(log, "lmxbench: %s %s run %d: %v\n", svc.name, name, i+1, err)
-				rw.status = "error: " + oneLine(err.Error())
-				break
-			}
-			fmt.Fprintf(log, "lmxbench: %s %s run %d: %.0f cycles/s, p50 %v, p99 %v, fairness %.3f\n",
-				svc.name, name, i+1, res.perSec, res.p50, res.p99, res.fairness)
-			results = append(results, res)
-		}
-		if ctx.Err() != nil && rw.status == "ok" && len(results) < cfg.runs {
-			rw.status = "interrupted"
-		}
-		rw.runs = len(results)
-		if len(results) > 0 {
-			rw.res = median(results)
-		}
-		rows = append(rows, rw)
+		fmt.Fprintf(log, "lmxbench: %s %s round %d: %.0f cycles/s, p50 %v, p99 %v, fairness %.3f\n",
+			svc.name, rw.workload, round, res.perSec, res.p50, res.p99, res.fairness)
+		rw.all = append(rw.all, res)
 	}
+	setMemory(r, rows)
+}
+
+func anyOK(rows []row) bool {
+	return slices.ContainsFunc(rows, func(r row) bool { return r.status == "ok" })
+}
+
+// cycles is how many cycles a run of wl on svc makes.
+func cycles(cfg config, svc service, wl workload) int {
+	n := wl.cycles
+	if cfg.smoke {
+		n = wl.smoke
+	}
+	if cfg.cycles > 0 {
+		n = cfg.cycles
+	}
+	if svc.maxCycles > 0 && n > svc.maxCycles {
+		n = svc.maxCycles
+	}
+	return n
+}
+
+// setMemory records in rows what r, about to be closed, reports of its
+// server's memory.
+func setMemory(r running, rows []row) {
 	rss := r.rss()
 	var mib float64
 	var served int64
@@ -215,7 +248,36 @@ func runService(ctx context.Context, cfg config, svc service, log io.Writer) []r
 	for i := range rows {
 		rows[i].rss, rows[i].rssMiB, rows[i].served = rss, mib, served
 	}
-	return rows
+}
+
+// soakRSS measures the RSS target: a round serves fewer than rssCycles, so
+// a fresh lmx-unix broker serves that many keys200 cycles, and its memory
+// then is what the lmx-unix rows report.
+func soakRSS(ctx context.Context, cfg config, rows []row, log io.Writer) {
+	var lmxRows []row
+	for i, r := range rows {
+		if r.service == "lmx-unix" {
+			lmxRows = rows[i : i+len(cfg.workloads)]
+			break
+		}
+	}
+	if !anyOK(lmxRows) || lmxRows[0].served >= rssCycles || ctx.Err() != nil {
+		return
+	}
+	svc, _ := serviceByName("lmx-unix")
+	wl, _ := workloadByName("keys200")
+	fmt.Fprintf(log, "lmxbench: lmx-unix: %d keys200 cycles on a fresh broker for its RSS\n", rssCycles)
+	r, err := svc.start(ctx, cfg)
+	if err != nil {
+		fmt.Fprintf(log, "lmxbench: lmx-unix: %v\n", err)
+		return
+	}
+	defer r.close()
+	if _, err := runWorkload(ctx, r, wl, rssCycles, cfg.timeout); err != nil {
+		fmt.Fprintf(log, "lmxbench: lmx-unix keys200 for the RSS: %v\n", err)
+		return
+	}
+	setMemory(r, lmxRows)
 }
 
 func oneLine(s string) string {

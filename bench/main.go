@@ -3,7 +3,8 @@
 // fairness (Jain's index of the workers' cycle counts). One cycle is a lock
 // then an unlock; for the echo baselines it is two round trips. Below the
 // table it judges DESIGN.md's performance targets whose services ran, each a
-// ratio of two rows of the same run.
+// ratio of two rows of the same run. The services take turns, in rounds, so
+// that the runs of each are spread over the whole run's time.
 //
 // Every service it starts listens on 127.0.0.1 or a Unix socket in a
 // temporary directory and is stopped before it exits, also on error.
@@ -56,7 +57,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	services := fs.String("services", "", "comma-separated `services` (default: all; -smoke: "+strings.Join(smokeServices, ",")+"); known: "+strings.Join(serviceNames(), ","))
 	workloads := fs.String("workloads", "", "comma-separated `workloads` (default: all): "+strings.Join(workloadNames(), ","))
 	fs.IntVar(&cfg.cycles, "cycles", 0, "cycles per workload run (default: the workload's own)")
-	fs.IntVar(&cfg.runs, "runs", 3, "runs of each workload; the table reports medians")
+	fs.IntVar(&cfg.runs, "runs", 3, "rounds, each of which starts every service anew and runs each workload once; the table reports medians")
 	fs.DurationVar(&cfg.timeout, "timeout", 60*time.Second, "bound on one run of one workload")
 	fs.BoolVar(&cfg.smoke, "smoke", false, "tiny cycle counts, only services that start fast")
 	fs.StringVar(&cfg.out, "o", "", "also write the table and the targets as markdown to `file`")

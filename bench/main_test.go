@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -42,7 +43,7 @@ func tableRows(t *testing.T, out string) map[string]string {
 func TestSmoke(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "table.md")
 	var stdout, stderr bytes.Buffer
-	if code := run([]string{"-smoke", "-runs", "1", "-o", out}, &stdout, &stderr); code != 0 {
+	if code := run([]string{"-smoke", "-runs", "2", "-o", out}, &stdout, &stderr); code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
 	md, err := os.ReadFile(out)
@@ -75,11 +76,21 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("no %q in the targets:\n%s", want, md)
 		}
 	}
+	// Each round starts every service anew.
+	for _, want := range []string{"round 1: starting lmx-unix", "round 2: starting lmx-unix", "round 2: starting echo-pipelined-unix"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("no %q in the log:\n%s", want, stderr.String())
+		}
+	}
+	if !regexp.MustCompile(`raw echo \(Unix socket\) \| .* \(rounds: [0-9.]+x [0-9.]+x\) \|`).Match(md) {
+		t.Errorf("the hot1 target does not show its two rounds:\n%s", md)
+	}
 }
 
-// The targets are judged from the rows of one run: a ratio of two services,
-// a fairness, the broker's RSS once it has served enough cycles. One whose
-// services did not both run is left out.
+// The targets are judged from the rows of one run: a ratio of two services'
+// medians, shown beside each round's ratio, a fairness, the broker's RSS
+// once it has served enough cycles. One whose services did not both run is
+// left out.
 func TestTargets(t *testing.T) {
 	r := func(service, workload string, perSec, fairness float64) row {
 		return row{service: service, workload: workload, status: "ok", runs: 3, res: result{perSec: perSec, fairness: fairness}}
@@ -94,12 +105,14 @@ func TestTargets(t *testing.T) {
 		{service: "lmx-tcp", workload: "hot1", status: "error: refused"},
 	}
 	rows[0].rssMiB, rows[0].served = 12.5, 300000
+	rows[3].all = []result{{perSec: 14000}, {perSec: 15000}, {perSec: 16000}}
+	rows[4].all = []result{{perSec: 20000}, {perSec: 20000}, {perSec: 20000}}
 	got := renderTargets(rows)
 	for _, want := range []string{
 		"| hot20 ≥ 5x live-mutex | lmx-unix 50000 vs live-mutex 9000 = 5.56x | met |",
 		"| hot20 ≥ 5x Redis+redislock | lmx-unix 50000 vs redis-redislock 11000 = 4.55x | not met |",
 		"| hot20 fairness ≥ 0.99 | lmx-unix 0.995 | met |",
-		"| hot1 ≥ 0.8x raw echo (Unix socket) | lmx-unix 15000 vs echo-unix 20000 = 0.75x | not met |",
+		"| hot1 ≥ 0.8x raw echo (Unix socket) | lmx-unix 15000 vs echo-unix 20000 = 0.75x (rounds: 0.70x 0.75x 0.80x) | not met |",
 		"| broker RSS ≤ 20 MiB after 250000 cycles | 12.5 MiB after 300000 cycles | met |",
 	} {
 		if !strings.Contains(got, want) {

@@ -62,7 +62,7 @@ func renderTargets(rows []row) string {
 			continue
 		}
 		x := r.res.perSec / ref.res.perSec
-		line(t.name, fmt.Sprintf("%s %.0f vs %s %.0f = %.2fx", t.service, r.res.perSec, t.ref, ref.res.perSec, x), x >= t.min)
+		line(t.name, fmt.Sprintf("%s %.0f vs %s %.0f = %.2fx%s", t.service, r.res.perSec, t.ref, ref.res.perSec, x, roundRatios(r, ref)), x >= t.min)
 	}
 	for _, r := range rows {
 		if r.service != "lmx-unix" || r.rssMiB == 0 {
@@ -81,4 +81,22 @@ func renderTargets(rows []row) string {
 		return ""
 	}
 	return "\n## targets\n\n| target | measured | |\n|---|---|---|\n" + b.String()
+}
+
+// roundRatios lists the ratio of r to ref in each round that both ran, so
+// that the verdict, which the medians make, shows how far the rounds agree.
+func roundRatios(r, ref row) string {
+	n := min(len(r.all), len(ref.all))
+	if n < 2 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString(" (rounds:")
+	for i := range n {
+		if ref.all[i].perSec > 0 {
+			fmt.Fprintf(&b, " %.2fx", r.all[i].perSec/ref.all[i].perSec)
+		}
+	}
+	b.WriteString(")")
+	return b.String()
 }

@@ -217,6 +217,7 @@ func (c *Client) handshake(ctx context.Context, nc net.Conn) (*clientConn, error
 		leases:  make(map[ulid.ULID]*Lease),
 		succ:    make(map[ulid.ULID]*call),
 		watches: make(map[uint32]*watcher),
+		gaveUp:  make(map[string]*gaveUp),
 	}
 	err := cc.out.send(func(b []byte) []byte {
 		return frame(b, opHello, 0, 0, 0, func(b []byte) []byte {
@@ -359,7 +360,9 @@ func (c *Client) isClosed() bool {
 
 // Lock waits until the broker grants key and returns the lease. A wait cut
 // short by ctx returns ctx.Err() at once and leaves nothing held: the broker
-// is told to drop the request, and a grant that raced it is released.
+// is told to drop the request, and a grant that raced it is released when
+// it arrives, about a round trip later. Until then, other clients may find
+// the key held; this client's next Lock or TryLock of the key waits for it.
 func (c *Client) Lock(ctx context.Context, key string, opts ...LockOption) (*Lease, error) {
 	return c.acquire(ctx, key, opts, true)
 }
@@ -587,7 +590,17 @@ type clientConn struct {
 	leases   map[ulid.ULID]*Lease // leases held; guarded by mu
 	succ     map[ulid.ULID]*call  // named Locks by the lock id they follow; guarded by mu
 	watches  map[uint32]*watcher  // by request id; guarded by mu
+	gaveUp   map[string]*gaveUp   // keys of Locks given up unanswered; guarded by mu
 	err      error                // why the session was lost; guarded by mu
+}
+
+// gaveUp counts the Locks of a key whose callers gave up before their
+// answers came. An answer may yet grant the key, which is then released;
+// until the answers have come, the client's next Locks of the key wait, so
+// that they never find the key held by a grant their own client gave up.
+type gaveUp struct {
+	n    int
+	done chan struct{} // closed when n is back to 0
 }
 
 // newCall returns a call like c, with an empty channel.
@@ -701,10 +714,26 @@ func (cc *clientConn) checkKey(key string) error {
 // roundTrip sends the frame f builds, under a fresh request id, as the call
 // c, and waits for its reply. If ctx ends first it returns ctx.Err() at
 // once; a queued Lock is cancelled at the broker, and a grant that arrives
-// anyway is released.
+// anyway is released. A Lock waits first for the answers to the Locks of
+// its key given up (see gaveUp).
 func (cc *clientConn) roundTrip(ctx context.Context, c call, f func([]byte, uint32) []byte) (reply, error) {
 	cl := cc.newCall(c)
 	cc.mu.Lock()
+	for cl.lock && len(cc.gaveUp) > 0 && cc.err == nil {
+		g := cc.gaveUp[cl.key]
+		if g == nil {
+			break
+		}
+		cc.mu.Unlock()
+		select {
+		case <-g.done:
+		case <-cc.done:
+		case <-ctx.Done():
+			cc.spare.Put(cl)
+			return reply{}, ctx.Err()
+		}
+		cc.mu.Lock()
+	}
 	if cc.err != nil {
 		err := cc.err
 		cc.mu.Unlock()
@@ -751,6 +780,9 @@ func (cc *clientConn) roundTrip(ctx context.Context, c call, f func([]byte, uint
 	cc.mu.Lock()
 	_, pending := cc.calls[id]
 	cl.abandoned = pending
+	if pending && cl.lock {
+		cc.giveUpLocked(cl.key)
+	}
 	cancel := pending && (cl.lock && cl.wait || cl.watch != nil)
 	if cl.named {
 		cc.unlink(cl)
@@ -1097,7 +1129,32 @@ func (cc *clientConn) dispatch(h header, p []byte) (*call, error) {
 	case r.lease != nil:
 		cc.releaseAsync(r.lease)
 	}
+	if abandoned && cl.lock {
+		cc.mu.Lock()
+		cc.answeredLocked(cl.key)
+		cc.mu.Unlock()
+	}
 	return cl, bad
+}
+
+// giveUpLocked counts a Lock of key given up unanswered.
+func (cc *clientConn) giveUpLocked(key string) {
+	g := cc.gaveUp[key]
+	if g == nil {
+		g = &gaveUp{done: make(chan struct{})}
+		cc.gaveUp[key] = g
+	}
+	g.n++
+}
+
+// answeredLocked counts the answer, dealt with, of a Lock of key given up.
+func (cc *clientConn) answeredLocked(key string) {
+	if g := cc.gaveUp[key]; g != nil {
+		if g.n--; g.n == 0 {
+			delete(cc.gaveUp, key)
+			close(g.done)
+		}
+	}
 }
 
 // granted makes the lease a Granted frame grants, or counts one more grant

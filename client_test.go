@@ -246,3 +246,53 @@ func TestClientLargeReply(t *testing.T) {
 		}
 	})
 }
+
+// A Lock given up while its grant is on the way leaves the key held until
+// the grant arrives and the client releases it. The client's next TryLock
+// of the key waits for that, and so finds the key free, as it would through
+// the in-process broker.
+func TestClientTryLockAfterGivenUpGrant(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := t.Context()
+		b := lmx.NewBroker()
+		defer b.Close()
+		var toClient gatedConn // the broker's writes to c
+		c, err := lmx.Dial(ctx, "pipe:0", lmx.WithDialer(func(context.Context, string, string) (net.Conn, error) {
+			nc, bc := net.Pipe()
+			toClient.Conn = bc
+			b.ServeConn(&toClient)
+			return nc, nil
+		}))
+		require.NoError(t, err)
+		defer c.Close()
+		h, err := b.Lock(ctx, "k")
+		require.NoError(t, err)
+
+		lockCtx, cancel := context.WithCancel(ctx)
+		gaveUp := make(chan error, 1)
+		go func() {
+			_, err := c.Lock(lockCtx, "k")
+			gaveUp <- err
+		}()
+		synctest.Wait() // queued
+		toClient.hold()
+		require.NoError(t, h.Unlock(ctx)) // grants c's Lock; the Granted waits at the gate
+		cancel()
+		require.ErrorIs(t, <-gaveUp, context.Canceled)
+		synctest.Wait() // the Cancel has reached the broker, after the grant
+
+		tried := make(chan error, 1)
+		go func() {
+			l, err := c.TryLock(ctx, "k")
+			if err == nil {
+				err = l.Unlock(ctx)
+			}
+			tried <- err
+		}()
+		synctest.Wait()
+		toClient.open()
+		require.NoError(t, <-tried, "the TryLock found the grant its client gave up")
+		synctest.Wait()
+		requireIdle(t, b)
+	})
+}

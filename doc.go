@@ -25,7 +25,9 @@
 // Nothing polls, and nothing barges: a TryLock or a new Lock never overtakes
 // a queued waiter it would conflict with. A wait cut short by its context
 // leaves the queue and returns the context's error; if the grant raced the
-// cancellation, the key is passed on, never left held.
+// cancellation, the key is passed on, never left held. Through a [Client],
+// such a grant is passed on when it reaches the client, about a round trip
+// later; the client's own next Lock of the key waits for that.
 //
 // # Leases, ids and tokens
 //

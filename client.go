@@ -944,11 +944,12 @@ func (cc *clientConn) interrupt() { cc.nc.SetReadDeadline(time.Unix(1, 0)) }
 // awaiting its reply alone gets it; with more than one waiting, the
 // background reader does, for it reads on for all of them where a caller
 // would hand the role on again at its reply, a goroutine hop each time.
-// With none waiting, the background reader gets it once the role has gone
-// unheld for idleRead (see idleTimeout).
+// With none waiting, the background reader gets it at once if answers to
+// given-up Locks are due (see gaveUp), which later Locks wait for, and
+// otherwise once the role has gone unheld for idleRead (see idleTimeout).
 func (cc *clientConn) passRead() {
 	switch cl := cc.waiting.head; {
-	case cl == nil:
+	case cl == nil && len(cc.gaveUp) == 0:
 	case cc.waiting.alone():
 		cc.reader = cl
 		cl.ch <- reply{turn: true} // cl has no reply yet, and holds no turn

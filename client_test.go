@@ -290,8 +290,10 @@ func TestClientTryLockAfterGivenUpGrant(t *testing.T) {
 			tried <- err
 		}()
 		synctest.Wait()
+		start := time.Now()
 		toClient.open()
 		require.NoError(t, <-tried, "the TryLock found the grant its client gave up")
+		assert.Zero(t, time.Since(start), "the grant was read at the next idle check, not at once")
 		synctest.Wait()
 		requireIdle(t, b)
 	})

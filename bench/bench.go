@@ -144,8 +144,9 @@ type row struct {
 // each round starts every service anew and runs each of its workloads once.
 // So every service's runs are spread over the whole matrix's time, and two
 // services' medians come from the same stretches of it: on a shared VM
-// throughput moves by up to 2x over tens of seconds, and one service run
-// minutes after another would be compared with another machine. A fresh
+// throughput moves by up to 2x from one stretch of minutes to the next, and
+// one service run minutes after another would be compared with another
+// machine. A fresh
 // start each round also samples where each process's threads land.
 func runMatrix(ctx context.Context, cfg config, log io.Writer) []row {
 	var rows []row

@@ -22,9 +22,9 @@ import (
 
 var services = []service{
 	{name: "lmx-inproc", smoke: true, start: startInproc},
-	{name: "lmx-unix", smoke: true, start: func(ctx context.Context, _ config) (running, error) { return startLMXChild(ctx, "unix", false) }},
-	{name: "lmx-tcp", smoke: false, start: func(ctx context.Context, _ config) (running, error) { return startLMXChild(ctx, "tcp", false) }},
-	{name: "lmx-unix-clients", smoke: false, start: func(ctx context.Context, _ config) (running, error) { return startLMXChild(ctx, "unix", true) }},
+	{name: "lmx-unix", smoke: true, start: func(ctx context.Context, cfg config) (running, error) { return startLMXChild(ctx, cfg, "unix", false) }},
+	{name: "lmx-tcp", smoke: false, start: func(ctx context.Context, cfg config) (running, error) { return startLMXChild(ctx, cfg, "tcp", false) }},
+	{name: "lmx-unix-clients", smoke: false, start: func(ctx context.Context, cfg config) (running, error) { return startLMXChild(ctx, cfg, "unix", true) }},
 	{name: "echo-unix", smoke: true, start: func(ctx context.Context, _ config) (running, error) { return startEcho(ctx, "unix", false) }},
 	{name: "echo-tcp", smoke: false, start: func(ctx context.Context, _ config) (running, error) { return startEcho(ctx, "tcp", false) }},
 	{name: "echo-pipelined-unix", smoke: true, start: func(ctx context.Context, _ config) (running, error) { return startEcho(ctx, "unix", true) }},
@@ -271,18 +271,19 @@ type lmxNet struct {
 	note      string // about the broker binary
 }
 
-// leanBroker is cmd/lmxbroker built once into a temporary directory, so
-// that the broker whose RSS is measured does not carry this binary's
-// dependencies; "" when it cannot be built (no go command, not run from the
-// bench module), and then this binary serves as the broker.
-var leanBroker struct {
+// A leanBroker is cmd/lmxbroker built once into a temporary directory, for
+// one run of the matrix, so that the broker whose RSS is measured does not
+// carry this binary's dependencies.
+type leanBroker struct {
 	once sync.Once
 	dir  string
-	path string
+	path string // "" when it cannot be built (no go command, not run from the bench module)
 }
 
-func leanBrokerPath(ctx context.Context) string {
-	leanBroker.once.Do(func() {
+// binary builds the broker the first time it is called, and returns its
+// path, or "" if it cannot be built; this binary then serves as the broker.
+func (lb *leanBroker) binary(ctx context.Context) string {
+	lb.once.Do(func() {
 		if _, err := os.Stat(filepath.Join("cmd", "lmxbroker", "main.go")); err != nil {
 			return
 		}
@@ -297,29 +298,29 @@ func leanBrokerPath(ctx context.Context) string {
 			os.RemoveAll(dir)
 			return
 		}
-		leanBroker.dir, leanBroker.path = dir, path
+		lb.dir, lb.path = dir, path
 	})
-	return leanBroker.path
+	return lb.path
 }
 
-// removeLeanBroker removes what leanBrokerPath built.
-func removeLeanBroker() {
-	if leanBroker.dir != "" {
-		os.RemoveAll(leanBroker.dir)
+// remove removes what binary built.
+func (lb *leanBroker) remove() {
+	if lb.dir != "" {
+		os.RemoveAll(lb.dir)
 	}
 }
 
 // startLMXChild starts a broker process listening on network. Its workers
 // share one Client, or, with perWorker, each has its own: hand-offs between
 // them then cross the broker.
-func startLMXChild(ctx context.Context, network string, perWorker bool) (running, error) {
+func startLMXChild(ctx context.Context, cfg config, network string, perWorker bool) (running, error) {
 	var (
 		ch   *child
 		addr string
 		err  error
 		note string
 	)
-	if bin := leanBrokerPath(ctx); bin != "" {
+	if bin := cfg.broker.binary(ctx); bin != "" {
 		ch, addr, err = serverChild(ctx, network, func(url string) *exec.Cmd {
 			return exec.Command(bin, "-listen", url)
 		})

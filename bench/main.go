@@ -37,7 +37,8 @@ type config struct {
 	timeout   time.Duration // bound on one run of one workload
 	smoke     bool
 	out       string
-	nodeDir   string // where node_modules/live-mutex is
+	nodeDir   string      // where node_modules/live-mutex is
+	broker    *leanBroker // the run's lmx broker binary
 }
 
 func main() {
@@ -94,7 +95,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	defer removeLeanBroker()
+	cfg.broker = new(leanBroker)
+	defer cfg.broker.remove()
 	rows := runMatrix(ctx, cfg, stderr)
 	table := renderTable(rows) + renderTargets(rows)
 	fmt.Fprint(stdout, table)

@@ -146,8 +146,8 @@ type row struct {
 // services' medians come from the same stretches of it: on a shared VM
 // throughput moves by up to 2x from one stretch of minutes to the next, and
 // one service run minutes after another would be compared with another
-// machine. A fresh
-// start each round also samples where each process's threads land.
+// machine. A fresh start each round also samples where each process's
+// threads land.
 func runMatrix(ctx context.Context, cfg config, log io.Writer) []row {
 	var rows []row
 	for _, name := range cfg.services {
@@ -216,6 +216,7 @@ func runService(ctx context.Context, cfg config, svc service, round int, rows []
 	setMemory(r, rows)
 }
 
+// anyOK reports whether a workload of rows is still to run.
 func anyOK(rows []row) bool {
 	return slices.ContainsFunc(rows, func(r row) bool { return r.status == "ok" })
 }

@@ -88,7 +88,12 @@ type service struct {
 	smoke bool // starts fast: part of -smoke
 	// maxCycles, if not 0, caps the cycles of a run: for slow services.
 	maxCycles int
-	start     func(ctx context.Context, cfg config) (running, error)
+	// cycleScale, if not 0, multiplies a workload's default cycles: for a
+	// service whose cycles are so cheap that a default run would end
+	// before the scheduler has run every worker, and say nothing of its
+	// fairness.
+	cycleScale int
+	start      func(ctx context.Context, cfg config) (running, error)
 }
 
 func serviceNames() []string {
@@ -224,6 +229,9 @@ func anyOK(rows []row) bool {
 // cycles is how many cycles a run of wl on svc makes.
 func cycles(cfg config, svc service, wl workload) int {
 	n := wl.cycles
+	if svc.cycleScale > 0 {
+		n *= svc.cycleScale
+	}
 	if cfg.smoke {
 		n = wl.smoke
 	}

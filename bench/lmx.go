@@ -21,7 +21,7 @@ import (
 )
 
 var services = []service{
-	{name: "lmx-inproc", smoke: true, start: startInproc},
+	{name: "lmx-inproc", smoke: true, start: startInproc, cycleScale: inprocScale},
 	{name: "lmx-unix", smoke: true, start: func(ctx context.Context, cfg config) (running, error) { return startLMXChild(ctx, cfg, "unix", false) }},
 	{name: "lmx-tcp", smoke: false, start: func(ctx context.Context, cfg config) (running, error) { return startLMXChild(ctx, cfg, "tcp", false) }},
 	{name: "lmx-unix-clients", smoke: false, start: func(ctx context.Context, cfg config) (running, error) { return startLMXChild(ctx, cfg, "unix", true) }},
@@ -67,6 +67,11 @@ func (w *lmxWorker) close() {
 }
 
 type inproc struct{ b *lmx.Broker }
+
+// inprocScale makes an in-process run last long enough (0.2 to 2 s here)
+// for the scheduler to have run every worker many times: 10,000 in-process
+// cycles take about 10 ms.
+const inprocScale = 50
 
 func startInproc(context.Context, config) (running, error) { return inproc{lmx.NewBroker()}, nil }
 

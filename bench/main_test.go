@@ -165,3 +165,25 @@ func TestJain(t *testing.T) {
 		}
 	}
 }
+
+func TestCycles(t *testing.T) {
+	wl, _ := workloadByName("hot20")
+	inproc, _ := serviceByName("lmx-inproc")
+	etcd, _ := serviceByName("etcd")
+	for _, c := range []struct {
+		name string
+		cfg  config
+		svc  service
+		want int
+	}{
+		{"default", config{}, service{}, wl.cycles},
+		{"scaled", config{}, inproc, wl.cycles * inprocScale},
+		{"smoke is not scaled", config{smoke: true}, inproc, wl.smoke},
+		{"-cycles is not scaled", config{cycles: 7}, inproc, 7},
+		{"capped", config{}, etcd, etcdMaxCycles},
+	} {
+		if got := cycles(c.cfg, c.svc, wl); got != c.want {
+			t.Errorf("%s: %d cycles, want %d", c.name, got, c.want)
+		}
+	}
+}

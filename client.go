@@ -406,12 +406,7 @@ func (c *Client) Release(ctx context.Context, key string, id ulid.ULID) error {
 	if err == nil {
 		// The broker tells of the end of a lease of this session in its
 		// answer, not in an Ended frame.
-		cc.mu.Lock()
-		l := cc.leases[id]
-		cc.mu.Unlock()
-		if l != nil {
-			cc.unlocked(l)
-		}
+		cc.unlocked(id)
 	}
 	return err
 }
@@ -1289,14 +1284,15 @@ func endRemote(l *Lease, reason error) {
 	l.end(reason)
 }
 
-// unlocked records that one grant of l was released; when none is left, l
-// leaves the conn and ends.
-func (cc *clientConn) unlocked(l *Lease) {
+// unlocked records that one grant of the lease with lock id id was
+// released; when none is left, the lease leaves the conn and ends.
+func (cc *clientConn) unlocked(id ulid.ULID) {
 	cc.mu.Lock()
+	l := cc.leases[id]
 	last := false
-	if cc.leases[l.id] == l {
+	if l != nil {
 		if l.count--; l.count <= 0 {
-			delete(cc.leases, l.id)
+			delete(cc.leases, id)
 			last = true
 		}
 	}
@@ -1315,7 +1311,7 @@ func (cc *clientConn) releaseAsync(l *Lease) {
 	}
 	cc.mu.Unlock()
 	cc.out.flush()
-	cc.unlocked(l)
+	cc.unlocked(l.id)
 }
 
 // unlock implements door for a client's leases.
@@ -1334,7 +1330,7 @@ func (cc *clientConn) unlock(ctx context.Context, l *Lease) error {
 	})
 	switch {
 	case err == nil, ctx.Err() != nil: // released, or the release is on its way
-		cc.unlocked(l)
+		cc.unlocked(l.id)
 		return ctx.Err()
 	case errors.Is(err, ErrNotHeld) && l.Err() != nil:
 		return l.notHeld() // the Ended frame came first and says why

@@ -81,11 +81,17 @@ func (b *Broker) acquire(ctx context.Context, key string, opts []LockOption, wai
 // Release ends the lease of key whose lock id is id, as its Unlock would. A
 // wrong id is ErrNotHeld and changes nothing.
 func (b *Broker) Release(ctx context.Context, key string, id ulid.ULID) error {
-	if err := b.check(key); err != nil {
-		return err
-	}
-	_, err := b.shardFor(key).release(key, id, nil)
+	_, err := b.release(key, id, nil)
 	return err
+}
+
+// release is Release on behalf of by, if not nil, the hook of a session:
+// see shard.release.
+func (b *Broker) release(key string, id ulid.ULID, by leaseHook) (ended bool, err error) {
+	if err := b.check(key); err != nil {
+		return false, err
+	}
+	return b.shardFor(key).release(key, id, by)
 }
 
 // ForceUnlock ends every lease of key with an error matching ErrForced, and

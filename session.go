@@ -314,10 +314,7 @@ func (s *session) handle(h header, p []byte) {
 // release undoes one grant of the lease of key with lock id id. A lease of
 // this session that it ends gets no Ended frame: the answer says so.
 func (s *session) release(key string, id ulid.ULID) error {
-	if err := s.b.check(key); err != nil {
-		return err
-	}
-	ended, err := s.b.shardFor(key).release(key, id, s)
+	ended, err := s.b.release(key, id, s)
 	if ended {
 		s.mu.Lock()
 		delete(s.leases, id)

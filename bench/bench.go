@@ -136,8 +136,7 @@ type result struct {
 // run.
 type row struct {
 	service, workload string
-	status            string // "ok", or why not
-	runs              int
+	status            string   // "ok", or why not
 	all               []result // each round's, in order
 	res               result   // their median
 	rss               string
@@ -168,11 +167,10 @@ func runMatrix(ctx context.Context, cfg config, log io.Writer) []row {
 	}
 	for i := range rows {
 		r := &rows[i]
-		r.runs = len(r.all)
-		if r.runs > 0 {
+		if len(r.all) > 0 {
 			r.res = median(r.all)
 		}
-		if ctx.Err() != nil && r.status == "ok" && r.runs < cfg.runs {
+		if ctx.Err() != nil && r.status == "ok" && len(r.all) < cfg.runs {
 			r.status = "interrupted"
 		}
 	}
@@ -416,7 +414,7 @@ func renderTable(rows []row) string {
 	b.WriteString("| service | workload | cycles/s | p50 acquire | p99 acquire | worst acquire | fairness | cycles | runs | broker RSS | status |\n")
 	b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|--:|---|---|\n")
 	for _, r := range rows {
-		if r.runs == 0 {
+		if len(r.all) == 0 {
 			fmt.Fprintf(&b, "| %s | %s | – | – | – | – | – | – | 0 | %s | %s |\n", r.service, r.workload, r.rss, r.status)
 			continue
 		}
@@ -426,7 +424,7 @@ func renderTable(rows []row) string {
 		}
 		fmt.Fprintf(&b, "| %s | %s | %.0f | %s | %s | %s | %s | %d | %d | %s | %s |\n",
 			r.service, r.workload, r.res.perSec, dur(r.res.p50), dur(r.res.p99), dur(r.res.worst),
-			fair, r.res.cycles, r.runs, r.rss, r.status)
+			fair, r.res.cycles, len(r.all), r.rss, r.status)
 	}
 	return b.String()
 }

@@ -93,7 +93,8 @@ func TestSmoke(t *testing.T) {
 // left out.
 func TestTargets(t *testing.T) {
 	r := func(service, workload string, perSec, fairness float64) row {
-		return row{service: service, workload: workload, status: "ok", runs: 3, res: result{perSec: perSec, fairness: fairness}}
+		res := result{perSec: perSec, fairness: fairness}
+		return row{service: service, workload: workload, status: "ok", all: []result{res}, res: res}
 	}
 	rows := []row{
 		r("lmx-unix", "hot20", 50000, 0.995),

@@ -36,7 +36,7 @@ const (
 func renderTargets(rows []row) string {
 	ok := make(map[string]row)
 	for _, r := range rows {
-		if r.runs > 0 {
+		if len(r.all) > 0 {
 			ok[r.service+"/"+r.workload] = r
 		}
 	}
@@ -92,10 +92,8 @@ func roundRatios(r, ref row) string {
 	}
 	var b strings.Builder
 	b.WriteString(" (rounds:")
-	for i := range n {
-		if ref.all[i].perSec > 0 {
-			fmt.Fprintf(&b, " %.2fx", r.all[i].perSec/ref.all[i].perSec)
-		}
+	for i := range n { // a run that made no cycle failed: perSec > 0
+		fmt.Fprintf(&b, " %.2fx", r.all[i].perSec/ref.all[i].perSec)
 	}
 	b.WriteString(")")
 	return b.String()

@@ -3,7 +3,7 @@ module github.com/lmx-go/lmx/etcd
 go 1.26.0
 
 require (
-	github.com/lmx-go/lmx v0.0.0
+	github.com/lmx-go/lmx v0.1.0
 	github.com/oklog/ulid/v2 v2.1.2
 	github.com/stretchr/testify v1.12.1
 	go.etcd.io/etcd/api/v3 v3.7.3
@@ -69,5 +69,3 @@ require (
 	k8s.io/utils v0.0.0-20260108192941-914a6e750570 // indirect
 	sigs.k8s.io/yaml v1.6.0 // indirect
 )
-
-replace github.com/lmx-go/lmx => ../

@@ -121,6 +121,14 @@ lost with their session), and wait- and hold-time histograms.
 `,
 		},
 		{
+			name: "version", args: "[FLAGS]", summary: "say which release of lmx this is",
+			run: cmdVersion,
+			help: `Prints the version of lmx and of the library it is built with, the Go
+release that built it and, built from a checkout, the commit: all from the
+build info the Go toolchain records in the binary.
+`,
+		},
+		{
 			name: "demo", args: "", summary: "show the broker at work, in-process and over a Unix socket",
 			run: cmdDemo,
 			help: `Shows the broker at work: FIFO hand-off, a semaphore, a TTL expiring, a

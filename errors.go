@@ -64,6 +64,9 @@ var (
 	// reached (sessions per broker, waiters per session).
 	ErrBusy = errors.New("lmx: broker busy")
 
+	// ErrInvalidID is returned by ParseID for text that is not a lock id.
+	ErrInvalidID = errors.New("lmx: not a lock id")
+
 	// ErrStaleToken is returned by Fence.Check for a token lower than one the
 	// fence has already seen for the same key.
 	ErrStaleToken = errors.New("lmx: stale fencing token")

@@ -4,6 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -176,4 +180,143 @@ func ExampleElection() {
 	// Output:
 	// leader: node-a
 	// lmx: election has no leader
+}
+
+// A broker serves its table to other processes on a Unix socket (or TCP);
+// Dial connects to it, and the client's locks are the broker's locks.
+func ExampleBroker_Listen() {
+	dir, err := os.MkdirTemp("", "lmx")
+	if err != nil {
+		panic(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "lmx.sock")
+	ctx := context.Background()
+
+	b := lmx.NewBroker()
+	if _, err := b.Listen("unix", sock); err != nil {
+		panic(err) // the path is taken by a live broker, or not writable
+	}
+	defer b.Shutdown(ctx)
+
+	c, err := lmx.Dial(ctx, "unix://"+sock) // in another process, as a rule
+	if err != nil {
+		panic(err)
+	}
+	defer c.Close()
+	l, err := c.Lock(ctx, "invoices/42", lmx.TTL(30*time.Second))
+	if err != nil {
+		panic(err)
+	}
+	_, err = b.TryLock(ctx, "invoices/42") // the broker's own code sees it held
+	fmt.Println(errors.Is(err, lmx.ErrLocked))
+	l.Unlock(ctx)
+	// Output: true
+}
+
+// Dial reaches a broker over TCP; Release by id ends a lease from any
+// client, given the id as text (ParseID).
+func ExampleDial() {
+	ctx := context.Background()
+	b := lmx.NewBroker()
+	addr, err := b.Listen("tcp", "127.0.0.1:0") // port 0: the system picks one
+	if err != nil {
+		panic(err)
+	}
+	defer b.Shutdown(ctx)
+
+	c, err := lmx.Dial(ctx, "tcp://"+addr.String())
+	if err != nil {
+		panic(err) // nothing listens there, or it is not an lmx broker
+	}
+	defer c.Close()
+	l, err := c.Lock(ctx, "deploy", lmx.TTL(time.Minute), lmx.KeepOnDisconnect())
+	if err != nil {
+		panic(err)
+	}
+	text := l.ID().String() // as `lmx acquire` prints it, or a job queue stores it
+
+	id, err := lmx.ParseID(text)
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println(b.Release(ctx, "deploy", id))
+	<-l.Done()
+	fmt.Println(errors.Is(l.Err(), lmx.ErrReleased))
+	_, err = lmx.ParseID("notanid")
+	fmt.Println(errors.Is(err, lmx.ErrInvalidID))
+	// Output:
+	// <nil>
+	// true
+	// true
+}
+
+// Open lets configuration choose the door: mem:// for a broker in the
+// process, unix:// or tcp:// for a broker elsewhere, and the schemes of the
+// backends imported (etcd://).
+func ExampleOpen() {
+	ctx := context.Background()
+	b := lmx.NewBroker()
+	addr, err := b.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer b.Shutdown(ctx)
+
+	for _, url := range []string{"mem://", "tcp://" + addr.String()} {
+		locker, err := lmx.Open(ctx, url)
+		if err != nil {
+			panic(err)
+		}
+		l, err := locker.Lock(ctx, "reports/daily")
+		if err != nil {
+			panic(err)
+		}
+		fmt.Println(strings.SplitN(url, ":", 2)[0], "token > 0:", l.Token() > 0)
+		l.Unlock(ctx)
+		if c, ok := locker.(io.Closer); ok {
+			c.Close()
+		}
+	}
+	// Output:
+	// mem token > 0: true
+	// tcp token > 0: true
+}
+
+// Ensure makes the first of many processes the broker and the rest its
+// clients: here the first call starts a broker, the second finds it.
+func ExampleEnsure() {
+	dir, err := os.MkdirTemp("", "lmx")
+	if err != nil {
+		panic(err)
+	}
+	defer os.RemoveAll(dir)
+	addr := "unix://" + filepath.Join(dir, "lmx.sock")
+	ctx := context.Background()
+
+	c1, b, err := lmx.Ensure(ctx, addr, nil)
+	if err != nil {
+		panic(err)
+	}
+	defer b.Shutdown(ctx) // this process started it: it keeps it alive
+	defer c1.Close()
+	c2, b2, err := lmx.Ensure(ctx, addr, nil)
+	if err != nil {
+		panic(err)
+	}
+	defer c2.Close()
+	fmt.Println("first started a broker:", b != nil)
+	fmt.Println("second started one:", b2 != nil)
+
+	l, err := c1.Lock(ctx, "migrations")
+	if err != nil {
+		panic(err)
+	}
+	_, err = c2.TryLock(ctx, "migrations")
+	fmt.Println(errors.Is(err, lmx.ErrLocked))
+	l.Unlock(ctx)
+	// Output:
+	// first started a broker: true
+	// second started one: false
+	// true
 }

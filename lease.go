@@ -119,6 +119,18 @@ func (l *Lease) Key() string { return l.key }
 // process, and no other grant ever has the same id.
 func (l *Lease) ID() ulid.ULID { return l.id }
 
+// ParseID reads a lock id as Lease.ID().String() writes it (26 characters of
+// Crockford base32, either case), so that a caller can Release by an id it
+// was given as text without importing the ULID package. Anything else is
+// ErrInvalidID.
+func ParseID(s string) (ulid.ULID, error) {
+	id, err := ulid.ParseStrict(s)
+	if err != nil {
+		return ulid.ULID{}, fmt.Errorf("%w: %q (a lock id is 26 characters of Crockford base32, such as 01KBVZ3W5R8Q2M0XJ4T6N7PAYC)", ErrInvalidID, s)
+	}
+	return id, nil
+}
+
 // Token returns the fencing token. Tokens come from one broker-wide counter
 // seeded from the wall clock at broker start, so the tokens of a key strictly
 // increase in grant order, across broker restarts too. Pass the token to the

@@ -2,6 +2,7 @@ package lmx
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -136,25 +137,32 @@ type Stats struct {
 	HoldTime Histogram // how long ended leases were held
 }
 
-// HistogramBounds are the upper bounds of a Histogram's buckets.
-var HistogramBounds = [...]time.Duration{
+// histogramBounds are the upper bounds of a Histogram's buckets, from a
+// millisecond's wait to a lease held for hours. Unexported, so that no
+// importer can change how a broker counts; HistogramBounds returns a copy.
+var histogramBounds = [...]time.Duration{
 	time.Millisecond, 5 * time.Millisecond, 10 * time.Millisecond, 50 * time.Millisecond,
 	100 * time.Millisecond, 500 * time.Millisecond, time.Second, 5 * time.Second,
-	10 * time.Second, time.Minute,
+	10 * time.Second, time.Minute, 5 * time.Minute, 15 * time.Minute, time.Hour, 4 * time.Hour,
 }
 
+// HistogramBounds returns the upper bounds of a Histogram's buckets, in
+// increasing order: 1ms, 5ms, 10ms, 50ms, 100ms, 500ms, 1s, 5s, 10s, 1m, 5m,
+// 15m, 1h and 4h. The slice is the caller's.
+func HistogramBounds() []time.Duration { return slices.Clone(histogramBounds[:]) }
+
 // A Histogram counts durations, to the millisecond, in the buckets of
-// HistogramBounds: Counts[i] those up to HistogramBounds[i], and the last
+// HistogramBounds: Counts[i] those up to HistogramBounds()[i], and the last
 // count those above every bound.
 type Histogram struct {
-	Counts [len(HistogramBounds) + 1]uint64
+	Counts [len(histogramBounds) + 1]uint64
 	Sum    time.Duration
 }
 
 // observe counts d.
 func (h *Histogram) observe(d time.Duration) {
 	i := 0
-	for i < len(HistogramBounds) && d > HistogramBounds[i] {
+	for i < len(histogramBounds) && d > histogramBounds[i] {
 		i++
 	}
 	h.Counts[i]++

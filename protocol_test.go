@@ -45,7 +45,7 @@ const (
 	codeProtocol   uint16 = 8
 	codeAuth       uint16 = 9
 
-	protocolVersion = 3
+	protocolVersion = 4
 	helloMagic      = "LMX\x00"
 )
 

@@ -25,7 +25,7 @@ import (
 const headerLen = 12
 
 // protocolVersion is the version a Hello offers and a Welcome accepts.
-const protocolVersion = 3
+const protocolVersion = 4
 
 // magic opens every Hello, so that a stray client is told apart at once.
 const magic = "LMX\x00"

@@ -161,8 +161,9 @@ func TestJSONOutput(t *testing.T) {
 	assert.Equal(t, 3, stats.Keys)
 	assert.Equal(t, 3, stats.Holders)
 	assert.EqualValues(t, 3, stats.Grants)
-	assert.Len(t, stats.WaitTime.Buckets, 11)
-	assert.Equal(t, "+Inf", stats.WaitTime.Buckets[10].LE)
+	assert.Len(t, stats.WaitTime.Buckets, 15)
+	assert.Equal(t, "14400", stats.WaitTime.Buckets[13].LE, "the last bound: 4 hours")
+	assert.Equal(t, "+Inf", stats.WaitTime.Buckets[14].LE)
 
 	var rel releaseOut
 	out = must(t, b.args("release", "other", "--force", "--json")...)

@@ -23,11 +23,12 @@ func writeMetrics(w io.Writer, s *lmx.Stats) error {
 	histogram := func(name, help string, h *lmx.Histogram) {
 		fmt.Fprintf(bw, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name)
 		var cum uint64
-		for i, bound := range lmx.HistogramBounds {
+		bounds := lmx.HistogramBounds()
+		for i, bound := range bounds {
 			cum += h.Counts[i]
 			fmt.Fprintf(bw, "%s_bucket{le=\"%s\"} %d\n", name, formatFloat(bound.Seconds()), cum)
 		}
-		cum += h.Counts[len(lmx.HistogramBounds)]
+		cum += h.Counts[len(bounds)]
 		fmt.Fprintf(bw, "%s_bucket{le=\"+Inf\"} %d\n", name, cum)
 		fmt.Fprintf(bw, "%s_sum %s\n", name, formatFloat(h.Sum.Seconds()))
 		fmt.Fprintf(bw, "%s_count %d\n", name, cum)

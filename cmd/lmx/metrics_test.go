@@ -15,9 +15,9 @@ import (
 
 func TestWriteMetrics(t *testing.T) {
 	s := lmx.Stats{Keys: 2, Holders: 3, Waiters: 4, Sessions: 5, Grants: 6, Expiries: 7, Forced: 8, Preemptions: 9, SessionLost: 10}
-	s.WaitTime.Counts[0] = 2                        // ≤ 1ms
-	s.WaitTime.Counts[4] = 1                        // ≤ 100ms
-	s.WaitTime.Counts[len(lmx.HistogramBounds)] = 3 // over a minute
+	s.WaitTime.Counts[0] = 2                          // ≤ 1ms
+	s.WaitTime.Counts[4] = 1                          // ≤ 100ms
+	s.WaitTime.Counts[len(lmx.HistogramBounds())] = 3 // over 4 hours
 	s.WaitTime.Sum = 3*time.Minute + 1500*time.Millisecond
 	var buf bytes.Buffer
 	require.NoError(t, writeMetrics(&buf, &s))
@@ -38,6 +38,10 @@ func TestWriteMetrics(t *testing.T) {
 			`lmx_wait_seconds_bucket{le="5"} 3` + "\n" +
 			`lmx_wait_seconds_bucket{le="10"} 3` + "\n" +
 			`lmx_wait_seconds_bucket{le="60"} 3` + "\n" +
+			`lmx_wait_seconds_bucket{le="300"} 3` + "\n" +
+			`lmx_wait_seconds_bucket{le="900"} 3` + "\n" +
+			`lmx_wait_seconds_bucket{le="3600"} 3` + "\n" +
+			`lmx_wait_seconds_bucket{le="14400"} 3` + "\n" +
 			`lmx_wait_seconds_bucket{le="+Inf"} 6` + "\n" +
 			"lmx_wait_seconds_sum 181.5\n" +
 			"lmx_wait_seconds_count 6\n",

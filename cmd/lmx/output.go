@@ -109,11 +109,12 @@ type histogramOut struct {
 
 func newHistogramOut(h *lmx.Histogram) histogramOut {
 	out := histogramOut{SumSeconds: h.Sum.Seconds()}
+	bounds := lmx.HistogramBounds()
 	for i, c := range h.Counts {
 		out.Count += c
 		le := "+Inf"
-		if i < len(lmx.HistogramBounds) {
-			le = formatFloat(lmx.HistogramBounds[i].Seconds())
+		if i < len(bounds) {
+			le = formatFloat(bounds[i].Seconds())
 		}
 		out.Buckets = append(out.Buckets, bucketOut{LE: le, Count: out.Count})
 	}
@@ -274,6 +275,7 @@ func histogramSummary(h *lmx.Histogram) string {
 		return "0\t"
 	}
 	var b strings.Builder
+	bounds := lmx.HistogramBounds()
 	for i, c := range h.Counts {
 		if c == 0 {
 			continue
@@ -281,10 +283,10 @@ func histogramSummary(h *lmx.Histogram) string {
 		if b.Len() > 0 {
 			b.WriteString(", ")
 		}
-		if i < len(lmx.HistogramBounds) {
-			fmt.Fprintf(&b, "≤%v: %d", lmx.HistogramBounds[i], c)
+		if i < len(bounds) {
+			fmt.Fprintf(&b, "≤%v: %d", bounds[i], c)
 		} else {
-			fmt.Fprintf(&b, ">%v: %d", lmx.HistogramBounds[i-1], c)
+			fmt.Fprintf(&b, ">%v: %d", bounds[i-1], c)
 		}
 	}
 	return fmt.Sprintf("%d\tmean %v; %s", n, roundDuration(h.Sum/time.Duration(n)), b.String())

@@ -72,7 +72,7 @@ func TestInstallFromProxy(t *testing.T) {
 		t.Skip("builds lmx from a module proxy; skipped with -short")
 	}
 	proxy := t.TempDir()
-	for _, dir := range []string{".", "cmd/lmx", "etcd"} {
+	for _, dir := range []string{".", "cmd/lmx", "etcd", "metrics"} {
 		publish(t, proxy, filepath.Join(repoRoot, dir))
 	}
 	env := []string{

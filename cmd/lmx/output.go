@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -291,3 +292,5 @@ func histogramSummary(h *lmx.Histogram) string {
 	}
 	return fmt.Sprintf("%d\tmean %v; %s", n, roundDuration(h.Sum/time.Duration(n)), b.String())
 }
+
+func formatFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }

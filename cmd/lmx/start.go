@@ -226,7 +226,7 @@ func serve(b *lmx.Broker, listen []string, metricsAddr string, logger *slog.Logg
 		return nil, nil, "", fmt.Errorf("--metrics: %w", err)
 	}
 	srv := &http.Server{
-		Handler:           metricsHandler(b),
+		Handler:           metricsHandler(b, logger),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}

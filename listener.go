@@ -19,6 +19,7 @@ type server struct {
 	sessions  map[*session]struct{}     // guarded by mu
 	closing   bool                      // guarded by mu
 	wg        sync.WaitGroup            // every goroutine of the door; Add under mu
+	ends      endLog                    // logs the sessions' ends
 }
 
 // start runs f in a goroutine counted by the server, unless it is closing.

@@ -109,10 +109,7 @@ func (c *lmConn) run() {
 	s.b.srv.start(s.writer)
 	err := c.read()
 	close(s.done)
-	released := c.end()
-	if released > 0 || !isHangup(err) {
-		log.Info("lmx: live-mutex session ended", "err", err, "leases_released", released)
-	}
+	s.b.srv.ends.ended(s.b.cfg.logger, log, "live-mutex session", err, c.end())
 }
 
 // read handles lines until the connection fails.

@@ -312,7 +312,12 @@ func WithSocketMode(mode os.FileMode) BrokerOption {
 }
 
 // WithLogger sets where the network door logs refused clients, protocol
-// errors and lost sessions. The default, nil, is slog.Default().
+// errors and the ends of sessions: a service passes its own logger. A
+// session that hangs up holding nothing is logged at Debug; one that ends by
+// a fault or releases leases at Info, but when many end within a second
+// (clients closing together, a network failing), the first is logged and one
+// Info line, "lmx: sessions ended", sums up the rest. The default, nil, is
+// slog.Default().
 func WithLogger(l *slog.Logger) BrokerOption {
 	return func(c *brokerConfig) {
 		if l == nil {

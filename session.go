@@ -66,10 +66,7 @@ func (s *session) run() {
 	s.b.srv.start(s.writer)
 	err := s.read()
 	close(s.done)
-	released := s.end()
-	if released > 0 || !isHangup(err) {
-		log.Info("lmx: session ended", "err", err, "leases_released", released)
-	}
+	s.b.srv.ends.ended(s.b.cfg.logger, log, "session", err, s.end())
 }
 
 // isHangup reports whether err is a peer going away, not a fault.

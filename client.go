@@ -1343,23 +1343,16 @@ func (cc *clientConn) extend(ctx context.Context, l *Lease, ttl time.Duration) e
 	if l.Err() != nil {
 		return l.notHeld()
 	}
-	rep, err := cc.roundTrip(ctx, call{key: l.key}, func(b []byte, id uint32) []byte {
-		return frame(b, opExtend, 0, 0, id, func(b []byte) []byte {
-			b = appendString(b, l.key)
-			b = append(b, l.id[:]...)
-			return binary.AppendUvarint(b, uint64(ttl))
-		})
-	})
+	rep, err := cc.roundTrip(ctx, call{key: l.key}, func(b []byte, id uint32) []byte { return appendExtend(b, id, l.key, l.id, ttl) })
 	if err != nil {
 		if errors.Is(err, ErrNotHeld) && l.Err() != nil {
 			return l.notHeld()
 		}
 		return err
 	}
-	d := decoder{b: rep.payload}
-	exp := d.time()
-	if err := d.done(); err != nil {
-		return fmt.Errorf("%w: extend: %v", ErrProtocol, err)
+	exp, err := decodeExpiry(rep.payload)
+	if err != nil {
+		return err
 	}
 	l.setExpires(exp)
 	return nil

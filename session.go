@@ -373,25 +373,11 @@ func (s *session) lock(h header, p []byte) {
 }
 
 func (s *session) extend(reqID uint32, key string, id ulid.ULID, ttl time.Duration) {
-	if err := s.b.check(key); err != nil {
+	exp, err := s.b.Extend(context.Background(), key, id, ttl)
+	if err != nil {
 		s.replyErr(reqID, err)
 		return
 	}
-	if ttl <= 0 {
-		s.replyErr(reqID, fmt.Errorf("%w: Extend(%v) must be positive", ErrInvalidOption, ttl))
-		return
-	}
-	sh := s.b.shardFor(key)
-	l := sh.leaseByID(key, id)
-	if l == nil {
-		s.replyErr(reqID, ErrNotHeld)
-		return
-	}
-	if err := sh.extend(context.Background(), l, ttl); err != nil {
-		s.replyErr(reqID, err)
-		return
-	}
-	exp := l.Expires()
 	s.replyOK(reqID, func(b []byte) []byte { return appendTime(b, exp) })
 }
 

@@ -9,7 +9,9 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"text/tabwriter"
+	"time"
 
 	"github.com/lmx-go/lmx"
 )
@@ -33,8 +35,10 @@ const exitCodesHelp = `Exit codes:
   4  timed out waiting for the lock (--wait)
   5  the broker is unreachable, or the connection to it was lost
   6  run: the lease was lost while the command ran; the command was killed
+  128+N  interrupted by signal N (130: SIGINT, 143: SIGTERM) while waiting
   run passes the command's own exit status through otherwise (126: it cannot
   be executed, 127: not found, 128+N: killed by signal N).
+  acquire and run take --conflict-exit-code N to exit N instead of 3 or 4.
 `
 
 // A cli is one invocation of lmx: where it writes, what it reads from the
@@ -47,6 +51,7 @@ type cli struct {
 	getenv  func(string) string
 	environ func() []string  // a run command's environment, before LMX_LOCK_*
 	signals <-chan os.Signal // SIGINT and SIGTERM, as they arrive
+	caught  atomic.Value     // the os.Signal that cut the command short, if one did
 }
 
 // A command is one of lmx's subcommands.
@@ -59,6 +64,60 @@ type command struct {
 }
 
 var commands []*command // in the order of the help; see init in help.go
+
+func commandNames() []string {
+	names := make([]string, len(commands))
+	for i, cmd := range commands {
+		names[i] = cmd.name
+	}
+	return names
+}
+
+// closest returns those of names nearest to name, if they are near enough
+// to be a slip of the keyboard (two edits at most).
+func closest(name string, names []string) []string {
+	var best []string
+	bestDist := 3
+	for _, n := range names {
+		switch d := editDistance(name, n); {
+		case d < bestDist:
+			best, bestDist = []string{n}, d
+		case d == bestDist:
+			best = append(best, n)
+		}
+	}
+	return best
+}
+
+// didYouMean is the end of a message naming what was probably meant, with
+// prefix before each name, or "" when nothing was.
+func didYouMean(prefix string, names []string) string {
+	if len(names) == 0 {
+		return ""
+	}
+	return "; did you mean " + prefix + strings.Join(names, " or "+prefix) + "?"
+}
+
+// editDistance is the Levenshtein distance between a and b, in bytes.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
+}
 
 func lookup(name string) *command {
 	for _, cmd := range commands {
@@ -81,7 +140,7 @@ func (c *cli) main(args []string) int {
 			if cmd := lookup(args[1]); cmd != nil {
 				return c.report(cmd, cmd.run(c, cmd, []string{"--help"}))
 			}
-			fmt.Fprintf(c.stderr, "lmx: unknown command %q\n", args[1])
+			fmt.Fprintf(c.stderr, "lmx: unknown command %q%s\n", args[1], didYouMean("", closest(args[1], commandNames())))
 			return exitUsage
 		}
 		c.usage(c.stdout)
@@ -89,8 +148,7 @@ func (c *cli) main(args []string) int {
 	}
 	cmd := lookup(args[0])
 	if cmd == nil {
-		fmt.Fprintf(c.stderr, "lmx: unknown command %q\n", args[0])
-		c.usage(c.stderr)
+		fmt.Fprintf(c.stderr, "lmx: unknown command %q%s\nRun 'lmx help' for the list of commands.\n", args[0], didYouMean("", closest(args[0], commandNames())))
 		return exitUsage
 	}
 	return c.report(cmd, cmd.run(c, cmd, args[1:]))
@@ -141,12 +199,18 @@ func exitCode(err error) int {
 // report prints err, if any, and returns the exit code.
 func (c *cli) report(cmd *command, err error) int {
 	code := exitCode(err)
+	if sig, ok := c.caught.Load().(os.Signal); ok && errors.Is(err, context.Canceled) {
+		code = 128 + signalNumber(sig) // as a shell reports a command a signal ended
+	}
 	var e *exitErr
 	if err == nil || errors.As(err, &e) && e.err == nil {
 		return code
 	}
 	if errors.Is(err, context.Canceled) {
 		err = errInterrupted
+		if sig := c.caught.Load(); sig != nil {
+			err = fmt.Errorf("%w by %v", errInterrupted, sig)
+		}
 	}
 	fmt.Fprintf(c.stderr, "lmx %s: %v\n", cmd.name, err)
 	if code == exitUsage {
@@ -155,12 +219,14 @@ func (c *cli) report(cmd *command, err error) int {
 	return code
 }
 
-// interruptible returns a context cancelled by the first signal.
+// interruptible returns a context cancelled by the first signal, which it
+// records in c.caught.
 func (c *cli) interruptible() (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
 		select {
-		case <-c.signals:
+		case sig := <-c.signals:
+			c.caught.Store(sig)
 			cancel()
 		case <-ctx.Done():
 		}
@@ -172,31 +238,33 @@ func (c *cli) interruptible() (context.Context, context.CancelFunc) {
 // environment.
 type cmdFlags struct {
 	*flag.FlagSet
-	c    *cli
-	cmd  *command
-	env  map[string]string // flag name → environment variable
-	list map[string]bool   // flags whose variable is a comma-separated list
-	conn map[string]bool   // connection flags, listed apart in the help
+	c         *cli
+	cmd       *command
+	envPrefix string            // of the variables: LMX_ for clients, LMX_BROKER_ for start
+	env       map[string]string // flag name → environment variable
+	list      map[string]bool   // flags whose variable is a comma-separated list
+	conn      map[string]bool   // connection flags, listed apart in the help
 }
 
 func (c *cli) newFlags(cmd *command) *cmdFlags {
 	f := &cmdFlags{
-		FlagSet: flag.NewFlagSet("lmx "+cmd.name, flag.ContinueOnError),
-		c:       c,
-		cmd:     cmd,
-		env:     map[string]string{},
-		list:    map[string]bool{},
-		conn:    map[string]bool{},
+		FlagSet:   flag.NewFlagSet("lmx "+cmd.name, flag.ContinueOnError),
+		c:         c,
+		cmd:       cmd,
+		envPrefix: "LMX_",
+		env:       map[string]string{},
+		list:      map[string]bool{},
+		conn:      map[string]bool{},
 	}
 	f.SetOutput(io.Discard) // report prints parse errors
 	f.Usage = func() {}     // parse prints the help when asked
 	return f
 }
 
-// envName is the variable that sets flag name: LMX_ and the name in upper
-// case, dashes as underscores.
-func envName(name string) string {
-	return "LMX_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+// envName is the variable that sets flag name: the prefix and the name in
+// upper case, dashes as underscores.
+func envName(prefix, name string) string {
+	return prefix + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
 }
 
 // fromEnv lets the environment set the named flags, which must exist.
@@ -205,7 +273,7 @@ func (f *cmdFlags) fromEnv(names ...string) {
 		if f.Lookup(n) == nil {
 			panic("lmx: no flag " + n)
 		}
-		f.env[n] = envName(n)
+		f.env[n] = envName(f.envPrefix, n)
 	}
 }
 
@@ -215,9 +283,9 @@ func (f *cmdFlags) fromEnv(names ...string) {
 // argument after the first stopAfter ones, or whatever follows "--", starts
 // rest, which parse leaves alone (a command and its own arguments);
 // otherwise what follows "--" is positional. A request for help prints it
-// and returns an exitErr with code 0.
+// and returns an exitErr with code 0. A flag it does not know, or a value a
+// flag cannot take, is a usage error that says what was expected.
 func (f *cmdFlags) parse(args []string, stopAfter int) (pos, rest []string, err error) {
-	var flags []string
 scan:
 	for i := 0; i < len(args); i++ {
 		a := args[i]
@@ -236,30 +304,30 @@ scan:
 			}
 			pos = append(pos, a)
 		default:
-			flags = append(flags, a)
-			name := strings.TrimLeft(a, "-")
-			if strings.Contains(name, "=") {
-				continue
+			name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+			if name == "h" || name == "help" {
+				f.printHelp(f.c.stdout)
+				return nil, nil, withCode(exitOK, nil)
 			}
 			fl := f.Lookup(name)
 			if fl == nil {
-				continue // Parse reports it
+				return nil, nil, f.unknownFlag(name)
 			}
 			if b, ok := fl.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
-				continue
-			}
-			if i+1 < len(args) {
+				if !hasValue {
+					value = "true"
+				}
+			} else if !hasValue {
+				if i+1 == len(args) {
+					return nil, nil, usageErrorf("--%s needs a value: %s", name, expects(fl))
+				}
 				i++
-				flags = append(flags, args[i])
+				value = args[i]
+			}
+			if err := f.Set(name, value); err != nil {
+				return nil, nil, usageErrorf("--%s %q: %s", name, value, expects(fl))
 			}
 		}
-	}
-	if err := f.Parse(flags); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			f.printHelp(f.c.stdout)
-			return nil, nil, withCode(exitOK, nil)
-		}
-		return nil, nil, withCode(exitUsage, err)
 	}
 	set := map[string]bool{}
 	f.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
@@ -277,11 +345,45 @@ scan:
 				continue
 			}
 			if err := f.Set(name, s); err != nil {
-				return nil, nil, usageErrorf("%s=%q: %v", v, val, err)
+				return nil, nil, usageErrorf("%s=%q: %s", v, val, expects(f.Lookup(name)))
 			}
 		}
 	}
 	return pos, rest, nil
+}
+
+// unknownFlag is the error of a flag the command does not have: the one it
+// probably meant, or the flags it has.
+func (f *cmdFlags) unknownFlag(name string) error {
+	var names []string
+	f.VisitAll(func(fl *flag.Flag) { names = append(names, fl.Name) })
+	if near := closest(name, names); len(near) > 0 {
+		return usageErrorf("unknown flag --%s%s", name, didYouMean("--", near))
+	}
+	for i, n := range names {
+		names[i] = "--" + n
+	}
+	return usageErrorf("unknown flag --%s; lmx %s takes %s", name, f.cmd.name, strings.Join(names, ", "))
+}
+
+// expects says what values fl takes.
+func expects(fl *flag.Flag) string {
+	if e, ok := fl.Value.(interface{ expects() string }); ok {
+		return e.expects()
+	}
+	g, _ := fl.Value.(flag.Getter)
+	if g == nil {
+		return "not a value it takes"
+	}
+	switch g.Get().(type) {
+	case time.Duration:
+		return "not a duration, such as 30s, 5m or 1h30m"
+	case int:
+		return "not a whole number"
+	case bool:
+		return "not true or false"
+	}
+	return "not a value it takes"
 }
 
 // printHelp prints the command's help: usage line, description, flags.

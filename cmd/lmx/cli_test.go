@@ -404,11 +404,14 @@ func TestDefaultAddress(t *testing.T) {
 func TestAuthAndTLS(t *testing.T) {
 	dir := shortDir(t)
 	certs := writeCerts(t, dir)
-	// Flags from the environment: a comma-separated LMX_LISTEN among them.
+	// Flags from the environment: a comma-separated LMX_BROKER_LISTEN among
+	// them. A client's variables beside them, naming the client's
+	// certificate, do not reach the broker.
 	b := startBroker(t, baseEnv(
-		"LMX_LISTEN=unix://"+filepath.Join(dir, "lmx.sock")+",tcp://127.0.0.1:0",
-		"LMX_TOKEN=s3cret",
-		"LMX_TLS_CERT="+certs.serverCert, "LMX_TLS_KEY="+certs.serverKey, "LMX_TLS_CLIENT_CA="+certs.ca,
+		"LMX_BROKER_LISTEN=unix://"+filepath.Join(dir, "lmx.sock")+",tcp://127.0.0.1:0",
+		"LMX_BROKER_TOKEN=s3cret",
+		"LMX_BROKER_TLS_CERT="+certs.serverCert, "LMX_BROKER_TLS_KEY="+certs.serverKey, "LMX_BROKER_TLS_CLIENT_CA="+certs.ca,
+		"LMX_TLS_CERT="+certs.clientCert, "LMX_TLS_KEY="+certs.clientKey, "LMX_TOKEN=wrong",
 	))
 	require.Len(t, b.urls, 2)
 	tcp := b.urls[1]
@@ -498,11 +501,36 @@ func TestUsageAndHelp(t *testing.T) {
 		{"run", "k", "--try", "--wait", "1s", "--", "true"},
 		{"ls", "--addr", "ftp://nowhere"},
 		{"start", "--log-format", "xml"},
+		{"extend", "k"},
+		{"acquire", "k", "--conflict-exit-code", "300"},
 	} {
 		r := runLmx(t, args...)
 		assert.Equal(t, exitUsage, r.code, "lmx %v: %s", args, r.stderr)
 	}
-	for _, cmd := range []string{"start", "acquire", "release", "run", "ls", "inspect", "watch", "ping", "stats"} {
+	// Errors a person can act on: what was wrong, and what was expected.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"aquire", "k"}, `unknown command "aquire"; did you mean acquire?`},
+		{[]string{"help", "relase"}, `did you mean release?`},
+		{[]string{"acquire", "k", "--ttll", "1m"}, "unknown flag --ttll; did you mean --ttl?"},
+		{[]string{"acquire", "k", "--tll", "1m"}, "unknown flag --tll; did you mean --tls or --ttl?"},
+		{[]string{"ls", "--zzzzzz"}, "unknown flag --zzzzzz; lmx ls takes --addr, --connect-timeout, --json, --max,"},
+		{[]string{"acquire", "k", "--ttl", "soon"}, `--ttl "soon": not a duration, such as 30s, 5m or 1h30m`},
+		{[]string{"acquire", "k", "--wait", "later"}, `--wait "later": not a duration, such as 30s or 5m, or forever`},
+		{[]string{"acquire", "k", "--limit", "two"}, `--limit "two": not a whole number`},
+		{[]string{"acquire", "k", "--ttl"}, "--ttl needs a value"},
+		{[]string{"release", "k", "notanid"}, `ID "notanid" is not a lock id: lock ids are 26 letters and digits`},
+		{[]string{"extend", "k", "notanid"}, `ID "notanid" is not a lock id`},
+		{[]string{"ls", "--addr", "localhost"}, `"localhost" is not unix:///path, tcp://host:port, host:port or a socket's path`},
+	} {
+		r := runLmx(t, c.args...)
+		assert.Equal(t, exitUsage, r.code, "lmx %v: %s", c.args, r.stderr)
+		assert.Contains(t, r.stderr, c.want, "lmx %v", c.args)
+		assert.NotContains(t, r.stderr, "ulid", "lmx %v", c.args)
+	}
+	for _, cmd := range []string{"start", "acquire", "extend", "release", "run", "ls", "inspect", "watch", "ping", "stats", "version"} {
 		out := must(t, cmd, "--help")
 		assert.Contains(t, out, "Usage: lmx "+cmd, cmd)
 		assert.Contains(t, out, "Exit codes:", cmd)
@@ -513,7 +541,7 @@ func TestUsageAndHelp(t *testing.T) {
 		assert.Contains(t, out, want)
 	}
 	start := must(t, "start", "-h")
-	for _, env := range []string{"LMX_LISTEN", "LMX_TOKEN", "LMX_METRICS", "LMX_TLS_CERT", "LMX_LOG_FORMAT", "LMX_LOG_LEVEL"} {
+	for _, env := range []string{"LMX_BROKER_LISTEN", "LMX_BROKER_TOKEN", "LMX_BROKER_METRICS", "LMX_BROKER_TLS_CERT", "LMX_BROKER_LOG_FORMAT", "LMX_BROKER_LOG_LEVEL"} {
 		assert.Contains(t, start, "$"+env, env)
 	}
 	assert.Contains(t, must(t, "acquire", "--help"), "(default 30s)")

@@ -71,44 +71,48 @@ func TestParseHelp(t *testing.T) {
 
 func TestParseEnv(t *testing.T) {
 	c, _, _ := testCLI(map[string]string{
-		"LMX_LISTEN":  "unix:///a, tcp://b:1,",
-		"LMX_TOKEN":   "from-env",
-		"LMX_METRICS": ":9100",
+		"LMX_BROKER_LISTEN":  "unix:///a, tcp://b:1,",
+		"LMX_BROKER_TOKEN":   "from-env",
+		"LMX_BROKER_METRICS": ":6972",
+		"LMX_TOKEN":          "a client's",
 	})
 	f := c.newFlags(&command{name: "start"})
 	sf := addStartFlags(f)
-	_, _, err := f.parse([]string{"--metrics", ":9200"}, -1)
+	_, _, err := f.parse([]string{"--metrics", ":6973"}, -1)
 	require.NoError(t, err)
 	assert.Equal(t, listFlag{"unix:///a", "tcp://b:1"}, sf.listen)
 	assert.Equal(t, "from-env", sf.token)
-	assert.Equal(t, ":9200", sf.metrics, "a flag given wins over the environment")
+	assert.Equal(t, ":6973", sf.metrics, "a flag given wins over the environment")
 
-	c, _, _ = testCLI(map[string]string{"LMX_MAX_SESSIONS": "many"})
+	c, _, _ = testCLI(map[string]string{"LMX_BROKER_MAX_SESSIONS": "many"})
 	f = c.newFlags(&command{name: "start"})
 	addStartFlags(f)
 	_, _, err = f.parse(nil, -1)
 	assert.Equal(t, exitUsage, exitCode(err))
-	assert.ErrorContains(t, err, "LMX_MAX_SESSIONS")
+	assert.ErrorContains(t, err, "LMX_BROKER_MAX_SESSIONS")
+	assert.ErrorContains(t, err, "not a whole number")
 }
 
 func TestEveryStartFlagHasItsVariable(t *testing.T) {
 	c, _, _ := testCLI(nil)
 	f := c.newFlags(&command{name: "start"})
 	addStartFlags(f)
-	f.VisitAll(func(fl *flag.Flag) { assert.Equal(t, envName(fl.Name), f.env[fl.Name], fl.Name) })
+	f.VisitAll(func(fl *flag.Flag) { assert.Equal(t, envName("LMX_BROKER_", fl.Name), f.env[fl.Name], fl.Name) })
 }
 
 func TestParseURL(t *testing.T) {
 	for in, want := range map[string][2]string{
 		"unix:///run/lmx.sock": {"unix", "/run/lmx.sock"},
-		"tcp://127.0.0.1:6970": {"tcp", "127.0.0.1:6970"},
-		"host:6970":            {"tcp", "host:6970"},
+		"tcp://127.0.0.1:6971": {"tcp", "127.0.0.1:6971"},
+		"host:6971":            {"tcp", "host:6971"},
+		"/run/lmx/lmx.sock":    {"unix", "/run/lmx/lmx.sock"}, // a bare path in LMX_ADDR
+		"./lmx.sock":           {"unix", "./lmx.sock"},
 	} {
 		network, address, err := parseURL(in)
 		require.NoError(t, err, in)
 		assert.Equal(t, want, [2]string{network, address}, in)
 	}
-	for _, bad := range []string{"", "ftp://x", "unix://", "tcp://"} {
+	for _, bad := range []string{"", "ftp://x", "unix://", "tcp://", "localhost", "lmx.sock"} {
 		_, _, err := parseURL(bad)
 		assert.Error(t, err, bad)
 	}
@@ -117,7 +121,7 @@ func TestParseURL(t *testing.T) {
 func TestDefaultAddrs(t *testing.T) {
 	env := map[string]string{"XDG_RUNTIME_DIR": "/run/user/1000"}
 	getenv := func(k string) string { return env[k] }
-	assert.Equal(t, []string{"unix:///run/user/1000/lmx.sock", "tcp://127.0.0.1:6970"}, defaultAddrs(getenv))
+	assert.Equal(t, []string{"unix:///run/user/1000/lmx.sock", "tcp://127.0.0.1:6971"}, defaultAddrs(getenv))
 	delete(env, "XDG_RUNTIME_DIR")
 	assert.Equal(t, fmt.Sprintf("/tmp/lmx-%d.sock", os.Getuid()), defaultSocket(getenv))
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -17,10 +18,11 @@ const defaultAcquireTTL = 30 * time.Second
 
 // lockFlags are the lock options acquire and run share.
 type lockFlags struct {
-	limit  int
-	owner  string
-	shared bool
-	wait   time.Duration
+	limit    int
+	owner    string
+	shared   bool
+	wait     waitFlag
+	conflict int // --conflict-exit-code; 0: exitLocked and exitTimeout
 }
 
 func addLockFlags(f *cmdFlags) *lockFlags {
@@ -28,6 +30,7 @@ func addLockFlags(f *cmdFlags) *lockFlags {
 	f.IntVar(&lf.limit, "limit", 1, "holders admitted at once: N > 1 makes the key a semaphore")
 	f.StringVar(&lf.owner, "owner", "", "who holds the lock, as inspect and watch show it")
 	f.BoolVar(&lf.shared, "shared", false, "a read lock: shared holders together, no exclusive holder with them")
+	f.IntVar(&lf.conflict, "conflict-exit-code", 0, "exit with N (1-255), not 3 or 4, when the lock is held or the wait runs out, as flock -E does, so that a command's own status is not mistaken for it")
 	return lf
 }
 
@@ -35,8 +38,8 @@ func (lf *lockFlags) options() ([]lmx.LockOption, error) {
 	if lf.limit < 1 {
 		return nil, usageErrorf("--limit must be at least 1")
 	}
-	if lf.wait < 0 {
-		return nil, usageErrorf("--wait must not be negative")
+	if lf.conflict < 0 || lf.conflict > 255 {
+		return nil, usageErrorf("--conflict-exit-code %d: an exit code is 1 to 255", lf.conflict)
 	}
 	opts := []lmx.LockOption{lmx.Limit(lf.limit)}
 	if lf.owner != "" {
@@ -48,26 +51,60 @@ func (lf *lockFlags) options() ([]lmx.LockOption, error) {
 	return opts, nil
 }
 
-// take locks key: at once when try is set, else waiting up to wait, or for
-// as long as ctx allows when wait is 0. A key held by another is
-// exitLocked, a wait that ran out exitTimeout.
-func take(ctx context.Context, cl *lmx.Client, key string, try bool, wait time.Duration, opts []lmx.LockOption) (*lmx.Lease, error) {
+// conflictCode is the exit code of a lock not taken: code, unless
+// --conflict-exit-code says otherwise.
+func (lf *lockFlags) conflictCode(code int) int { return cmp.Or(lf.conflict, code) }
+
+// waitFlag is --wait: a duration, or forever.
+type waitFlag time.Duration
+
+// waitForever is --wait forever: no limit.
+const waitForever = waitFlag(-1)
+
+func (w *waitFlag) String() string {
+	if *w == waitForever {
+		return "forever"
+	}
+	return time.Duration(*w).String()
+}
+
+func (w *waitFlag) Set(s string) error {
+	if s == "forever" {
+		*w = waitForever
+		return nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return errors.New(w.expects())
+	}
+	*w = waitFlag(d)
+	return nil
+}
+
+func (w *waitFlag) expects() string {
+	return "not a duration, such as 30s or 5m, or forever"
+}
+
+// take locks key: at once when try is set, else waiting up to lf.wait, or
+// for as long as ctx allows when it is 0 or forever. A key held by another
+// is exitLocked, a wait that ran out exitTimeout (or lf.conflict).
+func take(ctx context.Context, cl *lmx.Client, key string, try bool, lf *lockFlags, opts []lmx.LockOption) (*lmx.Lease, error) {
 	if try {
 		l, err := cl.TryLock(ctx, key, opts...)
 		if errors.Is(err, lmx.ErrLocked) {
-			return nil, withCode(exitLocked, fmt.Errorf("%s is held by another", key))
+			return nil, withCode(lf.conflictCode(exitLocked), fmt.Errorf("%s is held by another", key))
 		}
 		return l, err
 	}
 	wctx := ctx
-	if wait > 0 {
+	if lf.wait > 0 {
 		var cancel context.CancelFunc
-		wctx, cancel = context.WithTimeout(ctx, wait)
+		wctx, cancel = context.WithTimeout(ctx, time.Duration(lf.wait))
 		defer cancel()
 	}
 	l, err := cl.Lock(wctx, key, opts...)
 	if err != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
-		return nil, withCode(exitTimeout, fmt.Errorf("%s: still held by another after waiting %v", key, wait))
+		return nil, withCode(lf.conflictCode(exitTimeout), fmt.Errorf("%s: still held by another after waiting %v", key, &lf.wait))
 	}
 	return l, err
 }
@@ -87,7 +124,7 @@ func cmdAcquire(c *cli, cmd *command, args []string) error {
 	f := c.newFlags(cmd)
 	ttl := f.Duration("ttl", defaultAcquireTTL, "the lease ends by itself this long after it is granted, unless released first")
 	lf := addLockFlags(f)
-	f.DurationVar(&lf.wait, "wait", 0, "wait up to this long for the lock (default 0: fail at once, with exit code 3, if it is held)")
+	f.Var(&lf.wait, "wait", "wait up to `D` for the lock, or forever (default 0: fail at once, with exit code 3, if it is held)")
 	quiet := f.Bool("q", false, "print only the lock id")
 	jsonOut := f.Bool("json", false, "print a JSON object")
 	cf := addConnFlags(f)
@@ -115,7 +152,7 @@ func cmdAcquire(c *cli, cmd *command, args []string) error {
 		return err
 	}
 	defer cl.Close() // the lease stays: KeepOnDisconnect
-	l, err := take(ctx, cl, key, lf.wait == 0, lf.wait, opts)
+	l, err := take(ctx, cl, key, lf.wait == 0, lf, opts)
 	if err != nil {
 		return err
 	}
@@ -156,8 +193,8 @@ func cmdRelease(c *cli, cmd *command, args []string) error {
 		return usageErrorf("unexpected argument %q", pos[2])
 	default:
 		key = pos[0]
-		if id, err = ulid.ParseStrict(pos[1]); err != nil {
-			return usageErrorf("%q is not a lock id: %v", pos[1], err)
+		if id, err = parseID(pos[1]); err != nil {
+			return err
 		}
 	}
 	ctx, cancel := c.interruptible()
@@ -192,6 +229,64 @@ func cmdRelease(c *cli, cmd *command, args []string) error {
 	} else {
 		_, err = fmt.Fprintf(c.stdout, "released %s %s\n", key, id)
 	}
+	return err
+}
+
+// parseID reads a lock id given on the command line.
+func parseID(s string) (ulid.ULID, error) {
+	id, err := lmx.ParseID(s)
+	if err != nil {
+		return id, usageErrorf("ID %q is not a lock id: lock ids are 26 letters and digits, as acquire prints them (such as %s)", s, exampleID)
+	}
+	return id, nil
+}
+
+// exampleID is a lock id for messages.
+const exampleID = "01KBVZ3W5R8Q2M0XJ4T6N7PAYC"
+
+func cmdExtend(c *cli, cmd *command, args []string) error {
+	f := c.newFlags(cmd)
+	ttl := f.Duration("ttl", defaultAcquireTTL, "the lease ends by itself this long from now, unless extended or released first")
+	jsonOut := f.Bool("json", false, "print a JSON object")
+	cf := addConnFlags(f)
+	pos, _, err := f.parse(args, -1)
+	if err != nil {
+		return err
+	}
+	switch {
+	case len(pos) == 0:
+		return usageErrorf("KEY is missing")
+	case len(pos) == 1:
+		return usageErrorf("the lock ID is missing: lmx extend KEY ID --ttl D")
+	case len(pos) > 2:
+		return usageErrorf("unexpected argument %q", pos[2])
+	}
+	key := pos[0]
+	id, err := parseID(pos[1])
+	if err != nil {
+		return err
+	}
+	if *ttl <= 0 {
+		return usageErrorf("--ttl must be positive")
+	}
+	ctx, cancel := c.interruptible()
+	defer cancel()
+	cl, _, err := c.connect(ctx, cf)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	exp, err := cl.Extend(ctx, key, id, *ttl)
+	if errors.Is(err, lmx.ErrNotHeld) {
+		return fmt.Errorf("%s is not held with id %s", key, id)
+	}
+	if err != nil {
+		return err
+	}
+	if *jsonOut {
+		return printJSON(c.stdout, leaseOut{Key: key, ID: id.String(), Expires: jsonTime(exp)})
+	}
+	_, err = fmt.Fprintf(c.stdout, "extended %s %s\nexpires  %s\n", key, id, humanTime(exp))
 	return err
 }
 

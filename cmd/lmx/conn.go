@@ -17,13 +17,16 @@ import (
 )
 
 // defaultTCP is where a client looks for a broker after the default socket,
-// and where start listens by default beside it.
-const defaultTCP = "tcp://127.0.0.1:6970"
+// and where start listens by default beside it. Port 6970 is live-mutex's,
+// where an lmx broker serves live-mutex clients when asked to
+// (livemutex+tcp://); 6972 is where the README serves metrics.
+const defaultTCP = "tcp://127.0.0.1:6971"
 
 const addrHelp = `Addresses are URLs as lmx.Dial reads them: unix:///path/to/socket,
-tcp://host:port, or host:port. Without --addr or $LMX_ADDR a client tries the
-default socket, $XDG_RUNTIME_DIR/lmx.sock (/tmp/lmx-$UID.sock when
-XDG_RUNTIME_DIR is unset), and then ` + defaultTCP + `.`
+tcp://host:port, or host:port; a bare path (/run/lmx/lmx.sock, ./lmx.sock) is
+a Unix socket. Without --addr or $LMX_ADDR a client tries the default socket,
+$XDG_RUNTIME_DIR/lmx.sock (/tmp/lmx-$UID.sock when XDG_RUNTIME_DIR is unset),
+and then ` + defaultTCP + `.`
 
 // defaultSocket is the path of the default Unix socket.
 func defaultSocket(getenv func(string) string) string {
@@ -38,12 +41,19 @@ func defaultAddrs(getenv func(string) string) []string {
 	return []string{"unix://" + defaultSocket(getenv), defaultTCP}
 }
 
-// parseURL splits an address into network and address as lmx.Dial does.
+// parseURL splits an address into network and address as lmx.Dial does,
+// and takes a bare path for a Unix socket.
 func parseURL(addr string) (network, address string, err error) {
 	if addr == "" {
 		return "", "", errors.New("empty address")
 	}
+	if isPath(addr) {
+		return "unix", addr, nil
+	}
 	if !strings.Contains(addr, "://") {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return "", "", fmt.Errorf("address %q is not unix:///path, tcp://host:port, host:port or a socket's path", addr)
+		}
 		return "tcp", addr, nil
 	}
 	u, err := url.Parse(addr)
@@ -63,6 +73,20 @@ func parseURL(addr string) (network, address string, err error) {
 		return "tcp", u.Host, nil
 	}
 	return "", "", fmt.Errorf("address %q: scheme %q is not unix or tcp", addr, u.Scheme)
+}
+
+// isPath reports whether addr is a file's path rather than a URL or
+// host:port: it starts with / or ./ or ../.
+func isPath(addr string) bool {
+	return strings.HasPrefix(addr, "/") || strings.HasPrefix(addr, "./") || strings.HasPrefix(addr, "../")
+}
+
+// dialURL is addr as lmx.Dial takes it: a bare path as a unix:// URL.
+func dialURL(addr string) string {
+	if isPath(addr) {
+		return "unix://" + addr
+	}
+	return addr
 }
 
 // connFlags say how a client command reaches the broker.
@@ -160,7 +184,7 @@ func (c *cli) connect(ctx context.Context, cf *connFlags) (*lmx.Client, string, 
 	var failed []string
 	for _, a := range addrs {
 		dctx, cancel := context.WithTimeout(ctx, cf.timeout)
-		cl, err := lmx.Dial(dctx, a, opts...)
+		cl, err := lmx.Dial(dctx, dialURL(a), opts...)
 		cancel()
 		switch {
 		case err == nil:

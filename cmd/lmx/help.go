@@ -14,7 +14,8 @@ ends the sessions (releasing their leases) and exits 0. A second signal, or
 
 Without --listen, it listens at the default socket, $XDG_RUNTIME_DIR/lmx.sock
 (/tmp/lmx-$UID.sock when XDG_RUNTIME_DIR is unset), and at
-tcp://127.0.0.1:6970: where clients look when not told.
+tcp://127.0.0.1:6971: where clients look when not told. (6970 is live-mutex's
+port: --listen livemutex+tcp://127.0.0.1:6970 serves its clients there.)
 
 It logs to stderr; its first line at level INFO, "lmx broker ready", lists
 the URLs it listens at (with the ports chosen for :0) and the metrics URL.
@@ -40,11 +41,22 @@ held after acquire exits, until its TTL runs out (--ttl, 30s by default) or
 someone releases it with 'lmx release KEY ID'.
 
 Without --wait, acquire fails at once with exit code 3 if the key is held;
-with --wait D it waits up to D and then fails with exit code 4.
+with --wait D it waits up to D and then fails with exit code 4, and with
+--wait forever it waits until it gets the lock or is interrupted (exit code
+130 for SIGINT). --conflict-exit-code N exits N instead of 3 or 4.
 
   id=$(lmx acquire -q deploy --ttl 10m) || exit
   ...
+  lmx extend deploy "$id" --ttl 10m    # renew it, from any process
   lmx release deploy "$id"
+`,
+		},
+		{
+			name: "extend", args: "KEY ID [FLAGS]", summary: "renew a lease by its id, from anywhere",
+			run: cmdExtend,
+			help: `Sets the lease of KEY whose lock id is ID to expire --ttl from now (30s by
+default), wherever it was taken, and prints the new expiry. A wrong or
+stale id changes nothing and is an error (exit code 1).
 `,
 		},
 		{
@@ -69,16 +81,19 @@ The lease lives as long as lmx run's session with the broker: if lmx run
 dies, the broker releases it when the session times out. --ttl D bounds it
 further; with --keepalive it is renewed every third of D for as long as the
 command runs (up to ten years). If the lease is lost while CMD runs (its TTL
-ran out, the broker went away, 'lmx release --force'), lmx run kills CMD
-(SIGKILL) at once and exits 6.
+ran out, the broker went away, 'lmx release --force'), lmx run kills CMD and
+every process in its process group (SIGKILL) at once and exits 6.
 
-SIGINT and SIGTERM received by lmx run are passed to CMD, and the lock is
-released once CMD exits. (A Ctrl-C at a terminal also reaches CMD directly,
-being in the same process group.) CMD's environment has LMX_LOCK_KEY,
-LMX_LOCK_ID and LMX_LOCK_TOKEN, the fencing token.
+CMD runs in a process group of its own. SIGINT and SIGTERM received by lmx
+run are passed to that group, and the lock is released once CMD exits. A
+signal that comes while lmx run still waits for the lock ends it with 128
+plus the signal's number (130 for SIGINT), as a shell would. CMD's
+environment has LMX_LOCK_KEY, LMX_LOCK_ID and LMX_LOCK_TOKEN, the fencing
+token.
 
-Since CMD's own exit status passes through, a CMD exiting with 1 to 6 cannot
-be told from lmx run's own codes.
+Since CMD's own exit status passes through, a CMD exiting with 3 or 4 could
+be taken for a lock not taken: --conflict-exit-code N (as flock -E) makes
+lmx run exit N instead when the lock is held (--try) or the wait runs out.
 `,
 		},
 		{

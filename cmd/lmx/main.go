@@ -5,6 +5,7 @@
 //
 //	lmx start [--listen URL]...          run a broker until SIGINT or SIGTERM
 //	lmx acquire KEY [--ttl D] [--wait D] take a lock that outlives the command
+//	lmx extend KEY ID [--ttl D]          renew it from anywhere
 //	lmx release KEY ID | KEY --force     release it from anywhere
 //	lmx run KEY [--try] -- CMD ARGS...   hold a lock while a command runs
 //	lmx ls [PREFIX]                      list the keys held or awaited
@@ -12,6 +13,7 @@
 //	lmx watch [PREFIX]                   print lock events as they happen
 //	lmx ping                             time a round trip to the broker
 //	lmx stats                            show the broker's counts
+//	lmx version                          say which release this is
 //	lmx demo                             show the broker at work
 //
 // 'lmx help' and 'lmx COMMAND --help' say more: flags, environment

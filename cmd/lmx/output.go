@@ -13,12 +13,14 @@ import (
 )
 
 // The JSON objects the commands print with --json. Times are RFC 3339 in
-// UTC, durations seconds; a time that is not set is left out.
+// UTC, durations seconds; a time that is not set is left out. Fencing tokens
+// are strings of decimal digits, as the protobuf JSON mapping writes 64-bit
+// integers: they exceed 2^53, and jq or JavaScript would round a number.
 
 type leaseOut struct {
 	Key     string     `json:"key"`
 	ID      string     `json:"id"`
-	Token   uint64     `json:"token"`
+	Token   uint64     `json:"token,string,omitempty"` // omitted by extend, which does not learn it
 	Expires *time.Time `json:"expires,omitempty"`
 }
 
@@ -38,7 +40,7 @@ type keyOut struct {
 
 type holderOut struct {
 	ID      string     `json:"id"`
-	Token   uint64     `json:"token"`
+	Token   uint64     `json:"token,string"`
 	Owner   string     `json:"owner"`
 	Shared  bool       `json:"shared"`
 	Count   int        `json:"count"`
@@ -77,7 +79,7 @@ type eventOut struct {
 	Type   string     `json:"type"`
 	Key    string     `json:"key,omitempty"`
 	ID     string     `json:"id,omitempty"`
-	Token  uint64     `json:"token,omitempty"`
+	Token  uint64     `json:"token,string,omitempty"`
 	Owner  string     `json:"owner,omitempty"`
 	Time   *time.Time `json:"time,omitempty"`
 	Missed uint64     `json:"missed,omitempty"`

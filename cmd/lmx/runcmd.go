@@ -29,7 +29,7 @@ func cmdRun(c *cli, cmd *command, args []string) error {
 	keepAlive := f.Bool("keepalive", false, "renew the TTL while the command runs, every third of it (--ttl defaults to 30s then)")
 	try := f.Bool("try", false, "fail at once, with exit code 3, if the lock is held")
 	lf := addLockFlags(f)
-	f.DurationVar(&lf.wait, "wait", 0, "wait up to this long for the lock, then fail with exit code 4 (default: as long as it takes)")
+	f.Var(&lf.wait, "wait", "wait up to `D` for the lock, then fail with exit code 4 (default: as long as it takes, as forever does)")
 	cf := addConnFlags(f)
 	pos, command, err := f.parse(args, 1)
 	if err != nil {
@@ -45,7 +45,7 @@ func cmdRun(c *cli, cmd *command, args []string) error {
 	if *ttl < 0 {
 		return usageErrorf("--ttl must not be negative")
 	}
-	if *try && lf.wait > 0 {
+	if *try && lf.wait != 0 {
 		return usageErrorf("--try and --wait do not go together")
 	}
 	opts, err := lf.options()
@@ -75,7 +75,7 @@ func cmdRun(c *cli, cmd *command, args []string) error {
 		case <-stopWatch:
 		}
 	}()
-	cl, l, err := connectAndTake(ctx, c, cf, key, *try, lf.wait, opts)
+	cl, l, err := connectAndTake(ctx, c, cf, key, *try, lf, opts)
 	close(stopWatch)
 	<-watching
 	if cl != nil {
@@ -85,7 +85,7 @@ func cmdRun(c *cli, cmd *command, args []string) error {
 		if l != nil {
 			unlock(l)
 		}
-		return fmt.Errorf("%v before the command started", caught)
+		return withCode(128+signalNumber(caught), fmt.Errorf("%w by %v before the command started", errInterrupted, caught))
 	}
 	if err != nil {
 		return err
@@ -93,6 +93,9 @@ func cmdRun(c *cli, cmd *command, args []string) error {
 
 	child := exec.Command(command[0], command[1:]...)
 	child.Stdin, child.Stdout, child.Stderr = c.stdin, c.stdout, c.stderr
+	// CMD leads a process group of its own, so that what it starts (a
+	// shell's children) is signalled and killed with it.
+	child.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	child.Env = append(c.environ(),
 		"LMX_LOCK_KEY="+key,
 		"LMX_LOCK_ID="+l.ID().String(),
@@ -105,21 +108,24 @@ func cmdRun(c *cli, cmd *command, args []string) error {
 		}
 		return withCode(code, err)
 	}
+	group := -child.Process.Pid
 	exited := make(chan error, 1)
 	go func() { exited <- child.Wait() }()
 	for {
 		select {
 		case sig := <-c.signals:
-			child.Process.Signal(sig) // then wait for it to exit
+			syscall.Kill(group, syscall.Signal(signalNumber(sig))) // then wait for CMD to exit
 			continue
 		case <-l.Done():
-			child.Process.Kill()
+			syscall.Kill(group, syscall.SIGKILL)
 			<-exited
-			return withCode(exitLeaseLost, fmt.Errorf("the lock on %s was lost while the command ran (%v); the command was killed", key, l.Err()))
+			return withCode(exitLeaseLost, fmt.Errorf("the lock on %s was lost while the command ran (%v); the command and its process group were killed", key, l.Err()))
 		case err = <-exited:
 		}
 		break
 	}
+	// What CMD left running in its group goes on: a daemon it started is its
+	// business, as under flock(1).
 	if lost := l.Err(); lost != nil {
 		return withCode(exitLeaseLost, fmt.Errorf("the lock on %s was lost while the command ran (%v)", key, lost))
 	}
@@ -129,13 +135,21 @@ func cmdRun(c *cli, cmd *command, args []string) error {
 
 // connectAndTake connects and locks key, returning the client if it
 // connected and the lease if it was granted.
-func connectAndTake(ctx context.Context, c *cli, cf *connFlags, key string, try bool, wait time.Duration, opts []lmx.LockOption) (*lmx.Client, *lmx.Lease, error) {
+func connectAndTake(ctx context.Context, c *cli, cf *connFlags, key string, try bool, lf *lockFlags, opts []lmx.LockOption) (*lmx.Client, *lmx.Lease, error) {
 	cl, _, err := c.connect(ctx, cf)
 	if err != nil {
 		return nil, nil, err
 	}
-	l, err := take(ctx, cl, key, try, wait, opts)
+	l, err := take(ctx, cl, key, try, lf, opts)
 	return cl, l, err
+}
+
+// signalNumber is sig's number: SIGINT 2, SIGTERM 15.
+func signalNumber(sig os.Signal) int {
+	if s, ok := sig.(syscall.Signal); ok {
+		return int(s)
+	}
+	return int(syscall.SIGTERM)
 }
 
 // unlock releases l, giving up after a while: the broker releases it with

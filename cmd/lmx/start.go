@@ -41,6 +41,7 @@ type startFlags struct {
 
 func addStartFlags(f *cmdFlags) *startFlags {
 	sf := new(startFlags)
+	f.envPrefix = "LMX_BROKER_" // never a client's variable: LMX_TLS_CERT is a client certificate
 	f.Var(&sf.listen, "listen", "serve on `URL` (livemutex+tcp:// or livemutex+unix:// for live-mutex clients), repeatable (default: the default socket and "+defaultTCP+")")
 	f.StringVar(&sf.token, "token", "", "refuse clients that do not present this auth token")
 	f.StringVar(&sf.tlsCert, "tls-cert", "", "serve TCP with TLS: the broker's certificate, a PEM `FILE`")

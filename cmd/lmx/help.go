@@ -136,6 +136,15 @@ lost with their session), and wait- and hold-time histograms.
 `,
 		},
 		{
+			name: "healthcheck", args: "[FLAGS]", summary: "ask a broker's /healthz, for a container's HEALTHCHECK",
+			run: cmdHealthcheck,
+			help: `Asks the /healthz that 'lmx start --metrics HOST:PORT' serves, and exits 0
+if the broker serves, else 1, as Docker's HEALTHCHECK expects. It reads
+$LMX_BROKER_METRICS, as start does, so that in a container configured by
+that variable it needs no flag.
+`,
+		},
+		{
 			name: "version", args: "[FLAGS]", summary: "say which release of lmx this is",
 			run: cmdVersion,
 			help: `Prints the version of lmx and of the library it is built with, the Go

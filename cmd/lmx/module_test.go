@@ -77,7 +77,8 @@ func TestInstallFromProxy(t *testing.T) {
 	}
 	env := []string{
 		"GOWORK=off",
-		"GOFLAGS=-mod=mod",
+		"GOFLAGS=-mod=mod -trimpath", // and CGO_ENABLED=0, as the Dockerfile builds: they share the build cache
+		"CGO_ENABLED=0",
 		"GOTOOLCHAIN=local",
 		"GOPROXY=file://" + proxy + "," + strings.TrimSpace(goCmd(t, ".", nil, "env", "GOPROXY")),
 		"GONOSUMDB=github.com/lmx-go/lmx", // not in the checksum database: published only here

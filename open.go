@@ -40,7 +40,7 @@ func Register(scheme string, d Driver) {
 //
 //	mem://                     a new, private in-process Broker
 //	unix:///run/app/lmx.sock   a Client of the broker on that Unix socket
-//	tcp://10.0.0.5:6970        a Client of the broker at that address
+//	tcp://10.0.0.5:6971        a Client of the broker at that address
 //
 // and whatever schemes backends have registered (etcd://, ...). ctx bounds
 // the opening only.

@@ -530,7 +530,7 @@ func TestUsageAndHelp(t *testing.T) {
 		assert.Contains(t, r.stderr, c.want, "lmx %v", c.args)
 		assert.NotContains(t, r.stderr, "ulid", "lmx %v", c.args)
 	}
-	for _, cmd := range []string{"start", "acquire", "extend", "release", "run", "ls", "inspect", "watch", "ping", "stats", "version"} {
+	for _, cmd := range []string{"start", "acquire", "extend", "release", "run", "ls", "inspect", "watch", "ping", "stats", "healthcheck", "version"} {
 		out := must(t, cmd, "--help")
 		assert.Contains(t, out, "Usage: lmx "+cmd, cmd)
 		assert.Contains(t, out, "Exit codes:", cmd)

@@ -27,10 +27,13 @@ broker serves) and Prometheus metrics at /metrics: the gauges lmx_keys,
 lmx_holders, lmx_waiters and lmx_sessions; the counters lmx_grants_total,
 lmx_expiries_total, lmx_forced_total, lmx_preemptions_total and
 lmx_session_lost_total; the histograms lmx_wait_seconds (how long granted
-requests waited) and lmx_hold_seconds (how long ended leases were held).
+requests waited) and lmx_hold_seconds (how long ended leases were held), in
+buckets from 1ms to 4h; and go_build_info, the Go runtime's go_* and the
+process's process_*. 'lmx healthcheck' asks /healthz, for a container.
 
-Every flag can also be set by its environment variable, shown below; a flag
-on the command line wins.
+Every flag can also be set by its environment variable, shown below:
+LMX_BROKER_ and the flag's name, never a client's LMX_ variable. A flag on the
+command line wins.
 `,
 		},
 		{

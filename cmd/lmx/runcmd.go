@@ -93,14 +93,13 @@ func cmdRun(c *cli, cmd *command, args []string) error {
 
 	child := exec.Command(command[0], command[1:]...)
 	child.Stdin, child.Stdout, child.Stderr = c.stdin, c.stdout, c.stderr
-	// CMD leads a process group of its own, so that what it starts (a
-	// shell's children) is signalled and killed with it.
-	child.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	restore := inGroup(child, c.stdin)
 	child.Env = append(c.environ(),
 		"LMX_LOCK_KEY="+key,
 		"LMX_LOCK_ID="+l.ID().String(),
 		"LMX_LOCK_TOKEN="+strconv.FormatUint(l.Token(), 10))
 	if err := child.Start(); err != nil {
+		restore()
 		unlock(l)
 		code := 126
 		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist) {
@@ -108,22 +107,23 @@ func cmdRun(c *cli, cmd *command, args []string) error {
 		}
 		return withCode(code, err)
 	}
-	group := -child.Process.Pid
 	exited := make(chan error, 1)
 	go func() { exited <- child.Wait() }()
 	for {
 		select {
 		case sig := <-c.signals:
-			syscall.Kill(group, syscall.Signal(signalNumber(sig))) // then wait for CMD to exit
+			signalGroup(child.Process, sig) // then wait for CMD to exit
 			continue
 		case <-l.Done():
-			syscall.Kill(group, syscall.SIGKILL)
+			killGroup(child.Process)
 			<-exited
+			restore()
 			return withCode(exitLeaseLost, fmt.Errorf("the lock on %s was lost while the command ran (%v); the command and its process group were killed", key, l.Err()))
 		case err = <-exited:
 		}
 		break
 	}
+	restore()
 	// What CMD left running in its group goes on: a daemon it started is its
 	// business, as under flock(1).
 	if lost := l.Err(); lost != nil {

@@ -87,8 +87,10 @@ command runs (up to ten years). If the lease is lost while CMD runs (its TTL
 ran out, the broker went away, 'lmx release --force'), lmx run kills CMD and
 every process in its process group (SIGKILL) at once and exits 6.
 
-CMD runs in a process group of its own. SIGINT and SIGTERM received by lmx
-run are passed to that group, and the lock is released once CMD exits. A
+CMD runs in a process group of its own; at a terminal, that group has the
+terminal's foreground while CMD runs, so that CMD can read it and Ctrl-C
+reaches it. SIGINT and SIGTERM received by lmx run are passed to that group,
+and the lock is released once CMD exits. A
 signal that comes while lmx run still waits for the lock ends it with 128
 plus the signal's number (130 for SIGINT), as a shell would. CMD's
 environment has LMX_LOCK_KEY, LMX_LOCK_ID and LMX_LOCK_TOKEN, the fencing

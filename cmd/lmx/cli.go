@@ -208,8 +208,8 @@ func (c *cli) report(cmd *command, err error) int {
 	}
 	if errors.Is(err, context.Canceled) {
 		err = errInterrupted
-		if sig := c.caught.Load(); sig != nil {
-			err = fmt.Errorf("%w by %v", errInterrupted, sig)
+		if sig, ok := c.caught.Load().(os.Signal); ok {
+			err = fmt.Errorf("%w by %s", errInterrupted, signalName(sig))
 		}
 	}
 	fmt.Fprintf(c.stderr, "lmx %s: %v\n", cmd.name, err)

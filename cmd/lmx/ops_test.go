@@ -68,16 +68,17 @@ func TestInterruptedWhileWaiting(t *testing.T) {
 	for _, c := range []struct {
 		args []string
 		sig  syscall.Signal
+		name string
 	}{
-		{[]string{"run", "busy", "--", "true"}, syscall.SIGINT},
-		{[]string{"run", "busy", "--", "true"}, syscall.SIGTERM},
-		{[]string{"acquire", "busy", "--wait", "forever"}, syscall.SIGINT},
+		{[]string{"run", "busy", "--", "true"}, syscall.SIGINT, "SIGINT"},
+		{[]string{"run", "busy", "--", "true"}, syscall.SIGTERM, "SIGTERM"},
+		{[]string{"acquire", "busy", "--wait", "forever"}, syscall.SIGINT, "SIGINT"},
 	} {
 		p := spawn(t, nil, b.args(c.args...)...)
 		eventually(t, "lmx waits for the lock", func() bool { return b.waiters(t, "busy") == 1 })
 		p.signal(t, c.sig)
 		require.Equal(t, 128+int(c.sig), p.wait(t), "lmx %v: stderr: %s", c.args, p.stderr)
-		assert.Contains(t, p.stderr.String(), "interrupted by "+c.sig.String())
+		assert.Contains(t, p.stderr.String(), "interrupted by "+c.name)
 		assert.Equal(t, 0, b.waiters(t, "busy"), "lmx %v left its request queued", c.args)
 		assert.Equal(t, 1, b.holders(t, "busy"))
 	}

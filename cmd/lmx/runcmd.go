@@ -85,7 +85,7 @@ func cmdRun(c *cli, cmd *command, args []string) error {
 		if l != nil {
 			unlock(l)
 		}
-		return withCode(128+signalNumber(caught), fmt.Errorf("%w by %v before the command started", errInterrupted, caught))
+		return withCode(128+signalNumber(caught), fmt.Errorf("%w by %s before the command started", errInterrupted, signalName(caught)))
 	}
 	if err != nil {
 		return err
@@ -150,6 +150,17 @@ func signalNumber(sig os.Signal) int {
 		return int(s)
 	}
 	return int(syscall.SIGTERM)
+}
+
+// signalName is the name a shell user knows sig by.
+func signalName(sig os.Signal) string {
+	switch sig {
+	case os.Interrupt:
+		return "SIGINT"
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	}
+	return sig.String()
 }
 
 // unlock releases l, giving up after a while: the broker releases it with

@@ -1,0 +1,558 @@
+package chaos
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/lmx-go/lmx"
+)
+
+// Config is one chaos run.
+type Config struct {
+	Duration time.Duration // how long faults are injected
+	Seed     uint64        // the fault schedule's and the workers' seed
+	Skip     string        // the negative control: a worker enters this clean key without a lock
+	Dir      string        // where the sockets go; short, for the 108-byte limit
+	Exe      string        // the binary whose Main runs the roles
+	Log      io.Writer     // progress, a line every few seconds; nil for none
+}
+
+// The broker's session timeout and the faults' timings.
+const (
+	heartbeat      = 100 * time.Millisecond
+	sessionTimeout = 500 * time.Millisecond
+	baseTTL        = 40 * time.Millisecond
+	preemptGrace   = 5 * time.Millisecond
+	stallFor       = 3 * sessionTimeout / 2
+)
+
+// Keys are the keys a run locks: the clean ones, which no fault but a
+// broker restart touches, and the others.
+var Keys = []KeySpec{
+	{Name: "clean/a", Kind: Mutex, Clean: true},
+	{Name: "clean/b", Kind: Mutex, Clean: true},
+	{Name: "clean/sem", Kind: Semaphore, Limit: 3, Clean: true},
+	{Name: "clean/rw", Kind: RW, Clean: true},
+	{Name: "hot/a", Kind: Mutex},
+	{Name: "hot/b", Kind: Mutex},
+	{Name: "hot/c", Kind: Mutex},
+	{Name: "sem", Kind: Semaphore, Limit: 2},
+	{Name: "rw", Kind: RW},
+}
+
+// Summary is what a run counted.
+type Summary struct {
+	Seed     uint64
+	Duration time.Duration
+	Cycles   int // holds whose Unlock was reported
+	Kills    int // workers killed with SIGKILL
+	Cuts     int // connections cut by the proxy
+	Stalls   int // stalls of the proxy, each longer than the session timeout
+	Forces   int // ForceUnlock calls
+	Restarts int // broker kills with a restart
+	Outcomes map[Outcome]int
+	// Violations counts each kind; Examples describes the first few.
+	Violations map[string]int
+	Examples   []string
+}
+
+// Failed reports whether the run found any violation.
+func (s Summary) Failed() bool {
+	for _, n := range s.Violations {
+		if n > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func (s Summary) String() string {
+	var b strings.Builder
+	o := s.Outcomes
+	fmt.Fprintf(&b, "chaos seed %d, %v of faults: cycles %d, kills %d, cuts %d, stalls %d, expiries %d, forced %d (of %d ForceUnlocks), preempted %d, sessions lost %d, broker restarts %d\n",
+		s.Seed, s.Duration, s.Cycles, s.Kills, s.Cuts, s.Stalls, o[Expired], o[Forced], s.Forces, o[Preempted], o[Lost], s.Restarts)
+	b.WriteString("violations:")
+	for _, k := range Kinds {
+		fmt.Fprintf(&b, " %s %d", k, s.Violations[k])
+	}
+	for _, e := range s.Examples {
+		b.WriteString("\n  " + e)
+	}
+	return b.String()
+}
+
+// A proc is a broker or worker process of the run.
+type proc struct {
+	name   string
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	out    *bufio.Reader
+	stderr *tailBuffer
+	killed bool // by the harness
+	exited chan struct{}
+	err    error // its exit, once exited is closed
+}
+
+// tailBuffer keeps the last 4 KiB written to it.
+type tailBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if len(t.b) > 4096 {
+		t.b = t.b[len(t.b)-4096:]
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(bytes.TrimSpace(t.b))
+}
+
+type harness struct {
+	cfg     Config
+	checker *Checker
+	rng     *rand.Rand
+	unix    string
+	tcp     string
+	proxy   *proxy
+	admin   *lmx.Client
+	broker  *proc
+	base    health // the first broker's, before any client came
+	workers map[string]*workerSpec
+	procs   map[string]*proc
+	sum     Summary
+	starts  int
+}
+
+func (h *harness) logf(format string, args ...any) {
+	if h.cfg.Log != nil {
+		fmt.Fprintf(h.cfg.Log, format+"\n", args...)
+	}
+}
+
+// start runs the binary in role with spec.
+func (h *harness) start(name, role string, spec any) (*proc, error) {
+	js, err := json.Marshal(spec)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(h.cfg.Exe)
+	cmd.Env = append(os.Environ(), roleEnv+"="+role, specEnv+"="+string(js), "GORACE=halt_on_error=1")
+	p := &proc{name: name, cmd: cmd, stderr: new(tailBuffer), exited: make(chan struct{})}
+	cmd.Stderr = p.stderr
+	if p.stdin, err = cmd.StdinPipe(); err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	p.out = bufio.NewReader(stdout)
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	if role != "broker" { // only the broker says anything
+		go io.Copy(io.Discard, p.out)
+	}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.exited)
+	}()
+	return p, nil
+}
+
+// kill kills p with SIGKILL and waits for it.
+func (p *proc) kill() {
+	p.killed = true
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.exited
+}
+
+// stop asks p to stop by closing its stdin, and waits up to d for it.
+func (p *proc) stop(d time.Duration) bool {
+	p.stdin.Close()
+	select {
+	case <-p.exited:
+		return true
+	case <-time.After(d):
+		p.kill()
+		return false
+	}
+}
+
+// startBroker starts the broker and waits until it listens.
+func (h *harness) startBroker() error {
+	p, err := h.start("broker", "broker", brokerSpec{Unix: h.unix, TCP: h.tcp, Heartbeat: heartbeat, Timeout: sessionTimeout})
+	if err != nil {
+		return err
+	}
+	line, err := p.out.ReadString('\n')
+	var hl health
+	if err == nil {
+		hl, err = parseHealth(strings.TrimPrefix(line, "ready "))
+	}
+	if err != nil {
+		p.kill()
+		return fmt.Errorf("broker did not start: %v: %s", err, p.stderr)
+	}
+	if h.broker == nil {
+		h.base = hl
+	}
+	h.broker = p
+	return nil
+}
+
+// health is what a broker process says of itself (see selfHealth).
+type health struct{ goroutines, rss, heap int }
+
+func parseHealth(line string) (hl health, err error) {
+	_, err = fmt.Sscanf(line, "%d %d %d", &hl.goroutines, &hl.rss, &hl.heap)
+	return hl, err
+}
+
+func (hl health) String() string {
+	return fmt.Sprintf("%d goroutines, RSS %.1f MiB, heap in use %.1f MiB", hl.goroutines, float64(hl.rss)/(1<<20), float64(hl.heap)/(1<<20))
+}
+
+// brokerHealth asks the broker for its health.
+func (h *harness) brokerHealth() (health, error) {
+	if _, err := io.WriteString(h.broker.stdin, "health\n"); err != nil {
+		return health{}, err
+	}
+	line, err := h.broker.out.ReadString('\n')
+	if err != nil {
+		return health{}, err
+	}
+	return parseHealth(line)
+}
+
+// startWorker starts the worker of spec, with a seed of its own per start.
+func (h *harness) startWorker(s *workerSpec) error {
+	h.starts++
+	spec := *s
+	spec.Seed = h.cfg.Seed*1000003 + uint64(h.starts)
+	p, err := h.start(s.Name, "worker", spec)
+	if err != nil {
+		return err
+	}
+	h.procs[s.Name] = p
+	return nil
+}
+
+// Run runs the chaos harness as cfg says and returns what it counted. An
+// error is the harness failing, not lmx.
+func Run(ctx context.Context, cfg Config) (Summary, error) {
+	h := &harness{
+		cfg:     cfg,
+		checker: NewChecker(Keys),
+		rng:     rand.New(rand.NewPCG(cfg.Seed, 0x6c6d78)),
+		unix:    filepath.Join(cfg.Dir, "b.sock"),
+		workers: make(map[string]*workerSpec),
+		procs:   make(map[string]*proc),
+		sum:     Summary{Seed: cfg.Seed, Duration: cfg.Duration},
+	}
+	cl, err := net.Listen("unix", filepath.Join(cfg.Dir, "c.sock"))
+	if err != nil {
+		return h.sum, err
+	}
+	var serving sync.WaitGroup
+	serving.Add(1)
+	go serveChecker(cl, h.checker, &serving)
+	defer func() {
+		cl.Close()
+		serving.Wait()
+	}()
+	port, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return h.sum, err
+	}
+	h.tcp = port.Addr().String()
+	port.Close()
+	if err := h.startBroker(); err != nil {
+		return h.sum, err
+	}
+	defer func() {
+		if h.broker != nil {
+			h.broker.stop(5 * time.Second)
+		}
+	}()
+	if h.proxy, err = newProxy(h.tcp); err != nil {
+		return h.sum, err
+	}
+	defer h.proxy.close()
+	if h.admin, err = lmx.Dial(ctx, "unix://"+h.unix, lmx.WithReconnectBackoff(5*time.Millisecond, 100*time.Millisecond)); err != nil {
+		return h.sum, err
+	}
+	adminOpen := true
+	defer func() {
+		if adminOpen {
+			h.admin.Close()
+		}
+	}()
+
+	var clean, hot []KeySpec
+	for _, k := range Keys {
+		if k.Clean {
+			clean = append(clean, k)
+		} else {
+			hot = append(hot, k)
+		}
+	}
+	all := append(append([]KeySpec(nil), clean...), hot...)
+	checkerPath := filepath.Join(cfg.Dir, "c.sock")
+	specs := []*workerSpec{
+		// Never killed nor proxied: the clean keys' holders.
+		{Name: "clean-shared", Addr: "unix://" + h.unix, Goroutines: 4, Keys: all, Hold: time.Millisecond},
+		{Name: "clean-per", Addr: "tcp://" + h.tcp, PerClient: true, Goroutines: 3, Keys: all, Hold: time.Millisecond},
+		// Killed, proxied, with TTLs and preemption.
+		{Name: "proxied-shared", Addr: "tcp://" + h.proxy.addr(), Goroutines: 4, Keys: hot, Hold: time.Millisecond, TTL: baseTTL},
+		{Name: "proxied-per", Addr: "tcp://" + h.proxy.addr(), PerClient: true, Goroutines: 2, Keys: hot, Hold: time.Millisecond, TTL: baseTTL},
+		{Name: "killed-shared", Addr: "unix://" + h.unix, Goroutines: 3, Keys: hot, Hold: time.Millisecond, TTL: baseTTL},
+		{Name: "preemptor", Addr: "unix://" + h.unix, Goroutines: 1, Keys: hot, Hold: 2 * time.Millisecond, Preempt: preemptGrace},
+	}
+	if cfg.Skip != "" {
+		specs = append(specs, &workerSpec{Name: "skipper", Addr: "unix://" + h.unix, Goroutines: 2, Keys: clean, Hold: time.Millisecond, Skip: cfg.Skip})
+	}
+	var killable []string
+	for _, s := range specs {
+		s.Checker = checkerPath
+		h.workers[s.Name] = s
+		if !strings.HasPrefix(s.Name, "clean") && s.Name != "skipper" {
+			killable = append(killable, s.Name)
+		}
+		if err := h.startWorker(s); err != nil {
+			return h.sum, err
+		}
+	}
+	defer func() {
+		for _, p := range h.procs {
+			p.stop(5 * time.Second)
+		}
+	}()
+
+	if err := h.faults(ctx, killable, hot); err != nil {
+		return h.sum, err
+	}
+	err = h.liveness(ctx)
+	adminOpen = false
+	h.admin.Close()
+	if err == nil {
+		h.brokerBack()
+	}
+	h.finish()
+	return h.sum, err
+}
+
+// faults injects faults on the seeded schedule for the run's duration.
+func (h *harness) faults(ctx context.Context, killable []string, hot []KeySpec) error {
+	start := time.Now()
+	end := start.Add(h.cfg.Duration)
+	var stalledUntil time.Time
+	lastRestart := start
+	nextLog := start.Add(10 * time.Second)
+	for at := start; ; {
+		at = at.Add(time.Duration(h.rng.ExpFloat64() * float64(10*time.Millisecond)))
+		kind := h.rng.IntN(1000)
+		target := h.rng.IntN(1 << 20)
+		if at.After(end) || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(time.Until(at))
+		now := time.Now()
+		if !stalledUntil.IsZero() && now.After(stalledUntil) {
+			h.proxy.resume()
+			stalledUntil = time.Time{}
+		}
+		if err := h.checkBroker(); err != nil {
+			return err
+		}
+		h.checkWorkers()
+		switch {
+		case kind < 600: // ForceUnlock of a key the faults may touch
+			fctx, cancel := context.WithTimeout(ctx, time.Second)
+			if h.admin.ForceUnlock(fctx, hot[target%len(hot)].Name) == nil {
+				h.sum.Forces++
+			}
+			cancel()
+		case kind < 800: // cut the proxied connections
+			h.sum.Cuts += h.proxy.cut()
+		case kind < 805 && stalledUntil.IsZero(): // stall them past the session timeout
+			h.proxy.stall()
+			stalledUntil = now.Add(stallFor)
+			h.sum.Stalls++
+		case kind < 825: // kill -9 a worker, and start it again
+			name := killable[target%len(killable)]
+			h.procs[name].kill()
+			h.checker.WorkerKilled(name)
+			h.sum.Kills++
+			if err := h.startWorker(h.workers[name]); err != nil {
+				return err
+			}
+		case kind >= 825 && now.Sub(lastRestart) > 8*time.Second: // kill -9 the broker, and start it again
+			if err := h.restartBroker(ctx); err != nil {
+				return err
+			}
+			lastRestart = time.Now()
+		}
+		if now.After(nextLog) {
+			nextLog = nextLog.Add(10 * time.Second)
+			s := h.summary()
+			h.logf("chaos: %v: cycles %d, kills %d, cuts %d, stalls %d, forces %d, restarts %d, violations %v", now.Sub(start).Round(time.Second), s.Cycles, s.Kills, s.Cuts, s.Stalls, s.Forces, s.Restarts, s.Violations)
+		}
+	}
+	h.proxy.resume()
+	return nil
+}
+
+// restartBroker kills the broker with SIGKILL, starts it again on the same
+// addresses, and checks that its first token is above every token before.
+func (h *harness) restartBroker(ctx context.Context) error {
+	h.broker.kill()
+	before := h.checker.BrokerRestarted()
+	h.sum.Restarts++
+	if err := h.startBroker(); err != nil {
+		return err
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	l, err := h.admin.Lock(pctx, "probe/restart")
+	if err != nil {
+		return fmt.Errorf("the restarted broker grants nothing: %w", err)
+	}
+	if l.Token() <= before {
+		h.checker.Violation(RestartToken, "the restarted broker's token %d is not above %d, the largest before", l.Token(), before)
+	}
+	return l.Unlock(pctx)
+}
+
+// checkBroker counts a broker that exited by itself, and starts it again.
+func (h *harness) checkBroker() error {
+	select {
+	case <-h.broker.exited:
+	default:
+		return nil
+	}
+	h.checker.Violation(BrokerDied, "the broker exited by itself (%v): %s", h.broker.err, h.broker.stderr)
+	h.checker.BrokerRestarted()
+	return h.startBroker()
+}
+
+// checkWorkers counts workers that exited by themselves, and starts them
+// again.
+func (h *harness) checkWorkers() {
+	for name, p := range h.procs {
+		select {
+		case <-p.exited:
+		default:
+			continue
+		}
+		h.checker.Violation(WorkerFailure, "worker %s exited (%v): %s", name, p.err, p.stderr)
+		h.checker.WorkerKilled(name)
+		h.startWorker(h.workers[name])
+	}
+}
+
+// liveness checks that, with the faults over, every key keeps being
+// granted, the workers stop when asked, and then the broker holds and
+// queues nothing.
+func (h *harness) liveness(ctx context.Context) error {
+	settle := sessionTimeout + 2*baseTTL + 2*time.Second
+	before := h.checker.keyCycles()
+	time.Sleep(settle)
+	after := h.checker.keyCycles()
+	for _, k := range Keys {
+		if after[k.Name] == before[k.Name] {
+			h.checker.Violation(Liveness, "%s was not granted once in the %v after the faults stopped", k.Name, settle)
+		}
+	}
+	h.checkWorkers()
+	for name, p := range h.procs {
+		if !p.stop(20 * time.Second) {
+			h.checker.Violation(Liveness, "worker %s did not stop within 20s of being asked: a Lock or Unlock stuck", name)
+		} else if p.err != nil {
+			h.checker.Violation(WorkerFailure, "worker %s exited (%v): %s", name, p.err, p.stderr)
+		}
+	}
+	h.procs = map[string]*proc{}
+	var st lmx.Stats
+	deadline := time.Now().Add(sessionTimeout + 2*baseTTL + 5*time.Second)
+	for {
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		var err error
+		st, err = h.admin.Stats(sctx)
+		cancel()
+		if err == nil && st.Holders == 0 && st.Waiters == 0 && st.Keys == 0 && st.Sessions == 1 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			h.checker.Violation(Liveness, "with every worker gone, the broker still has %d keys, %d holders, %d waiters, %d sessions (err %v)", st.Keys, st.Holders, st.Waiters, st.Sessions, err)
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// What a broker may keep past its start once every client has gone: heap
+// the runtime keeps for itself, and RSS the race detector's shadow memory
+// keeps.
+const (
+	heapSlack = 1 << 20
+	rssSlack  = 64 << 20
+)
+
+// brokerBack checks that, with every client gone, the broker's goroutines,
+// heap and RSS are back to what they were when it started.
+func (h *harness) brokerBack() {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		hl, err := h.brokerHealth()
+		if err != nil {
+			h.checker.Violation(BrokerLeak, "the broker does not answer: %v", err)
+			return
+		}
+		h.logf("chaos: broker at the end: %v; at the start: %v", hl, h.base)
+		if hl.goroutines <= h.base.goroutines && hl.heap <= h.base.heap+heapSlack && hl.rss <= h.base.rss+rssSlack {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.checker.Violation(BrokerLeak, "the broker at the end: %v; at the start: %v", hl, h.base)
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// summary returns the counts so far.
+func (h *harness) summary() Summary {
+	s := h.sum
+	s.Outcomes, s.Violations, s.Examples = h.checker.Counts()
+	s.Cycles = 0
+	for o, n := range s.Outcomes {
+		if o != Killed {
+			s.Cycles += n
+		}
+	}
+	return s
+}
+
+func (h *harness) finish() { h.sum = h.summary() }

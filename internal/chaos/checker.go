@@ -16,6 +16,8 @@ package chaos
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 )
@@ -83,6 +85,7 @@ type Checker struct {
 	epoch      int    // broker incarnations ended so far
 	maxToken   uint64 // the largest token seen
 	outcomes   map[Outcome]int
+	released   map[string]int // holds released, by worker
 	violations map[string]int
 	examples   []string // the first few violations, described
 }
@@ -125,6 +128,7 @@ func NewChecker(keys []KeySpec) *Checker {
 		holders:    make(map[int]*holder),
 		byWorker:   make(map[string]map[int]*holder),
 		outcomes:   make(map[Outcome]int),
+		released:   make(map[string]int),
 		violations: make(map[string]int),
 	}
 	for _, k := range keys {
@@ -228,6 +232,7 @@ func (c *Checker) finish(h *holder, o Outcome) {
 	case BadRelease:
 		c.violate(UnlockErr, "%s: Unlock of %s (token %d) returned nil, yet Err is not ErrReleased", h.worker, h.key.spec.Name, h.token)
 	case Released:
+		c.released[h.worker]++
 		h.key.cycles++
 		h.key.released = max(h.key.released, h.token)
 		if !h.shared {
@@ -317,19 +322,12 @@ func (c *Checker) violate(kind, format string, args ...any) {
 	}
 }
 
-// Counts returns the outcomes and violations counted so far, and the first
-// violations described.
-func (c *Checker) Counts() (outcomes map[Outcome]int, violations map[string]int, examples []string) {
+// Counts returns the outcomes, the holds released by each worker and the
+// violations counted so far, and the first violations described.
+func (c *Checker) Counts() (outcomes map[Outcome]int, released, violations map[string]int, examples []string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	outcomes, violations = make(map[Outcome]int), make(map[string]int)
-	for k, v := range c.outcomes {
-		outcomes[k] = v
-	}
-	for k, v := range c.violations {
-		violations[k] = v
-	}
-	return outcomes, violations, append([]string(nil), c.examples...)
+	return maps.Clone(c.outcomes), maps.Clone(c.released), maps.Clone(c.violations), slices.Clone(c.examples)
 }
 
 // keyCycles returns each key's count of holds released.

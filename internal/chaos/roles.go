@@ -56,8 +56,8 @@ func Main() (ran bool, code int) {
 }
 
 type brokerSpec struct {
-	Unix, TCP          string
-	Heartbeat, Timeout time.Duration
+	Unix, TCP, LiveMutex string // LiveMutex: the live-mutex door's Unix socket
+	Heartbeat, Timeout   time.Duration
 }
 
 // runBroker serves a broker on the spec's addresses until stdin closes. It
@@ -70,6 +70,9 @@ func runBroker(s brokerSpec) error {
 		return err
 	}
 	if _, err := b.Listen("tcp", s.TCP); err != nil {
+		return err
+	}
+	if _, err := b.ListenLiveMutex("unix", s.LiveMutex); err != nil {
 		return err
 	}
 	fmt.Printf("ready %s\n", selfHealth())
@@ -107,6 +110,7 @@ type workerSpec struct {
 	Preempt    time.Duration // when set, locks take a high priority and preempt with this grace
 	Hold       time.Duration // the longest hold without a TTL
 	Skip       string        // the negative control: this key is entered without a lock
+	LiveMutex  bool          // Addr is the live-mutex door's socket: a connection per goroutine, clean keys only
 	Seed       uint64
 }
 
@@ -131,7 +135,7 @@ func runWorker(s workerSpec) error {
 		}
 	}
 	var shared *lmx.Client
-	if !s.PerClient {
+	if !s.PerClient && !s.LiveMutex {
 		c, err := dial()
 		if err != nil {
 			return err
@@ -146,7 +150,14 @@ func runWorker(s workerSpec) error {
 		go func() {
 			defer wg.Done()
 			c := shared
-			if c == nil {
+			var lm *lmConn
+			if s.LiveMutex {
+				defer func() {
+					if lm != nil {
+						lm.nc.Close()
+					}
+				}()
+			} else if c == nil {
 				var err error
 				if c, err = dial(); err != nil {
 					if ctx.Err() == nil {
@@ -163,6 +174,9 @@ func runWorker(s workerSpec) error {
 			}
 			defer r.close()
 			w := &worker{spec: &s, c: c, r: r, rng: rand.New(rand.NewPCG(s.Seed, uint64(g)))}
+			if s.LiveMutex {
+				w.lm = &lm
+			}
 			if err := w.run(ctx); err != nil {
 				errs <- err
 				stop()
@@ -181,7 +195,8 @@ func runWorker(s workerSpec) error {
 
 type worker struct {
 	spec *workerSpec
-	c    *lmx.Client
+	c    *lmx.Client // on the native door
+	lm   **lmConn    // on the live-mutex door: the connection, nil after a failure
 	r    *reporter
 	rng  *rand.Rand
 }
@@ -232,16 +247,14 @@ func (w *worker) cycle(ctx context.Context) error {
 		}
 		return w.r.unlocked(id, Released)
 	}
-	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	l, err := w.c.Lock(lctx, k.Name, opts...)
-	cancel()
+	token, unlock, err := w.lock(ctx, k, opts)
 	if err != nil {
 		if ctx.Err() == nil {
 			time.Sleep(5 * time.Millisecond) // the session is lost, or the broker restarts
 		}
 		return nil
 	}
-	id, err := w.r.enter(k.Name, l.Token(), shared)
+	id, err := w.r.enter(k.Name, token, shared)
 	if err != nil {
 		return err
 	}
@@ -251,10 +264,55 @@ func (w *worker) cycle(ctx context.Context) error {
 	if err := w.r.exit(id); err != nil {
 		return err
 	}
-	uctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	err = l.Unlock(uctx)
+	return w.r.unlocked(id, unlock())
+}
+
+// lock locks k through the worker's door and returns the token and how to
+// unlock.
+func (w *worker) lock(ctx context.Context, k KeySpec, opts []lmx.LockOption) (uint64, func() Outcome, error) {
+	if w.lm != nil {
+		return w.lockLiveMutex(k)
+	}
+	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	l, err := w.c.Lock(lctx, k.Name, opts...)
 	cancel()
-	return w.r.unlocked(id, outcome(l, err))
+	if err != nil {
+		return 0, nil, err
+	}
+	return l.Token(), func() Outcome {
+		uctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return outcome(l, l.Unlock(uctx))
+	}, nil
+}
+
+// lockLiveMutex locks k through the live-mutex door, on a new connection
+// if the last one failed.
+func (w *worker) lockLiveMutex(k KeySpec) (uint64, func() Outcome, error) {
+	if *w.lm == nil {
+		c, err := dialLiveMutex(w.spec.Addr, fmt.Sprintf("%s-%d", w.spec.Name, w.rng.Uint32()))
+		if err != nil {
+			return 0, nil, err
+		}
+		*w.lm = c
+	}
+	c := *w.lm
+	drop := func() {
+		c.nc.Close()
+		*w.lm = nil
+	}
+	id, token, err := c.lock(k.Name, max(k.Limit, 1))
+	if err != nil {
+		drop()
+		return 0, nil, err
+	}
+	return token, func() Outcome {
+		o := c.unlock(k.Name, id)
+		if o == Lost {
+			drop()
+		}
+		return o
+	}, nil
 }
 
 // outcome classifies how an Unlock of l went.

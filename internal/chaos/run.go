@@ -7,11 +7,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -64,6 +66,7 @@ type Summary struct {
 	Forces   int // ForceUnlock calls
 	Restarts int // broker kills with a restart
 	Outcomes map[Outcome]int
+	Released map[string]int // holds released, by worker
 	// Violations counts each kind; Examples describes the first few.
 	Violations map[string]int
 	Examples   []string
@@ -84,7 +87,11 @@ func (s Summary) String() string {
 	o := s.Outcomes
 	fmt.Fprintf(&b, "chaos seed %d, %v of faults: cycles %d, kills %d, cuts %d, stalls %d, expiries %d, forced %d (of %d ForceUnlocks), preempted %d, sessions lost %d, broker restarts %d\n",
 		s.Seed, s.Duration, s.Cycles, s.Kills, s.Cuts, s.Stalls, o[Expired], o[Forced], s.Forces, o[Preempted], o[Lost], s.Restarts)
-	b.WriteString("violations:")
+	b.WriteString("released by worker:")
+	for _, w := range slices.Sorted(maps.Keys(s.Released)) {
+		fmt.Fprintf(&b, " %s %d", w, s.Released[w])
+	}
+	b.WriteString("\nviolations:")
 	for _, k := range Kinds {
 		fmt.Fprintf(&b, " %s %d", k, s.Violations[k])
 	}
@@ -132,8 +139,9 @@ type harness struct {
 	cfg     Config
 	checker *Checker
 	rng     *rand.Rand
-	unix    string
-	tcp     string
+	unix    string // the broker's native door
+	tcp     string // the same, on TCP
+	lm      string // the broker's live-mutex door
 	proxy   *proxy
 	admin   *lmx.Client
 	broker  *proc
@@ -202,7 +210,7 @@ func (p *proc) stop(d time.Duration) bool {
 
 // startBroker starts the broker and waits until it listens.
 func (h *harness) startBroker() error {
-	p, err := h.start("broker", "broker", brokerSpec{Unix: h.unix, TCP: h.tcp, Heartbeat: heartbeat, Timeout: sessionTimeout})
+	p, err := h.start("broker", "broker", brokerSpec{Unix: h.unix, TCP: h.tcp, LiveMutex: h.lm, Heartbeat: heartbeat, Timeout: sessionTimeout})
 	if err != nil {
 		return err
 	}
@@ -267,6 +275,7 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		checker: NewChecker(Keys),
 		rng:     rand.New(rand.NewPCG(cfg.Seed, 0x6c6d78)),
 		unix:    filepath.Join(cfg.Dir, "b.sock"),
+		lm:      filepath.Join(cfg.Dir, "lm.sock"),
 		workers: make(map[string]*workerSpec),
 		procs:   make(map[string]*proc),
 		sum:     Summary{Seed: cfg.Seed, Duration: cfg.Duration},
@@ -310,12 +319,16 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		}
 	}()
 
-	var clean, hot []KeySpec
+	var clean, hot, lmKeys []KeySpec
 	for _, k := range Keys {
-		if k.Clean {
-			clean = append(clean, k)
-		} else {
+		switch {
+		case !k.Clean:
 			hot = append(hot, k)
+		case k.Kind != RW: // live-mutex 0.2 has no read/write locks
+			lmKeys = append(lmKeys, k)
+			fallthrough
+		default:
+			clean = append(clean, k)
 		}
 	}
 	all := append(append([]KeySpec(nil), clean...), hot...)
@@ -324,6 +337,7 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		// Never killed nor proxied: the clean keys' holders.
 		{Name: "clean-shared", Addr: "unix://" + h.unix, Goroutines: 4, Keys: all, Hold: time.Millisecond},
 		{Name: "clean-per", Addr: "tcp://" + h.tcp, PerClient: true, Goroutines: 3, Keys: all, Hold: time.Millisecond},
+		{Name: "clean-livemutex", Addr: h.lm, LiveMutex: true, Goroutines: 2, Keys: lmKeys, Hold: time.Millisecond},
 		// Killed, proxied, with TTLs and preemption.
 		{Name: "proxied-shared", Addr: "tcp://" + h.proxy.addr(), Goroutines: 4, Keys: hot, Hold: time.Millisecond, TTL: baseTTL},
 		{Name: "proxied-per", Addr: "tcp://" + h.proxy.addr(), PerClient: true, Goroutines: 2, Keys: hot, Hold: time.Millisecond, TTL: baseTTL},
@@ -545,7 +559,7 @@ func (h *harness) brokerBack() {
 // summary returns the counts so far.
 func (h *harness) summary() Summary {
 	s := h.sum
-	s.Outcomes, s.Violations, s.Examples = h.checker.Counts()
+	s.Outcomes, s.Released, s.Violations, s.Examples = h.checker.Counts()
 	s.Cycles = 0
 	for o, n := range s.Outcomes {
 		if o != Killed {

@@ -231,6 +231,9 @@ func (w *worker) cycle(ctx context.Context) error {
 			ttl := s.TTL/2 + time.Duration(w.rng.Int64N(int64(s.TTL)))
 			opts = append(opts, lmx.TTL(ttl))
 			hold = time.Duration(w.rng.Int64N(int64(2 * ttl))) // outlasts it a third of the time
+			if w.rng.IntN(4) == 0 {                            // renewed, up to a bound the hold may outlast
+				opts = append(opts, lmx.KeepAlive(time.Duration(w.rng.Int64N(int64(2*ttl)))+1))
+			}
 		}
 		if s.Preempt > 0 {
 			opts = append(opts, lmx.Priority(10), lmx.Preempt(s.Preempt))
@@ -273,8 +276,17 @@ func (w *worker) lock(ctx context.Context, k KeySpec, opts []lmx.LockOption) (ui
 	if w.lm != nil {
 		return w.lockLiveMutex(k)
 	}
-	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	l, err := w.c.Lock(lctx, k.Name, opts...)
+	// Some Locks give up soon, while queued or named to follow a lease of
+	// their own Client, and some only try.
+	wait, lock := 10*time.Second, w.c.Lock
+	switch w.rng.IntN(10) {
+	case 0:
+		wait = time.Duration(w.rng.Int64N(int64(2 * time.Millisecond)))
+	case 1:
+		lock = w.c.TryLock
+	}
+	lctx, cancel := context.WithTimeout(ctx, wait)
+	l, err := lock(lctx, k.Name, opts...)
 	cancel()
 	if err != nil {
 		return 0, nil, err

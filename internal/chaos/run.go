@@ -337,6 +337,9 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		// Never killed nor proxied: the clean keys' holders.
 		{Name: "clean-shared", Addr: "unix://" + h.unix, Goroutines: 4, Keys: all, Hold: time.Millisecond},
 		{Name: "clean-per", Addr: "tcp://" + h.tcp, PerClient: true, Goroutines: 3, Keys: all, Hold: time.Millisecond},
+		// Many goroutines of one Client on few keys: hand-offs inside the
+		// session all the time.
+		{Name: "clean-handoff", Addr: "unix://" + h.unix, Goroutines: 6, Keys: []KeySpec{Keys[0], Keys[1], Keys[4]}, Hold: 200 * time.Microsecond},
 		{Name: "clean-livemutex", Addr: h.lm, LiveMutex: true, Goroutines: 2, Keys: lmKeys, Hold: time.Millisecond},
 		// Killed, proxied, with TTLs and preemption.
 		{Name: "proxied-shared", Addr: "tcp://" + h.proxy.addr(), Goroutines: 4, Keys: hot, Hold: time.Millisecond, TTL: baseTTL},

@@ -18,7 +18,7 @@ var (
 // TestMain runs the binary as the harness's broker or worker when the
 // harness starts it so.
 func TestMain(m *testing.M) {
-	if ran, code := Main(); ran {
+	if ran, code := Main(nil); ran {
 		os.Exit(code)
 	}
 	os.Exit(m.Run())

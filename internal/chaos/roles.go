@@ -25,10 +25,16 @@ const (
 	specEnv = "LMX_CHAOS_SPEC"
 )
 
+// A ServerRole starts a server other than lmx's broker (see Server) on
+// TCP address addr, with a second address peer if it needs one, keeping
+// its data in dir, and returns how to stop it.
+type ServerRole func(dir, addr, peer string) (stop func(), err error)
+
 // Main runs the role the environment names, if any, and reports whether it
 // did, with the process's exit code. A test binary's TestMain calls it
-// first, so that the harness can run the binary as its broker and workers.
-func Main() (ran bool, code int) {
+// first, so that the harness can run the binary as its broker and workers;
+// servers are the ServerRoles its Server configs name.
+func Main(servers map[string]ServerRole) (ran bool, code int) {
 	role := os.Getenv(roleEnv)
 	if role == "" {
 		return false, 0
@@ -39,6 +45,11 @@ func Main() (ran bool, code int) {
 		var s brokerSpec
 		if err = json.Unmarshal([]byte(os.Getenv(specEnv)), &s); err == nil {
 			err = runBroker(s)
+		}
+	case "server":
+		var s serverSpec
+		if err = json.Unmarshal([]byte(os.Getenv(specEnv)), &s); err == nil {
+			err = runServer(servers[s.Role], s)
 		}
 	case "worker":
 		var s workerSpec
@@ -75,11 +86,35 @@ func runBroker(s brokerSpec) error {
 	if _, err := b.ListenLiveMutex("unix", s.LiveMutex); err != nil {
 		return err
 	}
+	serveHealth()
+	return nil
+}
+
+// serveHealth prints "ready" and the process's health (see selfHealth),
+// and its health again on each line read from stdin, until stdin closes.
+func serveHealth() {
 	fmt.Printf("ready %s\n", selfHealth())
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
 		fmt.Println(selfHealth())
 	}
+}
+
+type serverSpec struct {
+	Role, Dir, Addr, Peer string
+}
+
+// runServer runs a server other than lmx's broker until stdin closes.
+func runServer(role ServerRole, s serverSpec) error {
+	if role == nil {
+		return fmt.Errorf("no server role %q", s.Role)
+	}
+	stop, err := role(s.Dir, s.Addr, s.Peer)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	serveHealth()
 	return nil
 }
 
@@ -123,10 +158,16 @@ func runWorker(s workerSpec) error {
 		bufio.NewScanner(os.Stdin).Scan() // EOF: the harness says stop
 		stop()
 	}()
-	dial := func() (*lmx.Client, error) {
+	dial := func() (lmx.Locker, error) {
 		for {
 			dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			c, err := lmx.Dial(dctx, s.Addr, lmx.WithReconnectBackoff(5*time.Millisecond, 200*time.Millisecond))
+			var c lmx.Locker
+			var err error
+			if strings.HasPrefix(s.Addr, "unix://") || strings.HasPrefix(s.Addr, "tcp://") {
+				c, err = lmx.Dial(dctx, s.Addr, lmx.WithReconnectBackoff(5*time.Millisecond, 200*time.Millisecond))
+			} else {
+				c, err = lmx.Open(dctx, s.Addr)
+			}
 			cancel()
 			if err == nil || ctx.Err() != nil {
 				return c, err
@@ -134,7 +175,7 @@ func runWorker(s workerSpec) error {
 			time.Sleep(20 * time.Millisecond) // the broker may be restarting
 		}
 	}
-	var shared *lmx.Client
+	var shared lmx.Locker
 	if !s.PerClient && !s.LiveMutex {
 		c, err := dial()
 		if err != nil {
@@ -195,8 +236,8 @@ func runWorker(s workerSpec) error {
 
 type worker struct {
 	spec *workerSpec
-	c    *lmx.Client // on the native door
-	lm   **lmConn    // on the live-mutex door: the connection, nil after a failure
+	c    lmx.Locker // on the native door, or any lmx.Open takes
+	lm   **lmConn   // on the live-mutex door: the connection, nil after a failure
 	r    *reporter
 	rng  *rand.Rand
 }

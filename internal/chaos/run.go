@@ -30,6 +30,18 @@ type Config struct {
 	Dir      string        // where the sockets go; short, for the 108-byte limit
 	Exe      string        // the binary whose Main runs the roles
 	Log      io.Writer     // progress, a line every few seconds; nil for none
+	Server   *Server       // what the workers lock through; nil for lmx's own broker
+}
+
+// A Server is what the workers lock through when it is not lmx's own
+// broker: a process running a ServerRole given to Main, which the workers
+// and the harness reach with lmx.Open. Its workers are the native ones but
+// for those the live-mutex door and preemption need; its health is not
+// checked.
+type Server struct {
+	Role           string                   // the role's name in Main's map
+	URL            func(addr string) string // what lmx.Open takes for the server at TCP address addr
+	SessionTimeout time.Duration            // how long the server keeps a silent client's leases
 }
 
 // The broker's session timeout and the faults' timings.
@@ -38,7 +50,6 @@ const (
 	sessionTimeout = 500 * time.Millisecond
 	baseTTL        = 40 * time.Millisecond
 	preemptGrace   = 5 * time.Millisecond
-	stallFor       = 3 * sessionTimeout / 2
 )
 
 // Keys are the keys a run locks: the clean ones, which no fault but a
@@ -140,12 +151,14 @@ type harness struct {
 	checker *Checker
 	rng     *rand.Rand
 	unix    string // the broker's native door
-	tcp     string // the same, on TCP
+	tcp     string // the same, on TCP; or the server's address
+	peer    string // a second TCP address, for a server that needs one
 	lm      string // the broker's live-mutex door
 	proxy   *proxy
-	admin   *lmx.Client
 	broker  *proc
-	base    health // the first broker's, before any client came
+	base    health        // the first broker's, before any client came
+	timeout time.Duration // the broker's session timeout
+	admin   adminLocker
 	workers map[string]*workerSpec
 	procs   map[string]*proc
 	sum     Summary
@@ -208,9 +221,20 @@ func (p *proc) stop(d time.Duration) bool {
 	}
 }
 
+// adminLocker is what the harness asks the broker or server.
+type adminLocker interface {
+	lmx.Locker
+	lmx.Admin
+}
+
 // startBroker starts the broker and waits until it listens.
 func (h *harness) startBroker() error {
-	p, err := h.start("broker", "broker", brokerSpec{Unix: h.unix, TCP: h.tcp, LiveMutex: h.lm, Heartbeat: heartbeat, Timeout: sessionTimeout})
+	var spec any = brokerSpec{Unix: h.unix, TCP: h.tcp, LiveMutex: h.lm, Heartbeat: heartbeat, Timeout: sessionTimeout}
+	role := "broker"
+	if srv := h.cfg.Server; srv != nil {
+		spec, role = serverSpec{Role: srv.Role, Dir: filepath.Join(h.cfg.Dir, "server"), Addr: h.tcp, Peer: h.peer}, "server"
+	}
+	p, err := h.start("broker", role, spec)
 	if err != nil {
 		return err
 	}
@@ -225,6 +249,18 @@ func (h *harness) startBroker() error {
 	}
 	if h.broker == nil {
 		h.base = hl
+	}
+	if h.broker != nil && h.cfg.Server != nil {
+		// A restarted server is ready when it serves: etcd may answer
+		// before it has its leader.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		for ctx.Err() == nil {
+			if _, err := h.admin.Stats(ctx); err == nil {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 	}
 	h.broker = p
 	return nil
@@ -291,12 +327,19 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		cl.Close()
 		serving.Wait()
 	}()
-	port, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return h.sum, err
+	for _, a := range []*string{&h.tcp, &h.peer} {
+		port, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return h.sum, err
+		}
+		*a = port.Addr().String()
+		port.Close()
 	}
-	h.tcp = port.Addr().String()
-	port.Close()
+	h.timeout = sessionTimeout
+	native := cfg.Server == nil
+	if !native {
+		h.timeout = cfg.Server.SessionTimeout
+	}
 	if err := h.startBroker(); err != nil {
 		return h.sum, err
 	}
@@ -309,7 +352,14 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		return h.sum, err
 	}
 	defer h.proxy.close()
-	if h.admin, err = lmx.Dial(ctx, "unix://"+h.unix, lmx.WithReconnectBackoff(5*time.Millisecond, 100*time.Millisecond)); err != nil {
+	direct, tcp, proxied := "unix://"+h.unix, "tcp://"+h.tcp, "tcp://"+h.proxy.addr()
+	if native {
+		h.admin, err = lmx.Dial(ctx, direct, lmx.WithReconnectBackoff(5*time.Millisecond, 100*time.Millisecond))
+	} else {
+		direct, tcp, proxied = cfg.Server.URL(h.tcp), cfg.Server.URL(h.tcp), cfg.Server.URL(h.proxy.addr())
+		h.admin, err = openAdmin(ctx, direct)
+	}
+	if err != nil {
 		return h.sum, err
 	}
 	adminOpen := true
@@ -335,20 +385,23 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	checkerPath := filepath.Join(cfg.Dir, "c.sock")
 	specs := []*workerSpec{
 		// Never killed nor proxied: the clean keys' holders.
-		{Name: "clean-shared", Addr: "unix://" + h.unix, Goroutines: 4, Keys: all, Hold: time.Millisecond},
-		{Name: "clean-per", Addr: "tcp://" + h.tcp, PerClient: true, Goroutines: 3, Keys: all, Hold: time.Millisecond},
+		{Name: "clean-shared", Addr: direct, Goroutines: 4, Keys: all, Hold: time.Millisecond},
+		{Name: "clean-per", Addr: tcp, PerClient: true, Goroutines: 3, Keys: all, Hold: time.Millisecond},
 		// Many goroutines of one Client on few keys: hand-offs inside the
 		// session all the time.
-		{Name: "clean-handoff", Addr: "unix://" + h.unix, Goroutines: 6, Keys: []KeySpec{Keys[0], Keys[1], Keys[4]}, Hold: 200 * time.Microsecond},
-		{Name: "clean-livemutex", Addr: h.lm, LiveMutex: true, Goroutines: 2, Keys: lmKeys, Hold: time.Millisecond},
+		{Name: "clean-handoff", Addr: direct, Goroutines: 6, Keys: []KeySpec{Keys[0], Keys[1], Keys[4]}, Hold: 200 * time.Microsecond},
 		// Killed, proxied, with TTLs and preemption.
-		{Name: "proxied-shared", Addr: "tcp://" + h.proxy.addr(), Goroutines: 4, Keys: hot, Hold: time.Millisecond, TTL: baseTTL},
-		{Name: "proxied-per", Addr: "tcp://" + h.proxy.addr(), PerClient: true, Goroutines: 2, Keys: hot, Hold: time.Millisecond, TTL: baseTTL},
-		{Name: "killed-shared", Addr: "unix://" + h.unix, Goroutines: 3, Keys: hot, Hold: time.Millisecond, TTL: baseTTL},
-		{Name: "preemptor", Addr: "unix://" + h.unix, Goroutines: 1, Keys: hot, Hold: 2 * time.Millisecond, Preempt: preemptGrace},
+		{Name: "proxied-shared", Addr: proxied, Goroutines: 4, Keys: hot, Hold: time.Millisecond, TTL: baseTTL},
+		{Name: "proxied-per", Addr: proxied, PerClient: true, Goroutines: 2, Keys: hot, Hold: time.Millisecond, TTL: baseTTL},
+		{Name: "killed-shared", Addr: direct, Goroutines: 3, Keys: hot, Hold: time.Millisecond, TTL: baseTTL},
+	}
+	if native {
+		specs = append(specs,
+			&workerSpec{Name: "clean-livemutex", Addr: h.lm, LiveMutex: true, Goroutines: 2, Keys: lmKeys, Hold: time.Millisecond},
+			&workerSpec{Name: "preemptor", Addr: direct, Goroutines: 1, Keys: hot, Hold: 2 * time.Millisecond, Preempt: preemptGrace})
 	}
 	if cfg.Skip != "" {
-		specs = append(specs, &workerSpec{Name: "skipper", Addr: "unix://" + h.unix, Goroutines: 2, Keys: clean, Hold: time.Millisecond, Skip: cfg.Skip})
+		specs = append(specs, &workerSpec{Name: "skipper", Addr: direct, Goroutines: 2, Keys: clean, Hold: time.Millisecond, Skip: cfg.Skip})
 	}
 	var killable []string
 	for _, s := range specs {
@@ -373,7 +426,7 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	err = h.liveness(ctx)
 	adminOpen = false
 	h.admin.Close()
-	if err == nil {
+	if err == nil && native {
 		h.brokerBack()
 	}
 	h.finish()
@@ -415,7 +468,7 @@ func (h *harness) faults(ctx context.Context, killable []string, hot []KeySpec) 
 			h.sum.Cuts += h.proxy.cut()
 		case kind < 805 && stalledUntil.IsZero(): // stall them past the session timeout
 			h.proxy.stall()
-			stalledUntil = now.Add(stallFor)
+			stalledUntil = now.Add(3 * h.timeout / 2)
 			h.sum.Stalls++
 		case kind < 825: // kill -9 a worker, and start it again
 			name := killable[target%len(killable)]
@@ -494,7 +547,7 @@ func (h *harness) checkWorkers() {
 // granted, the workers stop when asked, and then the broker holds and
 // queues nothing.
 func (h *harness) liveness(ctx context.Context) error {
-	time.Sleep(sessionTimeout + 2*baseTTL)
+	time.Sleep(h.timeout + 2*baseTTL)
 	const window = 2 * time.Second
 	before := h.checker.keyCycles()
 	time.Sleep(window)
@@ -515,13 +568,13 @@ func (h *harness) liveness(ctx context.Context) error {
 	h.procs = map[string]*proc{}
 	var st lmx.Stats
 	stopped := time.Now()
-	deadline := stopped.Add(sessionTimeout + 2*baseTTL + 5*time.Second)
+	deadline := stopped.Add(h.timeout + 2*baseTTL + 5*time.Second)
 	for {
 		sctx, cancel := context.WithTimeout(ctx, time.Second)
 		var err error
 		st, err = h.admin.Stats(sctx)
 		cancel()
-		if err == nil && st.Holders == 0 && st.Waiters == 0 && st.Keys == 0 && st.Sessions == 1 {
+		if err == nil && st.Holders == 0 && st.Waiters == 0 && st.Keys == 0 && (st.Sessions == 1 || h.cfg.Server != nil) {
 			h.logf("chaos: the broker was idle %v after the last worker stopped", time.Since(stopped).Round(time.Millisecond))
 			return nil
 		}
@@ -577,3 +630,17 @@ func (h *harness) summary() Summary {
 }
 
 func (h *harness) finish() { h.sum = h.summary() }
+
+// openAdmin opens url with lmx.Open, for the harness's own calls.
+func openAdmin(ctx context.Context, url string) (adminLocker, error) {
+	l, err := lmx.Open(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	a, ok := l.(adminLocker)
+	if !ok {
+		l.Close()
+		return nil, fmt.Errorf("%s opens a %T, which has no ForceUnlock and Stats", url, l)
+	}
+	return a, nil
+}

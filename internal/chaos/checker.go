@@ -330,6 +330,18 @@ func (c *Checker) Counts() (outcomes map[Outcome]int, released, violations map[s
 	return maps.Clone(c.outcomes), maps.Clone(c.released), maps.Clone(c.violations), slices.Clone(c.examples)
 }
 
+// inside returns the tokens of key's holders inside their critical
+// sections.
+func (c *Checker) inside(key string) []uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var tokens []uint64
+	for _, h := range c.keys[key].present {
+		tokens = append(tokens, h.token)
+	}
+	return tokens
+}
+
 // keyCycles returns each key's count of holds released.
 func (c *Checker) keyCycles() map[string]int {
 	c.mu.Lock()

@@ -55,6 +55,7 @@ func TestChaos(t *testing.T) {
 	if s == 0 {
 		s = uint64(time.Now().UnixNano())
 	}
+	t.Logf("chaos: seed %d, %v of faults", s, *duration)
 	sum := run(t, *duration, s, "")
 	assert.False(t, sum.Failed(), "violations (replay with -chaos.seed=%d):\n%v", s, sum)
 	assert.Positive(t, sum.Cycles)

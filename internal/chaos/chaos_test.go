@@ -3,6 +3,8 @@ package chaos
 import (
 	"flag"
 	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -69,105 +71,84 @@ func TestChaosNegativeControl(t *testing.T) {
 	assert.Positive(t, sum.Violations[CleanOverlap], "the checker missed a worker that skips the lock:\n%v", sum)
 }
 
+// The checker's rules, each case a script of reports as workers send them
+// ("#n" stands for the holder id the n-th Enter got; "restart" and "kill w"
+// are the harness's) and the violations it must count.
 func TestCheckerRules(t *testing.T) {
-	t.Run("overlap on a mutex counts once the earlier Unlock succeeds", func(t *testing.T) {
-		c := NewChecker(Keys)
-		a, _ := c.Enter("w1", "hot/a", 10, false)
-		b, _ := c.Enter("w2", "hot/a", 11, false)
-		_, _, v, _ := c.Counts()
-		assert.Zero(t, v[DoubleGrant], "counted before the outcome")
-		require.NoError(t, c.Exit(a))
-		require.NoError(t, c.Unlocked(a, Released))
-		require.NoError(t, c.Exit(b))
-		require.NoError(t, c.Unlocked(b, Released))
-		_, _, v, _ = c.Counts()
-		assert.Equal(t, 1, v[DoubleGrant])
-	})
-	t.Run("a holder whose lease ended before it entered is no violation", func(t *testing.T) {
-		c := NewChecker(Keys)
-		a, _ := c.Enter("w1", "hot/a", 11, false)
-		b, _ := c.Enter("w2", "hot/a", 10, false) // granted first, forced, entered late
-		require.NoError(t, c.Unlocked(b, Forced))
-		require.NoError(t, c.Unlocked(a, Released))
-		_, _, v, _ := c.Counts()
-		assert.Zero(t, v[DoubleGrant])
-		assert.Zero(t, v[TokenOrder])
-	})
-	t.Run("an expired holder overlapped is no violation", func(t *testing.T) {
-		c := NewChecker(Keys)
-		a, _ := c.Enter("w1", "hot/a", 10, false)
-		c.Enter("w2", "hot/a", 11, false)
-		require.NoError(t, c.Unlocked(a, Expired))
-		_, _, v, _ := c.Counts()
-		assert.Zero(t, v[DoubleGrant])
-	})
-	t.Run("readers share, a writer does not", func(t *testing.T) {
-		c := NewChecker(Keys)
-		r1, _ := c.Enter("w1", "rw", 10, true)
-		r2, _ := c.Enter("w2", "rw", 11, true)
-		w, _ := c.Enter("w3", "rw", 12, false)
-		require.NoError(t, c.Unlocked(r1, Released))
-		require.NoError(t, c.Unlocked(r2, Released))
-		_, _, v, _ := c.Counts()
-		assert.Zero(t, v[DoubleGrant], "counted before the writer's outcome")
-		require.NoError(t, c.Unlocked(w, Released))
-		_, _, v, _ = c.Counts()
-		assert.Equal(t, 1, v[DoubleGrant], "the writer beside readers")
-	})
-	t.Run("a semaphore counts past its limit only", func(t *testing.T) {
-		c := NewChecker(Keys)
-		a, _ := c.Enter("w1", "sem", 10, false)
-		b, _ := c.Enter("w2", "sem", 11, false)
-		d, _ := c.Enter("w3", "sem", 12, false)
-		require.NoError(t, c.Unlocked(d, Released))
-		require.NoError(t, c.Unlocked(a, Released))
-		_, _, v, _ := c.Counts()
-		assert.Zero(t, v[OverLimit], "one of two confirmed")
-		require.NoError(t, c.Unlocked(b, Released))
-		_, _, v, _ = c.Counts()
-		assert.Equal(t, 1, v[OverLimit])
-	})
-	t.Run("on a clean key only a restart excuses", func(t *testing.T) {
-		c := NewChecker(Keys)
-		a, _ := c.Enter("w1", "clean/a", 10, false)
-		b, _ := c.Enter("w2", "clean/a", 11, false)
-		require.NoError(t, c.Unlocked(a, Lost))
-		require.NoError(t, c.Unlocked(b, Released))
-		_, _, v, _ := c.Counts()
-		assert.Equal(t, 1, v[CleanOverlap], "a loss without a restart")
-		c = NewChecker(Keys)
-		a, _ = c.Enter("w1", "clean/a", 10, false)
-		c.BrokerRestarted()
-		b, _ = c.Enter("w2", "clean/a", 11, false)
-		require.NoError(t, c.Unlocked(a, Lost))
-		require.NoError(t, c.Unlocked(b, Released))
-		_, _, v, _ = c.Counts()
-		assert.Zero(t, v[CleanOverlap])
-	})
-	t.Run("tokens rise past confirmed releases", func(t *testing.T) {
-		c := NewChecker(Keys)
-		a, _ := c.Enter("w1", "hot/b", 10, false)
-		require.NoError(t, c.Exit(a))
-		require.NoError(t, c.Unlocked(a, Released))
-		b, _ := c.Enter("w2", "hot/b", 9, false)
-		require.NoError(t, c.Unlocked(b, Released))
-		_, _, v, _ := c.Counts()
-		assert.Equal(t, 1, v[TokenOrder])
-	})
-	t.Run("an Unlock that returned nil with the lease not ErrReleased", func(t *testing.T) {
-		c := NewChecker(Keys)
-		a, _ := c.Enter("w1", "hot/c", 10, false)
-		require.NoError(t, c.Unlocked(a, BadRelease))
-		_, _, v, _ := c.Counts()
-		assert.Equal(t, 1, v[UnlockErr])
-	})
-	t.Run("a killed worker's holders never count", func(t *testing.T) {
-		c := NewChecker(Keys)
-		c.Enter("w1", "hot/a", 10, false)
-		c.WorkerKilled("w1")
-		b, _ := c.Enter("w2", "hot/a", 11, false)
-		require.NoError(t, c.Unlocked(b, Released))
-		_, _, v, _ := c.Counts()
-		assert.Zero(t, v[DoubleGrant])
-	})
+	for _, tc := range []struct {
+		name   string
+		script []string
+		want   map[string]int
+	}{
+		{"a mutex overlapped by confirmed holders", []string{
+			"E w1 hot/a 10 0", "E w2 hot/a 11 0", "X #1", "U #1 released", "X #2", "U #2 released",
+		}, map[string]int{DoubleGrant: 1}},
+		{"an expired holder overlapped", []string{
+			"E w1 hot/a 10 0", "E w2 hot/a 11 0", "U #1 expired", "U #2 released",
+		}, nil},
+		{"a holder whose lease was forced before it entered", []string{
+			"E w1 hot/a 11 0", "E w2 hot/a 10 0", "U #2 forced", "U #1 released",
+		}, nil},
+		{"readers together", []string{
+			"E w1 rw 10 1", "E w2 rw 11 1", "U #1 released", "U #2 released",
+		}, nil},
+		{"a writer beside readers", []string{
+			"E w1 rw 10 1", "E w2 rw 11 1", "E w3 rw 12 0", "U #1 released", "U #2 released", "U #3 released",
+		}, map[string]int{DoubleGrant: 1}},
+		{"a semaphore at its limit", []string{
+			"E w1 sem 10 0", "E w2 sem 11 0", "U #1 released", "U #2 released",
+		}, nil},
+		{"a semaphore past its limit, one of those inside confirmed", []string{
+			"E w1 sem 10 0", "E w2 sem 11 0", "E w3 sem 12 0", "U #3 released", "U #1 released", "U #2 lost",
+		}, nil},
+		{"a semaphore past its limit", []string{
+			"E w1 sem 10 0", "E w2 sem 11 0", "E w3 sem 12 0", "U #3 released", "U #1 released", "U #2 released",
+		}, map[string]int{OverLimit: 1}},
+		{"a clean key's holder lost without a restart", []string{
+			"E w1 clean/a 10 0", "E w2 clean/a 11 0", "U #1 lost", "U #2 released",
+		}, map[string]int{CleanOverlap: 1}},
+		{"a clean key's holder lost across a restart", []string{
+			"E w1 clean/a 10 0", "restart", "E w2 clean/a 11 0", "U #1 lost", "U #2 released",
+		}, nil},
+		{"a token not above one released before", []string{
+			"E w1 hot/b 10 0", "X #1", "U #1 released", "E w2 hot/b 9 0", "U #2 released",
+		}, map[string]int{TokenOrder: 1}},
+		{"an Unlock that returned nil with the lease not ErrReleased", []string{
+			"E w1 hot/c 10 0", "U #1 badrelease",
+		}, map[string]int{UnlockErr: 1}},
+		{"a killed worker's holder overlapped", []string{
+			"E w1 hot/a 10 0", "kill w1", "E w2 hot/a 11 0", "U #2 released",
+		}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := NewChecker(Keys)
+			var ids []string
+			for _, line := range tc.script {
+				f := strings.Fields(line)
+				switch f[0] {
+				case "restart":
+					c.BrokerRestarted()
+					continue
+				case "kill":
+					c.WorkerKilled(f[1])
+					continue
+				}
+				for i, w := range f {
+					if n, ok := strings.CutPrefix(w, "#"); ok {
+						k, _ := strconv.Atoi(n)
+						f[i] = ids[k-1]
+					}
+				}
+				a := answer(c, f)
+				require.False(t, strings.HasPrefix(a, "!"), "%s: %s", line, a)
+				if f[0] == "E" {
+					ids = append(ids, a)
+				}
+			}
+			_, _, got, _ := c.Counts()
+			for _, k := range Kinds {
+				assert.Equal(t, tc.want[k], got[k], k)
+			}
+		})
+	}
 }

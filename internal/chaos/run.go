@@ -93,6 +93,9 @@ func (s Summary) Failed() bool {
 	return false
 }
 
+// String gives the run's counts of cycles and faults, the holds released
+// by each worker, the count of each kind of violation, and the first
+// violations described.
 func (s Summary) String() string {
 	var b strings.Builder
 	o := s.Outcomes
@@ -114,12 +117,10 @@ func (s Summary) String() string {
 
 // A proc is a broker or worker process of the run.
 type proc struct {
-	name   string
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
 	out    *bufio.Reader
 	stderr *tailBuffer
-	killed bool // by the harness
 	exited chan struct{}
 	err    error // its exit, once exited is closed
 }
@@ -172,14 +173,14 @@ func (h *harness) logf(format string, args ...any) {
 }
 
 // start runs the binary in role with spec.
-func (h *harness) start(name, role string, spec any) (*proc, error) {
+func (h *harness) start(role string, spec any) (*proc, error) {
 	js, err := json.Marshal(spec)
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(h.cfg.Exe)
 	cmd.Env = append(os.Environ(), roleEnv+"="+role, specEnv+"="+string(js), "GORACE=halt_on_error=1")
-	p := &proc{name: name, cmd: cmd, stderr: new(tailBuffer), exited: make(chan struct{})}
+	p := &proc{cmd: cmd, stderr: new(tailBuffer), exited: make(chan struct{})}
 	cmd.Stderr = p.stderr
 	if p.stdin, err = cmd.StdinPipe(); err != nil {
 		return nil, err
@@ -192,7 +193,7 @@ func (h *harness) start(name, role string, spec any) (*proc, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	if role != "broker" { // only the broker says anything
+	if role == "worker" { // a worker says nothing the harness reads
 		go io.Copy(io.Discard, p.out)
 	}
 	go func() {
@@ -204,7 +205,6 @@ func (h *harness) start(name, role string, spec any) (*proc, error) {
 
 // kill kills p with SIGKILL and waits for it.
 func (p *proc) kill() {
-	p.killed = true
 	p.cmd.Process.Signal(syscall.SIGKILL)
 	<-p.exited
 }
@@ -234,7 +234,7 @@ func (h *harness) startBroker() error {
 	if srv := h.cfg.Server; srv != nil {
 		spec, role = serverSpec{Role: srv.Role, Dir: filepath.Join(h.cfg.Dir, "server"), Addr: h.tcp, Peer: h.peer}, "server"
 	}
-	p, err := h.start("broker", role, spec)
+	p, err := h.start(role, spec)
 	if err != nil {
 		return err
 	}
@@ -295,7 +295,7 @@ func (h *harness) startWorker(s *workerSpec) error {
 	h.starts++
 	spec := *s
 	spec.Seed = h.cfg.Seed*1000003 + uint64(h.starts)
-	p, err := h.start(s.Name, "worker", spec)
+	p, err := h.start("worker", spec)
 	if err != nil {
 		return err
 	}

@@ -1113,7 +1113,7 @@ func (cc *clientConn) dispatch(h header, p []byte) (*call, error) {
 			bad = fmt.Errorf("%w: a grant answered a request that asked none", ErrProtocol)
 			break
 		}
-		r.lease, bad = cc.granted(cl, p)
+		r.lease, r.err, bad = cc.granted(cl, p)
 	case opError:
 		d := decoder{b: p}
 		r.err = codeError(h.code, d.string()) // a cancelled Lock's caller has gone: dropped below
@@ -1160,21 +1160,27 @@ func (cc *clientConn) answeredLocked(key string) {
 	}
 }
 
-// granted makes the lease a Granted frame grants, or counts one more grant
-// of the lease it re-enters.
-func (cc *clientConn) granted(cl *call, p []byte) (*Lease, error) {
+// granted makes the lease a Granted frame grants to cl, or counts one more
+// grant of the lease it re-enters. If the session was lost since dispatch
+// took cl out of the calls, which fail no longer answers, it returns the
+// loss instead: the broker releases the grant with the session. An error
+// in the frame is bad.
+func (cc *clientConn) granted(cl *call, p []byte) (l *Lease, lost, bad error) {
 	d := decoder{b: p}
 	id, token, exp := d.ulid(), d.uvarint(), d.time()
 	if err := d.done(); err != nil {
-		return nil, fmt.Errorf("%w: granted: %v", ErrProtocol, err)
+		return nil, nil, fmt.Errorf("%w: granted: %v", ErrProtocol, err)
 	}
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
+	if cc.err != nil {
+		return nil, cc.err, nil
+	}
 	if l := cc.leases[id]; l != nil {
 		l.count++ // the client's count of a lease is guarded by the conn's mu
-		return l, nil
+		return l, nil, nil
 	}
-	l := &Lease{key: cl.key, id: id, token: token, door: cc, count: 1}
+	l = &Lease{key: cl.key, id: id, token: token, door: cc, count: 1}
 	if !exp.IsZero() {
 		l.ttl = &ttlState{expires: exp, ttl: cl.ttl}
 	}
@@ -1184,7 +1190,7 @@ func (cc *clientConn) granted(cl *call, p []byte) (*Lease, error) {
 		t.timer = time.AfterFunc(cl.ttl/3, func() { cc.renew(l) })
 	}
 	cc.leases[id] = l
-	return l, nil
+	return l, nil, nil
 }
 
 // name records that the broker named the queued Lock reqID to follow the

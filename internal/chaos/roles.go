@@ -191,14 +191,7 @@ func runWorker(s workerSpec) error {
 		go func() {
 			defer wg.Done()
 			c := shared
-			var lm *lmConn
-			if s.LiveMutex {
-				defer func() {
-					if lm != nil {
-						lm.nc.Close()
-					}
-				}()
-			} else if c == nil {
+			if c == nil && !s.LiveMutex {
 				var err error
 				if c, err = dial(); err != nil {
 					if ctx.Err() == nil {
@@ -215,9 +208,11 @@ func runWorker(s workerSpec) error {
 			}
 			defer r.close()
 			w := &worker{spec: &s, c: c, r: r, rng: rand.New(rand.NewPCG(s.Seed, uint64(g)))}
-			if s.LiveMutex {
-				w.lm = &lm
-			}
+			defer func() {
+				if w.lm != nil {
+					w.lm.nc.Close()
+				}
+			}()
 			if err := w.run(ctx); err != nil {
 				errs <- err
 				stop()
@@ -226,18 +221,17 @@ func runWorker(s workerSpec) error {
 	}
 	wg.Wait()
 	close(errs)
-	return errors.Join(func() (all []error) {
-		for err := range errs {
-			all = append(all, err)
-		}
-		return all
-	}()...)
+	var all []error
+	for err := range errs {
+		all = append(all, err)
+	}
+	return errors.Join(all...)
 }
 
 type worker struct {
 	spec *workerSpec
 	c    lmx.Locker // on the native door, or any lmx.Open takes
-	lm   **lmConn   // on the live-mutex door: the connection, nil after a failure
+	lm   *lmConn    // on the live-mutex door: nil until dialled, and after a failure
 	r    *reporter
 	rng  *rand.Rand
 }
@@ -314,7 +308,7 @@ func (w *worker) cycle(ctx context.Context) error {
 // lock locks k through the worker's door and returns the token and how to
 // unlock.
 func (w *worker) lock(ctx context.Context, k KeySpec, opts []lmx.LockOption) (uint64, func() Outcome, error) {
-	if w.lm != nil {
+	if w.spec.LiveMutex {
 		return w.lockLiveMutex(k)
 	}
 	// Some Locks give up soon, while queued or named to follow a lease of
@@ -342,17 +336,17 @@ func (w *worker) lock(ctx context.Context, k KeySpec, opts []lmx.LockOption) (ui
 // lockLiveMutex locks k through the live-mutex door, on a new connection
 // if the last one failed.
 func (w *worker) lockLiveMutex(k KeySpec) (uint64, func() Outcome, error) {
-	if *w.lm == nil {
+	if w.lm == nil {
 		c, err := dialLiveMutex(w.spec.Addr, fmt.Sprintf("%s-%d", w.spec.Name, w.rng.Uint32()))
 		if err != nil {
 			return 0, nil, err
 		}
-		*w.lm = c
+		w.lm = c
 	}
-	c := *w.lm
+	c := w.lm
 	drop := func() {
 		c.nc.Close()
-		*w.lm = nil
+		w.lm = nil
 	}
 	id, token, err := c.lock(k.Name, max(k.Limit, 1))
 	if err != nil {

@@ -21,12 +21,7 @@ import (
 func TestGrantAfterSessionLost(t *testing.T) {
 	b := NewBroker()
 	defer b.Close()
-	c, err := Dial(context.Background(), "pipe:0", WithDialer(func(context.Context, string, string) (net.Conn, error) {
-		c1, c2 := net.Pipe()
-		b.ServeConn(c2)
-		return c1, nil
-	}))
-	require.NoError(t, err)
+	c := dialPipe(t, b)
 	defer c.Close()
 	c.mu.Lock()
 	cc := c.conn
@@ -39,4 +34,17 @@ func TestGrantAfterSessionLost(t *testing.T) {
 	assert.Nil(t, l)
 	assert.ErrorIs(t, lost, ErrSessionLost)
 	assert.NoError(t, bad)
+}
+
+// dialPipe returns a client of b over a net.Pipe, which a synctest bubble
+// can hold.
+func dialPipe(t *testing.T, b *Broker) *Client {
+	t.Helper()
+	c, err := Dial(context.Background(), "pipe:0", WithDialer(func(context.Context, string, string) (net.Conn, error) {
+		c1, c2 := net.Pipe()
+		b.ServeConn(c2)
+		return c1, nil
+	}))
+	require.NoError(t, err)
+	return c
 }

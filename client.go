@@ -402,12 +402,9 @@ func (c *Client) Release(ctx context.Context, key string, id ulid.ULID) error {
 	if err != nil {
 		return err
 	}
-	_, err = cc.roundTrip(ctx, call{key: key}, func(b []byte, reqID uint32) []byte { return appendRelease(b, reqID, key, id) })
-	if err == nil {
-		// The broker tells of the end of a lease of this session in its
-		// answer, not in an Ended frame.
-		cc.unlocked(id)
-	}
+	// The broker tells of the end of a lease of this session in its answer,
+	// not in an Ended frame: dispatch counts it released (see call.frees).
+	_, err = cc.roundTrip(ctx, call{key: key, frees: id}, func(b []byte, reqID uint32) []byte { return appendRelease(b, reqID, key, id) })
 	return err
 }
 
@@ -637,10 +634,11 @@ type call struct {
 	wait       bool
 	ttl        time.Duration
 	keepAlive  time.Duration
-	watch      *watcher // a Watch: receives the Event frames answering it
-	release    *Lease   // a Release of this lease, handed on once sent (see handOffLocked)
-	abandoned  bool     // its caller has gone; guarded by the conn's mu
-	prev, next *call    // in the conn's waiting; guarded by the conn's mu
+	watch      *watcher  // a Watch: receives the Event frames answering it
+	release    *Lease    // a Release of this lease, handed on once sent (see handOffLocked)
+	frees      ulid.ULID // a Release's lock id: its OK releases a grant of the conn's lease of that id, if any
+	abandoned  bool      // its caller has gone; guarded by the conn's mu
+	prev, next *call     // in the conn's waiting; guarded by the conn's mu
 
 	// A queued Lock the broker named to follow the lease pred, with the
 	// lock id and token of its grant (see chain.go); guarded by the conn's
@@ -1085,11 +1083,17 @@ func (cc *clientConn) dispatch(h header, p []byte) (*call, error) {
 	cc.mu.Lock()
 	cl := cc.calls[h.id]
 	delete(cc.calls, h.id)
+	var released *Lease
 	if cl != nil {
 		cc.waiting.remove(cl)
 		if cl.named { // its successor follows the lease this grants
 			delete(cc.succ, cl.pred)
 			cl.named = false
+		}
+		if h.op == opOK && cl.frees != (ulid.ULID{}) {
+			// Under the hold that takes the call out, so that a loss of
+			// the session now finds the lease released, not held.
+			released = cc.unlockedLocked(cl.frees)
 		}
 	}
 	// Out of calls, it can no longer be abandoned (see roundTrip).
@@ -1097,6 +1101,9 @@ func (cc *clientConn) dispatch(h header, p []byte) (*call, error) {
 	cc.mu.Unlock()
 	if cl == nil {
 		return nil, nil // the reply to a fire-and-forget release
+	}
+	if released != nil { // before its Unlock can return
+		endRemote(released, ErrReleased)
 	}
 	var r reply
 	var bad error // the frame is wrong: it fails the call and the session
@@ -1106,7 +1113,7 @@ func (cc *clientConn) dispatch(h header, p []byte) (*call, error) {
 			bad = fmt.Errorf("%w: a grant answered a request that asked none", ErrProtocol)
 			break
 		}
-		r.lease, bad = cc.granted(cl, p)
+		r.lease, r.err, bad = cc.granted(cl, p)
 	case opError:
 		d := decoder{b: p}
 		r.err = codeError(h.code, d.string()) // a cancelled Lock's caller has gone: dropped below
@@ -1153,21 +1160,27 @@ func (cc *clientConn) answeredLocked(key string) {
 	}
 }
 
-// granted makes the lease a Granted frame grants, or counts one more grant
-// of the lease it re-enters.
-func (cc *clientConn) granted(cl *call, p []byte) (*Lease, error) {
+// granted makes the lease a Granted frame grants to cl, or counts one more
+// grant of the lease it re-enters. If the session was lost since dispatch
+// took cl out of the calls, which fail no longer answers, it returns the
+// loss instead: the broker releases the grant with the session. An error
+// in the frame is bad.
+func (cc *clientConn) granted(cl *call, p []byte) (l *Lease, lost, bad error) {
 	d := decoder{b: p}
 	id, token, exp := d.ulid(), d.uvarint(), d.time()
 	if err := d.done(); err != nil {
-		return nil, fmt.Errorf("%w: granted: %v", ErrProtocol, err)
+		return nil, nil, fmt.Errorf("%w: granted: %v", ErrProtocol, err)
 	}
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
+	if cc.err != nil {
+		return nil, cc.err, nil
+	}
 	if l := cc.leases[id]; l != nil {
 		l.count++ // the client's count of a lease is guarded by the conn's mu
-		return l, nil
+		return l, nil, nil
 	}
-	l := &Lease{key: cl.key, id: id, token: token, door: cc, count: 1}
+	l = &Lease{key: cl.key, id: id, token: token, door: cc, count: 1}
 	if !exp.IsZero() {
 		l.ttl = &ttlState{expires: exp, ttl: cl.ttl}
 	}
@@ -1177,7 +1190,7 @@ func (cc *clientConn) granted(cl *call, p []byte) (*Lease, error) {
 		t.timer = time.AfterFunc(cl.ttl/3, func() { cc.renew(l) })
 	}
 	cc.leases[id] = l
-	return l, nil
+	return l, nil, nil
 }
 
 // name records that the broker named the queued Lock reqID to follow the
@@ -1288,18 +1301,26 @@ func endRemote(l *Lease, reason error) {
 // released; when none is left, the lease leaves the conn and ends.
 func (cc *clientConn) unlocked(id ulid.ULID) {
 	cc.mu.Lock()
-	l := cc.leases[id]
-	last := false
-	if l != nil {
-		if l.count--; l.count <= 0 {
-			delete(cc.leases, id)
-			last = true
-		}
-	}
+	l := cc.unlockedLocked(id)
 	cc.mu.Unlock()
-	if last {
+	if l != nil {
 		endRemote(l, ErrReleased)
 	}
+}
+
+// unlockedLocked records that one grant of the lease with lock id id was
+// released. When none is left, it takes the lease out of the conn and
+// returns it, for the caller to end with ErrReleased.
+func (cc *clientConn) unlockedLocked(id ulid.ULID) *Lease {
+	l := cc.leases[id]
+	if l == nil {
+		return nil
+	}
+	if l.count--; l.count > 0 {
+		return nil
+	}
+	delete(cc.leases, id)
+	return l
 }
 
 // releaseAsync asks the broker to release one grant of l without waiting for
@@ -1325,12 +1346,17 @@ func (cc *clientConn) unlock(ctx context.Context, l *Lease) error {
 		cc.releaseAsync(l)
 		return ctx.Err()
 	}
-	_, err := cc.roundTrip(ctx, call{key: l.key, release: l}, func(b []byte, id uint32) []byte {
+	// The broker's OK ends the lease (see call.frees) before roundTrip
+	// returns, and before a loss of the session could end it otherwise.
+	// Cut short by ctx, the Release is on its way: its OK, if the session
+	// lives to read it, ends the lease then.
+	_, err := cc.roundTrip(ctx, call{key: l.key, release: l, frees: l.id}, func(b []byte, id uint32) []byte {
 		return appendRelease(b, id, l.key, l.id)
 	})
 	switch {
-	case err == nil, ctx.Err() != nil: // released, or the release is on its way
-		cc.unlocked(l.id)
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
 		return ctx.Err()
 	case errors.Is(err, ErrNotHeld) && l.Err() != nil:
 		return l.notHeld() // the Ended frame came first and says why

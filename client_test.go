@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -295,6 +296,74 @@ func TestClientTryLockAfterGivenUpGrant(t *testing.T) {
 		require.NoError(t, <-tried, "the TryLock found the grant its client gave up")
 		assert.Zero(t, time.Since(start), "the grant was read at the next idle check, not at once")
 		synctest.Wait()
+		requireIdle(t, b)
+	})
+}
+
+// cutConn is a client's connection that, once armed, closes itself after
+// the next read that returns data, so that the session is lost right after
+// that data.
+type cutConn struct {
+	net.Conn
+	armed atomic.Bool
+}
+
+func (c *cutConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 && c.armed.Load() {
+		c.Conn.Close()
+	}
+	return n, err
+}
+
+// An Unlock that returned nil has ended its lease with ErrReleased, even
+// when the session is lost right after the Release's answer was read
+// (issue 16: the lease reported ErrSessionLost, or nothing for a while).
+// Another goroutine's Lock holds the read role, so that it reads the answer
+// and then the loss, while the Unlock's goroutine wakes to its answer.
+func TestUnlockAnsweredThenSessionLost(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := t.Context()
+		b := lmx.NewBroker()
+		defer b.Close()
+		var mu sync.Mutex
+		var conn *cutConn
+		c, err := lmx.Dial(ctx, "pipe:0", lmx.WithDialer(func(context.Context, string, string) (net.Conn, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			conn = &cutConn{Conn: servePipe(b)}
+			return conn, nil
+		}))
+		require.NoError(t, err)
+		defer c.Close()
+		other := dialPipe(t, b, nil)
+		busy, err := other.Lock(ctx, "busy")
+		require.NoError(t, err)
+		answered := 0
+		for range 50 {
+			l, err := c.Lock(ctx, "k")
+			require.NoError(t, err)
+			reading := make(chan error, 1)
+			go func() {
+				_, err := c.Lock(ctx, "busy")
+				reading <- err
+			}()
+			synctest.Wait() // the Lock of busy waits, holding the read role
+			mu.Lock()
+			conn.armed.Store(true)
+			mu.Unlock()
+			err = l.Unlock(ctx)
+			if err == nil {
+				answered++
+				require.ErrorIs(t, l.Err(), lmx.ErrReleased, "Unlock returned nil")
+			}
+			require.ErrorIs(t, <-reading, lmx.ErrSessionLost)
+			if err == nil {
+				require.ErrorIs(t, l.Err(), lmx.ErrReleased, "the loss after Unlock's answer")
+			}
+		}
+		require.NoError(t, busy.Unlock(ctx))
+		require.Positive(t, answered, "no Unlock was answered before the loss: the test proves nothing")
 		requireIdle(t, b)
 	})
 }

@@ -2,7 +2,6 @@ package lmx
 
 import (
 	"context"
-	"net"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -33,12 +32,7 @@ func TestClockIdleForSessions(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := NewBroker()
 		defer b.Close()
-		c, err := Dial(context.Background(), "pipe:0", WithDialer(func(context.Context, string, string) (net.Conn, error) {
-			c1, c2 := net.Pipe()
-			b.ServeConn(c2)
-			return c1, nil
-		}))
-		require.NoError(t, err)
+		c := dialPipe(t, b)
 		defer c.Close()
 		grantsTellTime(t, c)
 		b.clock.mu.Lock()

@@ -202,7 +202,8 @@ func (l *Lease) Err() error {
 // are undone. Unlock of a lease that is not held fails with ErrNotHeld and
 // changes nothing. Unlock does not rely on ctx to release: an in-process
 // lease is released at once, a remote one as soon as the broker hears of it
-// or, failing that, when the session ends.
+// or, failing that, when the session ends. Once Unlock has returned nil, Err
+// reports ErrReleased, whatever happens to the session after.
 func (l *Lease) Unlock(ctx context.Context) error { return l.door.unlock(ctx, l) }
 
 // Extend makes the lease expire ttl from now, whether or not it had a TTL

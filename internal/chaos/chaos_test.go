@@ -1,0 +1,154 @@
+package chaos
+
+import (
+	"flag"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+var (
+	duration = flag.Duration("chaos.duration", time.Minute, "how long TestChaos injects faults")
+	seed     = flag.Uint64("chaos.seed", 1, "TestChaos's seed; 0 picks one at random")
+)
+
+// TestMain runs the binary as the harness's broker or worker when the
+// harness starts it so.
+func TestMain(m *testing.M) {
+	if ran, code := Main(nil); ran {
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
+
+// run runs the harness for d with seed and skip, and logs its summary.
+func run(t *testing.T, d time.Duration, seed uint64, skip string) Summary {
+	t.Helper()
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	dir, err := os.MkdirTemp("", "chaos")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	s, err := Run(t.Context(), Config{Duration: d, Seed: seed, Skip: skip, Dir: dir, Exe: exe, Log: testLog{t}})
+	require.NoError(t, err)
+	t.Log(s)
+	return s
+}
+
+type testLog struct{ t *testing.T }
+
+func (l testLog) Write(p []byte) (int, error) {
+	l.t.Log(string(p))
+	return len(p), nil
+}
+
+// No double grant, no overlap on clean keys, tokens in order, Unlock's
+// contract kept, and the broker back to idle and to its baseline, while
+// workers are killed, connections cut and stalled, leases expire, are
+// forced and preempted, and the broker is killed and restarted. Replay a
+// run with -chaos.seed; make it longer with -chaos.duration.
+func TestChaos(t *testing.T) {
+	s := *seed
+	if s == 0 {
+		s = uint64(time.Now().UnixNano())
+	}
+	t.Logf("chaos: seed %d, %v of faults", s, *duration)
+	sum := run(t, *duration, s, "")
+	assert.False(t, sum.Failed(), "violations (replay with -chaos.seed=%d):\n%v", s, sum)
+	assert.Positive(t, sum.Cycles)
+	assert.Positive(t, sum.Kills+sum.Cuts+sum.Stalls+sum.Forces, "no fault was injected")
+}
+
+// The negative control: a worker that enters a clean key without locking
+// it must make the checker report the overlap.
+func TestChaosNegativeControl(t *testing.T) {
+	sum := run(t, 3*time.Second, 7, "clean/a")
+	assert.Positive(t, sum.Violations[CleanOverlap], "the checker missed a worker that skips the lock:\n%v", sum)
+}
+
+// The checker's rules, each case a script of reports as workers send them
+// ("#n" stands for the holder id the n-th Enter got; "restart" and "kill w"
+// are the harness's) and the violations it must count.
+func TestCheckerRules(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		script []string
+		want   map[string]int
+	}{
+		{"a mutex overlapped by confirmed holders", []string{
+			"E w1 hot/a 10 0", "E w2 hot/a 11 0", "X #1", "U #1 released", "X #2", "U #2 released",
+		}, map[string]int{DoubleGrant: 1}},
+		{"an expired holder overlapped", []string{
+			"E w1 hot/a 10 0", "E w2 hot/a 11 0", "U #1 expired", "U #2 released",
+		}, nil},
+		{"a holder whose lease was forced before it entered", []string{
+			"E w1 hot/a 11 0", "E w2 hot/a 10 0", "U #2 forced", "U #1 released",
+		}, nil},
+		{"readers together", []string{
+			"E w1 rw 10 1", "E w2 rw 11 1", "U #1 released", "U #2 released",
+		}, nil},
+		{"a writer beside readers", []string{
+			"E w1 rw 10 1", "E w2 rw 11 1", "E w3 rw 12 0", "U #1 released", "U #2 released", "U #3 released",
+		}, map[string]int{DoubleGrant: 1}},
+		{"a semaphore at its limit", []string{
+			"E w1 sem 10 0", "E w2 sem 11 0", "U #1 released", "U #2 released",
+		}, nil},
+		{"a semaphore past its limit, one of those inside confirmed", []string{
+			"E w1 sem 10 0", "E w2 sem 11 0", "E w3 sem 12 0", "U #3 released", "U #1 released", "U #2 lost",
+		}, nil},
+		{"a semaphore past its limit", []string{
+			"E w1 sem 10 0", "E w2 sem 11 0", "E w3 sem 12 0", "U #3 released", "U #1 released", "U #2 released",
+		}, map[string]int{OverLimit: 1}},
+		{"a clean key's holder lost without a restart", []string{
+			"E w1 clean/a 10 0", "E w2 clean/a 11 0", "U #1 lost", "U #2 released",
+		}, map[string]int{CleanOverlap: 1}},
+		{"a clean key's holder lost across a restart", []string{
+			"E w1 clean/a 10 0", "restart", "E w2 clean/a 11 0", "U #1 lost", "U #2 released",
+		}, nil},
+		{"a token not above one released before", []string{
+			"E w1 hot/b 10 0", "X #1", "U #1 released", "E w2 hot/b 9 0", "U #2 released",
+		}, map[string]int{TokenOrder: 1}},
+		{"an Unlock that returned nil with the lease not ErrReleased", []string{
+			"E w1 hot/c 10 0", "U #1 badrelease",
+		}, map[string]int{UnlockErr: 1}},
+		{"a killed worker's holder overlapped", []string{
+			"E w1 hot/a 10 0", "kill w1", "E w2 hot/a 11 0", "U #2 released",
+		}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := NewChecker(Keys)
+			var ids []string
+			for _, line := range tc.script {
+				f := strings.Fields(line)
+				switch f[0] {
+				case "restart":
+					c.BrokerRestarted()
+					continue
+				case "kill":
+					c.WorkerKilled(f[1])
+					continue
+				}
+				for i, w := range f {
+					if n, ok := strings.CutPrefix(w, "#"); ok {
+						k, _ := strconv.Atoi(n)
+						f[i] = ids[k-1]
+					}
+				}
+				a := answer(c, f)
+				require.False(t, strings.HasPrefix(a, "!"), "%s: %s", line, a)
+				if f[0] == "E" {
+					ids = append(ids, a)
+				}
+			}
+			_, _, got, _ := c.Counts()
+			for _, k := range Kinds {
+				assert.Equal(t, tc.want[k], got[k], k)
+			}
+		})
+	}
+}

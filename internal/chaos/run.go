@@ -1,0 +1,658 @@
+package chaos
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/lmx-go/lmx"
+)
+
+// Config is one chaos run.
+type Config struct {
+	Duration time.Duration // how long faults are injected
+	Seed     uint64        // the fault schedule's and the workers' seed
+	Skip     string        // the negative control: a worker enters this clean key without a lock
+	Dir      string        // where the sockets go; short, for the 108-byte limit
+	Exe      string        // the binary whose Main runs the roles
+	Log      io.Writer     // progress, a line every few seconds; nil for none
+	Server   *Server       // what the workers lock through; nil for lmx's own broker
+}
+
+// A Server is what the workers lock through when it is not lmx's own
+// broker: a process running a ServerRole given to Main, which the workers
+// and the harness reach with lmx.Open. Its workers are the native ones but
+// for those the live-mutex door and preemption need; its health is not
+// checked.
+type Server struct {
+	Role           string                   // the role's name in Main's map
+	URL            func(addr string) string // what lmx.Open takes for the server at TCP address addr
+	SessionTimeout time.Duration            // how long the server keeps a silent client's leases
+}
+
+// The broker's session timeout and the faults' timings.
+const (
+	heartbeat      = 100 * time.Millisecond
+	sessionTimeout = 500 * time.Millisecond
+	baseTTL        = 40 * time.Millisecond
+	preemptGrace   = 5 * time.Millisecond
+)
+
+// Keys are the keys a run locks: the clean ones, which no fault but a
+// broker restart touches, and the others.
+var Keys = []KeySpec{
+	{Name: "clean/a", Kind: Mutex, Clean: true},
+	{Name: "clean/b", Kind: Mutex, Clean: true},
+	{Name: "clean/sem", Kind: Semaphore, Limit: 3, Clean: true},
+	{Name: "clean/rw", Kind: RW, Clean: true},
+	{Name: "hot/a", Kind: Mutex},
+	{Name: "hot/b", Kind: Mutex},
+	{Name: "hot/c", Kind: Mutex},
+	{Name: "sem", Kind: Semaphore, Limit: 2},
+	{Name: "rw", Kind: RW},
+}
+
+// Summary is what a run counted.
+type Summary struct {
+	Seed     uint64
+	Duration time.Duration
+	Cycles   int // holds whose Unlock was reported
+	Kills    int // workers killed with SIGKILL
+	Cuts     int // connections cut by the proxy
+	Stalls   int // stalls of the proxy, each longer than the session timeout
+	Forces   int // ForceUnlock calls
+	Restarts int // broker kills with a restart
+	Outcomes map[Outcome]int
+	Released map[string]int // holds released, by worker
+	// Violations counts each kind; Examples describes the first few.
+	Violations map[string]int
+	Examples   []string
+}
+
+// Failed reports whether the run found any violation.
+func (s Summary) Failed() bool {
+	for _, n := range s.Violations {
+		if n > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// String gives the run's counts of cycles and faults, the holds released
+// by each worker, the count of each kind of violation, and the first
+// violations described.
+func (s Summary) String() string {
+	var b strings.Builder
+	o := s.Outcomes
+	fmt.Fprintf(&b, "chaos seed %d, %v of faults: cycles %d, kills %d, cuts %d, stalls %d, expiries %d, forced %d (of %d ForceUnlocks), preempted %d, sessions lost %d, broker restarts %d\n",
+		s.Seed, s.Duration, s.Cycles, s.Kills, s.Cuts, s.Stalls, o[Expired], o[Forced], s.Forces, o[Preempted], o[Lost], s.Restarts)
+	b.WriteString("released by worker:")
+	for _, w := range slices.Sorted(maps.Keys(s.Released)) {
+		fmt.Fprintf(&b, " %s %d", w, s.Released[w])
+	}
+	b.WriteString("\nviolations:")
+	for _, k := range Kinds {
+		fmt.Fprintf(&b, " %s %d", k, s.Violations[k])
+	}
+	for _, e := range s.Examples {
+		b.WriteString("\n  " + e)
+	}
+	return b.String()
+}
+
+// A proc is a broker or worker process of the run.
+type proc struct {
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	out    *bufio.Reader
+	stderr *tailBuffer
+	exited chan struct{}
+	err    error // its exit, once exited is closed
+}
+
+// tailBuffer keeps the last 4 KiB written to it.
+type tailBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if len(t.b) > 4096 {
+		t.b = t.b[len(t.b)-4096:]
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(bytes.TrimSpace(t.b))
+}
+
+type harness struct {
+	cfg     Config
+	checker *Checker
+	rng     *rand.Rand
+	unix    string // the broker's native door
+	tcp     string // the same, on TCP; or the server's address
+	peer    string // a second TCP address, for a server that needs one
+	lm      string // the broker's live-mutex door
+	proxy   *proxy
+	broker  *proc
+	base    health        // the first broker's, before any client came
+	timeout time.Duration // the broker's session timeout
+	admin   adminLocker
+	workers map[string]*workerSpec
+	procs   map[string]*proc
+	sum     Summary
+	starts  int
+}
+
+func (h *harness) logf(format string, args ...any) {
+	if h.cfg.Log != nil {
+		fmt.Fprintf(h.cfg.Log, format+"\n", args...)
+	}
+}
+
+// start runs the binary in role with spec.
+func (h *harness) start(role string, spec any) (*proc, error) {
+	js, err := json.Marshal(spec)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(h.cfg.Exe)
+	cmd.Env = append(os.Environ(), roleEnv+"="+role, specEnv+"="+string(js), "GORACE=halt_on_error=1")
+	p := &proc{cmd: cmd, stderr: new(tailBuffer), exited: make(chan struct{})}
+	cmd.Stderr = p.stderr
+	if p.stdin, err = cmd.StdinPipe(); err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	p.out = bufio.NewReader(stdout)
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	if role == "worker" { // a worker says nothing the harness reads
+		go io.Copy(io.Discard, p.out)
+	}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.exited)
+	}()
+	return p, nil
+}
+
+// kill kills p with SIGKILL and waits for it.
+func (p *proc) kill() {
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.exited
+}
+
+// stop asks p to stop by closing its stdin, and waits up to d for it.
+func (p *proc) stop(d time.Duration) bool {
+	p.stdin.Close()
+	select {
+	case <-p.exited:
+		return true
+	case <-time.After(d):
+		p.kill()
+		return false
+	}
+}
+
+// adminLocker is what the harness asks the broker or server.
+type adminLocker interface {
+	lmx.Locker
+	lmx.Admin
+}
+
+// startBroker starts the broker and waits until it listens.
+func (h *harness) startBroker() error {
+	var spec any = brokerSpec{Unix: h.unix, TCP: h.tcp, LiveMutex: h.lm, Heartbeat: heartbeat, Timeout: sessionTimeout}
+	role := "broker"
+	if srv := h.cfg.Server; srv != nil {
+		spec, role = serverSpec{Role: srv.Role, Dir: filepath.Join(h.cfg.Dir, "server"), Addr: h.tcp, Peer: h.peer}, "server"
+	}
+	p, err := h.start(role, spec)
+	if err != nil {
+		return err
+	}
+	line, err := p.out.ReadString('\n')
+	var hl health
+	if err == nil {
+		hl, err = parseHealth(strings.TrimPrefix(line, "ready "))
+	}
+	if err != nil {
+		p.kill()
+		return fmt.Errorf("broker did not start: %v: %s", err, p.stderr)
+	}
+	if h.broker == nil {
+		h.base = hl
+	}
+	if h.broker != nil && h.cfg.Server != nil {
+		// A restarted server is ready when it serves: etcd may answer
+		// before it has its leader.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		for ctx.Err() == nil {
+			if _, err := h.admin.Stats(ctx); err == nil {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	h.broker = p
+	return nil
+}
+
+// health is what a broker process says of itself (see selfHealth).
+type health struct{ goroutines, rss, heap int }
+
+func parseHealth(line string) (hl health, err error) {
+	_, err = fmt.Sscanf(line, "%d %d %d", &hl.goroutines, &hl.rss, &hl.heap)
+	return hl, err
+}
+
+func (hl health) String() string {
+	return fmt.Sprintf("%d goroutines, RSS %.1f MiB, heap in use %.1f MiB", hl.goroutines, float64(hl.rss)/(1<<20), float64(hl.heap)/(1<<20))
+}
+
+// brokerHealth asks the broker for its health.
+func (h *harness) brokerHealth() (health, error) {
+	if _, err := io.WriteString(h.broker.stdin, "health\n"); err != nil {
+		return health{}, err
+	}
+	line, err := h.broker.out.ReadString('\n')
+	if err != nil {
+		return health{}, err
+	}
+	return parseHealth(line)
+}
+
+// startWorker starts the worker of spec, with a seed of its own per start.
+func (h *harness) startWorker(s *workerSpec) error {
+	h.starts++
+	spec := *s
+	spec.Seed = h.cfg.Seed*1000003 + uint64(h.starts)
+	p, err := h.start("worker", spec)
+	if err != nil {
+		return err
+	}
+	h.procs[s.Name] = p
+	return nil
+}
+
+// Run runs the chaos harness as cfg says and returns what it counted. An
+// error is the harness failing, not lmx.
+func Run(ctx context.Context, cfg Config) (Summary, error) {
+	h := &harness{
+		cfg:     cfg,
+		checker: NewChecker(Keys),
+		rng:     rand.New(rand.NewPCG(cfg.Seed, 0x6c6d78)),
+		unix:    filepath.Join(cfg.Dir, "b.sock"),
+		lm:      filepath.Join(cfg.Dir, "lm.sock"),
+		workers: make(map[string]*workerSpec),
+		procs:   make(map[string]*proc),
+		sum:     Summary{Seed: cfg.Seed, Duration: cfg.Duration},
+	}
+	cl, err := net.Listen("unix", filepath.Join(cfg.Dir, "c.sock"))
+	if err != nil {
+		return h.sum, err
+	}
+	var serving sync.WaitGroup
+	serving.Add(1)
+	go serveChecker(cl, h.checker, &serving)
+	defer func() {
+		cl.Close()
+		serving.Wait()
+	}()
+	for _, a := range []*string{&h.tcp, &h.peer} {
+		port, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return h.sum, err
+		}
+		*a = port.Addr().String()
+		port.Close()
+	}
+	h.timeout = sessionTimeout
+	native := cfg.Server == nil
+	if !native {
+		h.timeout = cfg.Server.SessionTimeout
+	}
+	if err := h.startBroker(); err != nil {
+		return h.sum, err
+	}
+	defer func() {
+		if h.broker != nil {
+			h.broker.stop(5 * time.Second)
+		}
+	}()
+	if h.proxy, err = newProxy(h.tcp); err != nil {
+		return h.sum, err
+	}
+	defer h.proxy.close()
+	direct, tcp, proxied := "unix://"+h.unix, "tcp://"+h.tcp, "tcp://"+h.proxy.addr()
+	if native {
+		h.admin, err = lmx.Dial(ctx, direct, lmx.WithReconnectBackoff(5*time.Millisecond, 100*time.Millisecond))
+	} else {
+		direct, tcp, proxied = cfg.Server.URL(h.tcp), cfg.Server.URL(h.tcp), cfg.Server.URL(h.proxy.addr())
+		h.admin, err = openAdmin(ctx, direct)
+	}
+	if err != nil {
+		return h.sum, err
+	}
+	adminOpen := true
+	defer func() {
+		if adminOpen {
+			h.admin.Close()
+		}
+	}()
+
+	var clean, hot, lmKeys []KeySpec
+	for _, k := range Keys {
+		switch {
+		case !k.Clean:
+			hot = append(hot, k)
+		case k.Kind != RW: // live-mutex 0.2 has no read/write locks
+			lmKeys = append(lmKeys, k)
+			fallthrough
+		default:
+			clean = append(clean, k)
+		}
+	}
+	all := append(append([]KeySpec(nil), clean...), hot...)
+	checkerPath := filepath.Join(cfg.Dir, "c.sock")
+	specs := []*workerSpec{
+		// Never killed nor proxied: the clean keys' holders.
+		{Name: "clean-shared", Addr: direct, Goroutines: 4, Keys: all, Hold: time.Millisecond},
+		{Name: "clean-per", Addr: tcp, PerClient: true, Goroutines: 3, Keys: all, Hold: time.Millisecond},
+		// Many goroutines of one Client on few keys: hand-offs inside the
+		// session all the time.
+		{Name: "clean-handoff", Addr: direct, Goroutines: 6, Keys: []KeySpec{Keys[0], Keys[1], Keys[4]}, Hold: 200 * time.Microsecond},
+		// Killed, proxied, with TTLs and preemption.
+		{Name: "proxied-shared", Addr: proxied, Goroutines: 4, Keys: hot, Hold: time.Millisecond, TTL: baseTTL},
+		{Name: "proxied-per", Addr: proxied, PerClient: true, Goroutines: 2, Keys: hot, Hold: time.Millisecond, TTL: baseTTL},
+		{Name: "killed-shared", Addr: direct, Goroutines: 3, Keys: hot, Hold: time.Millisecond, TTL: baseTTL},
+	}
+	if native {
+		specs = append(specs,
+			&workerSpec{Name: "clean-livemutex", Addr: h.lm, LiveMutex: true, Goroutines: 2, Keys: lmKeys, Hold: time.Millisecond},
+			&workerSpec{Name: "preemptor", Addr: direct, Goroutines: 1, Keys: hot, Hold: 2 * time.Millisecond, Preempt: preemptGrace})
+	}
+	if cfg.Skip != "" {
+		specs = append(specs, &workerSpec{Name: "skipper", Addr: direct, Goroutines: 2, Keys: clean, Hold: time.Millisecond, Skip: cfg.Skip})
+	}
+	var killable []string
+	for _, s := range specs {
+		s.Checker = checkerPath
+		h.workers[s.Name] = s
+		if !strings.HasPrefix(s.Name, "clean") && s.Name != "skipper" {
+			killable = append(killable, s.Name)
+		}
+		if err := h.startWorker(s); err != nil {
+			return h.sum, err
+		}
+	}
+	defer func() {
+		for _, p := range h.procs {
+			p.stop(5 * time.Second)
+		}
+	}()
+
+	if err := h.faults(ctx, killable, hot); err != nil {
+		return h.sum, err
+	}
+	err = h.liveness(ctx)
+	adminOpen = false
+	h.admin.Close()
+	if err == nil && native {
+		h.brokerBack()
+	}
+	h.finish()
+	return h.sum, err
+}
+
+// faults injects faults on the seeded schedule for the run's duration.
+func (h *harness) faults(ctx context.Context, killable []string, hot []KeySpec) error {
+	start := time.Now()
+	end := start.Add(h.cfg.Duration)
+	var stalledUntil time.Time
+	lastRestart := start
+	nextLog := start.Add(10 * time.Second)
+	for at := start; ; {
+		at = at.Add(time.Duration(h.rng.ExpFloat64() * float64(10*time.Millisecond)))
+		kind := h.rng.IntN(1000)
+		target := h.rng.IntN(1 << 20)
+		if at.After(end) || time.Now().After(end) || ctx.Err() != nil {
+			break // a slow fault (a restart) may push the schedule past the end
+		}
+		time.Sleep(time.Until(at))
+		now := time.Now()
+		if !stalledUntil.IsZero() && now.After(stalledUntil) {
+			h.proxy.resume()
+			stalledUntil = time.Time{}
+		}
+		if err := h.checkBroker(); err != nil {
+			return err
+		}
+		h.checkWorkers()
+		switch {
+		case kind < 600: // ForceUnlock of a key the faults may touch
+			fctx, cancel := context.WithTimeout(ctx, time.Second)
+			if h.admin.ForceUnlock(fctx, hot[target%len(hot)].Name) == nil {
+				h.sum.Forces++
+			}
+			cancel()
+		case kind < 800: // cut the proxied connections
+			h.sum.Cuts += h.proxy.cut()
+		case kind < 805 && stalledUntil.IsZero(): // stall them past the session timeout
+			h.proxy.stall()
+			stalledUntil = now.Add(3 * h.timeout / 2)
+			h.sum.Stalls++
+		case kind < 825: // kill -9 a worker, and start it again
+			name := killable[target%len(killable)]
+			h.procs[name].kill()
+			h.checker.WorkerKilled(name)
+			h.sum.Kills++
+			if err := h.startWorker(h.workers[name]); err != nil {
+				return err
+			}
+		case kind >= 825 && now.Sub(lastRestart) > 8*time.Second: // kill -9 the broker, and start it again
+			if err := h.restartBroker(ctx); err != nil {
+				return err
+			}
+			lastRestart = time.Now()
+		}
+		if now.After(nextLog) {
+			nextLog = nextLog.Add(10 * time.Second)
+			s := h.summary()
+			h.logf("chaos: %v: cycles %d, kills %d, cuts %d, stalls %d, forces %d, restarts %d, violations %v", now.Sub(start).Round(time.Second), s.Cycles, s.Kills, s.Cuts, s.Stalls, s.Forces, s.Restarts, s.Violations)
+		}
+	}
+	h.proxy.resume()
+	return nil
+}
+
+// restartBroker kills the broker with SIGKILL, starts it again on the same
+// addresses, and checks that its first token is above every token before.
+func (h *harness) restartBroker(ctx context.Context) error {
+	h.broker.kill()
+	before := h.checker.BrokerRestarted()
+	h.sum.Restarts++
+	if err := h.startBroker(); err != nil {
+		return err
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	l, err := h.admin.Lock(pctx, "probe/restart")
+	if err != nil {
+		return fmt.Errorf("the restarted broker grants nothing: %w", err)
+	}
+	if l.Token() <= before {
+		h.checker.Violation(RestartToken, "the restarted broker's token %d is not above %d, the largest before", l.Token(), before)
+	}
+	return l.Unlock(pctx)
+}
+
+// checkBroker counts a broker that exited by itself, and starts it again.
+func (h *harness) checkBroker() error {
+	select {
+	case <-h.broker.exited:
+	default:
+		return nil
+	}
+	h.checker.Violation(BrokerDied, "the broker exited by itself (%v): %s", h.broker.err, h.broker.stderr)
+	h.checker.BrokerRestarted()
+	return h.startBroker()
+}
+
+// checkWorkers counts workers that exited by themselves, and starts them
+// again.
+func (h *harness) checkWorkers() {
+	for name, p := range h.procs {
+		select {
+		case <-p.exited:
+		default:
+			continue
+		}
+		h.checker.Violation(WorkerFailure, "worker %s exited (%v): %s", name, p.err, p.stderr)
+		h.checker.WorkerKilled(name)
+		h.startWorker(h.workers[name])
+	}
+}
+
+// liveness checks that, with the faults over and what they left behind
+// gone (the leases of lost sessions and TTLs), every key keeps being
+// granted when asked for, the workers stop when asked, and then the broker
+// holds and queues nothing.
+func (h *harness) liveness(ctx context.Context) error {
+	settle := h.timeout + 2*baseTTL
+	if h.cfg.Server != nil {
+		// etcd gives every lease its whole TTL again when a restart
+		// elects its leader, a dead client's too.
+		settle = 3 * h.timeout
+	}
+	time.Sleep(settle)
+	const window = 2 * time.Second
+	before := h.checker.keyCycles()
+	time.Sleep(window)
+	after := h.checker.keyCycles()
+	for _, k := range Keys {
+		if after[k.Name] > before[k.Name] {
+			continue
+		}
+		ictx, cancel := context.WithTimeout(ctx, time.Second)
+		ki, err := h.admin.Inspect(ictx, k.Name)
+		cancel()
+		if err != nil || len(ki.Holders)+len(ki.Waiters) > 0 { // not merely a key nobody asked for
+			h.checker.Violation(Liveness, "%s was not granted once in %v, once the faults' leases had ended: %d holders %+v, %d waiters (%v); tokens of the holders inside: %v", k.Name, window, len(ki.Holders), ki.Holders, len(ki.Waiters), err, h.checker.inside(k.Name))
+		}
+	}
+	h.checkWorkers()
+	for name, p := range h.procs {
+		if !p.stop(20 * time.Second) {
+			h.checker.Violation(Liveness, "worker %s did not stop within 20s of being asked: a Lock or Unlock stuck", name)
+		} else if p.err != nil {
+			h.checker.Violation(WorkerFailure, "worker %s exited (%v): %s", name, p.err, p.stderr)
+		}
+	}
+	h.procs = map[string]*proc{}
+	var st lmx.Stats
+	stopped := time.Now()
+	deadline := stopped.Add(h.timeout + 2*baseTTL + 5*time.Second)
+	for {
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		var err error
+		st, err = h.admin.Stats(sctx)
+		cancel()
+		if err == nil && st.Holders == 0 && st.Waiters == 0 && st.Keys == 0 && (st.Sessions == 1 || h.cfg.Server != nil) {
+			h.logf("chaos: the broker was idle %v after the last worker stopped", time.Since(stopped).Round(time.Millisecond))
+			return nil
+		}
+		if time.Now().After(deadline) {
+			h.checker.Violation(Liveness, "with every worker gone, the broker still has %d keys, %d holders, %d waiters, %d sessions (err %v)", st.Keys, st.Holders, st.Waiters, st.Sessions, err)
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// What a broker may keep past its start once every client has gone: heap
+// the runtime keeps for itself, and RSS the race detector's shadow memory
+// keeps.
+const (
+	heapSlack = 1 << 20
+	rssSlack  = 64 << 20
+)
+
+// brokerBack checks that, with every client gone, the broker's goroutines,
+// heap and RSS are back to what they were when it started.
+func (h *harness) brokerBack() {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		hl, err := h.brokerHealth()
+		if err != nil {
+			h.checker.Violation(BrokerLeak, "the broker does not answer: %v", err)
+			return
+		}
+		h.logf("chaos: broker at the end: %v; at the start: %v", hl, h.base)
+		if hl.goroutines <= h.base.goroutines && hl.heap <= h.base.heap+heapSlack && hl.rss <= h.base.rss+rssSlack {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.checker.Violation(BrokerLeak, "the broker at the end: %v; at the start: %v", hl, h.base)
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// summary returns the counts so far.
+func (h *harness) summary() Summary {
+	s := h.sum
+	s.Outcomes, s.Released, s.Violations, s.Examples = h.checker.Counts()
+	s.Cycles = 0
+	for o, n := range s.Outcomes {
+		if o != Killed {
+			s.Cycles += n
+		}
+	}
+	return s
+}
+
+func (h *harness) finish() { h.sum = h.summary() }
+
+// openAdmin opens url with lmx.Open, for the harness's own calls.
+func openAdmin(ctx context.Context, url string) (adminLocker, error) {
+	l, err := lmx.Open(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	a, ok := l.(adminLocker)
+	if !ok {
+		l.Close()
+		return nil, fmt.Errorf("%s opens a %T, which has no ForceUnlock and Stats", url, l)
+	}
+	return a, nil
+}

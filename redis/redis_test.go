@@ -1,0 +1,138 @@
+package redis_test
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/lmx-go/lmx"
+	"github.com/lmx-go/lmx/locktest"
+	"github.com/lmx-go/lmx/redis"
+	goredis "github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+var prefixes atomic.Int64
+
+// newPrefix returns a prefix no other test uses.
+func newPrefix() string { return fmt.Sprintf("test%d:", prefixes.Add(1)) }
+
+// open opens a Locker through lmx.Open on the test server under prefix.
+func open(t testing.TB, prefix string, sessionTTL time.Duration) *redis.Locker {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	l, err := lmx.Open(ctx, fmt.Sprintf("redis://%s/0?prefix=%s&session_ttl=%v", addr, prefix, sessionTTL))
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+	return l.(*redis.Locker)
+}
+
+// client returns a go-redis client of the test server.
+func client(t testing.TB) *goredis.Client {
+	rdb := goredis.NewClient(&goredis.Options{Addr: addr})
+	t.Cleanup(func() { rdb.Close() })
+	return rdb
+}
+
+func TestConformance(t *testing.T) {
+	locktest.Run(t, func(t testing.TB) lmx.Locker { return open(t, newPrefix(), 2*time.Second) },
+		locktest.RealTime(50*time.Millisecond),
+		locktest.Skip("the Redis backend refuses Owner (re-entrancy)", "Reentrant", "Inspect"),
+		locktest.Skip("the Redis backend refuses Preempt", "PreemptReleasedInGrace", "PreemptForced", "PreemptRefused"),
+		locktest.Skip("the Redis backend refuses a positive LockDelay", "LockDelay"),
+		locktest.Skip("the Redis backend's Stats keeps no histograms", "StatsHistograms"))
+}
+
+func TestUnsupportedOptions(t *testing.T) {
+	l := open(t, newPrefix(), 2*time.Second)
+	for _, o := range []lmx.LockOption{lmx.Owner("o"), lmx.Preempt(0), lmx.LockDelay(time.Second)} {
+		_, err := l.Lock(t.Context(), "k", o)
+		assert.ErrorIs(t, err, redis.ErrUnsupported)
+		assert.ErrorIs(t, err, lmx.ErrInvalidOption)
+	}
+	// NoPreempt and LockDelay(0) ask for what the backend always does.
+	lease, err := l.Lock(t.Context(), "k", lmx.NoPreempt(), lmx.LockDelay(0))
+	require.NoError(t, err)
+	require.NoError(t, lease.Unlock(t.Context()))
+}
+
+// The URL forms lmx.Open takes, and the ones it refuses with a clear error.
+func TestOpenURL(t *testing.T) {
+	pfx := newPrefix()
+	for _, u := range []string{
+		"redis://" + addr,
+		"redis://" + addr + "/0?prefix=" + pfx,
+		"rpm+redis://" + addr + "/0?prefix=" + pfx + "&session_ttl=3s",
+		"redis://default:@" + addr + "/2?prefix=" + pfx + "&dial_timeout=2s",
+	} {
+		l, err := lmx.Open(t.Context(), u)
+		require.NoError(t, err, u)
+		lease, err := l.Lock(t.Context(), "k")
+		require.NoError(t, err, u)
+		require.NoError(t, lease.Unlock(t.Context()))
+		require.NoError(t, l.Close())
+	}
+	for _, u := range []string{
+		"redis://" + addr + "/0?session_ttl=soon",
+		"redis://" + addr + "/0?session_ttl=-1s",
+		"redis://" + addr + "/0?colour=blue",
+		"redis://" + addr + "/x",
+	} {
+		_, err := lmx.Open(t.Context(), u)
+		assert.Error(t, err, u)
+	}
+}
+
+// The keys of a prefix are those of every Locker opened with it, and no
+// other's: a second prefix on the same Redis has its own locks.
+func TestPrefixes(t *testing.T) {
+	p1, p2 := newPrefix(), newPrefix()
+	a, b, c := open(t, p1, 2*time.Second), open(t, p1, 2*time.Second), open(t, p2, 2*time.Second)
+	held, err := a.Lock(t.Context(), "k")
+	require.NoError(t, err)
+	_, err = b.TryLock(t.Context(), "k")
+	require.ErrorIs(t, err, lmx.ErrLocked)
+	other, err := c.TryLock(t.Context(), "k")
+	require.NoError(t, err)
+	require.NoError(t, other.Unlock(t.Context()))
+	require.NoError(t, held.Unlock(t.Context()))
+}
+
+// Deleting a Locker's session key in Redis kills the session: its lease
+// ends with ErrSessionLost, the waiter of another Locker gets the key, and
+// the first Locker starts a new session for its next Lock.
+func TestSessionLost(t *testing.T) {
+	pfx := newPrefix()
+	a, b := open(t, pfx, time.Second), open(t, pfx, time.Second)
+	held, err := a.Lock(t.Context(), "k")
+	require.NoError(t, err)
+	ch := make(chan lockResult, 1)
+	lockAsync(t.Context(), b, ch, "w", "k")
+	waitQueued(t, a, "k", 1)
+
+	require.NoError(t, client(t).Del(t.Context(), pfx+"s:"+a.Session()).Err())
+	select {
+	case <-held.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the holder did not learn that its session was lost")
+	}
+	assert.ErrorIs(t, held.Err(), lmx.ErrSessionLost)
+	assert.ErrorIs(t, held.Err(), lmx.ErrLeaseLost)
+	assert.ErrorIs(t, held.Unlock(t.Context()), lmx.ErrNotHeld)
+	r := await(t, ch, 5*time.Second)
+	require.NoError(t, r.err)
+	assert.Greater(t, r.lease.Token(), held.Token())
+	require.NoError(t, r.lease.Unlock(t.Context()))
+
+	again, err := a.Lock(t.Context(), "k")
+	require.NoError(t, err)
+	require.NoError(t, again.Unlock(t.Context()))
+	st, err := a.Stats(t.Context())
+	require.NoError(t, err)
+	assert.Equal(t, uint64(1), st.SessionLost)
+	assert.Equal(t, uint64(3), st.Grants)
+}

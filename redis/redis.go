@@ -41,6 +41,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"net/url"
 	"strconv"
 	"strings"
@@ -171,8 +172,7 @@ func New(ctx context.Context, rdb *goredis.Client, prefix string, opts ...Option
 		}
 		return nil, fmt.Errorf("lmx/redis: subscribe: %w", err)
 	}
-	msgs := lk.ps.ChannelWithSubscriptions(goredis.WithChannelHealthCheckInterval(time.Second))
-	lk.wg.Go(func() { lk.listen(msgs) })
+	lk.wg.Go(lk.listen)
 	lk.wg.Go(lk.refresh)
 	return lk, nil
 }
@@ -416,12 +416,32 @@ func (lk *Locker) endSession(s *session, reason error) {
 	}
 }
 
-// listen dispatches the messages of the Locker's channel until Close. A
-// subscription confirmed again means the connection was lost and made
-// anew: messages may have been lost with it, so every waiter looks again
-// and every lease is checked.
-func (lk *Locker) listen(msgs <-chan any) {
-	for m := range msgs {
+// listen reads the Locker's channel until Close, on this goroutine, so
+// that a grant reaches its waiter with no hop between. A read that fails
+// makes the next one connect and subscribe again; a subscription confirmed
+// again means messages may have been lost meanwhile, so every waiter looks
+// again and every lease is checked. An idle connection is pinged.
+func (lk *Locker) listen() {
+	for {
+		m, err := lk.ps.ReceiveTimeout(lk.ctx, 2*time.Second)
+		if lk.ctx.Err() != nil {
+			return
+		}
+		var ne net.Error
+		switch {
+		case errors.As(err, &ne) && ne.Timeout():
+			ctx, cancel := context.WithTimeout(lk.ctx, time.Second)
+			lk.ps.Ping(ctx)
+			cancel()
+			continue
+		case err != nil:
+			select {
+			case <-lk.ctx.Done():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			continue
+		}
 		switch m := m.(type) {
 		case *goredis.Message:
 			lk.dispatch(m.Payload)

@@ -40,10 +40,8 @@ local P, K, self = ARGV[1], ARGV[2], ARGV[3]
 local q, h, m = KEYS[1], KEYS[2], KEYS[3]
 local maxBypass = 64
 local function d(n) return string.format('%d', n) end
-local function now()
-	local t = redis.call('TIME')
-	return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+local t = redis.call('TIME')
+t = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function waiter(r)
 	local id, sid, lid, mode, ttl, kod, prio, owner =
 		string.match(r, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
@@ -56,8 +54,15 @@ local function holder(id, r)
 	return {id = id, tok = tok, sid = sid, lid = lid, mode = mode, exp = tonumber(exp),
 		since = since, owner = owner}
 end
+local lives = {}
 local function alive(sid)
-	return sid == '' or redis.call('EXISTS', P .. 's:' .. sid) == 1
+	if sid == '' then return true end
+	local a = lives[sid]
+	if a == nil then
+		a = redis.call('EXISTS', P .. 's:' .. sid) == 1
+		lives[sid] = a
+	end
+	return a
 end
 local function tell(lid, msg)
 	redis.call('PUBLISH', P .. 'c:' .. lid, msg)
@@ -66,114 +71,123 @@ local function count(what)
 	redis.call('HINCRBY', P .. 'n', what, 1)
 end
 -- why returns why the holder x has ended, or nil while it holds.
-local function why(x, t)
+local function why(x)
 	if x.exp > 0 and x.exp <= t then return 'x' end
 	if not alive(x.sid) then return 's' end
 	return nil
 end
--- reap ends the dead holders and tells their Lockers.
-local function reap(t)
-	local all = redis.call('HGETALL', h)
+-- H are the live holders by id once reap has run, ex and sh how many hold
+-- exclusive and shared.
+local H, ex, sh = {}, 0, 0
+local function add(x)
+	H[x.id] = x
+	if x.mode == 's' then sh = sh + 1 else ex = ex + 1 end
+end
+local function drop(id)
+	local x = H[id]
+	if x then
+		H[id] = nil
+		if x.mode == 's' then sh = sh - 1 else ex = ex - 1 end
+	end
+	redis.call('HDEL', h, id)
+	return x
+end
+-- reap ends the dead holders and tells their Lockers; it returns how many
+-- it ended.
+local function reap()
+	local all, n = redis.call('HGETALL', h), 0
 	for i = 1, #all, 2 do
 		local x = holder(all[i], all[i + 1])
-		local w = why(x, t)
+		local w = why(x)
 		if w then
 			redis.call('HDEL', h, x.id)
 			tell(x.lid, 'e|' .. x.id .. '|' .. w)
 			count(w)
+			n = n + 1
+		else
+			add(x)
 		end
 	end
+	return n
 end
--- held counts the holders: exclusive, shared.
-local function held()
-	local ex, sh = 0, 0
-	for _, v in ipairs(redis.call('HVALS', h)) do
-		if string.match(v, '^[^|]*|[^|]*|[^|]*|(.)') == 's' then sh = sh + 1 else ex = ex + 1 end
-	end
-	return ex, sh
-end
+local lim = nil
 local function limit()
-	return tonumber(redis.call('HGET', m, 'limit') or '1')
+	if not lim then lim = tonumber(redis.call('HGET', m, 'limit') or '1') end
+	return lim
 end
-local function fits(mode, ex, sh, lim)
+local function fits(mode)
 	if mode == 's' then return ex == 0 end
-	return sh == 0 and ex < lim
+	return sh == 0 and ex < limit()
 end
 local function token()
 	local v = redis.call('INCR', P .. 't')
 	if v == 1 then
 		-- A new counter (a new Redis, or one that lost its data) starts
 		-- at the time in microseconds, so that tokens keep increasing.
-		local t = redis.call('TIME')
-		v = tonumber(t[1]) * 1000000 + tonumber(t[2])
+		local tm = redis.call('TIME')
+		v = tonumber(tm[1]) * 1000000 + tonumber(tm[2])
 		redis.call('SET', P .. 't', d(v))
 	end
 	return v
 end
 -- hold makes the request w a holder and tells its Locker, unless it is the
--- caller's own; it returns the token.
-local function hold(w, t)
+-- caller's own.
+local function hold(w)
 	local tok = d(token())
 	local exp = 0
 	if w.ttl > 0 then exp = t + w.ttl end
 	local sid = w.sid
 	if w.kod == '1' then sid = '' end
-	redis.call('HSET', h, w.id, tok .. '|' .. sid .. '|' .. w.lid .. '|' .. w.mode .. '|' ..
-		d(exp) .. '|' .. d(t) .. '|' .. w.owner)
+	local rec = tok .. '|' .. sid .. '|' .. w.lid .. '|' .. w.mode .. '|' .. d(exp) .. '|' .. d(t) .. '|' .. w.owner
+	redis.call('HSET', h, w.id, rec)
+	add(holder(w.id, rec))
 	count('g')
 	if w.id ~= self then tell(w.lid, 'g|' .. w.id .. '|' .. tok .. '|' .. d(w.ttl)) end
-	return tok
 end
 -- grant grants the queue's head while it fits, dropping dead waiters.
-local function grant(t)
-	local lim = limit()
-	local ex, sh = held()
+local function grant()
 	while true do
 		local r = redis.call('LINDEX', q, 0)
 		if not r then return end
 		local w = waiter(r)
-		if alive(w.sid) then
-			if not fits(w.mode, ex, sh, lim) then return end
-			if w.mode == 's' then sh = sh + 1 else ex = ex + 1 end
-		end
+		local live = alive(w.sid)
+		if live and not fits(w.mode) then return end
 		redis.call('LPOP', q)
 		redis.call('HDEL', m, 'b:' .. w.id)
-		if alive(w.sid) then hold(w, t) end
+		if live then hold(w) end
 	end
 end
 -- tidy forgets an idle key.
 local function tidy()
-	if redis.call('EXISTS', q) == 0 and redis.call('EXISTS', h) == 0 then
+	if next(H) == nil and redis.call('EXISTS', q) == 0 then
 		redis.call('DEL', m)
 		redis.call('SREM', P .. 'k', K)
 	end
 end
 -- wake returns in how many ms a holder may end on its own (its TTL or its
 -- session's), -1 if none may: when a waiter looks again.
-local function wake(t)
+local function wake()
 	local best = -1
 	local function at(ms)
 		if ms >= 0 and (best < 0 or ms < best) then best = ms end
 	end
-	for _, v in ipairs(redis.call('HVALS', h)) do
-		local x = holder('', v)
+	for _, x in pairs(H) do
 		if x.exp > 0 then at(x.exp - t) end
 		if x.sid ~= '' then at(redis.call('PTTL', P .. 's:' .. x.sid)) end
 	end
 	return best
 end
--- mine returns the reply for the caller's request: {'g', token, ms left
--- (0: no TTL)} when it holds, {'w', wake} while it waits, {'n'} when it is
--- gone.
-local function mine(t, rec)
-	local v = redis.call('HGET', h, self)
-	if v then
-		local x = holder(self, v)
+-- mine returns the reply for the caller's request, whose waiter record is
+-- rec ('' if it is known not to wait): {'g', token, ms left (0: no TTL)}
+-- when it holds, {'w', wake} while it waits, {'n'} when it is gone.
+local function mine(rec)
+	local x = H[self]
+	if x then
 		local left = 0
 		if x.exp > 0 then left = x.exp - t end
 		return {'g', x.tok, left}
 	end
-	if rec ~= '' and redis.call('LPOS', q, rec) then return {'w', wake(t)} end
+	if rec ~= '' and redis.call('LPOS', q, rec) then return {'w', wake()} end
 	return {'n'}
 end
 `
@@ -184,25 +198,23 @@ end
 // when the key lives with another Limit, or {'d'} when the request's
 // session is dead.
 var acquireScript = goredis.NewScript(lib + `
-local rec, lim, try = ARGV[4], ARGV[5], ARGV[6] == '1'
+local rec, lim0, try = ARGV[4], ARGV[5], ARGV[6] == '1'
 local me = waiter(rec)
 if not alive(me.sid) then return {'d'} end
-local t = now()
-reap(t)
-grant(t)
-if redis.call('EXISTS', q) == 1 or redis.call('EXISTS', h) == 1 then
+reap()
+grant()
+if next(H) ~= nil or redis.call('EXISTS', q) == 1 then
 	local have = redis.call('HGET', m, 'limit')
-	if have and have ~= lim then return {'m', have} end
+	if have and have ~= lim0 then return {'m', have} end
 else
 	redis.call('DEL', m)
-	redis.call('HSET', m, 'limit', lim)
+	redis.call('HSET', m, 'limit', lim0)
 	redis.call('SADD', P .. 'k', K)
 end
 local n = redis.call('LLEN', q)
 if try then
 	-- Granted now only if it fits and may overtake every waiter.
-	local ex, sh = held()
-	local ok = fits(me.mode, ex, sh, limit())
+	local ok = fits(me.mode)
 	local head = redis.call('LINDEX', q, 0)
 	if ok and head then
 		local w = waiter(head)
@@ -215,8 +227,8 @@ if try then
 	for _, r in ipairs(redis.call('LRANGE', q, 0, -1)) do
 		redis.call('HINCRBY', m, 'b:' .. waiter(r).id, 1)
 	end
-	hold(me, t)
-	return mine(t, '')
+	hold(me)
+	return mine('')
 end
 -- Queue behind every waiter of its priority or higher, and behind any
 -- overtaken maxBypass times; count a bypass for those it overtakes.
@@ -238,30 +250,29 @@ else
 		redis.call('LINSERT', q, 'BEFORE', redis.call('LINDEX', q, -at), rec)
 	end
 end
-grant(t)
-return mine(t, rec)
+grant()
+if H[self] then return mine('') end
+return {'w', wake()}
 `)
 
 // pokeScript reaps and grants, then reports on the caller's request, whose
 // waiter record is ARGV[4]: what a waiter does when it looks again.
 var pokeScript = goredis.NewScript(lib + `
-local t = now()
-reap(t)
-grant(t)
+reap()
+grant()
 tidy()
-return mine(t, ARGV[4])
+return mine(ARGV[4])
 `)
 
 // cancelScript takes back a request, waiter record ARGV[4]: out of the
 // queue, or, if it was granted meanwhile, out of the holders, and hands the
 // key on.
 var cancelScript = goredis.NewScript(lib + `
-local t = now()
 redis.call('LREM', q, 1, ARGV[4])
 redis.call('HDEL', m, 'b:' .. self)
-redis.call('HDEL', h, self)
-reap(t)
-grant(t)
+reap()
+drop(self)
+grant()
 tidy()
 return 1
 `)
@@ -270,26 +281,20 @@ return 1
 // "" (its own Unlock: nobody is told), "r" (Release), "x" (its own
 // Locker's TTL timer ran out: counted, not told). It returns 1 when it
 // ended the lease, 0 when there was none, or the reason the lease had
-// already ended with.
+// already ended with ('x' or 's': reaped now).
 var releaseScript = goredis.NewScript(lib + `
-local t = now()
 local v = redis.call('HGET', h, self)
 local res = 0
 if v then
-	local x = holder(self, v)
-	local w = why(x, t)
-	if w then
-		res = w
-		count(w)
-	else
-		res = 1
-		if ARGV[4] == 'r' then tell(x.lid, 'e|' .. self .. '|r') end
-		if ARGV[4] == 'x' then count('x') end
-	end
-	redis.call('HDEL', h, self)
+	res = why(holder(self, v)) or 1
 end
-reap(t)
-grant(t)
+reap()
+local x = drop(self)
+if x then
+	if ARGV[4] == 'r' then tell(x.lid, 'e|' .. self .. '|r') end
+	if ARGV[4] == 'x' then count('x') end
+end
+grant()
 tidy()
 return res
 `)
@@ -297,15 +302,13 @@ return res
 // extendScript makes the lease self expire ARGV[4] ms from now. It returns
 // 1, or 0 when the lease is not held.
 var extendScript = goredis.NewScript(lib + `
-local t = now()
-reap(t)
-local v = redis.call('HGET', h, self)
-if not v then
-	grant(t)
+reap()
+local x = H[self]
+if not x then
+	grant()
 	tidy()
 	return 0
 end
-local x = holder(self, v)
 redis.call('HSET', h, self, x.tok .. '|' .. x.sid .. '|' .. x.lid .. '|' .. x.mode .. '|' ..
 	d(t + tonumber(ARGV[4])) .. '|' .. x.since .. '|' .. x.owner)
 return 1
@@ -314,26 +317,24 @@ return 1
 // forceScript ends every lease of the key, telling their Lockers, and
 // returns how many there were.
 var forceScript = goredis.NewScript(lib + `
-local t = now()
-reap(t)
-local ids = redis.call('HKEYS', h)
-for _, id in ipairs(ids) do
-	local x = holder(id, redis.call('HGET', h, id))
-	redis.call('HDEL', h, id)
+reap()
+local n = 0
+for id, x in pairs(H) do
+	drop(id)
 	tell(x.lid, 'e|' .. id .. '|f')
 	count('f')
+	n = n + 1
 end
-grant(t)
+grant()
 tidy()
-return #ids
+return n
 `)
 
 // viewScript reaps and grants, then returns the key's limit, its holders
 // (id, record pairs) and its waiters, and the Redis time.
 var viewScript = goredis.NewScript(lib + `
-local t = now()
-reap(t)
-grant(t)
+reap()
+grant()
 tidy()
 return {redis.call('HGET', m, 'limit') or '0', redis.call('HGETALL', h), redis.call('LRANGE', q, 0, -1), d(t)}
 `)

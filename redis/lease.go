@@ -115,7 +115,7 @@ func (l *lease) Unlock(ctx context.Context, _ *lmx.Lease) error {
 	case "x":
 		l.end(lmx.ErrExpired)
 	default:
-		l.end(fmt.Errorf("%w: the lease is gone from Redis", lmx.ErrSessionLost))
+		l.end(l.gone())
 	}
 	return lmx.ErrNotHeld
 }

@@ -447,7 +447,7 @@ func (lk *Locker) listen() {
 			lk.dispatch(m.Payload)
 		case *goredis.Subscription:
 			if m.Kind == "subscribe" {
-				lk.reconnected()
+				lk.wg.Go(lk.reconnected)
 			}
 		}
 	}

@@ -88,12 +88,13 @@ local function drop(id)
 	if x then
 		H[id] = nil
 		if x.mode == 's' then sh = sh - 1 else ex = ex - 1 end
+		redis.call('HDEL', h, id)
 	end
-	redis.call('HDEL', h, id)
 	return x
 end
 -- reap ends the dead holders and tells their Lockers; it returns how many
--- it ended.
+-- it ended, and gone has why each one ended.
+local gone = {}
 local function reap()
 	local all, n = redis.call('HGETALL', h), 0
 	for i = 1, #all, 2 do
@@ -103,6 +104,7 @@ local function reap()
 			redis.call('HDEL', h, x.id)
 			tell(x.lid, 'e|' .. x.id .. '|' .. w)
 			count(w)
+			gone[x.id] = w
 			n = n + 1
 		else
 			add(x)
@@ -201,17 +203,21 @@ var acquireScript = goredis.NewScript(lib + `
 local rec, lim0, try = ARGV[4], ARGV[5], ARGV[6] == '1'
 local me = waiter(rec)
 if not alive(me.sid) then return {'d'} end
-reap()
-grant()
-if next(H) ~= nil or redis.call('EXISTS', q) == 1 then
-	local have = redis.call('HGET', m, 'limit')
-	if have and have ~= lim0 then return {'m', have} end
+if reap() > 0 then grant() end
+-- The limit is set while the key is live (tidy deletes it): a limit set
+-- with the key idle is one the reap above has just made stale.
+local have = redis.call('HGET', m, 'limit')
+if have and have ~= lim0 and next(H) == nil and redis.call('EXISTS', q) == 0 then
+	have = nil
+end
+if have then
+	if have ~= lim0 then return {'m', have} end
+	lim = tonumber(have)
 else
 	redis.call('DEL', m)
 	redis.call('HSET', m, 'limit', lim0)
 	redis.call('SADD', P .. 'k', K)
 end
-local n = redis.call('LLEN', q)
 if try then
 	-- Granted now only if it fits and may overtake every waiter.
 	local ok = fits(me.mode)
@@ -232,9 +238,14 @@ if try then
 end
 -- Queue behind every waiter of its priority or higher, and behind any
 -- overtaken maxBypass times; count a bypass for those it overtakes.
-local at = 0
-while at < n do
-	local w = waiter(redis.call('LINDEX', q, -1 - at))
+local at, head = 0, false
+while true do
+	local r = redis.call('LINDEX', q, -1 - at)
+	if not r then
+		head = true
+		break
+	end
+	local w = waiter(r)
 	if w.prio >= me.prio or tonumber(redis.call('HGET', m, 'b:' .. w.id) or '0') >= maxBypass then break end
 	at = at + 1
 end
@@ -244,7 +255,7 @@ else
 	for _, r in ipairs(redis.call('LRANGE', q, -at, -1)) do
 		redis.call('HINCRBY', m, 'b:' .. waiter(r).id, 1)
 	end
-	if at == n then
+	if head then
 		redis.call('LPUSH', q, rec)
 	else
 		redis.call('LINSERT', q, 'BEFORE', redis.call('LINDEX', q, -at), rec)
@@ -283,14 +294,11 @@ return 1
 // ended the lease, 0 when there was none, or the reason the lease had
 // already ended with ('x' or 's': reaped now).
 var releaseScript = goredis.NewScript(lib + `
-local v = redis.call('HGET', h, self)
-local res = 0
-if v then
-	res = why(holder(self, v)) or 1
-end
 reap()
 local x = drop(self)
+local res = gone[self] or 0
 if x then
+	res = 1
 	if ARGV[4] == 'r' then tell(x.lid, 'e|' .. self .. '|r') end
 	if ARGV[4] == 'x' then count('x') end
 end

@@ -26,7 +26,8 @@
 // outlives its session), Limit (semaphores), Shared, Priority (with the
 // broker's bound against starvation), NoPreempt and LockDelay(0). Owner,
 // Preempt and a positive LockDelay fail with an error matching
-// ErrUnsupported and lmx.ErrInvalidOption.
+// ErrUnsupported and lmx.ErrInvalidOption. *Locker implements lmx.Admin
+// and lmx.Watcher, across every Locker on the same Redis prefix.
 //
 // A single Redis promises less than etcd: a failover to a replica that had
 // not yet received a grant loses it, and two holders then believe they hold

@@ -41,7 +41,8 @@ func client(t testing.TB) *goredis.Client {
 func TestConformance(t *testing.T) {
 	locktest.Run(t, func(t testing.TB) lmx.Locker { return open(t, newPrefix(), 2*time.Second) },
 		locktest.RealTime(50*time.Millisecond),
-		locktest.Skip("the Redis backend refuses Owner (re-entrancy)", "Reentrant", "Inspect"),
+		locktest.Skip("the Redis backend refuses Owner (re-entrancy), which these tests use; TestWatch covers Watch without it",
+			"Reentrant", "Inspect", "Watch"),
 		locktest.Skip("the Redis backend refuses Preempt", "PreemptReleasedInGrace", "PreemptForced", "PreemptRefused"),
 		locktest.Skip("the Redis backend refuses a positive LockDelay", "LockDelay"),
 		locktest.Skip("the Redis backend's Stats keeps no histograms", "StatsHistograms"))
@@ -135,4 +136,57 @@ func TestSessionLost(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, uint64(1), st.SessionLost)
 	assert.Equal(t, uint64(3), st.Grants)
+}
+
+// Watch streams the events of every Locker on the prefix, for the keys under
+// the watched one: acquired, then released, expired, forced or session-lost.
+func TestWatch(t *testing.T) {
+	pfx := newPrefix()
+	a, b := open(t, pfx, time.Second), open(t, pfx, time.Second)
+	ctx, cancel := context.WithCancel(t.Context())
+	ch, err := a.Watch(ctx, "w/")
+	require.NoError(t, err)
+
+	l, err := b.Lock(t.Context(), "w/a")
+	require.NoError(t, err)
+	other, err := b.Lock(t.Context(), "other/a")
+	require.NoError(t, err)
+	require.NoError(t, other.Unlock(t.Context()))
+	require.NoError(t, l.Unlock(t.Context()))
+	x, err := b.Lock(t.Context(), "w/x", lmx.TTL(100*time.Millisecond))
+	require.NoError(t, err)
+	<-x.Done()
+	f, err := b.Lock(t.Context(), "w/f")
+	require.NoError(t, err)
+	require.NoError(t, a.ForceUnlock(t.Context(), "w/f"))
+	s, err := b.Lock(t.Context(), "w/s")
+	require.NoError(t, err)
+	require.NoError(t, client(t).Del(t.Context(), pfx+"s:"+b.Session()).Err())
+	<-s.Done()
+
+	want := []struct {
+		t lmx.EventType
+		l *lmx.Lease
+	}{
+		{lmx.EventAcquired, l}, {lmx.EventReleased, l},
+		{lmx.EventAcquired, x}, {lmx.EventExpired, x},
+		{lmx.EventAcquired, f}, {lmx.EventForced, f},
+		{lmx.EventAcquired, s}, {lmx.EventSessionLost, s},
+	}
+	for _, w := range want {
+		var ev lmx.Event
+		select {
+		case ev = <-ch:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no %v event", w.t)
+		}
+		require.Equal(t, w.t, ev.Type, "event %+v", ev)
+		assert.Equal(t, w.l.Key(), ev.Key)
+		assert.Equal(t, w.l.ID(), ev.ID)
+		assert.Equal(t, w.l.Token(), ev.Token)
+		assert.False(t, ev.Time.IsZero())
+	}
+	cancel()
+	for range ch { // closes once the watch is cancelled
+	}
 }

@@ -20,6 +20,8 @@ import goredis "github.com/redis/go-redis/v9"
 //	P c: LID     channel a Locker's messages: "g|id|token|ttl" (granted),
 //	                     "e|id|why" (ended: x expired, s session lost,
 //	                     f forced, r released)
+//	P e          channel the events, for Watch: "what|id|token|ms|key",
+//	                     what a (acquired), r (released), x, s, f as above
 //
 // A waiter record is id|sid|locker|mode|ttl|kod|priority|owner, a holder
 // record token|sid|locker|mode|expires|since|owner (expires and since in
@@ -70,6 +72,9 @@ end
 local function count(what)
 	redis.call('HINCRBY', P .. 'n', what, 1)
 end
+local function event(what, id, tok)
+	redis.call('PUBLISH', P .. 'e', what .. '|' .. id .. '|' .. tok .. '|' .. d(t) .. '|' .. K)
+end
 -- why returns why the holder x has ended, or nil while it holds.
 local function why(x)
 	if x.exp > 0 and x.exp <= t then return 'x' end
@@ -104,6 +109,7 @@ local function reap()
 			redis.call('HDEL', h, x.id)
 			tell(x.lid, 'e|' .. x.id .. '|' .. w)
 			count(w)
+			event(w, x.id, x.tok)
 			gone[x.id] = w
 			n = n + 1
 		else
@@ -144,6 +150,7 @@ local function hold(w)
 	redis.call('HSET', h, w.id, rec)
 	add(holder(w.id, rec))
 	count('g')
+	event('a', w.id, tok)
 	if w.id ~= self then tell(w.lid, 'g|' .. w.id .. '|' .. tok .. '|' .. d(w.ttl)) end
 end
 -- grant grants the queue's head while it fits, dropping dead waiters.
@@ -282,7 +289,8 @@ var cancelScript = goredis.NewScript(lib + `
 redis.call('LREM', q, 1, ARGV[4])
 redis.call('HDEL', m, 'b:' .. self)
 reap()
-drop(self)
+local x = drop(self)
+if x then event('r', self, x.tok) end
 grant()
 tidy()
 return 1
@@ -300,7 +308,12 @@ local res = gone[self] or 0
 if x then
 	res = 1
 	if ARGV[4] == 'r' then tell(x.lid, 'e|' .. self .. '|r') end
-	if ARGV[4] == 'x' then count('x') end
+	if ARGV[4] == 'x' then
+		count('x')
+		event('x', self, x.tok)
+	else
+		event('r', self, x.tok)
+	end
 end
 grant()
 tidy()
@@ -331,6 +344,7 @@ for id, x in pairs(H) do
 	drop(id)
 	tell(x.lid, 'e|' .. id .. '|f')
 	count('f')
+	event('f', id, x.tok)
 	n = n + 1
 end
 grant()

@@ -18,7 +18,7 @@ type lease struct {
 	lease *lmx.Lease
 	end   func(error) bool
 
-	mu        sync.Mutex
+	mu        sync.Mutex // guards what follows; taken after the Locker's mu
 	ttl       time.Duration
 	keepUntil time.Time
 	timer     *time.Timer // expiry

@@ -112,7 +112,9 @@ type Locker struct {
 	wg     sync.WaitGroup // the background goroutines
 	calls  sync.WaitGroup // the Lock calls under way
 
-	smu sync.Mutex // serializes starting sessions; taken before mu
+	// Lock order: smu, then mu, then a lease's mu. Only smu is held across
+	// a Redis call: the one that starts a session.
+	smu sync.Mutex // serializes starting sessions
 
 	mu      sync.Mutex
 	sess    *session           // nil until a Lock needs one, or after one was lost
@@ -327,12 +329,15 @@ func (lk *Locker) session(ctx context.Context) (*session, error) {
 		return nil, lk.wrap(ctx, err)
 	}
 	lk.mu.Lock()
-	defer lk.mu.Unlock()
-	if lk.closed {
+	closed = lk.closed
+	if !closed {
+		lk.sess = s
+	}
+	lk.mu.Unlock()
+	if closed {
 		lk.rdb.Del(context.WithoutCancel(ctx), lk.pfx+"s:"+s.id)
 		return nil, lmx.ErrClosed
 	}
-	lk.sess = s
 	return s, nil
 }
 

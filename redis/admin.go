@@ -104,15 +104,22 @@ func msTime(s string) time.Time {
 }
 
 // Stats counts the keys, holders and waiters under the Locker's prefix
-// (dead ones that no one has touched since included), and the grants,
+// (dead ones that no one has touched since included), by a SCAN of the
+// prefix's keys, and the grants,
 // expiries, forced ends and lost sessions' leases Redis has counted.
 // Sessions and the histograms are not kept (zero).
 func (lk *Locker) Stats(ctx context.Context) (lmx.Stats, error) {
-	keys, err := lk.rdb.SMembers(ctx, lk.pfx+"k").Result()
-	if err != nil {
+	var keys []string
+	meta := lk.pfx + "m:"
+	iter := lk.rdb.Scan(ctx, 0, escapeGlob(meta)+"*", 1000).Iterator()
+	for iter.Next(ctx) {
+		keys = append(keys, strings.TrimPrefix(iter.Val(), meta))
+	}
+	if err := iter.Err(); err != nil {
 		return lmx.Stats{}, lk.wrap(ctx, err)
 	}
 	var counts *goredis.MapStringStringCmd
+	var err error
 	hl := make([]*goredis.IntCmd, len(keys))
 	ql := make([]*goredis.IntCmd, len(keys))
 	_, err = lk.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
@@ -141,4 +148,16 @@ func (lk *Locker) Stats(ctx context.Context) (lmx.Stats, error) {
 	}
 	st.Grants, st.Expiries, st.Forced, st.SessionLost = n("g"), n("x"), n("f"), n("s")
 	return st, nil
+}
+
+// escapeGlob escapes the characters special to a Redis MATCH pattern.
+func escapeGlob(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`*?[]\^-`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }

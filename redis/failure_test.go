@@ -52,6 +52,23 @@ func await(t *testing.T, ch <-chan lockResult, within time.Duration) lockResult 
 	}
 }
 
+// inOrder takes the next Lock results, which must be those named, in that
+// order ("" for any), with tokens above after and increasing, and unlocks
+// each.
+func inOrder(t *testing.T, ch <-chan lockResult, after uint64, names ...string) {
+	t.Helper()
+	for _, name := range names {
+		r := await(t, ch, 10*time.Second)
+		require.NoError(t, r.err)
+		if name != "" {
+			assert.Equal(t, name, r.name, "out of order")
+		}
+		assert.Greater(t, r.lease.Token(), after)
+		after = r.lease.Token()
+		require.NoError(t, r.lease.Unlock(t.Context()))
+	}
+}
+
 type lockResult struct {
 	name  string
 	lease *lmx.Lease
@@ -115,14 +132,7 @@ func TestKilledHolder(t *testing.T) {
 	waitQueued(t, l, "k", 2)
 	require.NoError(t, cmd.Process.Kill())
 	<-exited
-	r := await(t, ch, 10*time.Second)
-	require.NoError(t, r.err)
-	assert.Equal(t, "w1", r.name, "FIFO")
-	assert.Greater(t, r.lease.Token(), token)
-	require.NoError(t, r.lease.Unlock(t.Context()))
-	r = await(t, ch, 10*time.Second)
-	require.NoError(t, r.err)
-	require.NoError(t, r.lease.Unlock(t.Context()))
+	inOrder(t, ch, token, "w1", "w2")
 }
 
 // A waiter that waits far longer than any timeout of the backend (several
@@ -146,14 +156,7 @@ func TestOldWaiter(t *testing.T) {
 	default:
 	}
 	require.NoError(t, held.Unlock(t.Context()))
-	r := await(t, ch, 10*time.Second)
-	require.NoError(t, r.err)
-	assert.Equal(t, "old", r.name)
-	assert.Greater(t, r.lease.Token(), held.Token())
-	require.NoError(t, r.lease.Unlock(t.Context()))
-	r = await(t, ch, 10*time.Second)
-	require.NoError(t, r.err)
-	require.NoError(t, r.lease.Unlock(t.Context()))
+	inOrder(t, ch, held.Token(), "old", "young")
 }
 
 // A TTL lease whose Locker is gone (KeepOnDisconnect, then Close) expires
@@ -179,15 +182,11 @@ func TestExpiryWithManyWaiters(t *testing.T) {
 		lockAsync(t.Context(), lockers[i%len(lockers)], ch, strconv.Itoa(i), "k")
 		waitQueued(t, lockers[0], "k", i+1)
 	}
-	last := lease.Token()
-	for i := range n {
-		r := await(t, ch, 10*time.Second)
-		require.NoError(t, r.err)
-		assert.Equal(t, strconv.Itoa(i), r.name, "FIFO after the expiry")
-		assert.Greater(t, r.lease.Token(), last)
-		last = r.lease.Token()
-		require.NoError(t, r.lease.Unlock(t.Context()))
+	names := make([]string, n)
+	for i := range names {
+		names[i] = strconv.Itoa(i)
 	}
+	inOrder(t, ch, lease.Token(), names...)
 	st, err := lockers[0].Stats(t.Context())
 	require.NoError(t, err)
 	assert.Equal(t, uint64(1), st.Expiries)
@@ -210,9 +209,7 @@ func TestSubscriberReconnect(t *testing.T) {
 	// Kill every pub/sub connection, and release while they are down.
 	require.NoError(t, rdb.Do(t.Context(), "CLIENT", "KILL", "TYPE", "pubsub").Err())
 	require.NoError(t, held.Unlock(t.Context()))
-	r := await(t, ch, 15*time.Second)
-	require.NoError(t, r.err)
-	require.NoError(t, r.lease.Unlock(t.Context()))
+	inOrder(t, ch, held.Token(), "w")
 
 	// And both still hear grants.
 	held, err = b.Lock(t.Context(), "k")
@@ -220,9 +217,7 @@ func TestSubscriberReconnect(t *testing.T) {
 	lockAsync(t.Context(), a, ch, "w", "k")
 	waitQueued(t, a, "k", 1)
 	require.NoError(t, held.Unlock(t.Context()))
-	r = await(t, ch, 10*time.Second)
-	require.NoError(t, r.err)
-	require.NoError(t, r.lease.Unlock(t.Context()))
+	inOrder(t, ch, held.Token(), "w")
 }
 
 // A Redis that restarts without its data ends every lease (ErrSessionLost)
@@ -267,7 +262,5 @@ func TestRedisRestart(t *testing.T) {
 	lockAsync(t.Context(), a, ch, "w", "k")
 	waitQueued(t, a.(lmx.Admin), "k", 1)
 	require.NoError(t, again.Unlock(t.Context()))
-	r = await(t, ch, 10*time.Second)
-	require.NoError(t, r.err)
-	require.NoError(t, r.lease.Unlock(t.Context()))
+	inOrder(t, ch, again.Token(), "w")
 }

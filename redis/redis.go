@@ -343,11 +343,12 @@ func (lk *Locker) session(ctx context.Context) (*session, error) {
 
 // refresh keeps the session alive until Close. A session whose key is
 // gone (expired, or a Redis that restarted), or that it could not refresh
-// for a whole TTL, is lost: its leases end with lmx.ErrSessionLost.
+// for two thirds of its TTL, is lost: its leases end with
+// lmx.ErrSessionLost, no later than Redis lets the key expire.
 func (lk *Locker) refresh() {
 	t := time.NewTicker(lk.ttl / 3)
 	defer t.Stop()
-	var last time.Time // the last refresh of the session seen
+	var last time.Time // when the last refresh that succeeded was sent
 	var seen *session
 	for {
 		select {
@@ -365,15 +366,16 @@ func (lk *Locker) refresh() {
 			seen, last = s, time.Now()
 		}
 		ctx, cancel := context.WithTimeout(lk.ctx, lk.ttl/3)
+		sent := time.Now()
 		ok, err := lk.rdb.PExpire(ctx, lk.pfx+"s:"+s.id, lk.ttl).Result()
 		cancel()
 		switch {
 		case err == nil && ok:
-			last = time.Now()
+			last = sent
 		case err == nil:
 			lk.sessionLost(s, errors.New("the session key is gone"))
-		case time.Since(last) >= lk.ttl:
-			lk.sessionLost(s, fmt.Errorf("not refreshed for %v: %w", lk.ttl, err))
+		case time.Since(last) >= lk.ttl*2/3:
+			lk.sessionLost(s, fmt.Errorf("not refreshed for %v: %w", time.Since(last).Round(time.Millisecond), err))
 		}
 	}
 }
@@ -423,31 +425,12 @@ func (lk *Locker) endSession(s *session, reason error) {
 }
 
 // listen reads the Locker's channel until Close, on this goroutine, so
-// that a grant reaches its waiter with no hop between. A read that fails
-// makes the next one connect and subscribe again; a subscription confirmed
-// again means messages may have been lost meanwhile, so every waiter looks
-// again and every lease is checked. An idle connection is pinged.
+// that a grant reaches its waiter with no hop between. A subscription
+// confirmed again means that the connection was lost and made anew, and
+// messages maybe with it: every waiter looks again and every lease is
+// checked.
 func (lk *Locker) listen() {
-	for {
-		m, err := lk.ps.ReceiveTimeout(lk.ctx, 2*time.Second)
-		if lk.ctx.Err() != nil {
-			return
-		}
-		var ne net.Error
-		switch {
-		case errors.As(err, &ne) && ne.Timeout():
-			ctx, cancel := context.WithTimeout(lk.ctx, time.Second)
-			lk.ps.Ping(ctx)
-			cancel()
-			continue
-		case err != nil:
-			select {
-			case <-lk.ctx.Done():
-				return
-			case <-time.After(50 * time.Millisecond):
-			}
-			continue
-		}
+	receive(lk.ctx, lk.ps, func(m any) {
 		switch m := m.(type) {
 		case *goredis.Message:
 			lk.dispatch(m.Payload)
@@ -455,6 +438,33 @@ func (lk *Locker) listen() {
 			if m.Kind == "subscribe" {
 				lk.wg.Go(lk.reconnected)
 			}
+		}
+	})
+}
+
+// receive hands what ps reads to handle until ctx ends. A read that fails
+// makes the next one connect and subscribe again; an idle connection is
+// pinged, so that a dead one fails.
+func receive(ctx context.Context, ps *goredis.PubSub, handle func(any)) {
+	for {
+		m, err := ps.ReceiveTimeout(ctx, 2*time.Second)
+		if ctx.Err() != nil {
+			return
+		}
+		var ne net.Error
+		switch {
+		case errors.As(err, &ne) && ne.Timeout():
+			pctx, cancel := context.WithTimeout(ctx, time.Second)
+			ps.Ping(pctx)
+			cancel()
+		case err != nil:
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		default:
+			handle(m)
 		}
 	}
 }

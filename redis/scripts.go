@@ -8,12 +8,13 @@ import goredis "github.com/redis/go-redis/v9"
 //	P q: K   list    the waiters, in queue order; each one a waiter record
 //	P h: K   hash    the holders: lock id -> holder record
 //	P m: K   hash    "limit" -> the key's Limit; "b:" id -> how often the
-//	                 waiter id was overtaken by a higher priority
+//	                 waiter id was overtaken by a higher priority. It exists
+//	                 while the key has a holder or a waiter: Stats finds the
+//	                 live keys by it.
 //
 // and, shared by all keys of the prefix,
 //
 //	P t          string  the fencing-token counter (INCR)
-//	P k          set     the live keys, for Stats
 //	P n          hash    what happened: g(rants), x (expiries), f(orced),
 //	                     s(ession lost)
 //	P s: SID     string  a session, kept alive by its Locker (PEXPIRE)
@@ -170,7 +171,6 @@ end
 local function tidy()
 	if next(H) == nil and redis.call('EXISTS', q) == 0 then
 		redis.call('DEL', m)
-		redis.call('SREM', P .. 'k', K)
 	end
 end
 -- wake returns in how many ms a holder may end on its own (its TTL or its
@@ -219,11 +219,19 @@ if have and have ~= lim0 and next(H) == nil and redis.call('EXISTS', q) == 0 the
 end
 if have then
 	if have ~= lim0 then return {'m', have} end
-	lim = tonumber(have)
 else
-	redis.call('DEL', m)
 	redis.call('HSET', m, 'limit', lim0)
-	redis.call('SADD', P .. 'k', K)
+end
+lim = tonumber(lim0)
+local tail = redis.call('LINDEX', q, -1)
+if not tail then -- nobody waits: granted if it fits
+	if fits(me.mode) then
+		hold(me)
+		return mine('')
+	end
+	if try then return {'l'} end
+	redis.call('RPUSH', q, rec)
+	return {'w', wake()}
 end
 if try then
 	-- Granted now only if it fits and may overtake every waiter.
@@ -245,9 +253,9 @@ if try then
 end
 -- Queue behind every waiter of its priority or higher, and behind any
 -- overtaken maxBypass times; count a bypass for those it overtakes.
-local at, head = 0, false
+local at, head, r = 0, false, tail
 while true do
-	local r = redis.call('LINDEX', q, -1 - at)
+	if at > 0 then r = redis.call('LINDEX', q, -1 - at) end
 	if not r then
 		head = true
 		break

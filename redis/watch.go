@@ -2,9 +2,7 @@ package redis
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -68,26 +66,7 @@ func (lk *Locker) Watch(ctx context.Context, prefix string) (<-chan lmx.Event, e
 				missed++
 			}
 		}
-		for {
-			m, err := ps.ReceiveTimeout(wctx, 2*time.Second)
-			if wctx.Err() != nil {
-				return
-			}
-			var ne net.Error
-			switch {
-			case errors.As(err, &ne) && ne.Timeout():
-				pctx, cancel := context.WithTimeout(wctx, time.Second)
-				ps.Ping(pctx)
-				cancel()
-				continue
-			case err != nil:
-				select {
-				case <-wctx.Done():
-					return
-				case <-time.After(50 * time.Millisecond):
-				}
-				continue
-			}
+		receive(wctx, ps, func(m any) {
 			switch m := m.(type) {
 			case *goredis.Message:
 				if ev, ok := parseEvent(m.Payload); ok && strings.HasPrefix(ev.Key, prefix) {
@@ -99,7 +78,7 @@ func (lk *Locker) Watch(ctx context.Context, prefix string) (<-chan lmx.Event, e
 				default:
 				}
 			}
-		}
+		})
 	})
 	return ch, nil
 }

@@ -213,14 +213,12 @@ if not alive(me.sid) then return {'d'} end
 if reap() > 0 then grant() end
 -- The limit is set while the key is live (tidy deletes it): a limit set
 -- with the key idle is one the reap above has just made stale.
-local have = redis.call('HGET', m, 'limit')
-if have and have ~= lim0 and next(H) == nil and redis.call('EXISTS', q) == 0 then
-	have = nil
-end
-if have then
-	if have ~= lim0 then return {'m', have} end
-else
-	redis.call('HSET', m, 'limit', lim0)
+if redis.call('HSETNX', m, 'limit', lim0) == 0 then
+	local have = redis.call('HGET', m, 'limit')
+	if have ~= lim0 then
+		if next(H) ~= nil or redis.call('EXISTS', q) == 1 then return {'m', have} end
+		redis.call('HSET', m, 'limit', lim0)
+	end
 end
 lim = tonumber(lim0)
 local tail = redis.call('LINDEX', q, -1)

@@ -1,7 +1,9 @@
 package redis
 
 import (
+	"cmp"
 	"context"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -80,11 +82,7 @@ func (lk *Locker) Inspect(ctx context.Context, key string) (lmx.KeyInfo, error) 
 		ki.Holders = append(ki.Holders, h)
 	}
 	// HGETALL has no order; grant order is token order.
-	for i := 1; i < len(ki.Holders); i++ {
-		for j := i; j > 0 && ki.Holders[j].Token < ki.Holders[j-1].Token; j-- {
-			ki.Holders[j], ki.Holders[j-1] = ki.Holders[j-1], ki.Holders[j]
-		}
-	}
+	slices.SortFunc(ki.Holders, func(a, b lmx.HolderInfo) int { return cmp.Compare(a.Token, b.Token) })
 	ws, _ := a[2].([]any)
 	for _, w := range ws {
 		rec, _ := w.(string)
@@ -105,9 +103,9 @@ func msTime(s string) time.Time {
 
 // Stats counts the keys, holders and waiters under the Locker's prefix
 // (dead ones that no one has touched since included), by a SCAN of the
-// prefix's keys, and the grants,
-// expiries, forced ends and lost sessions' leases Redis has counted.
-// Sessions and the histograms are not kept (zero).
+// prefix's keys, and the grants, expiries, forced ends and lost sessions'
+// leases Redis has counted. Sessions and the histograms are not kept
+// (zero).
 func (lk *Locker) Stats(ctx context.Context) (lmx.Stats, error) {
 	var keys []string
 	meta := lk.pfx + "m:"
@@ -119,10 +117,9 @@ func (lk *Locker) Stats(ctx context.Context) (lmx.Stats, error) {
 		return lmx.Stats{}, lk.wrap(ctx, err)
 	}
 	var counts *goredis.MapStringStringCmd
-	var err error
 	hl := make([]*goredis.IntCmd, len(keys))
 	ql := make([]*goredis.IntCmd, len(keys))
-	_, err = lk.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
+	_, err := lk.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
 		counts = p.HGetAll(ctx, lk.pfx+"n")
 		for i, k := range keys {
 			hl[i] = p.HLen(ctx, lk.pfx+"h:"+k)

@@ -139,7 +139,7 @@ func TestKilledHolder(t *testing.T) {
 // session TTLs and rechecks) stays queued and gets the key. Redisson's #3004.
 func TestOldWaiter(t *testing.T) {
 	pfx := newPrefix()
-	a, b := open(t, pfx, 300*time.Millisecond), open(t, pfx, 300*time.Millisecond)
+	a, b := open(t, pfx, time.Second), open(t, pfx, time.Second)
 	a.SetRecheck(50 * time.Millisecond)
 	b.SetRecheck(50 * time.Millisecond)
 	held, err := a.Lock(t.Context(), "k")
@@ -147,7 +147,7 @@ func TestOldWaiter(t *testing.T) {
 	ch := make(chan lockResult, 2)
 	lockAsync(t.Context(), b, ch, "old", "k")
 	waitQueued(t, a, "k", 1)
-	time.Sleep(2 * time.Second) // > 6 session TTLs, > 20 rechecks
+	time.Sleep(3 * time.Second) // 3 session TTLs, about 60 rechecks
 	lockAsync(t.Context(), a, ch, "young", "k")
 	waitQueued(t, a, "k", 2)
 	select {
@@ -166,7 +166,8 @@ func TestOldWaiter(t *testing.T) {
 func TestExpiryWithManyWaiters(t *testing.T) {
 	pfx := newPrefix()
 	holder := open(t, pfx, 2*time.Second)
-	lease, err := holder.Lock(t.Context(), "k", lmx.TTL(time.Second), lmx.KeepOnDisconnect())
+	// Its TTL leaves the waiters time to queue, one after another.
+	lease, err := holder.Lock(t.Context(), "k", lmx.TTL(3*time.Second), lmx.KeepOnDisconnect())
 	require.NoError(t, err)
 	require.NoError(t, holder.Close())
 	assert.ErrorIs(t, lease.Err(), lmx.ErrClosed)

@@ -147,7 +147,7 @@ func (l *lease) Extend(ctx context.Context, _ *lmx.Lease, ttl time.Duration) (ti
 		return time.Time{}, lmx.ErrNotHeld
 	}
 	if l.timer == nil {
-		l.timer = time.AfterFunc(ttl, l.expire)
+		l.timer = time.AfterFunc(time.Until(exp), l.expire)
 	} else if !l.timer.Stop() {
 		return time.Time{}, lmx.ErrNotHeld // expiring as we speak
 	} else {

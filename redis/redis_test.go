@@ -40,7 +40,7 @@ func client(t testing.TB) *goredis.Client {
 
 func TestConformance(t *testing.T) {
 	locktest.Run(t, func(t testing.TB) lmx.Locker { return open(t, newPrefix(), 2*time.Second) },
-		locktest.RealTime(50*time.Millisecond),
+		locktest.RealTime(100*time.Millisecond), // TTLs with room for a loaded machine
 		locktest.Skip("the Redis backend refuses Owner (re-entrancy), which these tests use; TestWatch covers Watch without it",
 			"Reentrant", "Inspect", "Watch"),
 		locktest.Skip("the Redis backend refuses Preempt", "PreemptReleasedInGrace", "PreemptForced", "PreemptRefused"),

@@ -123,7 +123,7 @@ func TestKilledHolder(t *testing.T) {
 	token, err := strconv.ParseUint(f[1], 10, 64)
 	require.NoError(t, err)
 
-	l := open(t, pfx, time.Second)
+	l := open(t, pfx, 2*time.Second)
 	l.SetRecheck(time.Hour) // the grant must come from the session's expiry
 	ch := make(chan lockResult, 2)
 	lockAsync(t.Context(), l, ch, "w1", "k")
@@ -139,7 +139,7 @@ func TestKilledHolder(t *testing.T) {
 // session TTLs and rechecks) stays queued and gets the key. Redisson's #3004.
 func TestOldWaiter(t *testing.T) {
 	pfx := newPrefix()
-	a, b := open(t, pfx, time.Second), open(t, pfx, time.Second)
+	a, b := open(t, pfx, 2*time.Second), open(t, pfx, 2*time.Second)
 	a.SetRecheck(50 * time.Millisecond)
 	b.SetRecheck(50 * time.Millisecond)
 	held, err := a.Lock(t.Context(), "k")
@@ -147,7 +147,7 @@ func TestOldWaiter(t *testing.T) {
 	ch := make(chan lockResult, 2)
 	lockAsync(t.Context(), b, ch, "old", "k")
 	waitQueued(t, a, "k", 1)
-	time.Sleep(3 * time.Second) // 3 session TTLs, about 60 rechecks
+	time.Sleep(5 * time.Second) // 2.5 session TTLs, about 100 rechecks
 	lockAsync(t.Context(), a, ch, "young", "k")
 	waitQueued(t, a, "k", 2)
 	select {

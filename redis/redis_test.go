@@ -108,7 +108,7 @@ func TestPrefixes(t *testing.T) {
 // the first Locker starts a new session for its next Lock.
 func TestSessionLost(t *testing.T) {
 	pfx := newPrefix()
-	a, b := open(t, pfx, time.Second), open(t, pfx, time.Second)
+	a, b := open(t, pfx, 2*time.Second), open(t, pfx, 2*time.Second)
 	held, err := a.Lock(t.Context(), "k")
 	require.NoError(t, err)
 	ch := make(chan lockResult, 1)
@@ -139,7 +139,7 @@ func TestSessionLost(t *testing.T) {
 // the watched one: acquired, then released, expired, forced or session-lost.
 func TestWatch(t *testing.T) {
 	pfx := newPrefix()
-	a, b := open(t, pfx, time.Second), open(t, pfx, time.Second)
+	a, b := open(t, pfx, 2*time.Second), open(t, pfx, 2*time.Second)
 	ctx, cancel := context.WithCancel(t.Context())
 	ch, err := a.Watch(ctx, "w/")
 	require.NoError(t, err)

@@ -265,3 +265,39 @@ func TestRedisRestart(t *testing.T) {
 	require.NoError(t, again.Unlock(t.Context()))
 	inOrder(t, ch, again.Token(), "w")
 }
+
+// A hot key, with 20 workers on 4 Lockers taking and releasing it in turn,
+// hands every grant on by a message: with the rechecks turned off, every
+// Lock returns.
+func TestHotKeyGrantsByMessage(t *testing.T) {
+	pfx := newPrefix()
+	lockers := make([]*redis.Locker, 20)
+	for i := range lockers {
+		lockers[i] = open(t, pfx, 2*time.Second)
+		lockers[i].SetRecheck(time.Hour)
+	}
+	const workers, rounds = 20, 200
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	errs := make(chan error, workers)
+	for i := range workers {
+		l := lockers[i%len(lockers)]
+		go func() {
+			for r := range rounds {
+				lease, err := l.Lock(ctx, "k")
+				if err != nil {
+					errs <- fmt.Errorf("worker %d, round %d: %w", i, r, err)
+					return
+				}
+				if err := lease.Unlock(ctx); err != nil {
+					errs <- fmt.Errorf("worker %d, round %d: unlock: %w", i, r, err)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range workers {
+		require.NoError(t, <-errs)
+	}
+}

@@ -154,11 +154,18 @@ local function hold(w)
 	event('a', w.id, tok)
 	if w.id ~= self then tell(w.lid, 'g|' .. w.id .. '|' .. tok .. '|' .. d(w.ttl)) end
 end
--- grant grants the queue's head while it fits, dropping dead waiters.
+-- grant grants the queue's head while it fits, dropping dead waiters;
+-- qempty tells that it left the queue empty (nothing queues after it).
+-- While the exclusive holders fill the limit nothing fits: it need not look.
+local qempty = false
 local function grant()
 	while true do
+		if ex > 0 and ex >= limit() then return end
 		local r = redis.call('LINDEX', q, 0)
-		if not r then return end
+		if not r then
+			qempty = true
+			return
+		end
 		local w = waiter(r)
 		local live = alive(w.sid)
 		if live and not fits(w.mode) then return end
@@ -169,7 +176,7 @@ local function grant()
 end
 -- tidy forgets an idle key.
 local function tidy()
-	if next(H) == nil and redis.call('EXISTS', q) == 0 then
+	if next(H) == nil and (qempty or redis.call('EXISTS', q) == 0) then
 		redis.call('DEL', m)
 	end
 end
@@ -212,13 +219,14 @@ local me = waiter(rec)
 if not alive(me.sid) then return {'d'} end
 if reap() > 0 then grant() end
 -- The limit is set while the key is live (tidy deletes it): a limit set
--- with the key idle is one the reap above has just made stale.
-if redis.call('HSETNX', m, 'limit', lim0) == 0 then
-	local have = redis.call('HGET', m, 'limit')
-	if have ~= lim0 then
-		if next(H) ~= nil or redis.call('EXISTS', q) == 1 then return {'m', have} end
-		redis.call('HSET', m, 'limit', lim0)
-	end
+-- with the key idle is one the reap above has just made stale. A key with
+-- holders has one: one HGET; a new key's is set with one HSETNX.
+local have = nil
+if next(H) ~= nil then have = redis.call('HGET', m, 'limit') end
+if not have and redis.call('HSETNX', m, 'limit', lim0) == 0 then have = redis.call('HGET', m, 'limit') end
+if have and have ~= lim0 then
+	if next(H) ~= nil or redis.call('EXISTS', q) == 1 then return {'m', have} end
+	redis.call('HSET', m, 'limit', lim0)
 end
 lim = tonumber(lim0)
 local tail = redis.call('LINDEX', q, -1)
@@ -239,10 +247,7 @@ if try then
 		local w = waiter(head)
 		ok = w.prio < me.prio and tonumber(redis.call('HGET', m, 'b:' .. w.id) or '0') < maxBypass
 	end
-	if not ok then
-		tidy()
-		return {'l'}
-	end
+	if not ok then return {'l'} end -- the key has waiters: it stays
 	for _, r in ipairs(redis.call('LRANGE', q, 0, -1)) do
 		redis.call('HINCRBY', m, 'b:' .. waiter(r).id, 1)
 	end
@@ -329,10 +334,9 @@ return res
 // extendScript makes the lease self expire ARGV[4] ms from now. It returns
 // 1, or 0 when the lease is not held.
 var extendScript = goredis.NewScript(lib + `
-reap()
+if reap() > 0 then grant() end
 local x = H[self]
 if not x then
-	grant()
 	tidy()
 	return 0
 end

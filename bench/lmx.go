@@ -30,6 +30,7 @@ var services = []service{
 	{name: "echo-pipelined-unix", smoke: true, start: func(ctx context.Context, _ config) (running, error) { return startEcho(ctx, "unix", true) }},
 	{name: "redis-redislock", smoke: false, start: startRedislock},
 	{name: "redis-redsync", smoke: false, start: startRedsync},
+	{name: "lmx-redis", smoke: false, start: startLMXRedis},
 	{name: "live-mutex", smoke: false, start: startLiveMutex},
 	{name: "etcd", start: startEtcd, maxCycles: etcdMaxCycles},
 }

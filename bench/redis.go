@@ -11,6 +11,7 @@ import (
 	"github.com/bsm/redislock"
 	"github.com/go-redsync/redsync/v4"
 	"github.com/go-redsync/redsync/v4/redis/goredis/v9"
+	lmxredis "github.com/lmx-go/lmx/redis"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -131,3 +132,36 @@ func (w redsyncWorker) cycle(ctx context.Context, key string) (time.Duration, er
 }
 
 func (redsyncWorker) close() {}
+
+// lmxRedisService is lmx's Redis backend on a redisServer, with a Locker
+// and a go-redis client per worker, as separate processes would have.
+type lmxRedisService struct{ *redisServer }
+
+func startLMXRedis(ctx context.Context, _ config) (running, error) {
+	s, err := startRedis(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return lmxRedisService{s}, nil
+}
+
+func (s lmxRedisService) newWorker(ctx context.Context, _ int) (worker, error) {
+	rdb := redis.NewClient(&redis.Options{Addr: s.rdb.Options().Addr, PoolSize: 4})
+	lk, err := lmxredis.New(ctx, rdb, "lmxbench:")
+	if err != nil {
+		rdb.Close()
+		return nil, err
+	}
+	return &lmxRedisWorker{lmxWorker: lmxWorker{l: lk}, rdb: rdb}, nil
+}
+
+// lmxRedisWorker is an lmxWorker whose Locker and client are its own.
+type lmxRedisWorker struct {
+	lmxWorker
+	rdb *redis.Client
+}
+
+func (w *lmxRedisWorker) close() {
+	w.l.Close()
+	w.rdb.Close()
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"strings"
+	"time"
 )
 
 // A target is one of DESIGN.md's performance targets: a ratio of two rows
@@ -23,6 +24,19 @@ var targets = []target{
 	{"hot1 ≥ 0.8x raw echo (TCP)", "hot1", "lmx-tcp", "echo-tcp", 0.8},
 	{"keys200 ≥ 4x Redis+redislock", "keys200", "lmx-unix", "redis-redislock", 4},
 	{"keys200 ≥ 0.5x pipelined echo", "keys200", "lmx-unix", "echo-pipelined-unix", 0.5},
+	{"Redis door: hot20 ≥ 2x Redis+redislock", "hot20", "lmx-redis", "redis-redislock", 2},
+	{"Redis door: hot20 fairness ≥ 0.99", "hot20", "lmx-redis", "", 0.99},
+	{"Redis door: keys200 ≥ 1x Redis+redislock", "keys200", "lmx-redis", "redis-redislock", 1},
+}
+
+// A worstTarget bounds the worst acquire of a service's workload.
+type worstTarget struct {
+	name, workload, service string
+	max                     time.Duration // the worst acquire must be under it
+}
+
+var worstTargets = []worstTarget{
+	{"Redis door: hot20 worst acquire < 10ms", "hot20", "lmx-redis", 10 * time.Millisecond},
 }
 
 // The RSS target: at most maxRSS MiB once the broker has served rssCycles.
@@ -63,6 +77,11 @@ func renderTargets(rows []row) string {
 		}
 		x := r.res.perSec / ref.res.perSec
 		line(t.name, fmt.Sprintf("%s %.0f vs %s %.0f = %.2fx%s", t.service, r.res.perSec, t.ref, ref.res.perSec, x, roundRatios(r, ref)), x >= t.min)
+	}
+	for _, t := range worstTargets {
+		if r, have := ok[t.service+"/"+t.workload]; have {
+			line(t.name, fmt.Sprintf("%s %v", t.service, r.res.worst), r.res.worst < t.max)
+		}
 	}
 	for _, r := range rows {
 		if r.service != "lmx-unix" || r.rssMiB == 0 {

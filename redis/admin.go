@@ -1,0 +1,160 @@
+package redis
+
+import (
+	"cmp"
+	"context"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/lmx-go/lmx"
+	"github.com/oklog/ulid/v2"
+	goredis "github.com/redis/go-redis/v9"
+)
+
+var _ lmx.Admin = (*Locker)(nil)
+
+// Release ends the lease of key whose lock id is id, from any Locker on the
+// same prefix; its holder sees lmx.ErrReleased.
+func (lk *Locker) Release(ctx context.Context, key string, id ulid.ULID) error {
+	if err := checkKey(key); err != nil {
+		return err
+	}
+	v, err := lk.run(ctx, releaseScript, key, id.String(), "r")
+	if err != nil {
+		return lk.wrap(ctx, err)
+	}
+	if v != int64(1) {
+		return lmx.ErrNotHeld
+	}
+	return nil
+}
+
+// ForceUnlock ends every lease of key with lmx.ErrForced.
+func (lk *Locker) ForceUnlock(ctx context.Context, key string) error {
+	if err := checkKey(key); err != nil {
+		return err
+	}
+	v, err := lk.run(ctx, forceScript, key, "")
+	if err != nil {
+		return lk.wrap(ctx, err)
+	}
+	if v == int64(0) {
+		return lmx.ErrNotHeld
+	}
+	return nil
+}
+
+// Inspect describes key's holders and waiters as Redis has them, after
+// removing the dead ones. Owner is never set and Count is 1; Since and
+// Expires are Redis's clock.
+func (lk *Locker) Inspect(ctx context.Context, key string) (lmx.KeyInfo, error) {
+	if err := checkKey(key); err != nil {
+		return lmx.KeyInfo{}, err
+	}
+	v, err := lk.run(ctx, viewScript, key, "")
+	if err != nil {
+		return lmx.KeyInfo{}, lk.wrap(ctx, err)
+	}
+	a, _ := v.([]any)
+	if len(a) != 4 {
+		return lmx.KeyInfo{}, lk.wrap(ctx, errUnexpected(v))
+	}
+	ki := lmx.KeyInfo{Key: key}
+	lim, _ := a[0].(string)
+	ki.Limit, _ = strconv.Atoi(lim)
+	hs, _ := a[1].([]any)
+	for i := 0; i+1 < len(hs); i += 2 {
+		id, _ := hs[i].(string)
+		rec, _ := hs[i+1].(string)
+		f := strings.SplitN(rec, "|", 7)
+		if len(f) != 7 {
+			continue
+		}
+		h := lmx.HolderInfo{Shared: f[3] == "s", Count: 1}
+		h.ID, _ = ulid.ParseStrict(id)
+		h.Token, _ = strconv.ParseUint(f[0], 10, 64)
+		h.Since = msTime(f[5])
+		if f[4] != "0" {
+			h.Expires = msTime(f[4])
+		}
+		ki.Holders = append(ki.Holders, h)
+	}
+	// HGETALL has no order; grant order is token order.
+	slices.SortFunc(ki.Holders, func(a, b lmx.HolderInfo) int { return cmp.Compare(a.Token, b.Token) })
+	ws, _ := a[2].([]any)
+	for _, w := range ws {
+		rec, _ := w.(string)
+		f := strings.SplitN(rec, "|", 8)
+		if len(f) != 8 {
+			continue
+		}
+		p, _ := strconv.Atoi(f[6])
+		ki.Waiters = append(ki.Waiters, lmx.WaiterInfo{Priority: p, Shared: f[3] == "s"})
+	}
+	return ki, nil
+}
+
+func msTime(s string) time.Time {
+	ms, _ := strconv.ParseInt(s, 10, 64)
+	return time.UnixMilli(ms)
+}
+
+// Stats counts the keys, holders and waiters under the Locker's prefix
+// (dead ones that no one has touched since included), by a SCAN of the
+// prefix's keys, and the grants, expiries, forced ends and lost sessions'
+// leases Redis has counted. Sessions and the histograms are not kept
+// (zero).
+func (lk *Locker) Stats(ctx context.Context) (lmx.Stats, error) {
+	var keys []string
+	meta := lk.pfx + "m:"
+	iter := lk.rdb.Scan(ctx, 0, escapeGlob(meta)+"*", 1000).Iterator()
+	for iter.Next(ctx) {
+		keys = append(keys, strings.TrimPrefix(iter.Val(), meta))
+	}
+	if err := iter.Err(); err != nil {
+		return lmx.Stats{}, lk.wrap(ctx, err)
+	}
+	var counts *goredis.MapStringStringCmd
+	hl := make([]*goredis.IntCmd, len(keys))
+	ql := make([]*goredis.IntCmd, len(keys))
+	_, err := lk.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		counts = p.HGetAll(ctx, lk.pfx+"n")
+		for i, k := range keys {
+			hl[i] = p.HLen(ctx, lk.pfx+"h:"+k)
+			ql[i] = p.LLen(ctx, lk.pfx+"q:"+k)
+		}
+		return nil
+	})
+	if err != nil {
+		return lmx.Stats{}, lk.wrap(ctx, err)
+	}
+	var st lmx.Stats
+	for i := range keys {
+		h, w := int(hl[i].Val()), int(ql[i].Val())
+		if h+w > 0 {
+			st.Keys++
+		}
+		st.Holders += h
+		st.Waiters += w
+	}
+	n := func(f string) uint64 {
+		v, _ := strconv.ParseUint(counts.Val()[f], 10, 64)
+		return v
+	}
+	st.Grants, st.Expiries, st.Forced, st.SessionLost = n("g"), n("x"), n("f"), n("s")
+	return st, nil
+}
+
+// escapeGlob escapes the characters special to a Redis MATCH pattern.
+func escapeGlob(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`*?[]\^-`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}

@@ -1,0 +1,301 @@
+package redis_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lmx-go/lmx"
+	"github.com/lmx-go/lmx/redis"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The tests of this file are Redisson's failure modes (see the README's
+// Redis section): each one a way a fair lock on Redis left waiters hanging.
+
+// childEnv, when set to a lmx.Open URL, makes the test binary a child that
+// locks the key "k" there, prints "held TOKEN", and waits to be killed.
+const childEnv = "LMX_REDIS_TEST_CHILD"
+
+func runChild() int {
+	ctx := context.Background()
+	l, err := lmx.Open(ctx, os.Getenv(childEnv))
+	if err != nil {
+		fmt.Println("error", err)
+		return 1
+	}
+	lease, err := l.Lock(ctx, "k")
+	if err != nil {
+		fmt.Println("error", err)
+		return 1
+	}
+	fmt.Println("held", lease.Token())
+	select {}
+}
+
+// await waits for a Lock's result, failing the test after within.
+func await(t *testing.T, ch <-chan lockResult, within time.Duration) lockResult {
+	t.Helper()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(within):
+		t.Fatalf("no Lock returned within %v", within)
+		return lockResult{}
+	}
+}
+
+// inOrder takes the next Lock results, which must be those named, in that
+// order ("" for any), with tokens above after and increasing, and unlocks
+// each.
+func inOrder(t *testing.T, ch <-chan lockResult, after uint64, names ...string) {
+	t.Helper()
+	for _, name := range names {
+		r := await(t, ch, 10*time.Second)
+		require.NoError(t, r.err)
+		if name != "" {
+			assert.Equal(t, name, r.name, "out of order")
+		}
+		assert.Greater(t, r.lease.Token(), after)
+		after = r.lease.Token()
+		require.NoError(t, r.lease.Unlock(t.Context()))
+	}
+}
+
+type lockResult struct {
+	name  string
+	lease *lmx.Lease
+	err   error
+}
+
+func lockAsync(ctx context.Context, l lmx.Locker, ch chan<- lockResult, name, key string, opts ...lmx.LockOption) {
+	go func() {
+		lease, err := l.Lock(ctx, key, opts...)
+		ch <- lockResult{name, lease, err}
+	}()
+}
+
+// waitQueued waits until key has n waiters.
+func waitQueued(t *testing.T, a lmx.Admin, key string, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		ki, err := a.Inspect(t.Context(), key)
+		require.NoError(t, err)
+		if len(ki.Waiters) == n {
+			return
+		}
+		require.False(t, time.Now().After(deadline), "key %q has %d waiters, want %d", key, len(ki.Waiters), n)
+	}
+}
+
+// A holder process killed with SIGKILL says nothing: the waiter of another
+// process gets the key once the dead one's session key expires, and its
+// token is higher. Redisson's #6150, #3178, #3202.
+func TestKilledHolder(t *testing.T) {
+	pfx := newPrefix()
+	url := fmt.Sprintf("redis://%s/0?prefix=%s&session_ttl=1s", addr, pfx)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"="+url)
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	exited := make(chan struct{})
+	go func() {
+		cmd.Wait()
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	line, err := bufio.NewReader(out).ReadString('\n')
+	require.NoError(t, err)
+	f := strings.Fields(line)
+	require.Len(t, f, 2, "the child said %q", line)
+	require.Equal(t, "held", f[0], "the child said %q", line)
+	token, err := strconv.ParseUint(f[1], 10, 64)
+	require.NoError(t, err)
+
+	l := open(t, pfx, 2*time.Second)
+	l.SetRecheck(time.Hour) // the grant must come from the session's expiry
+	ch := make(chan lockResult, 2)
+	lockAsync(t.Context(), l, ch, "w1", "k")
+	waitQueued(t, l, "k", 1)
+	lockAsync(t.Context(), l, ch, "w2", "k")
+	waitQueued(t, l, "k", 2)
+	require.NoError(t, cmd.Process.Kill())
+	<-exited
+	inOrder(t, ch, token, "w1", "w2")
+}
+
+// A waiter that waits far longer than any timeout of the backend (several
+// session TTLs and rechecks) stays queued and gets the key. Redisson's #3004.
+func TestOldWaiter(t *testing.T) {
+	pfx := newPrefix()
+	a, b := open(t, pfx, 2*time.Second), open(t, pfx, 2*time.Second)
+	a.SetRecheck(50 * time.Millisecond)
+	b.SetRecheck(50 * time.Millisecond)
+	held, err := a.Lock(t.Context(), "k")
+	require.NoError(t, err)
+	ch := make(chan lockResult, 2)
+	lockAsync(t.Context(), b, ch, "old", "k")
+	waitQueued(t, a, "k", 1)
+	time.Sleep(5 * time.Second) // 2.5 session TTLs, about 100 rechecks
+	lockAsync(t.Context(), a, ch, "young", "k")
+	waitQueued(t, a, "k", 2)
+	select {
+	case r := <-ch:
+		t.Fatalf("%s returned (%v) while the key is held", r.name, r.err)
+	default:
+	}
+	require.NoError(t, held.Unlock(t.Context()))
+	inOrder(t, ch, held.Token(), "old", "young")
+}
+
+// A TTL lease whose Locker is gone (KeepOnDisconnect, then Close) expires
+// in Redis with nobody to publish it: the many waiters queued behind it are
+// granted one after another, in order, by what they learned of its expiry,
+// not by a recheck. Redisson's #3730, #2883, #1104.
+func TestExpiryWithManyWaiters(t *testing.T) {
+	pfx := newPrefix()
+	holder := open(t, pfx, 2*time.Second)
+	// Its TTL leaves the waiters time to queue, one after another.
+	lease, err := holder.Lock(t.Context(), "k", lmx.TTL(3*time.Second), lmx.KeepOnDisconnect())
+	require.NoError(t, err)
+	require.NoError(t, holder.Close())
+	assert.ErrorIs(t, lease.Err(), lmx.ErrClosed)
+
+	const n = 50
+	lockers := make([]*redis.Locker, 5)
+	for i := range lockers {
+		lockers[i] = open(t, pfx, 2*time.Second)
+		lockers[i].SetRecheck(time.Hour)
+	}
+	ch := make(chan lockResult, n)
+	for i := range n {
+		lockAsync(t.Context(), lockers[i%len(lockers)], ch, strconv.Itoa(i), "k")
+		waitQueued(t, lockers[0], "k", i+1)
+	}
+	names := make([]string, n)
+	for i := range names {
+		names[i] = strconv.Itoa(i)
+	}
+	inOrder(t, ch, lease.Token(), names...)
+	st, err := lockers[0].Stats(t.Context())
+	require.NoError(t, err)
+	assert.Equal(t, uint64(1), st.Expiries)
+	assert.Zero(t, st.Keys)
+}
+
+// Messages published while a Locker's pub/sub connection is down are lost:
+// the Locker's waiters look again when it has reconnected, and get the key.
+func TestSubscriberReconnect(t *testing.T) {
+	pfx := newPrefix()
+	a, b := open(t, pfx, 2*time.Second), open(t, pfx, 2*time.Second)
+	b.SetRecheck(time.Hour) // only the reconnection may make it look again
+	held, err := a.Lock(t.Context(), "k")
+	require.NoError(t, err)
+	ch := make(chan lockResult, 1)
+	lockAsync(t.Context(), b, ch, "w", "k")
+	waitQueued(t, a, "k", 1)
+
+	rdb := client(t)
+	// Kill every pub/sub connection, and release while they are down.
+	require.NoError(t, rdb.Do(t.Context(), "CLIENT", "KILL", "TYPE", "pubsub").Err())
+	require.NoError(t, held.Unlock(t.Context()))
+	inOrder(t, ch, held.Token(), "w")
+
+	// And both still hear grants.
+	held, err = b.Lock(t.Context(), "k")
+	require.NoError(t, err)
+	lockAsync(t.Context(), a, ch, "w", "k")
+	waitQueued(t, a, "k", 1)
+	require.NoError(t, held.Unlock(t.Context()))
+	inOrder(t, ch, held.Token(), "w")
+}
+
+// A Redis that restarts without its data ends every lease (ErrSessionLost)
+// and fails every waiter; the Lockers then work again on the new Redis, and
+// tokens keep increasing.
+func TestRedisRestart(t *testing.T) {
+	srv, err := startServer(0)
+	require.NoError(t, err)
+	t.Cleanup(func() { srv.stop() })
+	url := fmt.Sprintf("redis://%s?session_ttl=1s", srv.addr)
+	openHere := func() lmx.Locker {
+		l, err := lmx.Open(t.Context(), url)
+		require.NoError(t, err)
+		t.Cleanup(func() { l.Close() })
+		return l
+	}
+	a, b := openHere(), openHere()
+	held, err := a.Lock(t.Context(), "k")
+	require.NoError(t, err)
+	ch := make(chan lockResult, 1)
+	lockAsync(t.Context(), b, ch, "w", "k")
+	waitQueued(t, a.(lmx.Admin), "k", 1)
+
+	port, _ := strconv.Atoi(srv.addr[strings.LastIndexByte(srv.addr, ':')+1:])
+	srv.stop()
+	srv, err = startServer(port)
+	require.NoError(t, err)
+
+	select {
+	case <-held.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the holder did not learn that Redis lost its lease")
+	}
+	assert.ErrorIs(t, held.Err(), lmx.ErrSessionLost)
+	assert.ErrorIs(t, held.Unlock(t.Context()), lmx.ErrNotHeld)
+	r := await(t, ch, 10*time.Second)
+	assert.ErrorIs(t, r.err, lmx.ErrSessionLost)
+
+	again, err := b.Lock(t.Context(), "k")
+	require.NoError(t, err)
+	assert.Greater(t, again.Token(), held.Token(), "tokens increase across a Redis that lost its data")
+	lockAsync(t.Context(), a, ch, "w", "k")
+	waitQueued(t, a.(lmx.Admin), "k", 1)
+	require.NoError(t, again.Unlock(t.Context()))
+	inOrder(t, ch, again.Token(), "w")
+}
+
+// A hot key, which 20 Lockers take and release in turn, hands every grant
+// on by a message: with the rechecks turned off, every Lock returns.
+func TestHotKeyGrantsByMessage(t *testing.T) {
+	pfx := newPrefix()
+	lockers := make([]*redis.Locker, 20)
+	for i := range lockers {
+		lockers[i] = open(t, pfx, 2*time.Second)
+		lockers[i].SetRecheck(time.Hour)
+	}
+	const rounds = 200
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	errs := make(chan error, len(lockers))
+	for i, l := range lockers {
+		go func() {
+			for r := range rounds {
+				lease, err := l.Lock(ctx, "k")
+				if err != nil {
+					errs <- fmt.Errorf("worker %d, round %d: %w", i, r, err)
+					return
+				}
+				if err := lease.Unlock(ctx); err != nil {
+					errs <- fmt.Errorf("worker %d, round %d: unlock: %w", i, r, err)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range lockers {
+		require.NoError(t, <-errs)
+	}
+}

@@ -1,0 +1,157 @@
+package redis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/lmx-go/lmx"
+)
+
+// lease is the Redis side of one lmx.Lease.
+type lease struct {
+	lk    *Locker
+	s     *session // nil for a KeepOnDisconnect lease: no session ends it
+	id    string
+	lease *lmx.Lease
+	end   func(error) bool
+
+	mu        sync.Mutex // guards what follows; taken after the Locker's mu
+	ttl       time.Duration
+	keepUntil time.Time
+	timer     *time.Timer // expiry
+	renew     *time.Timer // KeepAlive
+}
+
+// forget takes l out of its Locker and stops its timers; it reports
+// whether l was still there.
+func (l *lease) forget() bool {
+	l.lk.mu.Lock()
+	here := l.lk.leases[l.id] == l
+	delete(l.lk.leases, l.id)
+	l.lk.mu.Unlock()
+	l.mu.Lock()
+	if l.timer != nil {
+		l.timer.Stop()
+	}
+	if l.renew != nil {
+		l.renew.Stop()
+	}
+	l.mu.Unlock()
+	return here
+}
+
+// lost ends l for reason; Redis has ended it already, or will.
+func (l *lease) lost(reason error) {
+	l.forget()
+	l.end(reason)
+}
+
+// gone is why l is no longer in Redis, as far as its Locker can tell.
+func (l *lease) gone() error {
+	if exp := l.lease.Expires(); !exp.IsZero() && !time.Now().Before(exp) {
+		return lmx.ErrExpired
+	}
+	return fmt.Errorf("%w: the lease is gone from Redis", lmx.ErrSessionLost)
+}
+
+// expire ends l when its TTL ran out: Redis may not have reaped it yet, so
+// the Locker releases it first, and the key is free when Done closes.
+func (l *lease) expire() {
+	if !l.forget() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(l.lk.ctx, time.Second)
+	l.lk.run(ctx, releaseScript, l.lease.Key(), l.id, "x")
+	cancel()
+	l.end(lmx.ErrExpired)
+}
+
+// keepAlive renews l by its TTL, never past its KeepAlive bound.
+func (l *lease) keepAlive() {
+	l.mu.Lock()
+	ttl := min(l.ttl, time.Until(l.keepUntil))
+	full := l.ttl
+	l.mu.Unlock()
+	if ttl <= 0 || l.lease.Err() != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(l.lk.ctx, full/3)
+	defer cancel()
+	err := l.lease.Extend(ctx, ttl)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case err != nil && !errors.Is(err, lmx.ErrNotHeld):
+		l.renew.Reset(full / 6)
+	case err == nil && ttl == full:
+		l.renew.Reset(full / 3)
+	}
+}
+
+// Unlock implements lmx.LeaseBackend.
+func (l *lease) Unlock(ctx context.Context, _ *lmx.Lease) error {
+	if !l.forget() {
+		return lmx.ErrNotHeld
+	}
+	key := l.lease.Key()
+	if ctx.Err() != nil {
+		l.lk.wg.Go(func() { l.releaseLater(key) })
+		return ctx.Err()
+	}
+	v, err := l.lk.run(ctx, releaseScript, key, l.id, "")
+	if err != nil {
+		l.lk.wg.Go(func() { l.releaseLater(key) })
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return nil // released here; Redis drops it with the session at worst
+	}
+	switch v {
+	case int64(1):
+		return nil
+	case "x":
+		l.end(lmx.ErrExpired)
+	default:
+		l.end(l.gone())
+	}
+	return lmx.ErrNotHeld
+}
+
+// releaseLater releases l in Redis without its caller's ctx.
+func (l *lease) releaseLater(key string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	l.lk.run(ctx, releaseScript, key, l.id, "")
+}
+
+// Extend implements lmx.LeaseBackend: the lease must still be held in
+// Redis, whose clock then runs its new TTL; the lease's own runs from
+// before the request, so that it never outlasts Redis's.
+func (l *lease) Extend(ctx context.Context, _ *lmx.Lease, ttl time.Duration) (time.Time, error) {
+	start := time.Now()
+	v, err := l.lk.run(ctx, extendScript, l.lease.Key(), l.id, ttl.Milliseconds())
+	if err != nil {
+		return time.Time{}, l.lk.wrap(ctx, err)
+	}
+	if v != int64(1) {
+		l.lost(l.gone())
+		return time.Time{}, lmx.ErrNotHeld
+	}
+	exp := start.Add(ttl)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.lease.Err() != nil {
+		return time.Time{}, lmx.ErrNotHeld
+	}
+	if l.timer == nil {
+		l.timer = time.AfterFunc(time.Until(exp), l.expire)
+	} else if !l.timer.Stop() {
+		return time.Time{}, lmx.ErrNotHeld // expiring as we speak
+	} else {
+		l.timer.Reset(time.Until(exp))
+	}
+	return exp, nil
+}

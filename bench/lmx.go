@@ -31,7 +31,9 @@ var services = []service{
 	{name: "redis-redislock", smoke: false, start: startRedislock},
 	{name: "redis-redsync", smoke: false, start: startRedsync},
 	{name: "live-mutex", smoke: false, start: startLiveMutex},
-	{name: "etcd", start: startEtcd, maxCycles: etcdMaxCycles},
+	{name: "etcd", start: startEtcdMutex, maxCycles: etcdMaxCycles},
+	{name: "lmx-etcd", start: func(ctx context.Context, cfg config) (running, error) { return startLMXEtcd(ctx, cfg, true) }, maxCycles: etcdMaxCycles},
+	{name: "lmx-etcd-shared", start: func(ctx context.Context, cfg config) (running, error) { return startLMXEtcd(ctx, cfg, false) }, maxCycles: etcdMaxCycles},
 }
 
 // lmxWorker does cycles through a Locker, shared by all workers unless it

@@ -23,6 +23,9 @@ var targets = []target{
 	{"hot1 ≥ 0.8x raw echo (TCP)", "hot1", "lmx-tcp", "echo-tcp", 0.8},
 	{"keys200 ≥ 4x Redis+redislock", "keys200", "lmx-unix", "redis-redislock", 4},
 	{"keys200 ≥ 0.5x pipelined echo", "keys200", "lmx-unix", "echo-pipelined-unix", 0.5},
+	{"etcd door hot20 ≥ 2x concurrency.Mutex", "hot20", "lmx-etcd", "etcd", 2},
+	{"etcd door keys20 ≥ 1x concurrency.Mutex", "keys20", "lmx-etcd", "etcd", 1},
+	{"etcd door keys200 ≥ 1x concurrency.Mutex", "keys200", "lmx-etcd", "etcd", 1},
 }
 
 // The RSS target: at most maxRSS MiB once the broker has served rssCycles.

@@ -2,23 +2,17 @@ package etcd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
 	"github.com/lmx-go/lmx"
 	"github.com/oklog/ulid/v2"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 var _ lmx.Admin = (*Locker)(nil)
-
-// Reasons that Release and ForceUnlock write into a key's value, after a
-// "/", before they delete it, so that its holder, wherever it is, learns why
-// the key went.
-const (
-	whyReleased = "released"
-	whyForced   = "forced"
-)
 
 // queueOf returns the etcd prefix of key's queue, or an error for a key
 // the backend refuses.
@@ -30,41 +24,37 @@ func (lk *Locker) queueOf(key string) (string, error) {
 }
 
 // queue returns the requests of a queue in create order, and which hold.
-func (lk *Locker) queue(ctx context.Context, queue string) ([]waiter, []bool, []string, error) {
+func (lk *Locker) queue(ctx context.Context, queue string) ([]waiter, []bool, error) {
 	resp, err := lk.cli.Get(ctx, queue, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
 	if err != nil {
-		return nil, nil, nil, lk.wrap(ctx, err)
+		return nil, nil, lk.wrap(ctx, err)
 	}
 	ws := make([]waiter, len(resp.Kvs))
-	vals := make([]string, len(resp.Kvs))
 	for i, kv := range resp.Kvs {
-		ws[i] = decode(kv.Key, kv.Value, kv.CreateRevision)
-		vals[i], _, _ = strings.Cut(string(kv.Value), "/")
+		ws[i] = decode(kv)
 	}
 	held := make([]bool, len(ws))
 	for i, w := range ws {
 		held[i] = decide(w, ws[:i]).granted
 	}
-	return ws, held, vals, nil
+	return ws, held, nil
 }
 
-// mark writes why into the value of a request's key, then deletes it.
-func (lk *Locker) mark(ctx context.Context, w waiter, val, why string) (bool, error) {
+// mark deletes a request's key, if it is still the request w, and in the
+// same transaction writes why into the inbox of its Locker's session,
+// under the etcd lease of the key, so that the word goes with the session.
+func (lk *Locker) mark(ctx context.Context, w waiter, why string) (bool, error) {
 	resp, err := lk.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(w.key), "=", w.rev)).
-		Then(clientv3.OpPut(w.key, val+"/"+why, clientv3.WithIgnoreLease())).
+		Then(clientv3.OpDelete(w.key), clientv3.OpPut(inboxKey(lk.pfx, w.sess, w.key), why, clientv3.WithLease(w.lease))).
 		Commit()
-	if err != nil {
+	switch {
+	case errors.Is(err, rpctypes.ErrLeaseNotFound):
+		return false, nil // the session ended, and its keys with it
+	case err != nil:
 		return false, lk.wrap(ctx, err)
 	}
-	if !resp.Succeeded {
-		return false, nil
-	}
-	if _, err := lk.cli.Delete(ctx, w.key); err != nil {
-		lk.abandon(w.key)
-		return true, lk.wrap(ctx, err)
-	}
-	return true, nil
+	return resp.Succeeded, nil
 }
 
 // Release ends the lease of key whose lock id is id, from any Locker on the
@@ -85,7 +75,7 @@ func (lk *Locker) endHeld(ctx context.Context, key, id, why string) error {
 	if err != nil {
 		return err
 	}
-	ws, held, vals, err := lk.queue(ctx, q)
+	ws, held, err := lk.queue(ctx, q)
 	if err != nil {
 		return err
 	}
@@ -94,7 +84,7 @@ func (lk *Locker) endHeld(ctx context.Context, key, id, why string) error {
 		if !held[i] || id != "" && w.key != q+id {
 			continue
 		}
-		ok, err := lk.mark(ctx, w, vals[i], why)
+		ok, err := lk.mark(ctx, w, why)
 		if err != nil {
 			return err
 		}
@@ -116,7 +106,7 @@ func (lk *Locker) Inspect(ctx context.Context, key string) (lmx.KeyInfo, error) 
 	if err != nil {
 		return lmx.KeyInfo{}, err
 	}
-	ws, held, _, err := lk.queue(ctx, q)
+	ws, held, err := lk.queue(ctx, q)
 	if err != nil {
 		return lmx.KeyInfo{}, err
 	}
@@ -156,10 +146,10 @@ func (lk *Locker) Stats(ctx context.Context) (lmx.Stats, error) {
 	for _, kv := range resp.Kvs {
 		k := string(kv.Key)
 		i := strings.LastIndexByte(k, 0)
-		if i < 0 {
-			continue
+		if i <= len(lk.pfx) {
+			continue // an inbox's word, or not lmx's
 		}
-		queues[k[:i]] = append(queues[k[:i]], decode(kv.Key, kv.Value, kv.CreateRevision))
+		queues[k[:i]] = append(queues[k[:i]], decode(kv))
 	}
 	var st lmx.Stats
 	for _, ws := range queues {

@@ -9,9 +9,16 @@
 // etcd lease kept alive while the Locker lives). The queue is ordered by
 // create revision: a request is granted when the requests created before it
 // allow it, and its fencing token is its create revision, so tokens of a key
-// increase in grant order. A waiter waits only for the deletion of its
-// predecessor, seen on one watch per Locker, so a release wakes one waiter,
-// not a herd.
+// increase in grant order.
+//
+// A Locker hears only about its own requests. A waiter watches the one
+// request before it (a semaphore's first waiter, its holders), so a release
+// is one etcd write and wakes one waiter, not a herd, and the cost of a
+// hand-off does not grow with the number of Lockers. A holder watches
+// nothing: its session's keepalive tells it when etcd drops its keys, and
+// Release and ForceUnlock of another Locker write a word into the inbox
+// of the holder's session (PREFIX "\x00i/" SESSION "/" ...) in the same
+// transaction that deletes its key, which one watch per session hears.
 //
 // Supported options: TTL, KeepAlive, Limit (semaphores), Shared (without
 // Limit), NoPreempt (nothing is ever preempted) and LockDelay(0). Priority
@@ -22,10 +29,12 @@
 // deleted and the lease ends (lmx.ErrExpired). A holder whose process dies
 // or loses etcd frees its keys when the session's etcd lease expires
 // (SessionTTL, default 5s); its leases end with lmx.ErrSessionLost as soon
-// as the Locker sees its keys deleted or its session expire.
+// as the Locker's keepalive finds the session gone. A key deleted in etcd
+// by something other than lmx is noticed by its holder at its next Unlock
+// or Extend.
 //
 // *Locker implements lmx.Admin: Release and ForceUnlock work across
-// processes (the holder learns the reason from the key's last value), and
+// processes (the holder learns the reason from its inbox), and
 // Inspect and Stats read the queues from etcd (no owners, no counters).
 package etcd
 
@@ -37,7 +46,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/lmx-go/lmx"
@@ -83,26 +91,29 @@ type Locker struct {
 	ttl    int64 // session TTL, seconds
 	ctx    context.Context
 	cancel context.CancelFunc
-	watch  *dispatcher
 
 	mu       sync.Mutex
 	sess     *session      // nil until the first request, or after one was lost
 	starting chan struct{} // closed when the session being started is set or has failed
 	closed   bool
+	orphans  map[string]clientv3.LeaseID // request keys to delete once etcd answers, by session
 	wg       sync.WaitGroup
 }
 
 // session is one etcd lease and what hangs on it.
 type session struct {
 	id     clientv3.LeaseID
+	hex    string        // id as it is written into request values and inbox keys
 	done   chan struct{} // closed when the session ends
 	reason error         // why, set before done closes
 	leases map[string]*lease
+	stop   context.CancelFunc // stops the inbox watch
 }
 
 // New returns a Locker whose keys live under prefix in the etcd cluster cli
-// talks to. The caller keeps cli and closes it after the Locker.
-func New(ctx context.Context, cli *clientv3.Client, prefix string, opts ...Option) (*Locker, error) {
+// talks to. The caller keeps cli and closes it after the Locker. New makes
+// no round trip: the Locker's session starts with its first request.
+func New(_ context.Context, cli *clientv3.Client, prefix string, opts ...Option) (*Locker, error) {
 	c := config{sessionTTL: DefaultSessionTTL}
 	for _, o := range opts {
 		o(&c)
@@ -111,18 +122,10 @@ func New(ctx context.Context, cli *clientv3.Client, prefix string, opts ...Optio
 		prefix += "/"
 	}
 	lctx, cancel := context.WithCancel(context.Background())
-	lk := &Locker{
+	return &Locker{
 		cli: cli, pfx: prefix, ctx: lctx, cancel: cancel,
 		ttl: int64((c.sessionTTL + time.Second - 1) / time.Second),
-	}
-	resp, err := cli.Get(ctx, prefix+"\x00", clientv3.WithCountOnly())
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("lmx/etcd: %w", err)
-	}
-	lk.watch = newDispatcher(lk, resp.Header.Revision)
-	lk.wg.Go(lk.watch.run)
-	return lk, nil
+	}, nil
 }
 
 // openURL is the lmx.Driver of etcd://host:port[,host:port]/prefix.
@@ -139,24 +142,27 @@ func openURL(ctx context.Context, u *url.URL) (lmx.Locker, error) {
 		cfg.Username = u.User.Username()
 		cfg.Password, _ = u.User.Password()
 	}
-	cli, err := clientv3.New(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("lmx/etcd: %w", err)
-	}
 	var opts []Option
 	if s := u.Query().Get("session_ttl"); s != "" {
 		d, err := time.ParseDuration(s)
 		if err != nil {
-			cli.Close()
-			return nil, fmt.Errorf("lmx/etcd: session_ttl: %w", err)
+			return nil, fmt.Errorf("%w: lmx/etcd: session_ttl: %w", lmx.ErrInvalidOption, err)
 		}
 		opts = append(opts, SessionTTL(d))
 	}
-	lk, err := New(ctx, cli, strings.TrimPrefix(u.Path, "/"), opts...)
+	cli, err := clientv3.New(cfg)
 	if err != nil {
-		cli.Close()
-		return nil, err
+		return nil, fmt.Errorf("lmx/etcd: %w", err)
 	}
+	// Fail now, not at the first Lock, when no endpoint answers.
+	if _, err := cli.Get(ctx, "\x00", clientv3.WithCountOnly()); err != nil {
+		cli.Close()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("%w: lmx/etcd: %v", lmx.ErrSessionLost, err)
+	}
+	lk, _ := New(ctx, cli, strings.TrimPrefix(u.Path, "/"), opts...)
 	lk.own = true
 	return lk, nil
 }
@@ -258,20 +264,32 @@ func (lk *Locker) session(ctx context.Context) (*session, error) {
 	case err != nil && ctx.Err() != nil:
 		return nil, ctx.Err()
 	case err != nil:
-		return nil, fmt.Errorf("lmx/etcd: session: %w", err)
+		return nil, unreachable(err)
 	}
 	ka, err := lk.cli.KeepAlive(lk.ctx, g.ID)
 	if err != nil {
-		return nil, fmt.Errorf("lmx/etcd: session: %w", err)
+		return nil, unreachable(err)
 	}
-	s := &session{id: g.ID, done: make(chan struct{}), leases: map[string]*lease{}}
+	sctx, scancel := context.WithCancel(lk.ctx)
+	s := &session{id: g.ID, hex: strconv.FormatInt(int64(g.ID), 16), done: make(chan struct{}),
+		leases: map[string]*lease{}, stop: scancel}
 	lk.sess = s
 	lk.wg.Go(func() {
 		for range ka {
 		}
 		lk.sessionLost(s)
 	})
+	// Nothing is written into the inbox before this session's first
+	// request, which follows the Grant: watching from the Grant's revision
+	// misses nothing.
+	lk.wg.Go(func() { lk.watchInbox(sctx, s, g.ResponseHeader.Revision+1) })
 	return s, nil
+}
+
+// unreachable is the error of a request that etcd did not answer: the
+// Locker cannot keep a session with it.
+func unreachable(err error) error {
+	return fmt.Errorf("%w: lmx/etcd: %v", lmx.ErrSessionLost, err)
 }
 
 // revoke asks etcd to drop the session id and its keys, waiting at most 5s.
@@ -307,15 +325,24 @@ func (lk *Locker) endSession(s *session, reason error) {
 	}
 	s.reason = reason
 	close(s.done)
+	s.stop()
 	leases := s.leases
 	s.leases = map[string]*lease{}
+	for k, sid := range lk.orphans {
+		if sid == s.id {
+			delete(lk.orphans, k) // etcd drops them with the session
+		}
+	}
 	lk.mu.Unlock()
 	for _, l := range leases {
-		l.lost(reason)
+		l.stopTimers()
+		l.end(reason)
 	}
 }
 
-// wrap returns ctx.Err() itself when ctx ended, else err made an lmx error.
+// wrap returns ctx.Err() itself when ctx ended, ErrClosed after Close, and
+// otherwise err as an lmx error: one etcd refused or did not answer is
+// ErrSessionLost.
 func (lk *Locker) wrap(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
@@ -326,7 +353,7 @@ func (lk *Locker) wrap(ctx context.Context, err error) error {
 	if closed {
 		return lmx.ErrClosed
 	}
-	return fmt.Errorf("lmx/etcd: %w", err)
+	return unreachable(err)
 }
 
 // unsupported checks the options the backend cannot honour.
@@ -357,18 +384,25 @@ type waiter struct {
 	rev    int64  // create revision
 	limit  int
 	shared bool
+	sess   string           // the session of the Locker that asked, in hex
+	lease  clientv3.LeaseID // the etcd lease the key is attached to
 }
 
-func encodeValue(limit int, shared bool) string {
-	if shared {
-		return "s" + strconv.Itoa(limit)
+// encodeValue is the value of a request's key: its mode and limit, then
+// the session of its Locker, which is where Release and ForceUnlock tell
+// it that its key went.
+func encodeValue(w waiter) string {
+	mode := "x"
+	if w.shared {
+		mode = "s"
 	}
-	return "x" + strconv.Itoa(limit)
+	return mode + strconv.Itoa(w.limit) + " " + w.sess
 }
 
-func decode(kvKey []byte, value []byte, rev int64) waiter {
-	w := waiter{key: string(kvKey), rev: rev, limit: 1}
-	v, _, _ := strings.Cut(string(value), "/") // a reason may follow, see Release
+func decode(kv *mvccpb.KeyValue) waiter {
+	w := waiter{key: string(kv.Key), rev: kv.CreateRevision, limit: 1, lease: clientv3.LeaseID(kv.Lease)}
+	v, sess, _ := strings.Cut(string(kv.Value), " ")
+	w.sess = sess
 	if len(v) > 1 {
 		w.shared = v[0] == 's'
 		if n, err := strconv.Atoi(v[1:]); err == nil {
@@ -433,11 +467,12 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 		if s, err = lk.session(ctx); err != nil {
 			return nil, err
 		}
+		me.sess, me.lease = s.hex, s.id
 		// Not ctx: a Put cut short may still land after the Delete that
 		// would undo it, and leave the key held.
 		pctx, cancel := context.WithTimeout(lk.ctx, 10*time.Second)
 		resp, err = lk.cli.Txn(pctx).Then(
-			clientv3.OpPut(me.key, encodeValue(me.limit, me.shared), clientv3.WithLease(s.id)),
+			clientv3.OpPut(me.key, encodeValue(me), clientv3.WithLease(s.id)),
 			clientv3.OpGet(queue, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(1)),
 			clientv3.OpGet(queue, newest(me, 2)...), // me, then the requests before me
 		).Commit()
@@ -450,82 +485,107 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 			lk.sessionLost(s)
 			continue
 		}
-		lk.abandon(me.key)
+		lk.abandon(s, me.key)
 		return nil, lk.wrap(ctx, err)
 	}
 	if err := ctx.Err(); err != nil {
-		lk.abandon(me.key) // ctx ended while the txn ran on lk.ctx
+		lk.abandon(s, me.key) // ctx ended while the txn ran on lk.ctx
 		return nil, err
 	}
 	me.rev = resp.Header.Revision
 	if first := resp.Responses[1].GetResponseRange().Kvs; len(first) == 1 {
-		f := decode(first[0].Key, first[0].Value, first[0].CreateRevision)
-		if f.limit != me.limit {
-			lk.abandon(me.key)
+		if f := decode(first[0]); f.limit != me.limit {
+			lk.abandon(s, me.key)
 			return nil, fmt.Errorf("%w: key %q has Limit(%d), asked %d", lmx.ErrLimitMismatch, key, f.limit, me.limit)
 		}
 	}
 	// me is the newest request of the txn's read: none is created after it
 	// at its own revision. The first decision holds at me.rev.
 	lower, rev := decodeLower(resp.Responses[2].GetResponseRange().Kvs[1:]), me.rev
+	w := newWaits(lk, s)
+	defer w.stop()
 	for {
 		d := decide(me, lower)
 		if d.granted {
-			return lk.granted(s, key, id, me, rev, req)
+			return lk.granted(s, key, id, me, req)
 		}
 		if try {
-			lk.abandon(me.key)
+			lk.abandon(s, me.key)
 			return nil, lmx.ErrLocked
 		}
-		wake, stop := lk.watch.subscribe(d.targets, rev)
-		select {
-		case <-wake:
-			stop()
-		case <-ctx.Done():
-			stop()
-			lk.abandon(me.key)
-			return nil, ctx.Err()
-		case <-s.done:
-			stop()
-			return nil, s.err()
+		// Each target is watched from when its watch was made: a watch made
+		// after rev leaves a gap, and the queue is read again once it runs.
+		from, err := w.watch(ctx, d.targets)
+		if err == nil && from <= rev {
+			select {
+			case <-w.wake:
+				from = w.seen()
+			case <-ctx.Done():
+				err = ctx.Err()
+			case <-s.done:
+				return nil, s.err()
+			}
 		}
-		// The decision holds at rev: watch for changes after it.
-		if lower, rev, err = lk.lower(ctx, queue, me); err != nil {
-			lk.abandon(me.key)
+		if err == nil {
+			lower, rev, err = lk.lower(ctx, queue, me, from)
+		}
+		switch {
+		case errors.Is(err, errGone):
+			return nil, lk.gone(s, me.key)
+		case err != nil:
+			lk.abandon(s, me.key)
 			return nil, lk.wrap(ctx, err)
 		}
 	}
 }
 
-// err is why the session ended.
+// err is why the session ended: ErrSessionLost while it has not.
 func (s *session) err() error {
+	<-s.done // the request's key went with the session: done is closing
 	if errors.Is(s.reason, lmx.ErrClosed) {
 		return lmx.ErrClosed
 	}
 	return fmt.Errorf("%w: %w", lmx.ErrSessionLost, s.reason)
 }
 
-// lower returns the requests of queue created before me, in create order,
-// and the revision they were read at. For a mutex only the last one counts.
-func (lk *Locker) lower(ctx context.Context, queue string, me waiter) ([]waiter, int64, error) {
-	opts := append(newest(me, 1), clientv3.WithMaxCreateRev(me.rev-1))
-	// Once the watch has passed me.rev, a serializable read at the watch's
-	// revision is a consistent snapshot as fresh as what woke the waiter,
-	// without a linearizable round through raft; the watch covers what
-	// changed after it. A member behind that revision refuses it.
-	var resp *clientv3.GetResponse
-	var err error
-	at := lk.watch.revision()
-	if at >= me.rev {
-		resp, err = lk.cli.Get(ctx, queue, append(opts, clientv3.WithSerializable(), clientv3.WithRev(at))...)
+// errGone: a waiting request's own key is gone.
+var errGone = errors.New("lmx/etcd: the request's key is gone")
+
+// gone is the error of a request whose key went while it waited: with its
+// session, or by a ForceUnlock that found it granted before it knew.
+func (lk *Locker) gone(s *session, etcdKey string) error {
+	select {
+	case <-s.done:
+		return s.err()
+	default:
 	}
-	if resp == nil || err != nil {
+	ctx, cancel := context.WithTimeout(lk.ctx, 5*time.Second)
+	defer cancel()
+	resp, err := lk.cli.Delete(ctx, inboxKey(lk.pfx, s.hex, etcdKey), clientv3.WithPrevKV())
+	if err != nil {
+		return lk.wrap(ctx, err)
+	}
+	return fmt.Errorf("%w: %w: as it was granted", lmx.ErrLeaseLost, why(resp.PrevKvs))
+}
+
+// lower reads the requests of queue created before me, in create order, at
+// a revision at least from, and returns them and that revision. For a mutex
+// only the last one counts. It fails with errGone when me is gone.
+func (lk *Locker) lower(ctx context.Context, queue string, me waiter, from int64) ([]waiter, int64, error) {
+	opts := append(newest(me, 2), clientv3.WithMaxCreateRev(me.rev))
+	// A serializable read is served by the member the client talks to,
+	// without a round through raft; it will do when that member has seen
+	// what woke the waiter, and a linearizable read is the fallback.
+	resp, err := lk.cli.Get(ctx, queue, append(opts, clientv3.WithSerializable())...)
+	if err != nil || resp.Header.Revision < from {
 		if resp, err = lk.cli.Get(ctx, queue, opts...); err != nil {
 			return nil, 0, err
 		}
-		at = resp.Header.Revision
 	}
-	return decodeLower(resp.Kvs), at, nil
+	if len(resp.Kvs) == 0 || string(resp.Kvs[0].Key) != me.key {
+		return nil, 0, errGone
+	}
+	return decodeLower(resp.Kvs[1:]), resp.Header.Revision, nil
 }
 
 // newest are the options of a read of a queue's requests newest first: for
@@ -542,20 +602,80 @@ func newest(me waiter, n int64) []clientv3.OpOption {
 func decodeLower(kvs []*mvccpb.KeyValue) []waiter {
 	lower := make([]waiter, len(kvs))
 	for i, kv := range kvs {
-		lower[len(lower)-1-i] = decode(kv.Key, kv.Value, kv.CreateRevision)
+		lower[len(lower)-1-i] = decode(kv)
 	}
 	return lower
 }
 
-// abandon deletes a request's key, without relying on any caller's ctx.
-func (lk *Locker) abandon(etcdKey string) {
-	ctx, cancel := context.WithTimeout(lk.ctx, 5*time.Second)
-	defer cancel()
-	lk.cli.Delete(ctx, etcdKey)
+// abandon deletes a request's key of session s, without relying on any
+// caller's ctx. When etcd does not answer, the key is kept in lk.orphans
+// and deleted once it does, so that it never stays queued for as long as
+// the session lives.
+func (lk *Locker) abandon(s *session, etcdKey string) {
+	ctx, cancel := context.WithTimeout(lk.ctx, 2*time.Second)
+	_, err := lk.cli.Delete(ctx, etcdKey)
+	cancel()
+	if err == nil || lk.ctx.Err() != nil {
+		return
+	}
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	select {
+	case <-s.done:
+		return // etcd drops the key with the session
+	default:
+	}
+	if lk.orphans == nil {
+		lk.orphans = map[string]clientv3.LeaseID{}
+	}
+	if len(lk.orphans) == 0 {
+		lk.wg.Go(lk.deleteOrphans)
+	}
+	lk.orphans[etcdKey] = s.id
 }
 
-// granted makes the lease of a granted request, read at revision rev.
-func (lk *Locker) granted(s *session, key string, id ulid.ULID, me waiter, rev int64, req lmx.LockRequest) (*lmx.Lease, error) {
+// deleteOrphans deletes the keys of lk.orphans until none is left, trying
+// again every 100ms to 2s while etcd does not answer.
+func (lk *Locker) deleteOrphans() {
+	wait := 100 * time.Millisecond
+	for {
+		lk.mu.Lock()
+		var keys []string
+		for k := range lk.orphans {
+			keys = append(keys, k)
+		}
+		lk.mu.Unlock()
+		failed := false
+		for _, k := range keys {
+			ctx, cancel := context.WithTimeout(lk.ctx, 2*time.Second)
+			_, err := lk.cli.Delete(ctx, k)
+			cancel()
+			lk.mu.Lock()
+			if err == nil {
+				delete(lk.orphans, k)
+			}
+			lk.mu.Unlock()
+			failed = failed || err != nil
+		}
+		lk.mu.Lock()
+		left := len(lk.orphans)
+		lk.mu.Unlock()
+		if left == 0 {
+			return
+		}
+		if failed {
+			wait = min(2*wait, 2*time.Second)
+		}
+		select {
+		case <-lk.ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// granted makes the lease of a granted request.
+func (lk *Locker) granted(s *session, key string, id ulid.ULID, me waiter, req lmx.LockRequest) (*lmx.Lease, error) {
 	l := &lease{lk: lk, s: s, etcdKey: me.key, ttl: req.TTL}
 	var exp time.Time
 	if req.TTL > 0 {
@@ -569,7 +689,6 @@ func (lk *Locker) granted(s *session, key string, id ulid.ULID, me waiter, rev i
 	select {
 	case <-s.done:
 		lk.mu.Unlock()
-		lk.abandon(me.key)
 		return nil, s.err()
 	default:
 	}
@@ -583,14 +702,10 @@ func (lk *Locker) granted(s *session, key string, id ulid.ULID, me waiter, rev i
 	}
 	l.mu.Unlock()
 	lk.mu.Unlock()
-	if !lk.watch.hold(me.key, rev, l) {
-		l.lost(lmx.ErrSessionLost)
-		return nil, fmt.Errorf("%w: the key was deleted as it was granted", lmx.ErrSessionLost)
-	}
 	if me.limit > 1 {
 		// Tell the request behind this one that it may be the first waiter.
 		ctx, cancel := context.WithTimeout(lk.ctx, 5*time.Second)
-		lk.cli.Put(ctx, me.key, encodeValue(me.limit, me.shared), clientv3.WithIgnoreLease())
+		lk.cli.Put(ctx, me.key, encodeValue(me), clientv3.WithIgnoreLease())
 		cancel()
 	}
 	return l.lease, nil
@@ -604,8 +719,6 @@ type lease struct {
 	lease   *lmx.Lease
 	end     func(error) bool
 
-	why atomic.Value // whyReleased or whyForced once Release or ForceUnlock marked the key
-
 	mu        sync.Mutex
 	ttl       time.Duration
 	keepUntil time.Time
@@ -613,14 +726,21 @@ type lease struct {
 	renew     *time.Timer // KeepAlive
 }
 
-// forget takes l out of its session and the watch, and stops its timers; it
-// reports whether l was still there.
-func (l *lease) forget() bool {
+// take takes l out of its session and stops its timers; it reports whether
+// l was still there. Whoever takes a lease out ends it: a caller that finds
+// it gone waits for its Done.
+func (l *lease) take() bool {
 	l.lk.mu.Lock()
 	here := l.s.leases[l.etcdKey] == l
 	delete(l.s.leases, l.etcdKey)
 	l.lk.mu.Unlock()
-	l.lk.watch.release(l.etcdKey)
+	if here {
+		l.stopTimers()
+	}
+	return here
+}
+
+func (l *lease) stopTimers() {
 	l.mu.Lock()
 	if l.timer != nil {
 		l.timer.Stop()
@@ -629,29 +749,22 @@ func (l *lease) forget() bool {
 		l.renew.Stop()
 	}
 	l.mu.Unlock()
-	return here
-}
-
-// lost ends l for reason, then deletes its key.
-func (l *lease) lost(reason error) {
-	l.forget()
-	l.end(reason)
-	l.lk.abandon(l.etcdKey)
 }
 
 // expire ends l when its TTL ran out.
 func (l *lease) expire() {
-	if l.forget() {
-		// Delete first, as a broker would expire the key before telling the
-		// holder, so that the key is free when Done closes; but never keep the
-		// holder believing past a second.
-		ctx, cancel := context.WithTimeout(l.lk.ctx, time.Second)
-		_, err := l.lk.cli.Delete(ctx, l.etcdKey)
-		cancel()
-		l.end(lmx.ErrExpired)
-		if err != nil {
-			l.lk.abandon(l.etcdKey)
-		}
+	if !l.take() {
+		return
+	}
+	// Delete first, as a broker would expire the key before telling the
+	// holder, so that the key is free when Done closes; but never keep the
+	// holder believing past a second.
+	ctx, cancel := context.WithTimeout(l.lk.ctx, time.Second)
+	_, err := l.lk.cli.Delete(ctx, l.etcdKey)
+	cancel()
+	l.end(lmx.ErrExpired)
+	if err != nil {
+		l.lk.abandon(l.s, l.etcdKey)
 	}
 }
 
@@ -679,23 +792,30 @@ func (l *lease) keepAlive() {
 
 // Unlock implements lmx.LeaseBackend.
 func (l *lease) Unlock(ctx context.Context, _ *lmx.Lease) error {
-	if !l.forget() {
+	if !l.take() {
+		// Its expiry, its session's end or a word from its inbox took it
+		// out and is ending it: Unlock reports why once it has.
+		<-l.lease.Done()
 		return lmx.ErrNotHeld
 	}
 	if ctx.Err() != nil {
-		l.lk.wg.Go(func() { l.lk.abandon(l.etcdKey) })
+		l.lk.wg.Go(func() { l.lk.abandon(l.s, l.etcdKey) })
 		return ctx.Err()
 	}
-	resp, err := l.lk.cli.Delete(ctx, l.etcdKey)
+	resp, err := l.lk.cli.Txn(ctx).Then(
+		clientv3.OpDelete(l.etcdKey),
+		clientv3.OpDelete(l.inboxKey(), clientv3.WithPrevKV()),
+	).Commit()
 	if err != nil {
-		l.lk.wg.Go(func() { l.lk.abandon(l.etcdKey) })
+		l.lk.wg.Go(func() { l.lk.abandon(l.s, l.etcdKey) })
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return nil // released here; etcd drops the key with the session at worst
+		return nil // released here; deleted once etcd answers, or with the session
 	}
-	if resp.Deleted == 0 {
-		l.end(lmx.ErrSessionLost)
+	if resp.Responses[0].GetResponseDeleteRange().Deleted == 0 {
+		// Release, ForceUnlock or the end of the session took the key first.
+		l.end(why(resp.Responses[1].GetResponseDeleteRange().PrevKvs))
 		return lmx.ErrNotHeld
 	}
 	return nil
@@ -705,12 +825,16 @@ func (l *lease) Unlock(ctx context.Context, _ *lmx.Lease) error {
 func (l *lease) Extend(ctx context.Context, _ *lmx.Lease, ttl time.Duration) (time.Time, error) {
 	resp, err := l.lk.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(l.etcdKey), "=", int64(l.lease.Token()))).
+		Else(clientv3.OpDelete(l.inboxKey(), clientv3.WithPrevKV())).
 		Commit()
 	if err != nil {
 		return time.Time{}, l.lk.wrap(ctx, err)
 	}
 	if !resp.Succeeded {
-		l.lost(lmx.ErrSessionLost)
+		if l.take() {
+			l.end(why(resp.Responses[0].GetResponseDeleteRange().PrevKvs))
+		}
+		<-l.lease.Done()
 		return time.Time{}, lmx.ErrNotHeld
 	}
 	exp := time.Now().Add(ttl)
@@ -719,12 +843,16 @@ func (l *lease) Extend(ctx context.Context, _ *lmx.Lease, ttl time.Duration) (ti
 	if l.lease.Err() != nil {
 		return time.Time{}, lmx.ErrNotHeld
 	}
-	if l.timer == nil {
+	switch {
+	case l.timer == nil:
 		l.timer = time.AfterFunc(ttl, l.expire)
-	} else if !l.timer.Stop() {
-		return time.Time{}, lmx.ErrNotHeld // expiring as we speak
-	} else {
+	case l.timer.Stop():
 		l.timer.Reset(ttl)
+	default: // expiring as we speak
+		l.mu.Unlock()
+		<-l.lease.Done()
+		l.mu.Lock()
+		return time.Time{}, lmx.ErrNotHeld
 	}
 	return exp, nil
 }

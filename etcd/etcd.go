@@ -46,6 +46,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lmx-go/lmx"
@@ -469,8 +470,9 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 		}
 		me.sess, me.lease = s.hex, s.id
 		// Not ctx: a Put cut short may still land after the Delete that
-		// would undo it, and leave the key held.
-		pctx, cancel := context.WithTimeout(lk.ctx, 10*time.Second)
+		// would undo it, and leave the key held. An etcd that does not
+		// answer for as long as a session lives has lost the session.
+		pctx, cancel := context.WithTimeout(lk.ctx, time.Duration(lk.ttl)*time.Second)
 		resp, err = lk.cli.Txn(pctx).Then(
 			clientv3.OpPut(me.key, encodeValue(me), clientv3.WithLease(s.id)),
 			clientv3.OpGet(queue, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(1)),
@@ -756,6 +758,9 @@ func (l *lease) expire() {
 	if !l.take() {
 		return
 	}
+	if h := expiring.Load(); h != nil {
+		(*h)()
+	}
 	// Delete first, as a broker would expire the key before telling the
 	// holder, so that the key is free when Done closes; but never keep the
 	// holder believing past a second.
@@ -789,6 +794,11 @@ func (l *lease) keepAlive() {
 		l.renew.Reset(full / 3)
 	}
 }
+
+// expiring, if set, is called by an expiry once it has taken its lease out
+// of the session and before it deletes the key: a test's window onto the
+// race of an Unlock with the expiry.
+var expiring atomic.Pointer[func()]
 
 // Unlock implements lmx.LeaseBackend.
 func (l *lease) Unlock(ctx context.Context, _ *lmx.Lease) error {

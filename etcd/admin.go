@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/lmx-go/lmx"
@@ -12,7 +13,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-var _ lmx.Admin = (*Locker)(nil)
+var (
+	_ lmx.Admin  = (*Locker)(nil)
+	_ lmx.Lister = (*Locker)(nil)
+)
 
 // queueOf returns the etcd prefix of key's queue, or an error for a key
 // the backend refuses.
@@ -138,9 +142,41 @@ func (lk *Locker) Inspect(ctx context.Context, key string) (lmx.KeyInfo, error) 
 // Stats counts the keys, holders and waiters under the Locker's prefix, by
 // reading them all. The counters of what happened are not kept (zero).
 func (lk *Locker) Stats(ctx context.Context) (lmx.Stats, error) {
-	resp, err := lk.cli.Get(ctx, lk.pfx, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
+	keys, err := lk.keys(ctx, "", 0)
 	if err != nil {
-		return lmx.Stats{}, lk.wrap(ctx, err)
+		return lmx.Stats{}, err
+	}
+	var st lmx.Stats
+	for _, k := range keys {
+		st.Keys++
+		st.Holders += k.Holders
+		st.Waiters += k.Waiters
+	}
+	return st, nil
+}
+
+// List returns the live keys that start with prefix, sorted, at most limit
+// of them (lmx.DefaultListLimit when limit <= 0, at most lmx.MaxListLimit),
+// by reading their queues.
+func (lk *Locker) List(ctx context.Context, prefix string, limit int) ([]lmx.KeyStat, error) {
+	switch {
+	case limit <= 0:
+		limit = lmx.DefaultListLimit
+	case limit > lmx.MaxListLimit:
+		limit = lmx.MaxListLimit
+	}
+	return lk.keys(ctx, prefix, limit)
+}
+
+// keys reads the queues of the keys that start with prefix and sums them
+// up, in key order, at most limit of them unless limit is 0.
+func (lk *Locker) keys(ctx context.Context, prefix string, limit int) ([]lmx.KeyStat, error) {
+	if err := lk.live(); err != nil {
+		return nil, err
+	}
+	resp, err := lk.cli.Get(ctx, lk.pfx+prefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
+	if err != nil {
+		return nil, lk.wrap(ctx, err)
 	}
 	queues := map[string][]waiter{}
 	for _, kv := range resp.Kvs {
@@ -149,18 +185,33 @@ func (lk *Locker) Stats(ctx context.Context) (lmx.Stats, error) {
 		if i <= len(lk.pfx) {
 			continue // an inbox's word, or not lmx's
 		}
-		queues[k[:i]] = append(queues[k[:i]], decode(kv))
+		queues[k[len(lk.pfx):i]] = append(queues[k[len(lk.pfx):i]], decode(kv))
 	}
-	var st lmx.Stats
-	for _, ws := range queues {
-		st.Keys++
+	var keys []lmx.KeyStat
+	for key, ws := range queues {
+		ks := lmx.KeyStat{Key: key, Limit: ws[0].limit}
 		for i, w := range ws {
 			if decide(w, ws[:i]).granted {
-				st.Holders++
+				ks.Holders++
 			} else {
-				st.Waiters++
+				ks.Waiters++
 			}
 		}
+		keys = append(keys, ks)
 	}
-	return st, nil
+	slices.SortFunc(keys, func(a, b lmx.KeyStat) int { return strings.Compare(a.Key, b.Key) })
+	if limit > 0 && len(keys) > limit {
+		keys = keys[:limit]
+	}
+	return keys, nil
+}
+
+// live fails with lmx.ErrClosed once the Locker is closed.
+func (lk *Locker) live() error {
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	if lk.closed {
+		return lmx.ErrClosed
+	}
+	return nil
 }

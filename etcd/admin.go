@@ -102,9 +102,9 @@ func (lk *Locker) endHeld(ctx context.Context, key, id, why string) error {
 	return nil
 }
 
-// Inspect describes key's holders and waiters as etcd has them. Owner is
-// never set, Count is 1, and Expires is known only for this Locker's own
-// leases.
+// Inspect describes key's holders and waiters as etcd has them. Count
+// and Expires are known only for this Locker's own leases (else 1 and
+// zero).
 func (lk *Locker) Inspect(ctx context.Context, key string) (lmx.KeyInfo, error) {
 	q, err := lk.queueOf(key)
 	if err != nil {
@@ -120,15 +120,18 @@ func (lk *Locker) Inspect(ctx context.Context, key string) (lmx.KeyInfo, error) 
 	}
 	for i, w := range ws {
 		if !held[i] {
-			ki.Waiters = append(ki.Waiters, lmx.WaiterInfo{Shared: w.shared})
+			ki.Waiters = append(ki.Waiters, lmx.WaiterInfo{Owner: w.owner, Shared: w.shared})
 			continue
 		}
 		id, _ := ulid.ParseStrict(strings.TrimPrefix(w.key, q))
-		h := lmx.HolderInfo{ID: id, Token: uint64(w.rev), Shared: w.shared, Count: 1, Since: ulid.Time(id.Time())}
+		h := lmx.HolderInfo{ID: id, Token: uint64(w.rev), Owner: w.owner, Shared: w.shared, Count: 1, Since: ulid.Time(id.Time())}
 		lk.mu.Lock()
 		var l *lease
 		if lk.sess != nil {
 			l = lk.sess.leases[w.key]
+		}
+		if l != nil {
+			h.Count = l.count
 		}
 		lk.mu.Unlock()
 		if l != nil {

@@ -108,6 +108,7 @@ type session struct {
 	done   chan struct{} // closed when the session ends
 	reason error         // why, set before done closes
 	leases map[string]*lease
+	owned  map[string]*lease  // the leases asked with Owner, by queue and owner
 	stop   context.CancelFunc // stops the inbox watch
 }
 
@@ -273,7 +274,7 @@ func (lk *Locker) session(ctx context.Context) (*session, error) {
 	}
 	sctx, scancel := context.WithCancel(lk.ctx)
 	s := &session{id: g.ID, hex: strconv.FormatInt(int64(g.ID), 16), done: make(chan struct{}),
-		leases: map[string]*lease{}, stop: scancel}
+		leases: map[string]*lease{}, owned: map[string]*lease{}, stop: scancel}
 	lk.sess = s
 	lk.wg.Go(func() {
 		for range ka {
@@ -328,7 +329,7 @@ func (lk *Locker) endSession(s *session, reason error) {
 	close(s.done)
 	s.stop()
 	leases := s.leases
-	s.leases = map[string]*lease{}
+	s.leases, s.owned = map[string]*lease{}, map[string]*lease{}
 	for k, sid := range lk.orphans {
 		if sid == s.id {
 			delete(lk.orphans, k) // etcd drops them with the session
@@ -363,8 +364,6 @@ func unsupported(r lmx.LockRequest) error {
 	switch {
 	case r.Priority != 0:
 		what = "Priority"
-	case r.Owner != "":
-		what = "Owner (re-entrancy)"
 	case r.Preempt >= 0:
 		what = "Preempt"
 	case r.KeepOnDisconnect:
@@ -387,23 +386,27 @@ type waiter struct {
 	shared bool
 	sess   string           // the session of the Locker that asked, in hex
 	lease  clientv3.LeaseID // the etcd lease the key is attached to
+	owner  string
 }
 
-// encodeValue is the value of a request's key: its mode and limit, then
-// the session of its Locker, which is where Release and ForceUnlock tell
-// it that its key went.
+// encodeValue is the value of a request's key: its mode and limit, the
+// session of its Locker, which is where Release and ForceUnlock tell it
+// that its key went, and its owner.
 func encodeValue(w waiter) string {
 	mode := "x"
 	if w.shared {
 		mode = "s"
 	}
-	return mode + strconv.Itoa(w.limit) + " " + w.sess
+	return mode + strconv.Itoa(w.limit) + " " + w.sess + " " + w.owner
 }
 
 func decode(kv *mvccpb.KeyValue) waiter {
 	w := waiter{key: string(kv.Key), rev: kv.CreateRevision, limit: 1, lease: clientv3.LeaseID(kv.Lease)}
-	v, sess, _ := strings.Cut(string(kv.Value), " ")
-	w.sess = sess
+	f := strings.SplitN(string(kv.Value), " ", 3)
+	v := f[0]
+	if len(f) == 3 {
+		w.sess, w.owner = f[1], f[2]
+	}
 	if len(v) > 1 {
 		w.shared = v[0] == 's'
 		if n, err := strconv.Atoi(v[1:]); err == nil {
@@ -460,8 +463,13 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	if req.Owner != "" {
+		if l, err := lk.reenter(ctx, key, queue, req); l != nil || err != nil {
+			return l, err
+		}
+	}
 	id := ulid.Make()
-	me := waiter{key: queue + id.String(), limit: req.Limit, shared: req.Shared}
+	me := waiter{key: queue + id.String(), limit: req.Limit, shared: req.Shared, owner: req.Owner}
 	var s *session
 	var resp *clientv3.TxnResponse
 	for attempt := 0; ; attempt++ {
@@ -676,9 +684,34 @@ func (lk *Locker) deleteOrphans() {
 	}
 }
 
+// reenter grants key at once to req's owner if it holds key through this
+// Locker: a new lmx.Lease with the same lock id and token, counted by the
+// lease it re-enters. It returns nil and no error when the owner holds
+// nothing here. An owner that holds key through another Locker, a process
+// of its own, queues like any other request.
+func (lk *Locker) reenter(ctx context.Context, key, queue string, req lmx.LockRequest) (*lmx.Lease, error) {
+	s, err := lk.session(ctx)
+	if err != nil {
+		return nil, err
+	}
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	l := s.owned[queue+req.Owner]
+	if l == nil || s.leases[l.etcdKey] != l {
+		return nil, nil
+	}
+	if l.shared && !req.Shared {
+		return nil, fmt.Errorf("%w: owner %q holds %q shared and cannot re-enter exclusive", lmx.ErrInvalidOption, req.Owner, key)
+	}
+	g, end := lmx.NewLease(key, l.lease.ID(), l.lease.Token(), l.lease.Expires(), l)
+	l.count++
+	l.ends = append(l.ends, end)
+	return g, nil
+}
+
 // granted makes the lease of a granted request.
 func (lk *Locker) granted(s *session, key string, id ulid.ULID, me waiter, req lmx.LockRequest) (*lmx.Lease, error) {
-	l := &lease{lk: lk, s: s, etcdKey: me.key, ttl: req.TTL}
+	l := &lease{lk: lk, s: s, etcdKey: me.key, ttl: req.TTL, owner: req.Owner, shared: me.shared, count: 1, gone: make(chan struct{})}
 	var exp time.Time
 	if req.TTL > 0 {
 		exp = time.Now().Add(req.TTL)
@@ -686,7 +719,9 @@ func (lk *Locker) granted(s *session, key string, id ulid.ULID, me waiter, req l
 			l.keepUntil = time.Now().Add(req.KeepAlive)
 		}
 	}
-	l.lease, l.end = lmx.NewLease(key, id, uint64(me.rev), exp, l)
+	var end func(error) bool
+	l.lease, end = lmx.NewLease(key, id, uint64(me.rev), exp, l)
+	l.ends = []func(error) bool{end}
 	lk.mu.Lock()
 	select {
 	case <-s.done:
@@ -695,6 +730,9 @@ func (lk *Locker) granted(s *session, key string, id ulid.ULID, me waiter, req l
 	default:
 	}
 	s.leases[me.key] = l
+	if l.owner != "" {
+		s.owned[me.key[:len(me.key)-ulid.EncodedSize]+l.owner] = l
+	}
 	l.mu.Lock()
 	if req.TTL > 0 {
 		l.timer = time.AfterFunc(req.TTL, l.expire)
@@ -713,13 +751,21 @@ func (lk *Locker) granted(s *session, key string, id ulid.ULID, me waiter, req l
 	return l.lease, nil
 }
 
-// lease is the etcd side of one lmx.Lease.
+// lease is the etcd side of one granted request: of its lmx.Lease, and of
+// those of its owner's re-entries.
 type lease struct {
 	lk      *Locker
 	s       *session
 	etcdKey string
-	lease   *lmx.Lease
-	end     func(error) bool
+	lease   *lmx.Lease // the first grant's
+	owner   string
+	shared  bool
+	gone    chan struct{} // closed once end has ended every grant
+
+	// Guarded by lk.mu.
+	count   int                // grants not undone yet
+	ends    []func(error) bool // each grant's end
+	endOnce sync.Once
 
 	mu        sync.Mutex
 	ttl       time.Duration
@@ -728,13 +774,36 @@ type lease struct {
 	renew     *time.Timer // KeepAlive
 }
 
+// end ends every grant of l with reason.
+func (l *lease) end(reason error) {
+	l.endOnce.Do(func() {
+		l.lk.mu.Lock()
+		ends := l.ends
+		l.lk.mu.Unlock()
+		for _, end := range ends {
+			end(reason)
+		}
+		close(l.gone)
+	})
+}
+
+// released marks l as ended by the Unlock of its last grant, which the
+// lmx.Lease then ends itself.
+func (l *lease) released() { l.endOnce.Do(func() { close(l.gone) }) }
+
 // take takes l out of its session and stops its timers; it reports whether
 // l was still there. Whoever takes a lease out ends it: a caller that finds
-// it gone waits for its Done.
+// it gone waits for l.gone.
 func (l *lease) take() bool {
 	l.lk.mu.Lock()
 	here := l.s.leases[l.etcdKey] == l
-	delete(l.s.leases, l.etcdKey)
+	if here {
+		delete(l.s.leases, l.etcdKey)
+		q := l.etcdKey[:len(l.etcdKey)-ulid.EncodedSize]
+		if l.owner != "" && l.s.owned[q+l.owner] == l {
+			delete(l.s.owned, q+l.owner)
+		}
+	}
 	l.lk.mu.Unlock()
 	if here {
 		l.stopTimers()
@@ -765,7 +834,10 @@ func (l *lease) expire() {
 	// holder, so that the key is free when Done closes; but never keep the
 	// holder believing past a second.
 	ctx, cancel := context.WithTimeout(l.lk.ctx, time.Second)
-	_, err := l.lk.cli.Delete(ctx, l.etcdKey)
+	_, err := l.lk.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(l.etcdKey), "=", int64(l.lease.Token()))).
+		Then(clientv3.OpDelete(l.etcdKey), clientv3.OpPut(l.inboxKey(), whyExpired, clientv3.WithLease(l.s.id))).
+		Commit()
 	cancel()
 	l.end(lmx.ErrExpired)
 	if err != nil {
@@ -779,7 +851,7 @@ func (l *lease) keepAlive() {
 	ttl := min(l.ttl, time.Until(l.keepUntil))
 	full := l.ttl
 	l.mu.Unlock()
-	if ttl <= 0 || l.lease.Err() != nil {
+	if ttl <= 0 || l.ended() {
 		return
 	}
 	ctx, cancel := context.WithTimeout(l.lk.ctx, full/3)
@@ -800,15 +872,24 @@ func (l *lease) keepAlive() {
 // race of an Unlock with the expiry.
 var expiring atomic.Pointer[func()]
 
-// Unlock implements lmx.LeaseBackend.
+// Unlock implements lmx.LeaseBackend: it undoes one grant, and releases
+// the key with the last.
 func (l *lease) Unlock(ctx context.Context, _ *lmx.Lease) error {
+	l.lk.mu.Lock()
+	if l.count > 1 && l.s.leases[l.etcdKey] == l {
+		l.count--
+		l.lk.mu.Unlock()
+		return nil
+	}
+	l.lk.mu.Unlock()
 	if !l.take() {
 		// Its expiry, its session's end or a word from its inbox took it
 		// out and is ending it: Unlock reports why once it has.
-		<-l.lease.Done()
+		<-l.gone
 		return lmx.ErrNotHeld
 	}
 	if ctx.Err() != nil {
+		l.released()
 		l.lk.wg.Go(func() { l.lk.abandon(l.s, l.etcdKey) })
 		return ctx.Err()
 	}
@@ -817,6 +898,7 @@ func (l *lease) Unlock(ctx context.Context, _ *lmx.Lease) error {
 		clientv3.OpDelete(l.inboxKey(), clientv3.WithPrevKV()),
 	).Commit()
 	if err != nil {
+		l.released()
 		l.lk.wg.Go(func() { l.lk.abandon(l.s, l.etcdKey) })
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -828,7 +910,18 @@ func (l *lease) Unlock(ctx context.Context, _ *lmx.Lease) error {
 		l.end(why(resp.Responses[1].GetResponseDeleteRange().PrevKvs))
 		return lmx.ErrNotHeld
 	}
+	l.released()
 	return nil
+}
+
+// ended reports whether l has ended.
+func (l *lease) ended() bool {
+	select {
+	case <-l.gone:
+		return true
+	default:
+		return false
+	}
 }
 
 // Extend implements lmx.LeaseBackend: the key must still be there.
@@ -844,13 +937,13 @@ func (l *lease) Extend(ctx context.Context, _ *lmx.Lease, ttl time.Duration) (ti
 		if l.take() {
 			l.end(why(resp.Responses[0].GetResponseDeleteRange().PrevKvs))
 		}
-		<-l.lease.Done()
+		<-l.gone
 		return time.Time{}, lmx.ErrNotHeld
 	}
 	exp := time.Now().Add(ttl)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.lease.Err() != nil {
+	if l.ended() {
 		return time.Time{}, lmx.ErrNotHeld
 	}
 	switch {
@@ -860,7 +953,7 @@ func (l *lease) Extend(ctx context.Context, _ *lmx.Lease, ttl time.Duration) (ti
 		l.timer.Reset(ttl)
 	default: // expiring as we speak
 		l.mu.Unlock()
-		<-l.lease.Done()
+		<-l.gone
 		l.mu.Lock()
 		return time.Time{}, lmx.ErrNotHeld
 	}

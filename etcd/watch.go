@@ -19,11 +19,12 @@ import (
 // Release and ForceUnlock of another Locker say that they took one of its
 // keys, and why. A hand-off is one deletion, seen by one watch.
 
-// Reasons that Release and ForceUnlock write into the inbox of the holder's
-// session as they delete its key.
+// Words that Release, ForceUnlock and an expiry write into the inbox of the
+// holder's session as they delete its key.
 const (
 	whyReleased = "released"
 	whyForced   = "forced"
+	whyExpired  = "expired" // for watchers: the holder's Locker knows already
 )
 
 // inboxKey is where the session of hex hears about its request etcdKey:
@@ -90,16 +91,21 @@ func (lk *Locker) watchInbox(ctx context.Context, s *session, from int64) {
 // heard ends the lease that a word of s's inbox is about, if s still has
 // it, and then deletes the word. A lease that is not there any more is
 // being ended by its Unlock or Extend, which read and delete the word
-// themselves.
+// themselves. The word of an expiry, which s wrote itself, is only
+// deleted.
 func (lk *Locker) heard(ctx context.Context, s *session, pfx string, kv *mvccpb.KeyValue) {
 	etcdKey := lk.pfx + strings.TrimPrefix(string(kv.Key), pfx)
 	lk.mu.Lock()
 	l := s.leases[etcdKey]
 	lk.mu.Unlock()
-	if l == nil || !l.take() {
+	word := string(kv.Value)
+	switch {
+	case word == whyExpired: // the expiry's own word, for watchers
+	case l == nil || !l.take():
 		return
+	default:
+		l.end(reason(word))
 	}
-	l.end(reason(string(kv.Value)))
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	lk.cli.Delete(dctx, string(kv.Key))
 	cancel()

@@ -21,9 +21,20 @@
 // transaction that deletes its key, which one watch per session hears.
 //
 // Supported options: TTL, KeepAlive, Limit (semaphores), Shared (without
-// Limit), NoPreempt (nothing is ever preempted) and LockDelay(0). Priority
-// other than 0, Owner, Preempt, KeepOnDisconnect and a positive LockDelay
-// fail with an error matching ErrUnsupported and lmx.ErrInvalidOption.
+// Limit), Owner, KeepOnDisconnect, NoPreempt (nothing is ever preempted)
+// and LockDelay(0). Priority other than 0, Preempt, a positive LockDelay
+// and Shared with Limit fail with an error matching ErrUnsupported and
+// lmx.ErrInvalidOption.
+//
+// Owner re-enters within one Locker: the re-entry is an lmx.Lease of its
+// own with the same lock id and token, and the key is released when every
+// grant is unlocked. An owner that holds a key through another Locker (a
+// process of its own) queues like any other request.
+//
+// KeepOnDisconnect gives a granted key an etcd lease of its own, of the
+// TTL rounded up to a second, so that the key outlives the Locker's
+// session until about its TTL, or until Release by id; the Locker's own
+// lmx.Lease ends with the session.
 //
 // TTL is enforced by the holder's Locker: when it runs out, the key is
 // deleted and the lease ends (lmx.ErrExpired). A holder whose process dies
@@ -366,8 +377,6 @@ func unsupported(r lmx.LockRequest) error {
 		what = "Priority"
 	case r.Preempt >= 0:
 		what = "Preempt"
-	case r.KeepOnDisconnect:
-		what = "KeepOnDisconnect"
 	case r.LockDelay > 0:
 		what = "LockDelay"
 	case r.Shared && r.Limit > 1:
@@ -711,7 +720,7 @@ func (lk *Locker) reenter(ctx context.Context, key, queue string, req lmx.LockRe
 
 // granted makes the lease of a granted request.
 func (lk *Locker) granted(s *session, key string, id ulid.ULID, me waiter, req lmx.LockRequest) (*lmx.Lease, error) {
-	l := &lease{lk: lk, s: s, etcdKey: me.key, ttl: req.TTL, owner: req.Owner, shared: me.shared, count: 1, gone: make(chan struct{})}
+	l := &lease{lk: lk, s: s, etcdKey: me.key, rev: me.rev, ttl: req.TTL, owner: req.Owner, shared: me.shared, count: 1, gone: make(chan struct{})}
 	var exp time.Time
 	if req.TTL > 0 {
 		exp = time.Now().Add(req.TTL)
@@ -720,6 +729,12 @@ func (lk *Locker) granted(s *session, key string, id ulid.ULID, me waiter, req l
 		}
 	}
 	var end func(error) bool
+	if req.KeepOnDisconnect {
+		if err := l.keep(req.TTL); err != nil {
+			lk.abandon(s, me.key)
+			return nil, err
+		}
+	}
 	l.lease, end = lmx.NewLease(key, id, uint64(me.rev), exp, l)
 	l.ends = []func(error) bool{end}
 	lk.mu.Lock()
@@ -742,7 +757,7 @@ func (lk *Locker) granted(s *session, key string, id ulid.ULID, me waiter, req l
 	}
 	l.mu.Unlock()
 	lk.mu.Unlock()
-	if me.limit > 1 {
+	if me.limit > 1 && !req.KeepOnDisconnect { // keep wrote the key already
 		// Tell the request behind this one that it may be the first waiter.
 		ctx, cancel := context.WithTimeout(lk.ctx, 5*time.Second)
 		lk.cli.Put(ctx, me.key, encodeValue(me), clientv3.WithIgnoreLease())
@@ -757,10 +772,12 @@ type lease struct {
 	lk      *Locker
 	s       *session
 	etcdKey string
+	rev     int64      // the key's create revision: the token
 	lease   *lmx.Lease // the first grant's
 	owner   string
 	shared  bool
 	gone    chan struct{} // closed once end has ended every grant
+	kept    bool          // KeepOnDisconnect: the key has an etcd lease of its own
 
 	// Guarded by lk.mu.
 	count   int                // grants not undone yet
@@ -786,6 +803,33 @@ func (l *lease) end(reason error) {
 		close(l.gone)
 	})
 }
+
+// keep gives l's key an etcd lease of its own, of ttl rounded up to a
+// second, so that it outlives the session until about its TTL: this is
+// KeepOnDisconnect. While it waited, the request went with the session.
+func (l *lease) keep(ttl time.Duration) error {
+	ctx, cancel := context.WithTimeout(l.lk.ctx, time.Duration(l.lk.ttl)*time.Second)
+	defer cancel()
+	g, err := l.lk.cli.Grant(ctx, seconds(ttl))
+	if err != nil {
+		return l.lk.wrap(ctx, err)
+	}
+	resp, err := l.lk.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(l.etcdKey), "=", l.rev)).
+		Then(clientv3.OpPut(l.etcdKey, "", clientv3.WithIgnoreValue(), clientv3.WithLease(g.ID))).
+		Commit()
+	switch {
+	case err != nil:
+		return l.lk.wrap(ctx, err)
+	case !resp.Succeeded:
+		return fmt.Errorf("%w: the key went as it was granted", lmx.ErrSessionLost)
+	}
+	l.kept = true
+	return nil
+}
+
+// seconds is d in whole seconds, rounded up: an etcd lease's TTL.
+func seconds(d time.Duration) int64 { return max(1, int64((d+time.Second-1)/time.Second)) }
 
 // released marks l as ended by the Unlock of its last grant, which the
 // lmx.Lease then ends itself.
@@ -835,7 +879,7 @@ func (l *lease) expire() {
 	// holder believing past a second.
 	ctx, cancel := context.WithTimeout(l.lk.ctx, time.Second)
 	_, err := l.lk.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(l.etcdKey), "=", int64(l.lease.Token()))).
+		If(clientv3.Compare(clientv3.CreateRevision(l.etcdKey), "=", l.rev)).
 		Then(clientv3.OpDelete(l.etcdKey), clientv3.OpPut(l.inboxKey(), whyExpired, clientv3.WithLease(l.s.id))).
 		Commit()
 	cancel()
@@ -926,8 +970,17 @@ func (l *lease) ended() bool {
 
 // Extend implements lmx.LeaseBackend: the key must still be there.
 func (l *lease) Extend(ctx context.Context, _ *lmx.Lease, ttl time.Duration) (time.Time, error) {
+	var then []clientv3.Op
+	if l.kept { // the key's own etcd lease is extended too: a new one
+		g, err := l.lk.cli.Grant(ctx, seconds(ttl))
+		if err != nil {
+			return time.Time{}, l.lk.wrap(ctx, err)
+		}
+		then = append(then, clientv3.OpPut(l.etcdKey, "", clientv3.WithIgnoreValue(), clientv3.WithLease(g.ID)))
+	}
 	resp, err := l.lk.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(l.etcdKey), "=", int64(l.lease.Token()))).
+		If(clientv3.Compare(clientv3.CreateRevision(l.etcdKey), "=", l.rev)).
+		Then(then...).
 		Else(clientv3.OpDelete(l.inboxKey(), clientv3.WithPrevKV())).
 		Commit()
 	if err != nil {

@@ -109,9 +109,7 @@ func TestUnsupportedOptions(t *testing.T) {
 		assert.ErrorIs(t, err, etcd.ErrUnsupported)
 		assert.ErrorIs(t, err, lmx.ErrInvalidOption)
 	}
-	_, err := l.Lock(t.Context(), "k", lmx.TTL(time.Second), lmx.KeepOnDisconnect())
-	assert.ErrorIs(t, err, etcd.ErrUnsupported)
-	_, err = l.Lock(t.Context(), "k", lmx.Shared(), lmx.Limit(2))
+	_, err := l.Lock(t.Context(), "k", lmx.Shared(), lmx.Limit(2))
 	assert.ErrorIs(t, err, etcd.ErrUnsupported)
 	_, err = l.Lock(t.Context(), "k\x00")
 	assert.ErrorIs(t, err, lmx.ErrInvalidKey)
@@ -301,4 +299,34 @@ func TestSessionLost(t *testing.T) {
 	again, err := a.Lock(ctx, "k")
 	require.NoError(t, err)
 	require.NoError(t, again.Unlock(ctx))
+}
+
+// A lease asked with KeepOnDisconnect outlives the Locker that took it
+// until its TTL, or until another Locker releases it by id.
+func TestKeepOnDisconnect(t *testing.T) {
+	ctx := t.Context()
+	url := fmt.Sprintf("etcd://%s/keep/%d?session_ttl=2s", endpoint, prefixes.Add(1))
+	other := openLocker(t, url)
+
+	for _, release := range []bool{true, false} {
+		a := openLocker(t, url)
+		kept, err := a.Lock(ctx, "k", lmx.TTL(2*time.Second), lmx.KeepOnDisconnect())
+		require.NoError(t, err)
+		require.NoError(t, a.Close())
+		require.ErrorIs(t, kept.Err(), lmx.ErrClosed, "the closed Locker's lease ends there")
+		_, err = other.TryLock(ctx, "k")
+		require.ErrorIs(t, err, lmx.ErrLocked, "the key outlives the Locker")
+		ki, err := other.Inspect(ctx, "k")
+		require.NoError(t, err)
+		require.Len(t, ki.Holders, 1)
+		assert.Equal(t, kept.ID(), ki.Holders[0].ID)
+		if release {
+			require.NoError(t, other.Release(ctx, "k", kept.ID()))
+		}
+		// Without Release, the key goes when etcd's lease of it runs out.
+		next, err := other.Lock(ctx, "k")
+		require.NoError(t, err)
+		assert.Greater(t, next.Token(), kept.Token())
+		require.NoError(t, next.Unlock(ctx))
+	}
 }

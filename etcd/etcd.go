@@ -124,9 +124,9 @@ type session struct {
 }
 
 // New returns a Locker whose keys live under prefix in the etcd cluster cli
-// talks to. The caller keeps cli and closes it after the Locker. New makes
-// no round trip: the Locker's session starts with its first request.
-func New(_ context.Context, cli *clientv3.Client, prefix string, opts ...Option) (*Locker, error) {
+// talks to, with its session started, so that its first Lock costs no more
+// than the others. The caller keeps cli and closes it after the Locker.
+func New(ctx context.Context, cli *clientv3.Client, prefix string, opts ...Option) (*Locker, error) {
 	c := config{sessionTTL: DefaultSessionTTL}
 	for _, o := range opts {
 		o(&c)
@@ -135,10 +135,12 @@ func New(_ context.Context, cli *clientv3.Client, prefix string, opts ...Option)
 		prefix += "/"
 	}
 	lctx, cancel := context.WithCancel(context.Background())
-	return &Locker{
-		cli: cli, pfx: prefix, ctx: lctx, cancel: cancel,
-		ttl: int64((c.sessionTTL + time.Second - 1) / time.Second),
-	}, nil
+	lk := &Locker{cli: cli, pfx: prefix, ctx: lctx, cancel: cancel, ttl: seconds(c.sessionTTL)}
+	if _, err := lk.session(ctx); err != nil {
+		lk.Close()
+		return nil, err
+	}
+	return lk, nil
 }
 
 // openURL is the lmx.Driver of etcd://host:port[,host:port]/prefix.
@@ -167,15 +169,11 @@ func openURL(ctx context.Context, u *url.URL) (lmx.Locker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lmx/etcd: %w", err)
 	}
-	// Fail now, not at the first Lock, when no endpoint answers.
-	if _, err := cli.Get(ctx, "\x00", clientv3.WithCountOnly()); err != nil {
+	lk, err := New(ctx, cli, strings.TrimPrefix(u.Path, "/"), opts...)
+	if err != nil {
 		cli.Close()
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, fmt.Errorf("%w: lmx/etcd: %v", lmx.ErrSessionLost, err)
+		return nil, err
 	}
-	lk, _ := New(ctx, cli, strings.TrimPrefix(u.Path, "/"), opts...)
 	lk.own = true
 	return lk, nil
 }
@@ -396,6 +394,7 @@ type waiter struct {
 	sess   string           // the session of the Locker that asked, in hex
 	lease  clientv3.LeaseID // the etcd lease the key is attached to
 	owner  string
+	alone  bool // an exclusive holder of a mutex that said so: see handOn
 }
 
 // encodeValue is the value of a request's key: its mode and limit, the
@@ -418,6 +417,7 @@ func decode(kv *mvccpb.KeyValue) waiter {
 	}
 	if len(v) > 1 {
 		w.shared = v[0] == 's'
+		w.alone = v[0] == 'X'
 		if n, err := strconv.Atoi(v[1:]); err == nil {
 			w.limit = n
 		}
@@ -521,11 +521,14 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 	// me is the newest request of the txn's read: none is created after it
 	// at its own revision. The first decision holds at me.rev.
 	lower, rev := decodeLower(resp.Responses[2].GetResponseRange().Kvs[1:]), me.rev
-	w := newWaits(lk, s)
+	w := newWaits(lk, s, me.limit == 1)
 	defer w.stop()
-	for {
+	for waited := false; ; waited = true {
 		d := decide(me, lower)
 		if d.granted {
+			if waited && me.limit == 1 && !me.shared {
+				lk.wg.Go(func() { lk.handOn(me) })
+			}
 			return lk.granted(s, key, id, me, req)
 		}
 		if try {
@@ -538,6 +541,10 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 		if err == nil && from <= rev {
 			select {
 			case <-w.wake:
+				if w.handed(d.targets) {
+					lower = nil // the holder before me went: nothing is left before me
+					continue
+				}
 				from = w.seen()
 			case <-ctx.Done():
 				err = ctx.Err()
@@ -556,6 +563,23 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 			return nil, lk.wrap(ctx, err)
 		}
 	}
+}
+
+// handOn marks me, an exclusive request of a mutex granted after it
+// waited, as the one holder of its key, off the path of the grant: so
+// that the request behind it, which watches it, is granted as soon as it
+// sees the key deleted, without reading the queue again. An exclusive
+// holder of a mutex is the oldest request of its queue, and no older one
+// can come: once it goes, the request behind it is the oldest. A key
+// deleted before the mark landed tells nothing, and the request behind it
+// reads the queue.
+func (lk *Locker) handOn(me waiter) {
+	ctx, cancel := context.WithTimeout(lk.ctx, time.Duration(lk.ttl)*time.Second)
+	defer cancel()
+	lk.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(me.key), "=", me.rev)).
+		Then(clientv3.OpPut(me.key, "X"+strings.TrimPrefix(encodeValue(me), "x"), clientv3.WithIgnoreLease())).
+		Commit()
 }
 
 // err is why the session ended: ErrSessionLost while it has not.

@@ -132,6 +132,12 @@ func TestCloseWhileSessionStarts(t *testing.T) {
 	defer cli.Close()
 	lk, err := etcd.New(t.Context(), cli, fmt.Sprintf("frozen/%d", prefixes.Add(1)))
 	require.NoError(t, err)
+	// New started a session: end it, so that the next Lock starts another.
+	_, err = cli.Revoke(t.Context(), lk.Session())
+	require.NoError(t, err)
+	for deadline := time.Now().Add(10 * time.Second); lk.Session() != 0; time.Sleep(10 * time.Millisecond) {
+		require.True(t, time.Now().Before(deadline), "the Locker did not see its session end")
+	}
 
 	link.freeze()
 	locked := make(chan error, 1)

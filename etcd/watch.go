@@ -114,20 +114,22 @@ func (lk *Locker) heard(ctx context.Context, s *session, pfx string, kv *mvccpb.
 // waits are the watches of one waiting request: one per key that its grant
 // waits on, each from when it was made.
 type waits struct {
-	lk   *Locker
-	s    *session
-	wake chan struct{} // has a token when a watched key changed
+	lk    *Locker
+	s     *session
+	mutex bool          // of a request of Limit 1: only deletions matter
+	wake  chan struct{} // has a token when a watched key changed
 
-	mu   sync.Mutex
-	rev  int64                // the highest revision a change was seen at
-	keys map[string]*keyWatch // the watched keys
+	mu    sync.Mutex
+	rev   int64                // the highest revision a change was seen at
+	keys  map[string]*keyWatch // the watched keys
+	alone map[string]bool      // watched keys deleted as the one holder of their key
 }
 
 // keyWatch is the watch of one key.
 type keyWatch struct{ cancel context.CancelFunc }
 
-func newWaits(lk *Locker, s *session) *waits {
-	return &waits{lk: lk, s: s, wake: make(chan struct{}, 1), keys: map[string]*keyWatch{}}
+func newWaits(lk *Locker, s *session, mutex bool) *waits {
+	return &waits{lk: lk, s: s, mutex: mutex, wake: make(chan struct{}, 1), keys: map[string]*keyWatch{}, alone: map[string]bool{}}
 }
 
 // watch makes the watched keys targets: it stops the watches of the others
@@ -155,7 +157,14 @@ func (w *waits) watch(ctx context.Context, targets []string) (int64, error) {
 		// From the current revision, which etcd serves at once; a watch
 		// from a past revision waits for etcd's resync of slow watchers,
 		// every 100ms.
-		wch := w.lk.cli.Watch(wctx, k, clientv3.WithCreatedNotify())
+		opts := []clientv3.OpOption{clientv3.WithCreatedNotify()}
+		if w.mutex {
+			// A semaphore's waiter wakes when the one before it is granted
+			// (its key is written); a mutex's only when a key goes, and
+			// then the value it had tells whether it was the one holder.
+			opts = append(opts, clientv3.WithFilterPut(), clientv3.WithPrevKV())
+		}
+		wch := w.lk.cli.Watch(wctx, k, opts...)
 		var created clientv3.WatchResponse
 		var ok bool
 		select {
@@ -197,6 +206,11 @@ func (w *waits) forward(key string, kw *keyWatch, wch clientv3.WatchChan) {
 		}
 		w.mu.Lock()
 		w.rev = max(w.rev, resp.Header.Revision)
+		for _, ev := range resp.Events {
+			if ev.Type == mvccpb.DELETE && ev.PrevKv != nil && decode(ev.PrevKv).alone {
+				w.alone[key] = true
+			}
+		}
 		w.mu.Unlock()
 		w.poke()
 	}
@@ -217,6 +231,14 @@ func (w *waits) poke() {
 	case w.wake <- struct{}{}:
 	default:
 	}
+}
+
+// handed reports whether the one target of a mutex's request was deleted
+// as the one holder of its key: then nothing is left before the request.
+func (w *waits) handed(targets []string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.mutex && len(targets) == 1 && w.alone[targets[0]]
 }
 
 // seen returns the highest revision at which a watched key changed.

@@ -48,9 +48,16 @@ func (lk *Locker) queue(ctx context.Context, queue string) ([]waiter, []bool, er
 // same transaction writes why into the inbox of its Locker's session,
 // under the etcd lease of the key, so that the word goes with the session.
 func (lk *Locker) mark(ctx context.Context, w waiter, why string) (bool, error) {
+	end := clientv3.OpDelete(w.key)
+	if why == whyForced { // Release ends a lease as its Unlock would: no delay
+		var err error
+		if end, err = lk.endOp(ctx, w); err != nil {
+			return false, lk.wrap(ctx, err)
+		}
+	}
 	resp, err := lk.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(w.key), "=", w.rev)).
-		Then(clientv3.OpDelete(w.key), clientv3.OpPut(inboxKey(lk.pfx, w.sess, w.key), why, clientv3.WithLease(w.lease))).
+		If(clientv3.Compare(clientv3.LeaseValue(w.key), "=", w.lease), clientv3.Compare(clientv3.CreateRevision(w.key), "=", w.rev)).
+		Then(end, clientv3.OpPut(inboxKey(lk.pfx, w.sess, w.key), why, clientv3.WithLease(w.lease))).
 		Commit()
 	switch {
 	case errors.Is(err, rpctypes.ErrLeaseNotFound):
@@ -85,7 +92,7 @@ func (lk *Locker) endHeld(ctx context.Context, key, id, why string) error {
 	}
 	n := 0
 	for i, w := range ws {
-		if !held[i] || id != "" && w.key != q+id {
+		if !held[i] || w.marker || id != "" && w.key != q+id {
 			continue
 		}
 		ok, err := lk.mark(ctx, w, why)

@@ -21,10 +21,9 @@
 // transaction that deletes its key, which one watch per session hears.
 //
 // Supported options: TTL, KeepAlive, Limit (semaphores), Shared (without
-// Limit), Owner, KeepOnDisconnect, NoPreempt (nothing is ever preempted)
-// and LockDelay(0). Priority other than 0, Preempt, a positive LockDelay
-// and Shared with Limit fail with an error matching ErrUnsupported and
-// lmx.ErrInvalidOption.
+// Limit), Owner, KeepOnDisconnect, LockDelay and NoPreempt (nothing is ever
+// preempted). Priority other than 0, Preempt and Shared with Limit fail
+// with an error matching ErrUnsupported and lmx.ErrInvalidOption.
 //
 // Owner re-enters within one Locker: the re-entry is an lmx.Lease of its
 // own with the same lock id and token, and the key is released when every
@@ -35,6 +34,13 @@
 // TTL rounded up to a second, so that the key outlives the Locker's
 // session until about its TTL, or until Release by id; the Locker's own
 // lmx.Lease ends with the session.
+//
+// LockDelay: when a lease expires or is forced, its key is not deleted but
+// turned into a marker on an etcd lease of the delay, rounded up to a
+// second (and at least etcd's shortest lease, about 2s with its default
+// timing), which holds the key at the head of its queue until etcd drops
+// it. A lease lost with its session is not delayed: its key goes with the
+// session's etcd lease.
 //
 // TTL is enforced by the holder's Locker: when it runs out, the key is
 // deleted and the lease ends (lmx.ErrExpired). A holder whose process dies
@@ -375,8 +381,6 @@ func unsupported(r lmx.LockRequest) error {
 		what = "Priority"
 	case r.Preempt >= 0:
 		what = "Preempt"
-	case r.LockDelay > 0:
-		what = "LockDelay"
 	case r.Shared && r.Limit > 1:
 		what = "Shared with Limit"
 	default:
@@ -394,30 +398,40 @@ type waiter struct {
 	sess   string           // the session of the Locker that asked, in hex
 	lease  clientv3.LeaseID // the etcd lease the key is attached to
 	owner  string
-	alone  bool // an exclusive holder of a mutex that said so: see handOn
+	delay  time.Duration // LockDelay
+	alone  bool          // an exclusive holder of a mutex that said so: see handOn
+	marker bool          // no request: the lock-delay of one that ended
 }
 
-// encodeValue is the value of a request's key: its mode and limit, the
-// session of its Locker, which is where Release and ForceUnlock tell it
-// that its key went, and its owner.
+// encodeValue is the value of a request's key: its mode ("x" exclusive,
+// "X" exclusive and said so by handOn, "s" shared, "d" a lock-delay's
+// marker) and limit, the session of its Locker, which is where Release and
+// ForceUnlock tell it that its key went, its LockDelay in milliseconds,
+// and its owner.
 func encodeValue(w waiter) string {
 	mode := "x"
-	if w.shared {
+	switch {
+	case w.marker:
+		mode = "d"
+	case w.shared:
 		mode = "s"
 	}
-	return mode + strconv.Itoa(w.limit) + " " + w.sess + " " + w.owner
+	return mode + strconv.Itoa(w.limit) + " " + w.sess + " " + strconv.FormatInt(w.delay.Milliseconds(), 10) + " " + w.owner
 }
 
 func decode(kv *mvccpb.KeyValue) waiter {
 	w := waiter{key: string(kv.Key), rev: kv.CreateRevision, limit: 1, lease: clientv3.LeaseID(kv.Lease)}
-	f := strings.SplitN(string(kv.Value), " ", 3)
+	f := strings.SplitN(string(kv.Value), " ", 4)
 	v := f[0]
-	if len(f) == 3 {
-		w.sess, w.owner = f[1], f[2]
+	if len(f) == 4 {
+		w.sess, w.owner = f[1], f[3]
+		ms, _ := strconv.ParseInt(f[2], 10, 64)
+		w.delay = time.Duration(ms) * time.Millisecond
 	}
 	if len(v) > 1 {
 		w.shared = v[0] == 's'
 		w.alone = v[0] == 'X'
+		w.marker = v[0] == 'd'
 		if n, err := strconv.Atoi(v[1:]); err == nil {
 			w.limit = n
 		}
@@ -478,7 +492,7 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 		}
 	}
 	id := ulid.Make()
-	me := waiter{key: queue + id.String(), limit: req.Limit, shared: req.Shared, owner: req.Owner}
+	me := waiter{key: queue + id.String(), limit: req.Limit, shared: req.Shared, owner: req.Owner, delay: max(0, req.LockDelay)}
 	var s *session
 	var resp *clientv3.TxnResponse
 	for attempt := 0; ; attempt++ {
@@ -744,7 +758,8 @@ func (lk *Locker) reenter(ctx context.Context, key, queue string, req lmx.LockRe
 
 // granted makes the lease of a granted request.
 func (lk *Locker) granted(s *session, key string, id ulid.ULID, me waiter, req lmx.LockRequest) (*lmx.Lease, error) {
-	l := &lease{lk: lk, s: s, etcdKey: me.key, rev: me.rev, ttl: req.TTL, owner: req.Owner, shared: me.shared, count: 1, gone: make(chan struct{})}
+	l := &lease{lk: lk, s: s, etcdKey: me.key, rev: me.rev, ttl: req.TTL, owner: req.Owner, shared: me.shared, count: 1,
+		gone: make(chan struct{}), me: me, leaseID: s.id}
 	var exp time.Time
 	if req.TTL > 0 {
 		exp = time.Now().Add(req.TTL)
@@ -802,6 +817,7 @@ type lease struct {
 	shared  bool
 	gone    chan struct{} // closed once end has ended every grant
 	kept    bool          // KeepOnDisconnect: the key has an etcd lease of its own
+	me      waiter        // the request, as it was written
 
 	// Guarded by lk.mu.
 	count   int                // grants not undone yet
@@ -811,8 +827,9 @@ type lease struct {
 	mu        sync.Mutex
 	ttl       time.Duration
 	keepUntil time.Time
-	timer     *time.Timer // expiry
-	renew     *time.Timer // KeepAlive
+	timer     *time.Timer      // expiry
+	renew     *time.Timer      // KeepAlive
+	leaseID   clientv3.LeaseID // the etcd lease of the key: while it is l's, l holds
 }
 
 // end ends every grant of l with reason.
@@ -849,7 +866,33 @@ func (l *lease) keep(ttl time.Duration) error {
 		return fmt.Errorf("%w: the key went as it was granted", lmx.ErrSessionLost)
 	}
 	l.kept = true
+	l.mu.Lock()
+	l.leaseID = g.ID
+	l.mu.Unlock()
 	return nil
+}
+
+// mine is the condition that l's key is still l's request, not gone nor
+// turned into a lock-delay's marker.
+func (l *lease) mine() clientv3.Cmp {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return clientv3.Compare(clientv3.LeaseValue(l.etcdKey), "=", l.leaseID)
+}
+
+// endOp is the operation that ends the granted request w: its deletion,
+// or with a LockDelay, its turning into a marker that holds the key until
+// an etcd lease of the delay, rounded up to a second, runs out.
+func (lk *Locker) endOp(ctx context.Context, w waiter) (clientv3.Op, error) {
+	if w.delay <= 0 {
+		return clientv3.OpDelete(w.key), nil
+	}
+	g, err := lk.cli.Grant(ctx, seconds(w.delay))
+	if err != nil {
+		return clientv3.Op{}, err
+	}
+	w.marker = true
+	return clientv3.OpPut(w.key, encodeValue(w), clientv3.WithLease(g.ID)), nil
 }
 
 // seconds is d in whole seconds, rounded up: an etcd lease's TTL.
@@ -902,10 +945,13 @@ func (l *lease) expire() {
 	// holder, so that the key is free when Done closes; but never keep the
 	// holder believing past a second.
 	ctx, cancel := context.WithTimeout(l.lk.ctx, time.Second)
-	_, err := l.lk.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(l.etcdKey), "=", l.rev)).
-		Then(clientv3.OpDelete(l.etcdKey), clientv3.OpPut(l.inboxKey(), whyExpired, clientv3.WithLease(l.s.id))).
-		Commit()
+	end, err := l.lk.endOp(ctx, l.me)
+	if err == nil {
+		_, err = l.lk.cli.Txn(ctx).
+			If(l.mine()).
+			Then(end, clientv3.OpPut(l.inboxKey(), whyExpired, clientv3.WithLease(l.s.id))).
+			Commit()
+	}
 	cancel()
 	l.end(lmx.ErrExpired)
 	if err != nil {
@@ -961,10 +1007,11 @@ func (l *lease) Unlock(ctx context.Context, _ *lmx.Lease) error {
 		l.lk.wg.Go(func() { l.lk.abandon(l.s, l.etcdKey) })
 		return ctx.Err()
 	}
-	resp, err := l.lk.cli.Txn(ctx).Then(
-		clientv3.OpDelete(l.etcdKey),
-		clientv3.OpDelete(l.inboxKey(), clientv3.WithPrevKV()),
-	).Commit()
+	word := clientv3.OpDelete(l.inboxKey(), clientv3.WithPrevKV())
+	resp, err := l.lk.cli.Txn(ctx).If(l.mine()).
+		Then(clientv3.OpDelete(l.etcdKey), word).
+		Else(word).
+		Commit()
 	if err != nil {
 		l.released()
 		l.lk.wg.Go(func() { l.lk.abandon(l.s, l.etcdKey) })
@@ -973,9 +1020,9 @@ func (l *lease) Unlock(ctx context.Context, _ *lmx.Lease) error {
 		}
 		return nil // released here; deleted once etcd answers, or with the session
 	}
-	if resp.Responses[0].GetResponseDeleteRange().Deleted == 0 {
+	if !resp.Succeeded {
 		// Release, ForceUnlock or the end of the session took the key first.
-		l.end(why(resp.Responses[1].GetResponseDeleteRange().PrevKvs))
+		l.end(why(resp.Responses[0].GetResponseDeleteRange().PrevKvs))
 		return lmx.ErrNotHeld
 	}
 	l.released()
@@ -995,15 +1042,17 @@ func (l *lease) ended() bool {
 // Extend implements lmx.LeaseBackend: the key must still be there.
 func (l *lease) Extend(ctx context.Context, _ *lmx.Lease, ttl time.Duration) (time.Time, error) {
 	var then []clientv3.Op
+	var kept clientv3.LeaseID
 	if l.kept { // the key's own etcd lease is extended too: a new one
 		g, err := l.lk.cli.Grant(ctx, seconds(ttl))
 		if err != nil {
 			return time.Time{}, l.lk.wrap(ctx, err)
 		}
+		kept = g.ID
 		then = append(then, clientv3.OpPut(l.etcdKey, "", clientv3.WithIgnoreValue(), clientv3.WithLease(g.ID)))
 	}
 	resp, err := l.lk.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(l.etcdKey), "=", l.rev)).
+		If(l.mine()).
 		Then(then...).
 		Else(clientv3.OpDelete(l.inboxKey(), clientv3.WithPrevKV())).
 		Commit()
@@ -1020,6 +1069,9 @@ func (l *lease) Extend(ctx context.Context, _ *lmx.Lease, ttl time.Duration) (ti
 	exp := time.Now().Add(ttl)
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if kept != 0 {
+		l.leaseID = kept
+	}
 	if l.ended() {
 		return time.Time{}, lmx.ErrNotHeld
 	}

@@ -97,14 +97,12 @@ func TestConformance(t *testing.T) {
 		locktest.Skip("a re-entry is an lmx.Lease of its own (same id and token): lmx.NewLease gives a backend no way to count grants of one *Lease", "Inspect"),
 		locktest.Skip("the etcd backend refuses Priority and Preempt", "Priority", "PriorityStarvationBound",
 			"PreemptReleasedInGrace", "PreemptForced", "PreemptRefused"),
-		locktest.Skip("the etcd backend refuses a positive LockDelay", "LockDelay"),
 		locktest.Skip("the etcd backend's Stats keeps no histograms", "StatsHistograms"))
 }
 
 func TestUnsupportedOptions(t *testing.T) {
 	l := newLocker(t)
-	for _, o := range []lmx.LockOption{lmx.Priority(1), lmx.Preempt(0),
-		lmx.LockDelay(time.Second)} {
+	for _, o := range []lmx.LockOption{lmx.Priority(1), lmx.Preempt(0)} {
 		_, err := l.Lock(t.Context(), "k", o)
 		assert.ErrorIs(t, err, etcd.ErrUnsupported)
 		assert.ErrorIs(t, err, lmx.ErrInvalidOption)

@@ -122,6 +122,11 @@ func (ew *eventWatch) revision(ctx context.Context, evs []*clientv3.Event) {
 		case ev.Type == mvccpb.PUT && i == len(ws):
 			ew.queues[q] = append(ws, decode(ev.Kv))
 			touched[q] = true
+		case ev.Type == mvccpb.PUT && decode(ev.Kv).marker && ew.held[k]:
+			// The lease ended with a LockDelay: its key holds on as a marker.
+			delete(ew.held, k)
+			ew.emit(ew.ended(ctx, ws[i], words[k]), q, ws[i])
+			ws[i] = decode(ev.Kv)
 		case ev.Type == mvccpb.DELETE && i < len(ws):
 			if ew.held[k] {
 				delete(ew.held, k)

@@ -50,9 +50,10 @@
 // by something other than lmx is noticed by its holder at its next Unlock
 // or Extend.
 //
-// *Locker implements lmx.Admin: Release and ForceUnlock work across
-// processes (the holder learns the reason from its inbox), and
-// Inspect and Stats read the queues from etcd (no owners, no counters).
+// *Locker implements lmx.Admin, lmx.Lister and lmx.Watcher: Release and
+// ForceUnlock work across processes (the holder learns the reason from its
+// inbox); Inspect, Stats and List read the queues from etcd (Stats keeps
+// no counters of what happened); Watch follows the prefix in etcd.
 package etcd
 
 import (

@@ -3,12 +3,10 @@ package etcd_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"log"
 	"net"
 	"net/url"
 	"os"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -124,7 +122,7 @@ func TestUnsupportedOptions(t *testing.T) {
 // the session, and only it: another Lock gives up at its ctx's end, Close
 // returns at once, and the first Lock then fails with ErrClosed.
 func TestCloseWhileSessionStarts(t *testing.T) {
-	link := newFreezer(t, endpoint)
+	link := newProxy(t, endpoint)
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{link.addr}, DialTimeout: 5 * time.Second})
 	require.NoError(t, err)
 	defer cli.Close()
@@ -173,80 +171,6 @@ func TestCloseWhileSessionStarts(t *testing.T) {
 		require.ErrorIs(t, err, lmx.ErrClosed)
 	case <-time.After(5 * time.Second):
 		t.Fatal("the Lock starting the session outlived Close")
-	}
-}
-
-// A freezer is a TCP proxy to an address that, once frozen, holds what it
-// reads instead of passing it on.
-type freezer struct {
-	addr    string
-	frozen  atomic.Bool
-	stalled chan struct{} // closed when it first holds back bytes for etcd
-	stall   sync.Once
-	done    chan struct{} // closed at cleanup: held copies end
-}
-
-func newFreezer(t *testing.T, to string) *freezer {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	f := &freezer{addr: ln.Addr().String(), stalled: make(chan struct{}), done: make(chan struct{})}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		close(f.done)
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", to)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			mu.Lock()
-			conns = append(conns, c, up)
-			mu.Unlock()
-			wg.Go(func() { f.pipe(up, c, true) })
-			wg.Go(func() { f.pipe(c, up, false) })
-		}
-	})
-	return f
-}
-
-func (f *freezer) freeze() { f.frozen.Store(true) }
-
-// pipe copies from src to dst until either fails, or, frozen, until
-// cleanup; the copy toward etcd, request, tells of its first stall.
-func (f *freezer) pipe(dst io.Writer, src io.Reader, request bool) {
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 && f.frozen.Load() {
-			if request {
-				f.stall.Do(func() { close(f.stalled) })
-			}
-			<-f.done
-			return
-		}
-		if n > 0 {
-			if _, err := dst.Write(buf[:n]); err != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
 	}
 }
 

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -129,7 +127,7 @@ func openLocker(t *testing.T, url string) *etcd.Locker {
 // answers again, although the session lived on.
 func TestLockWhileEtcdUnreachable(t *testing.T) {
 	ctx := t.Context()
-	link := newCutter(t, endpoint)
+	link := newProxy(t, endpoint)
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{link.addr}, DialTimeout: time.Second})
 	require.NoError(t, err)
 	t.Cleanup(func() { cli.Close() })
@@ -201,78 +199,3 @@ func waitWaiters(t *testing.T, lk *etcd.Locker, key string, n int) {
 	}
 	t.Fatalf("key %q has %d waiters, want %d", key, got, n)
 }
-
-// A cutter is a TCP proxy to an address whose links can be cut (closed,
-// and new ones refused) and restored.
-type cutter struct {
-	addr  string
-	to    string
-	isCut atomic.Bool
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-}
-
-func newCutter(t *testing.T, to string) *cutter {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	c := &cutter{addr: ln.Addr().String(), to: to, conns: map[net.Conn]struct{}{}}
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		ln.Close()
-		c.cut()
-		wg.Wait()
-	})
-	wg.Go(func() {
-		for {
-			down, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			if c.isCut.Load() {
-				down.Close()
-				continue
-			}
-			up, err := net.Dial("tcp", to)
-			if err != nil {
-				down.Close()
-				continue
-			}
-			c.mu.Lock()
-			c.conns[down], c.conns[up] = struct{}{}, struct{}{}
-			c.mu.Unlock()
-			wg.Go(func() { c.pipe(up, down) })
-			wg.Go(func() { c.pipe(down, up) })
-		}
-	})
-	return c
-}
-
-func (c *cutter) pipe(dst, src net.Conn) {
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			if _, err := dst.Write(buf[:n]); err != nil {
-				break
-			}
-		}
-		if err != nil {
-			break
-		}
-	}
-	dst.Close()
-	src.Close()
-}
-
-// cut closes every link and refuses new ones until restore.
-func (c *cutter) cut() {
-	c.isCut.Store(true)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for conn := range c.conns {
-		conn.Close()
-		delete(c.conns, conn)
-	}
-}
-
-func (c *cutter) restore() { c.isCut.Store(false) }

@@ -183,7 +183,9 @@ func TestSessionLost(t *testing.T) {
 		t.Cleanup(func() { l.Close() })
 		return l.(*etcd.Locker)
 	}
-	a, b := open(), open()
+	a, b, watcher := open(), open(), open()
+	events, err := watcher.Watch(ctx, "k")
+	require.NoError(t, err)
 	held, err := a.Lock(ctx, "k")
 	require.NoError(t, err)
 	got := make(chan *lmx.Lease, 1)
@@ -222,6 +224,21 @@ func TestSessionLost(t *testing.T) {
 	require.NotNil(t, next)
 	assert.Greater(t, next.Token(), held.Token())
 	require.NoError(t, next.Unlock(ctx))
+
+	// A watcher of another Locker saw the lease lost with its session.
+	for _, want := range []struct {
+		t lmx.EventType
+		l *lmx.Lease
+	}{{lmx.EventAcquired, held}, {lmx.EventSessionLost, held}, {lmx.EventAcquired, next}, {lmx.EventReleased, next}} {
+		select {
+		case ev := <-events:
+			assert.Equal(t, want.t, ev.Type, "%+v", ev)
+			assert.Equal(t, want.l.ID(), ev.ID)
+			assert.Equal(t, want.l.Token(), ev.Token)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no %v event", want.t)
+		}
+	}
 
 	// The Locker whose session was lost starts a new one.
 	again, err := a.Lock(ctx, "k")

@@ -20,7 +20,8 @@ import (
 // keys, and why. A hand-off is one deletion, seen by one watch.
 
 // Words that Release, ForceUnlock and an expiry write into the inbox of the
-// holder's session as they delete its key.
+// holder's session as they take its key (delete it, or with a LockDelay
+// turn it into a marker).
 const (
 	whyReleased = "released"
 	whyForced   = "forced"
@@ -52,6 +53,8 @@ func reason(word string) error {
 		return lmx.ErrReleased
 	case whyForced:
 		return lmx.ErrForced
+	case whyExpired:
+		return lmx.ErrExpired
 	}
 	return lmx.ErrSessionLost
 }

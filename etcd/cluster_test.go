@@ -3,7 +3,6 @@ package etcd_test
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,7 +16,6 @@ import (
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
-	"go.uber.org/zap"
 )
 
 // cluster is a three-member etcd embedded in the test, on 127.0.0.1.
@@ -32,17 +30,9 @@ func startCluster(t *testing.T) *cluster {
 	c := &cluster{t: t}
 	var peers []string
 	for i := range 3 {
-		cfg := embed.NewConfig()
-		cfg.Name = fmt.Sprint("m", i)
-		cfg.Dir = filepath.Join(dir, cfg.Name)
-		cfg.Logger = "zap"
-		cfg.LogLevel = "error"
-		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-		cu, pu := freeURL(), freeURL()
-		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
-		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
-		cfg.UnsafeNoFsync = true
-		peers = append(peers, cfg.Name+"="+pu.String())
+		name := fmt.Sprint("m", i)
+		cfg := memberConfig(name, filepath.Join(dir, name))
+		peers = append(peers, cfg.InitialCluster)
 		c.cfgs = append(c.cfgs, cfg)
 	}
 	for _, cfg := range c.cfgs {

@@ -42,9 +42,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// startEtcd starts a one-member etcd on free loopback ports.
-func startEtcd(dir string) (*embed.Etcd, error) {
+// memberConfig is the quiet configuration of an etcd member named name,
+// with its data in dir, on free loopback ports.
+func memberConfig(name, dir string) *embed.Config {
 	cfg := embed.NewConfig()
+	cfg.Name = name
 	cfg.Dir = dir
 	cfg.Logger = "zap"
 	cfg.LogLevel = "error"
@@ -52,8 +54,14 @@ func startEtcd(dir string) (*embed.Etcd, error) {
 	cu, pu := freeURL(), freeURL()
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
-	cfg.InitialCluster = cfg.Name + "=" + pu.String()
+	cfg.InitialCluster = name + "=" + pu.String()
 	cfg.UnsafeNoFsync = true // a test's data dir needs no durability
+	return cfg
+}
+
+// startEtcd starts a one-member etcd on free loopback ports.
+func startEtcd(dir string) (*embed.Etcd, error) {
+	cfg := memberConfig(embed.NewConfig().Name, dir)
 	srv, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return nil, err
@@ -64,7 +72,7 @@ func startEtcd(dir string) (*embed.Etcd, error) {
 		srv.Close()
 		return nil, fmt.Errorf("etcd did not start")
 	}
-	endpoint = cu.Host
+	endpoint = cfg.ListenClientUrls[0].Host
 	return srv, nil
 }
 

@@ -112,7 +112,7 @@ type Locker struct {
 	cancel context.CancelFunc
 
 	mu       sync.Mutex
-	sess     *session      // nil until the first request, or after one was lost
+	sess     *session      // nil after one was lost, until a request starts the next
 	starting chan struct{} // closed when the session being started is set or has failed
 	closed   bool
 	orphans  map[string]clientv3.LeaseID // request keys to delete once etcd answers, by session
@@ -221,7 +221,8 @@ func (lk *Locker) Close() error {
 }
 
 // Session returns the etcd lease id of the Locker's current session, or 0
-// when it has none yet: revoking it is how a test kills the session.
+// when it has none (one was lost, and no request has started the next):
+// revoking it is how a test kills the session.
 func (lk *Locker) Session() clientv3.LeaseID {
 	lk.mu.Lock()
 	defer lk.mu.Unlock()

@@ -6,6 +6,7 @@ require (
 	github.com/bsm/redislock v0.9.4
 	github.com/go-redsync/redsync/v4 v4.18.1
 	github.com/lmx-go/lmx v0.1.0
+	github.com/lmx-go/lmx/etcd v0.1.0
 	github.com/lmx-go/lmx/redis v0.1.0
 	github.com/redis/go-redis/v9 v9.23.0
 	go.etcd.io/etcd/client/v3 v3.7.3

@@ -32,7 +32,9 @@ var services = []service{
 	{name: "redis-redsync", smoke: false, start: startRedsync},
 	{name: "lmx-redis", smoke: false, start: startLMXRedis},
 	{name: "live-mutex", smoke: false, start: startLiveMutex},
-	{name: "etcd", start: startEtcd, maxCycles: etcdMaxCycles},
+	{name: "etcd", start: startEtcdMutex, maxCycles: etcdMaxCycles},
+	{name: "lmx-etcd", start: func(ctx context.Context, cfg config) (running, error) { return startLMXEtcd(ctx, cfg, true) }, maxCycles: etcdMaxCycles},
+	{name: "lmx-etcd-shared", start: func(ctx context.Context, cfg config) (running, error) { return startLMXEtcd(ctx, cfg, false) }, maxCycles: etcdMaxCycles},
 }
 
 // lmxWorker does cycles through a Locker, shared by all workers unless it

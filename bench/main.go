@@ -39,6 +39,7 @@ type config struct {
 	out       string
 	nodeDir   string      // where node_modules/live-mutex is
 	broker    *leanBroker // the run's lmx broker binary
+	etcd      *etcdServer // the run's etcd server, shared by the etcd services
 }
 
 func main() {
@@ -97,6 +98,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	cfg.broker = new(leanBroker)
 	defer cfg.broker.remove()
+	cfg.etcd = new(etcdServer)
+	defer cfg.etcd.close()
 	rows := runMatrix(ctx, cfg, stderr)
 	table := renderTable(rows) + renderTargets(rows)
 	fmt.Fprint(stdout, table)

@@ -27,6 +27,9 @@ var targets = []target{
 	{"Redis door: hot20 ≥ 2x Redis+redislock", "hot20", "lmx-redis", "redis-redislock", 2},
 	{"Redis door: hot20 fairness ≥ 0.99", "hot20", "lmx-redis", "", 0.99},
 	{"Redis door: keys200 ≥ 1x Redis+redislock", "keys200", "lmx-redis", "redis-redislock", 1},
+	{"etcd door hot20 ≥ 2x concurrency.Mutex", "hot20", "lmx-etcd", "etcd", 2},
+	{"etcd door keys20 ≥ 1x concurrency.Mutex", "keys20", "lmx-etcd", "etcd", 1},
+	{"etcd door keys200 ≥ 1x concurrency.Mutex", "keys200", "lmx-etcd", "etcd", 1},
 }
 
 // A worstTarget bounds the worst acquire of a service's workload.

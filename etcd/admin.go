@@ -2,22 +2,20 @@ package etcd
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/lmx-go/lmx"
 	"github.com/oklog/ulid/v2"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-var _ lmx.Admin = (*Locker)(nil)
-
-// Reasons that Release and ForceUnlock write into a key's value, after a
-// "/", before they delete it, so that its holder, wherever it is, learns why
-// the key went.
-const (
-	whyReleased = "released"
-	whyForced   = "forced"
+var (
+	_ lmx.Admin  = (*Locker)(nil)
+	_ lmx.Lister = (*Locker)(nil)
 )
 
 // queueOf returns the etcd prefix of key's queue, or an error for a key
@@ -30,41 +28,44 @@ func (lk *Locker) queueOf(key string) (string, error) {
 }
 
 // queue returns the requests of a queue in create order, and which hold.
-func (lk *Locker) queue(ctx context.Context, queue string) ([]waiter, []bool, []string, error) {
+func (lk *Locker) queue(ctx context.Context, queue string) ([]waiter, []bool, error) {
 	resp, err := lk.cli.Get(ctx, queue, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
 	if err != nil {
-		return nil, nil, nil, lk.wrap(ctx, err)
+		return nil, nil, lk.wrap(ctx, err)
 	}
 	ws := make([]waiter, len(resp.Kvs))
-	vals := make([]string, len(resp.Kvs))
 	for i, kv := range resp.Kvs {
-		ws[i] = decode(kv.Key, kv.Value, kv.CreateRevision)
-		vals[i], _, _ = strings.Cut(string(kv.Value), "/")
+		ws[i] = decode(kv)
 	}
 	held := make([]bool, len(ws))
 	for i, w := range ws {
 		held[i] = decide(w, ws[:i]).granted
 	}
-	return ws, held, vals, nil
+	return ws, held, nil
 }
 
-// mark writes why into the value of a request's key, then deletes it.
-func (lk *Locker) mark(ctx context.Context, w waiter, val, why string) (bool, error) {
+// mark deletes a request's key, if it is still the request w, and in the
+// same transaction writes why into the inbox of its Locker's session,
+// under the etcd lease of the key, so that the word goes with the session.
+func (lk *Locker) mark(ctx context.Context, w waiter, why string) (bool, error) {
+	end := clientv3.OpDelete(w.key)
+	if why == whyForced { // Release ends a lease as its Unlock would: no delay
+		var err error
+		if end, err = lk.endOp(ctx, w); err != nil {
+			return false, lk.wrap(ctx, err)
+		}
+	}
 	resp, err := lk.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(w.key), "=", w.rev)).
-		Then(clientv3.OpPut(w.key, val+"/"+why, clientv3.WithIgnoreLease())).
+		If(clientv3.Compare(clientv3.LeaseValue(w.key), "=", w.lease), clientv3.Compare(clientv3.CreateRevision(w.key), "=", w.rev)).
+		Then(end, clientv3.OpPut(inboxKey(lk.pfx, w.sess, w.key), why, clientv3.WithLease(w.lease))).
 		Commit()
-	if err != nil {
+	switch {
+	case errors.Is(err, rpctypes.ErrLeaseNotFound):
+		return false, nil // the session ended, and its keys with it
+	case err != nil:
 		return false, lk.wrap(ctx, err)
 	}
-	if !resp.Succeeded {
-		return false, nil
-	}
-	if _, err := lk.cli.Delete(ctx, w.key); err != nil {
-		lk.abandon(w.key)
-		return true, lk.wrap(ctx, err)
-	}
-	return true, nil
+	return resp.Succeeded, nil
 }
 
 // Release ends the lease of key whose lock id is id, from any Locker on the
@@ -85,16 +86,16 @@ func (lk *Locker) endHeld(ctx context.Context, key, id, why string) error {
 	if err != nil {
 		return err
 	}
-	ws, held, vals, err := lk.queue(ctx, q)
+	ws, held, err := lk.queue(ctx, q)
 	if err != nil {
 		return err
 	}
 	n := 0
 	for i, w := range ws {
-		if !held[i] || id != "" && w.key != q+id {
+		if !held[i] || w.marker || id != "" && w.key != q+id {
 			continue
 		}
-		ok, err := lk.mark(ctx, w, vals[i], why)
+		ok, err := lk.mark(ctx, w, why)
 		if err != nil {
 			return err
 		}
@@ -108,15 +109,15 @@ func (lk *Locker) endHeld(ctx context.Context, key, id, why string) error {
 	return nil
 }
 
-// Inspect describes key's holders and waiters as etcd has them. Owner is
-// never set, Count is 1, and Expires is known only for this Locker's own
-// leases.
+// Inspect describes key's holders and waiters as etcd has them. Count
+// and Expires are known only for this Locker's own leases (else 1 and
+// zero).
 func (lk *Locker) Inspect(ctx context.Context, key string) (lmx.KeyInfo, error) {
 	q, err := lk.queueOf(key)
 	if err != nil {
 		return lmx.KeyInfo{}, err
 	}
-	ws, held, _, err := lk.queue(ctx, q)
+	ws, held, err := lk.queue(ctx, q)
 	if err != nil {
 		return lmx.KeyInfo{}, err
 	}
@@ -126,15 +127,18 @@ func (lk *Locker) Inspect(ctx context.Context, key string) (lmx.KeyInfo, error) 
 	}
 	for i, w := range ws {
 		if !held[i] {
-			ki.Waiters = append(ki.Waiters, lmx.WaiterInfo{Shared: w.shared})
+			ki.Waiters = append(ki.Waiters, lmx.WaiterInfo{Owner: w.owner, Shared: w.shared})
 			continue
 		}
 		id, _ := ulid.ParseStrict(strings.TrimPrefix(w.key, q))
-		h := lmx.HolderInfo{ID: id, Token: uint64(w.rev), Shared: w.shared, Count: 1, Since: ulid.Time(id.Time())}
+		h := lmx.HolderInfo{ID: id, Token: uint64(w.rev), Owner: w.owner, Shared: w.shared, Count: 1, Since: ulid.Time(id.Time())}
 		lk.mu.Lock()
 		var l *lease
 		if lk.sess != nil {
 			l = lk.sess.leases[w.key]
+		}
+		if l != nil {
+			h.Count = l.count
 		}
 		lk.mu.Unlock()
 		if l != nil {
@@ -148,29 +152,76 @@ func (lk *Locker) Inspect(ctx context.Context, key string) (lmx.KeyInfo, error) 
 // Stats counts the keys, holders and waiters under the Locker's prefix, by
 // reading them all. The counters of what happened are not kept (zero).
 func (lk *Locker) Stats(ctx context.Context) (lmx.Stats, error) {
-	resp, err := lk.cli.Get(ctx, lk.pfx, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
+	keys, err := lk.keys(ctx, "", 0)
 	if err != nil {
-		return lmx.Stats{}, lk.wrap(ctx, err)
+		return lmx.Stats{}, err
+	}
+	var st lmx.Stats
+	for _, k := range keys {
+		st.Keys++
+		st.Holders += k.Holders
+		st.Waiters += k.Waiters
+	}
+	return st, nil
+}
+
+// List returns the live keys that start with prefix, sorted, at most limit
+// of them (lmx.DefaultListLimit when limit <= 0, at most lmx.MaxListLimit),
+// by reading their queues.
+func (lk *Locker) List(ctx context.Context, prefix string, limit int) ([]lmx.KeyStat, error) {
+	switch {
+	case limit <= 0:
+		limit = lmx.DefaultListLimit
+	case limit > lmx.MaxListLimit:
+		limit = lmx.MaxListLimit
+	}
+	return lk.keys(ctx, prefix, limit)
+}
+
+// keys reads the queues of the keys that start with prefix and sums them
+// up, in key order, at most limit of them unless limit is 0.
+func (lk *Locker) keys(ctx context.Context, prefix string, limit int) ([]lmx.KeyStat, error) {
+	if err := lk.live(); err != nil {
+		return nil, err
+	}
+	resp, err := lk.cli.Get(ctx, lk.pfx+prefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
+	if err != nil {
+		return nil, lk.wrap(ctx, err)
 	}
 	queues := map[string][]waiter{}
 	for _, kv := range resp.Kvs {
 		k := string(kv.Key)
 		i := strings.LastIndexByte(k, 0)
-		if i < 0 {
-			continue
+		if i <= len(lk.pfx) {
+			continue // an inbox's word, or not lmx's
 		}
-		queues[k[:i]] = append(queues[k[:i]], decode(kv.Key, kv.Value, kv.CreateRevision))
+		queues[k[len(lk.pfx):i]] = append(queues[k[len(lk.pfx):i]], decode(kv))
 	}
-	var st lmx.Stats
-	for _, ws := range queues {
-		st.Keys++
+	var keys []lmx.KeyStat
+	for key, ws := range queues {
+		ks := lmx.KeyStat{Key: key, Limit: ws[0].limit}
 		for i, w := range ws {
 			if decide(w, ws[:i]).granted {
-				st.Holders++
+				ks.Holders++
 			} else {
-				st.Waiters++
+				ks.Waiters++
 			}
 		}
+		keys = append(keys, ks)
 	}
-	return st, nil
+	slices.SortFunc(keys, func(a, b lmx.KeyStat) int { return strings.Compare(a.Key, b.Key) })
+	if limit > 0 && len(keys) > limit {
+		keys = keys[:limit]
+	}
+	return keys, nil
+}
+
+// live fails with lmx.ErrClosed once the Locker is closed.
+func (lk *Locker) live() error {
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	if lk.closed {
+		return lmx.ErrClosed
+	}
+	return nil
 }

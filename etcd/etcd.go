@@ -9,24 +9,51 @@
 // etcd lease kept alive while the Locker lives). The queue is ordered by
 // create revision: a request is granted when the requests created before it
 // allow it, and its fencing token is its create revision, so tokens of a key
-// increase in grant order. A waiter waits only for the deletion of its
-// predecessor, seen on one watch per Locker, so a release wakes one waiter,
-// not a herd.
+// increase in grant order.
+//
+// A Locker hears only about its own requests. A waiter watches the one
+// request before it (a semaphore's first waiter, its holders), so a release
+// is one etcd write and wakes one waiter, not a herd, and the cost of a
+// hand-off does not grow with the number of Lockers. A holder watches
+// nothing: its session's keepalive tells it when etcd drops its keys, and
+// Release and ForceUnlock of another Locker write a word into the inbox
+// of the holder's session (PREFIX "\x00i/" SESSION "/" ...) in the same
+// transaction that deletes its key, which one watch per session hears.
 //
 // Supported options: TTL, KeepAlive, Limit (semaphores), Shared (without
-// Limit), NoPreempt (nothing is ever preempted) and LockDelay(0). Priority
-// other than 0, Owner, Preempt, KeepOnDisconnect and a positive LockDelay
-// fail with an error matching ErrUnsupported and lmx.ErrInvalidOption.
+// Limit), Owner, KeepOnDisconnect, LockDelay and NoPreempt (nothing is ever
+// preempted). Priority other than 0, Preempt and Shared with Limit fail
+// with an error matching ErrUnsupported and lmx.ErrInvalidOption.
+//
+// Owner re-enters within one Locker: the re-entry is an lmx.Lease of its
+// own with the same lock id and token, and the key is released when every
+// grant is unlocked. An owner that holds a key through another Locker (a
+// process of its own) queues like any other request.
+//
+// KeepOnDisconnect gives a granted key an etcd lease of its own, of the
+// TTL rounded up to a second, so that the key outlives the Locker's
+// session until about its TTL, or until Release by id; the Locker's own
+// lmx.Lease ends with the session.
+//
+// LockDelay: when a lease expires or is forced, its key is not deleted but
+// turned into a marker on an etcd lease of the delay, rounded up to a
+// second (and at least etcd's shortest lease, about 2s with its default
+// timing), which holds the key at the head of its queue until etcd drops
+// it. A lease lost with its session is not delayed: its key goes with the
+// session's etcd lease.
 //
 // TTL is enforced by the holder's Locker: when it runs out, the key is
 // deleted and the lease ends (lmx.ErrExpired). A holder whose process dies
 // or loses etcd frees its keys when the session's etcd lease expires
 // (SessionTTL, default 5s); its leases end with lmx.ErrSessionLost as soon
-// as the Locker sees its keys deleted or its session expire.
+// as the Locker's keepalive finds the session gone. A key deleted in etcd
+// by something other than lmx is noticed by its holder at its next Unlock
+// or Extend.
 //
-// *Locker implements lmx.Admin: Release and ForceUnlock work across
-// processes (the holder learns the reason from the key's last value), and
-// Inspect and Stats read the queues from etcd (no owners, no counters).
+// *Locker implements lmx.Admin, lmx.Lister and lmx.Watcher: Release and
+// ForceUnlock work across processes (the holder learns the reason from its
+// inbox); Inspect, Stats and List read the queues from etcd (Stats keeps
+// no counters of what happened); Watch follows the prefix in etcd.
 package etcd
 
 import (
@@ -83,25 +110,29 @@ type Locker struct {
 	ttl    int64 // session TTL, seconds
 	ctx    context.Context
 	cancel context.CancelFunc
-	watch  *dispatcher
 
 	mu       sync.Mutex
-	sess     *session      // nil until the first request, or after one was lost
+	sess     *session      // nil after one was lost, until a request starts the next
 	starting chan struct{} // closed when the session being started is set or has failed
 	closed   bool
+	orphans  map[string]clientv3.LeaseID // request keys to delete once etcd answers, by session
 	wg       sync.WaitGroup
 }
 
 // session is one etcd lease and what hangs on it.
 type session struct {
 	id     clientv3.LeaseID
+	hex    string        // id as it is written into request values and inbox keys
 	done   chan struct{} // closed when the session ends
 	reason error         // why, set before done closes
 	leases map[string]*lease
+	owned  map[string]*lease  // the leases asked with Owner, by queue and owner
+	stop   context.CancelFunc // stops the inbox watch
 }
 
 // New returns a Locker whose keys live under prefix in the etcd cluster cli
-// talks to. The caller keeps cli and closes it after the Locker.
+// talks to, with its session started, so that its first Lock costs no more
+// than the others. The caller keeps cli and closes it after the Locker.
 func New(ctx context.Context, cli *clientv3.Client, prefix string, opts ...Option) (*Locker, error) {
 	c := config{sessionTTL: DefaultSessionTTL}
 	for _, o := range opts {
@@ -111,17 +142,11 @@ func New(ctx context.Context, cli *clientv3.Client, prefix string, opts ...Optio
 		prefix += "/"
 	}
 	lctx, cancel := context.WithCancel(context.Background())
-	lk := &Locker{
-		cli: cli, pfx: prefix, ctx: lctx, cancel: cancel,
-		ttl: int64((c.sessionTTL + time.Second - 1) / time.Second),
+	lk := &Locker{cli: cli, pfx: prefix, ctx: lctx, cancel: cancel, ttl: seconds(c.sessionTTL)}
+	if _, err := lk.session(ctx); err != nil {
+		lk.Close()
+		return nil, err
 	}
-	resp, err := cli.Get(ctx, prefix+"\x00", clientv3.WithCountOnly())
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("lmx/etcd: %w", err)
-	}
-	lk.watch = newDispatcher(lk, resp.Header.Revision)
-	lk.wg.Go(lk.watch.run)
 	return lk, nil
 }
 
@@ -139,18 +164,17 @@ func openURL(ctx context.Context, u *url.URL) (lmx.Locker, error) {
 		cfg.Username = u.User.Username()
 		cfg.Password, _ = u.User.Password()
 	}
-	cli, err := clientv3.New(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("lmx/etcd: %w", err)
-	}
 	var opts []Option
 	if s := u.Query().Get("session_ttl"); s != "" {
 		d, err := time.ParseDuration(s)
 		if err != nil {
-			cli.Close()
-			return nil, fmt.Errorf("lmx/etcd: session_ttl: %w", err)
+			return nil, fmt.Errorf("%w: lmx/etcd: session_ttl: %w", lmx.ErrInvalidOption, err)
 		}
 		opts = append(opts, SessionTTL(d))
+	}
+	cli, err := clientv3.New(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("lmx/etcd: %w", err)
 	}
 	lk, err := New(ctx, cli, strings.TrimPrefix(u.Path, "/"), opts...)
 	if err != nil {
@@ -197,7 +221,8 @@ func (lk *Locker) Close() error {
 }
 
 // Session returns the etcd lease id of the Locker's current session, or 0
-// when it has none yet: revoking it is how a test kills the session.
+// when it has none (one was lost, and no request has started the next):
+// revoking it is how a test kills the session.
 func (lk *Locker) Session() clientv3.LeaseID {
 	lk.mu.Lock()
 	defer lk.mu.Unlock()
@@ -258,20 +283,32 @@ func (lk *Locker) session(ctx context.Context) (*session, error) {
 	case err != nil && ctx.Err() != nil:
 		return nil, ctx.Err()
 	case err != nil:
-		return nil, fmt.Errorf("lmx/etcd: session: %w", err)
+		return nil, unreachable(err)
 	}
 	ka, err := lk.cli.KeepAlive(lk.ctx, g.ID)
 	if err != nil {
-		return nil, fmt.Errorf("lmx/etcd: session: %w", err)
+		return nil, unreachable(err)
 	}
-	s := &session{id: g.ID, done: make(chan struct{}), leases: map[string]*lease{}}
+	sctx, scancel := context.WithCancel(lk.ctx)
+	s := &session{id: g.ID, hex: strconv.FormatInt(int64(g.ID), 16), done: make(chan struct{}),
+		leases: map[string]*lease{}, owned: map[string]*lease{}, stop: scancel}
 	lk.sess = s
 	lk.wg.Go(func() {
 		for range ka {
 		}
 		lk.sessionLost(s)
 	})
+	// Nothing is written into the inbox before this session's first
+	// request, which follows the Grant: watching from the Grant's revision
+	// misses nothing.
+	lk.wg.Go(func() { lk.watchInbox(sctx, s, g.ResponseHeader.Revision+1) })
 	return s, nil
+}
+
+// unreachable is the error of a request that etcd did not answer: the
+// Locker cannot keep a session with it.
+func unreachable(err error) error {
+	return fmt.Errorf("%w: lmx/etcd: %v", lmx.ErrSessionLost, err)
 }
 
 // revoke asks etcd to drop the session id and its keys, waiting at most 5s.
@@ -307,15 +344,24 @@ func (lk *Locker) endSession(s *session, reason error) {
 	}
 	s.reason = reason
 	close(s.done)
+	s.stop()
 	leases := s.leases
-	s.leases = map[string]*lease{}
+	s.leases, s.owned = map[string]*lease{}, map[string]*lease{}
+	for k, sid := range lk.orphans {
+		if sid == s.id {
+			delete(lk.orphans, k) // etcd drops them with the session
+		}
+	}
 	lk.mu.Unlock()
 	for _, l := range leases {
-		l.lost(reason)
+		l.stopTimers()
+		l.end(reason)
 	}
 }
 
-// wrap returns ctx.Err() itself when ctx ended, else err made an lmx error.
+// wrap returns ctx.Err() itself when ctx ended, ErrClosed after Close, and
+// otherwise err as an lmx error: one etcd refused or did not answer is
+// ErrSessionLost.
 func (lk *Locker) wrap(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
@@ -326,7 +372,7 @@ func (lk *Locker) wrap(ctx context.Context, err error) error {
 	if closed {
 		return lmx.ErrClosed
 	}
-	return fmt.Errorf("lmx/etcd: %w", err)
+	return unreachable(err)
 }
 
 // unsupported checks the options the backend cannot honour.
@@ -335,14 +381,8 @@ func unsupported(r lmx.LockRequest) error {
 	switch {
 	case r.Priority != 0:
 		what = "Priority"
-	case r.Owner != "":
-		what = "Owner (re-entrancy)"
 	case r.Preempt >= 0:
 		what = "Preempt"
-	case r.KeepOnDisconnect:
-		what = "KeepOnDisconnect"
-	case r.LockDelay > 0:
-		what = "LockDelay"
 	case r.Shared && r.Limit > 1:
 		what = "Shared with Limit"
 	default:
@@ -357,20 +397,43 @@ type waiter struct {
 	rev    int64  // create revision
 	limit  int
 	shared bool
+	sess   string           // the session of the Locker that asked, in hex
+	lease  clientv3.LeaseID // the etcd lease the key is attached to
+	owner  string
+	delay  time.Duration // LockDelay
+	alone  bool          // an exclusive holder of a mutex that said so: see handOn
+	marker bool          // no request: the lock-delay of one that ended
 }
 
-func encodeValue(limit int, shared bool) string {
-	if shared {
-		return "s" + strconv.Itoa(limit)
+// encodeValue is the value of a request's key: its mode ("x" exclusive,
+// "X" exclusive and said so by handOn, "s" shared, "d" a lock-delay's
+// marker) and limit, the session of its Locker, which is where Release and
+// ForceUnlock tell it that its key went, its LockDelay in milliseconds,
+// and its owner.
+func encodeValue(w waiter) string {
+	mode := "x"
+	switch {
+	case w.marker:
+		mode = "d"
+	case w.shared:
+		mode = "s"
 	}
-	return "x" + strconv.Itoa(limit)
+	return mode + strconv.Itoa(w.limit) + " " + w.sess + " " + strconv.FormatInt(w.delay.Milliseconds(), 10) + " " + w.owner
 }
 
-func decode(kvKey []byte, value []byte, rev int64) waiter {
-	w := waiter{key: string(kvKey), rev: rev, limit: 1}
-	v, _, _ := strings.Cut(string(value), "/") // a reason may follow, see Release
+func decode(kv *mvccpb.KeyValue) waiter {
+	w := waiter{key: string(kv.Key), rev: kv.CreateRevision, limit: 1, lease: clientv3.LeaseID(kv.Lease)}
+	f := strings.SplitN(string(kv.Value), " ", 4)
+	v := f[0]
+	if len(f) == 4 {
+		w.sess, w.owner = f[1], f[3]
+		ms, _ := strconv.ParseInt(f[2], 10, 64)
+		w.delay = time.Duration(ms) * time.Millisecond
+	}
 	if len(v) > 1 {
 		w.shared = v[0] == 's'
+		w.alone = v[0] == 'X'
+		w.marker = v[0] == 'd'
 		if n, err := strconv.Atoi(v[1:]); err == nil {
 			w.limit = n
 		}
@@ -425,19 +488,26 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	if req.Owner != "" {
+		if l, err := lk.reenter(ctx, key, queue, req); l != nil || err != nil {
+			return l, err
+		}
+	}
 	id := ulid.Make()
-	me := waiter{key: queue + id.String(), limit: req.Limit, shared: req.Shared}
+	me := waiter{key: queue + id.String(), limit: req.Limit, shared: req.Shared, owner: req.Owner, delay: max(0, req.LockDelay)}
 	var s *session
 	var resp *clientv3.TxnResponse
 	for attempt := 0; ; attempt++ {
 		if s, err = lk.session(ctx); err != nil {
 			return nil, err
 		}
+		me.sess, me.lease = s.hex, s.id
 		// Not ctx: a Put cut short may still land after the Delete that
-		// would undo it, and leave the key held.
-		pctx, cancel := context.WithTimeout(lk.ctx, 10*time.Second)
+		// would undo it, and leave the key held. An etcd that does not
+		// answer for as long as a session lives has lost the session.
+		pctx, cancel := context.WithTimeout(lk.ctx, time.Duration(lk.ttl)*time.Second)
 		resp, err = lk.cli.Txn(pctx).Then(
-			clientv3.OpPut(me.key, encodeValue(me.limit, me.shared), clientv3.WithLease(s.id)),
+			clientv3.OpPut(me.key, encodeValue(me), clientv3.WithLease(s.id)),
 			clientv3.OpGet(queue, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(1)),
 			clientv3.OpGet(queue, newest(me, 2)...), // me, then the requests before me
 		).Commit()
@@ -450,82 +520,131 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 			lk.sessionLost(s)
 			continue
 		}
-		lk.abandon(me.key)
+		lk.abandon(s, me.key)
 		return nil, lk.wrap(ctx, err)
 	}
 	if err := ctx.Err(); err != nil {
-		lk.abandon(me.key) // ctx ended while the txn ran on lk.ctx
+		lk.abandon(s, me.key) // ctx ended while the txn ran on lk.ctx
 		return nil, err
 	}
 	me.rev = resp.Header.Revision
 	if first := resp.Responses[1].GetResponseRange().Kvs; len(first) == 1 {
-		f := decode(first[0].Key, first[0].Value, first[0].CreateRevision)
-		if f.limit != me.limit {
-			lk.abandon(me.key)
+		if f := decode(first[0]); f.limit != me.limit {
+			lk.abandon(s, me.key)
 			return nil, fmt.Errorf("%w: key %q has Limit(%d), asked %d", lmx.ErrLimitMismatch, key, f.limit, me.limit)
 		}
 	}
 	// me is the newest request of the txn's read: none is created after it
 	// at its own revision. The first decision holds at me.rev.
 	lower, rev := decodeLower(resp.Responses[2].GetResponseRange().Kvs[1:]), me.rev
-	for {
+	w := newWaits(lk, s, me.limit == 1)
+	defer w.stop()
+	for waited := false; ; waited = true {
 		d := decide(me, lower)
 		if d.granted {
-			return lk.granted(s, key, id, me, rev, req)
+			if waited && me.limit == 1 && !me.shared {
+				lk.wg.Go(func() { lk.handOn(me) })
+			}
+			return lk.granted(s, key, id, me, req)
 		}
 		if try {
-			lk.abandon(me.key)
+			lk.abandon(s, me.key)
 			return nil, lmx.ErrLocked
 		}
-		wake, stop := lk.watch.subscribe(d.targets, rev)
-		select {
-		case <-wake:
-			stop()
-		case <-ctx.Done():
-			stop()
-			lk.abandon(me.key)
-			return nil, ctx.Err()
-		case <-s.done:
-			stop()
-			return nil, s.err()
+		// Each target is watched from when its watch was made: a watch made
+		// after rev leaves a gap, and the queue is read again once it runs.
+		from, err := w.watch(ctx, d.targets)
+		if err == nil && from <= rev {
+			select {
+			case <-w.wake:
+				if w.handed(d.targets) {
+					lower = nil // the holder before me went: nothing is left before me
+					continue
+				}
+				from = w.seen()
+			case <-ctx.Done():
+				err = ctx.Err()
+			case <-s.done:
+				return nil, s.err()
+			}
 		}
-		// The decision holds at rev: watch for changes after it.
-		if lower, rev, err = lk.lower(ctx, queue, me); err != nil {
-			lk.abandon(me.key)
+		if err == nil {
+			lower, rev, err = lk.lower(ctx, queue, me, from)
+		}
+		switch {
+		case errors.Is(err, errGone):
+			return nil, lk.gone(s, me.key)
+		case err != nil:
+			lk.abandon(s, me.key)
 			return nil, lk.wrap(ctx, err)
 		}
 	}
 }
 
-// err is why the session ended.
+// handOn marks me, an exclusive request of a mutex granted after it
+// waited, as the one holder of its key, off the path of the grant: so
+// that the request behind it, which watches it, is granted as soon as it
+// sees the key deleted, without reading the queue again. An exclusive
+// holder of a mutex is the oldest request of its queue, and no older one
+// can come: once it goes, the request behind it is the oldest. A key
+// deleted before the mark landed tells nothing, and the request behind it
+// reads the queue.
+func (lk *Locker) handOn(me waiter) {
+	ctx, cancel := context.WithTimeout(lk.ctx, time.Duration(lk.ttl)*time.Second)
+	defer cancel()
+	lk.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(me.key), "=", me.rev)).
+		Then(clientv3.OpPut(me.key, "X"+strings.TrimPrefix(encodeValue(me), "x"), clientv3.WithIgnoreLease())).
+		Commit()
+}
+
+// err is why the session ended: ErrSessionLost while it has not.
 func (s *session) err() error {
+	<-s.done // the request's key went with the session: done is closing
 	if errors.Is(s.reason, lmx.ErrClosed) {
 		return lmx.ErrClosed
 	}
 	return fmt.Errorf("%w: %w", lmx.ErrSessionLost, s.reason)
 }
 
-// lower returns the requests of queue created before me, in create order,
-// and the revision they were read at. For a mutex only the last one counts.
-func (lk *Locker) lower(ctx context.Context, queue string, me waiter) ([]waiter, int64, error) {
-	opts := append(newest(me, 1), clientv3.WithMaxCreateRev(me.rev-1))
-	// Once the watch has passed me.rev, a serializable read at the watch's
-	// revision is a consistent snapshot as fresh as what woke the waiter,
-	// without a linearizable round through raft; the watch covers what
-	// changed after it. A member behind that revision refuses it.
-	var resp *clientv3.GetResponse
-	var err error
-	at := lk.watch.revision()
-	if at >= me.rev {
-		resp, err = lk.cli.Get(ctx, queue, append(opts, clientv3.WithSerializable(), clientv3.WithRev(at))...)
+// errGone: a waiting request's own key is gone.
+var errGone = errors.New("lmx/etcd: the request's key is gone")
+
+// gone is the error of a request whose key went while it waited: with its
+// session, or by a ForceUnlock that found it granted before it knew.
+func (lk *Locker) gone(s *session, etcdKey string) error {
+	select {
+	case <-s.done:
+		return s.err()
+	default:
 	}
-	if resp == nil || err != nil {
+	ctx, cancel := context.WithTimeout(lk.ctx, 5*time.Second)
+	defer cancel()
+	resp, err := lk.cli.Delete(ctx, inboxKey(lk.pfx, s.hex, etcdKey), clientv3.WithPrevKV())
+	if err != nil {
+		return lk.wrap(ctx, err)
+	}
+	return fmt.Errorf("%w: %w: as it was granted", lmx.ErrLeaseLost, why(resp.PrevKvs))
+}
+
+// lower reads the requests of queue created before me, in create order, at
+// a revision at least from, and returns them and that revision. For a mutex
+// only the last one counts. It fails with errGone when me is gone.
+func (lk *Locker) lower(ctx context.Context, queue string, me waiter, from int64) ([]waiter, int64, error) {
+	opts := append(newest(me, 2), clientv3.WithMaxCreateRev(me.rev))
+	// A serializable read is served by the member the client talks to,
+	// without a round through raft; it will do when that member has seen
+	// what woke the waiter, and a linearizable read is the fallback.
+	resp, err := lk.cli.Get(ctx, queue, append(opts, clientv3.WithSerializable())...)
+	if err != nil || resp.Header.Revision < from {
 		if resp, err = lk.cli.Get(ctx, queue, opts...); err != nil {
 			return nil, 0, err
 		}
-		at = resp.Header.Revision
 	}
-	return decodeLower(resp.Kvs), at, nil
+	if len(resp.Kvs) == 0 || string(resp.Kvs[0].Key) != me.key {
+		return nil, 0, errGone
+	}
+	return decodeLower(resp.Kvs[1:]), resp.Header.Revision, nil
 }
 
 // newest are the options of a read of a queue's requests newest first: for
@@ -542,21 +661,107 @@ func newest(me waiter, n int64) []clientv3.OpOption {
 func decodeLower(kvs []*mvccpb.KeyValue) []waiter {
 	lower := make([]waiter, len(kvs))
 	for i, kv := range kvs {
-		lower[len(lower)-1-i] = decode(kv.Key, kv.Value, kv.CreateRevision)
+		lower[len(lower)-1-i] = decode(kv)
 	}
 	return lower
 }
 
-// abandon deletes a request's key, without relying on any caller's ctx.
-func (lk *Locker) abandon(etcdKey string) {
-	ctx, cancel := context.WithTimeout(lk.ctx, 5*time.Second)
-	defer cancel()
-	lk.cli.Delete(ctx, etcdKey)
+// abandon deletes a request's key of session s, without relying on any
+// caller's ctx. When etcd does not answer, the key is kept in lk.orphans
+// and deleted once it does, so that it never stays queued for as long as
+// the session lives.
+func (lk *Locker) abandon(s *session, etcdKey string) {
+	ctx, cancel := context.WithTimeout(lk.ctx, 2*time.Second)
+	_, err := lk.cli.Delete(ctx, etcdKey)
+	cancel()
+	if err == nil || lk.ctx.Err() != nil {
+		return
+	}
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	select {
+	case <-s.done:
+		return // etcd drops the key with the session
+	default:
+	}
+	if lk.orphans == nil {
+		lk.orphans = map[string]clientv3.LeaseID{}
+	}
+	if len(lk.orphans) == 0 {
+		lk.wg.Go(lk.deleteOrphans)
+	}
+	lk.orphans[etcdKey] = s.id
 }
 
-// granted makes the lease of a granted request, read at revision rev.
-func (lk *Locker) granted(s *session, key string, id ulid.ULID, me waiter, rev int64, req lmx.LockRequest) (*lmx.Lease, error) {
-	l := &lease{lk: lk, s: s, etcdKey: me.key, ttl: req.TTL}
+// deleteOrphans deletes the keys of lk.orphans until none is left, trying
+// again every 100ms to 2s while etcd does not answer.
+func (lk *Locker) deleteOrphans() {
+	wait := 100 * time.Millisecond
+	for {
+		lk.mu.Lock()
+		var keys []string
+		for k := range lk.orphans {
+			keys = append(keys, k)
+		}
+		lk.mu.Unlock()
+		failed := false
+		for _, k := range keys {
+			ctx, cancel := context.WithTimeout(lk.ctx, 2*time.Second)
+			_, err := lk.cli.Delete(ctx, k)
+			cancel()
+			lk.mu.Lock()
+			if err == nil {
+				delete(lk.orphans, k)
+			}
+			lk.mu.Unlock()
+			failed = failed || err != nil
+		}
+		lk.mu.Lock()
+		left := len(lk.orphans)
+		lk.mu.Unlock()
+		if left == 0 {
+			return
+		}
+		if failed {
+			wait = min(2*wait, 2*time.Second)
+		}
+		select {
+		case <-lk.ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// reenter grants key at once to req's owner if it holds key through this
+// Locker: a new lmx.Lease with the same lock id and token, counted by the
+// lease it re-enters. It returns nil and no error when the owner holds
+// nothing here. An owner that holds key through another Locker, a process
+// of its own, queues like any other request.
+func (lk *Locker) reenter(ctx context.Context, key, queue string, req lmx.LockRequest) (*lmx.Lease, error) {
+	s, err := lk.session(ctx)
+	if err != nil {
+		return nil, err
+	}
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	l := s.owned[queue+req.Owner]
+	if l == nil || s.leases[l.etcdKey] != l {
+		return nil, nil
+	}
+	if l.shared && !req.Shared {
+		return nil, fmt.Errorf("%w: owner %q holds %q shared and cannot re-enter exclusive", lmx.ErrInvalidOption, req.Owner, key)
+	}
+	g, end := lmx.NewLease(key, l.lease.ID(), l.lease.Token(), l.lease.Expires(), l)
+	l.count++
+	l.ends = append(l.ends, end)
+	return g, nil
+}
+
+// granted makes the lease of a granted request.
+func (lk *Locker) granted(s *session, key string, id ulid.ULID, me waiter, req lmx.LockRequest) (*lmx.Lease, error) {
+	l := &lease{lk: lk, s: s, etcdKey: me.key, rev: me.rev, ttl: req.TTL, owner: req.Owner, shared: me.shared, count: 1,
+		gone: make(chan struct{}), me: me, leaseID: s.id}
 	var exp time.Time
 	if req.TTL > 0 {
 		exp = time.Now().Add(req.TTL)
@@ -564,16 +769,26 @@ func (lk *Locker) granted(s *session, key string, id ulid.ULID, me waiter, rev i
 			l.keepUntil = time.Now().Add(req.KeepAlive)
 		}
 	}
-	l.lease, l.end = lmx.NewLease(key, id, uint64(me.rev), exp, l)
+	var end func(error) bool
+	if req.KeepOnDisconnect {
+		if err := l.keep(req.TTL); err != nil {
+			lk.abandon(s, me.key)
+			return nil, err
+		}
+	}
+	l.lease, end = lmx.NewLease(key, id, uint64(me.rev), exp, l)
+	l.ends = []func(error) bool{end}
 	lk.mu.Lock()
 	select {
 	case <-s.done:
 		lk.mu.Unlock()
-		lk.abandon(me.key)
 		return nil, s.err()
 	default:
 	}
 	s.leases[me.key] = l
+	if l.owner != "" {
+		s.owned[me.key[:len(me.key)-ulid.EncodedSize]+l.owner] = l
+	}
 	l.mu.Lock()
 	if req.TTL > 0 {
 		l.timer = time.AfterFunc(req.TTL, l.expire)
@@ -583,44 +798,133 @@ func (lk *Locker) granted(s *session, key string, id ulid.ULID, me waiter, rev i
 	}
 	l.mu.Unlock()
 	lk.mu.Unlock()
-	if !lk.watch.hold(me.key, rev, l) {
-		l.lost(lmx.ErrSessionLost)
-		return nil, fmt.Errorf("%w: the key was deleted as it was granted", lmx.ErrSessionLost)
-	}
-	if me.limit > 1 {
+	if me.limit > 1 && !req.KeepOnDisconnect { // keep wrote the key already
 		// Tell the request behind this one that it may be the first waiter.
 		ctx, cancel := context.WithTimeout(lk.ctx, 5*time.Second)
-		lk.cli.Put(ctx, me.key, encodeValue(me.limit, me.shared), clientv3.WithIgnoreLease())
+		lk.cli.Put(ctx, me.key, encodeValue(me), clientv3.WithIgnoreLease())
 		cancel()
 	}
 	return l.lease, nil
 }
 
-// lease is the etcd side of one lmx.Lease.
+// lease is the etcd side of one granted request: of its lmx.Lease, and of
+// those of its owner's re-entries.
 type lease struct {
 	lk      *Locker
 	s       *session
 	etcdKey string
-	lease   *lmx.Lease
-	end     func(error) bool
+	rev     int64      // the key's create revision: the token
+	lease   *lmx.Lease // the first grant's
+	owner   string
+	shared  bool
+	gone    chan struct{} // closed once end has ended every grant
+	kept    bool          // KeepOnDisconnect: the key has an etcd lease of its own
+	me      waiter        // the request, as it was written
 
-	why atomic.Value // whyReleased or whyForced once Release or ForceUnlock marked the key
+	// Guarded by lk.mu.
+	count   int                // grants not undone yet
+	ends    []func(error) bool // each grant's end
+	endOnce sync.Once
 
 	mu        sync.Mutex
 	ttl       time.Duration
 	keepUntil time.Time
-	timer     *time.Timer // expiry
-	renew     *time.Timer // KeepAlive
+	timer     *time.Timer      // expiry
+	renew     *time.Timer      // KeepAlive
+	leaseID   clientv3.LeaseID // the etcd lease of the key: while it is l's, l holds
 }
 
-// forget takes l out of its session and the watch, and stops its timers; it
-// reports whether l was still there.
-func (l *lease) forget() bool {
+// end ends every grant of l with reason.
+func (l *lease) end(reason error) {
+	l.endOnce.Do(func() {
+		l.lk.mu.Lock()
+		ends := l.ends
+		l.lk.mu.Unlock()
+		for _, end := range ends {
+			end(reason)
+		}
+		close(l.gone)
+	})
+}
+
+// keep gives l's key an etcd lease of its own, of ttl rounded up to a
+// second, so that it outlives the session until about its TTL: this is
+// KeepOnDisconnect. While it waited, the request went with the session.
+func (l *lease) keep(ttl time.Duration) error {
+	ctx, cancel := context.WithTimeout(l.lk.ctx, time.Duration(l.lk.ttl)*time.Second)
+	defer cancel()
+	g, err := l.lk.cli.Grant(ctx, seconds(ttl))
+	if err != nil {
+		return l.lk.wrap(ctx, err)
+	}
+	resp, err := l.lk.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(l.etcdKey), "=", l.rev)).
+		Then(clientv3.OpPut(l.etcdKey, "", clientv3.WithIgnoreValue(), clientv3.WithLease(g.ID))).
+		Commit()
+	switch {
+	case err != nil:
+		return l.lk.wrap(ctx, err)
+	case !resp.Succeeded:
+		return fmt.Errorf("%w: the key went as it was granted", lmx.ErrSessionLost)
+	}
+	l.kept = true
+	l.mu.Lock()
+	l.leaseID = g.ID
+	l.mu.Unlock()
+	return nil
+}
+
+// mine is the condition that l's key is still l's request, not gone nor
+// turned into a lock-delay's marker.
+func (l *lease) mine() clientv3.Cmp {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return clientv3.Compare(clientv3.LeaseValue(l.etcdKey), "=", l.leaseID)
+}
+
+// endOp is the operation that ends the granted request w: its deletion,
+// or with a LockDelay, its turning into a marker that holds the key until
+// an etcd lease of the delay, rounded up to a second, runs out.
+func (lk *Locker) endOp(ctx context.Context, w waiter) (clientv3.Op, error) {
+	if w.delay <= 0 {
+		return clientv3.OpDelete(w.key), nil
+	}
+	g, err := lk.cli.Grant(ctx, seconds(w.delay))
+	if err != nil {
+		return clientv3.Op{}, err
+	}
+	w.marker = true
+	return clientv3.OpPut(w.key, encodeValue(w), clientv3.WithLease(g.ID)), nil
+}
+
+// seconds is d in whole seconds, rounded up: an etcd lease's TTL.
+func seconds(d time.Duration) int64 { return max(1, int64((d+time.Second-1)/time.Second)) }
+
+// released marks l as ended by the Unlock of its last grant, which the
+// lmx.Lease then ends itself.
+func (l *lease) released() { l.endOnce.Do(func() { close(l.gone) }) }
+
+// take takes l out of its session and stops its timers; it reports whether
+// l was still there. Whoever takes a lease out ends it: a caller that finds
+// it gone waits for l.gone.
+func (l *lease) take() bool {
 	l.lk.mu.Lock()
 	here := l.s.leases[l.etcdKey] == l
-	delete(l.s.leases, l.etcdKey)
+	if here {
+		delete(l.s.leases, l.etcdKey)
+		q := l.etcdKey[:len(l.etcdKey)-ulid.EncodedSize]
+		if l.owner != "" && l.s.owned[q+l.owner] == l {
+			delete(l.s.owned, q+l.owner)
+		}
+	}
 	l.lk.mu.Unlock()
-	l.lk.watch.release(l.etcdKey)
+	if here {
+		l.stopTimers()
+	}
+	return here
+}
+
+func (l *lease) stopTimers() {
 	l.mu.Lock()
 	if l.timer != nil {
 		l.timer.Stop()
@@ -629,29 +933,31 @@ func (l *lease) forget() bool {
 		l.renew.Stop()
 	}
 	l.mu.Unlock()
-	return here
-}
-
-// lost ends l for reason, then deletes its key.
-func (l *lease) lost(reason error) {
-	l.forget()
-	l.end(reason)
-	l.lk.abandon(l.etcdKey)
 }
 
 // expire ends l when its TTL ran out.
 func (l *lease) expire() {
-	if l.forget() {
-		// Delete first, as a broker would expire the key before telling the
-		// holder, so that the key is free when Done closes; but never keep the
-		// holder believing past a second.
-		ctx, cancel := context.WithTimeout(l.lk.ctx, time.Second)
-		_, err := l.lk.cli.Delete(ctx, l.etcdKey)
-		cancel()
-		l.end(lmx.ErrExpired)
-		if err != nil {
-			l.lk.abandon(l.etcdKey)
-		}
+	if !l.take() {
+		return
+	}
+	if h := expiring.Load(); h != nil {
+		(*h)()
+	}
+	// Delete first, as a broker would expire the key before telling the
+	// holder, so that the key is free when Done closes; but never keep the
+	// holder believing past a second.
+	ctx, cancel := context.WithTimeout(l.lk.ctx, time.Second)
+	end, err := l.lk.endOp(ctx, l.me)
+	if err == nil {
+		_, err = l.lk.cli.Txn(ctx).
+			If(l.mine()).
+			Then(end, clientv3.OpPut(l.inboxKey(), whyExpired, clientv3.WithLease(l.s.id))).
+			Commit()
+	}
+	cancel()
+	l.end(lmx.ErrExpired)
+	if err != nil {
+		l.lk.abandon(l.s, l.etcdKey)
 	}
 }
 
@@ -661,7 +967,7 @@ func (l *lease) keepAlive() {
 	ttl := min(l.ttl, time.Until(l.keepUntil))
 	full := l.ttl
 	l.mu.Unlock()
-	if ttl <= 0 || l.lease.Err() != nil {
+	if ttl <= 0 || l.ended() {
 		return
 	}
 	ctx, cancel := context.WithTimeout(l.lk.ctx, full/3)
@@ -677,54 +983,110 @@ func (l *lease) keepAlive() {
 	}
 }
 
-// Unlock implements lmx.LeaseBackend.
+// expiring, if set, is called by an expiry once it has taken its lease out
+// of the session and before it deletes the key: a test's window onto the
+// race of an Unlock with the expiry.
+var expiring atomic.Pointer[func()]
+
+// Unlock implements lmx.LeaseBackend: it undoes one grant, and releases
+// the key with the last.
 func (l *lease) Unlock(ctx context.Context, _ *lmx.Lease) error {
-	if !l.forget() {
+	l.lk.mu.Lock()
+	if l.count > 1 && l.s.leases[l.etcdKey] == l {
+		l.count--
+		l.lk.mu.Unlock()
+		return nil
+	}
+	l.lk.mu.Unlock()
+	if !l.take() {
+		// Its expiry, its session's end or a word from its inbox took it
+		// out and is ending it: Unlock reports why once it has.
+		<-l.gone
 		return lmx.ErrNotHeld
 	}
 	if ctx.Err() != nil {
-		l.lk.wg.Go(func() { l.lk.abandon(l.etcdKey) })
+		l.released()
+		l.lk.wg.Go(func() { l.lk.abandon(l.s, l.etcdKey) })
 		return ctx.Err()
 	}
-	resp, err := l.lk.cli.Delete(ctx, l.etcdKey)
+	word := clientv3.OpDelete(l.inboxKey(), clientv3.WithPrevKV())
+	resp, err := l.lk.cli.Txn(ctx).If(l.mine()).
+		Then(clientv3.OpDelete(l.etcdKey), word).
+		Else(word).
+		Commit()
 	if err != nil {
-		l.lk.wg.Go(func() { l.lk.abandon(l.etcdKey) })
+		l.released()
+		l.lk.wg.Go(func() { l.lk.abandon(l.s, l.etcdKey) })
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return nil // released here; etcd drops the key with the session at worst
+		return nil // released here; deleted once etcd answers, or with the session
 	}
-	if resp.Deleted == 0 {
-		l.end(lmx.ErrSessionLost)
+	if !resp.Succeeded {
+		// Release, ForceUnlock or the end of the session took the key first.
+		l.end(why(resp.Responses[0].GetResponseDeleteRange().PrevKvs))
 		return lmx.ErrNotHeld
 	}
+	l.released()
 	return nil
+}
+
+// ended reports whether l has ended.
+func (l *lease) ended() bool {
+	select {
+	case <-l.gone:
+		return true
+	default:
+		return false
+	}
 }
 
 // Extend implements lmx.LeaseBackend: the key must still be there.
 func (l *lease) Extend(ctx context.Context, _ *lmx.Lease, ttl time.Duration) (time.Time, error) {
+	var then []clientv3.Op
+	var kept clientv3.LeaseID
+	if l.kept { // the key's own etcd lease is extended too: a new one
+		g, err := l.lk.cli.Grant(ctx, seconds(ttl))
+		if err != nil {
+			return time.Time{}, l.lk.wrap(ctx, err)
+		}
+		kept = g.ID
+		then = append(then, clientv3.OpPut(l.etcdKey, "", clientv3.WithIgnoreValue(), clientv3.WithLease(g.ID)))
+	}
 	resp, err := l.lk.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(l.etcdKey), "=", int64(l.lease.Token()))).
+		If(l.mine()).
+		Then(then...).
+		Else(clientv3.OpDelete(l.inboxKey(), clientv3.WithPrevKV())).
 		Commit()
 	if err != nil {
 		return time.Time{}, l.lk.wrap(ctx, err)
 	}
 	if !resp.Succeeded {
-		l.lost(lmx.ErrSessionLost)
+		if l.take() {
+			l.end(why(resp.Responses[0].GetResponseDeleteRange().PrevKvs))
+		}
+		<-l.gone
 		return time.Time{}, lmx.ErrNotHeld
 	}
 	exp := time.Now().Add(ttl)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.lease.Err() != nil {
+	if kept != 0 {
+		l.leaseID = kept
+	}
+	if l.ended() {
 		return time.Time{}, lmx.ErrNotHeld
 	}
-	if l.timer == nil {
+	switch {
+	case l.timer == nil:
 		l.timer = time.AfterFunc(ttl, l.expire)
-	} else if !l.timer.Stop() {
-		return time.Time{}, lmx.ErrNotHeld // expiring as we speak
-	} else {
+	case l.timer.Stop():
 		l.timer.Reset(ttl)
+	default: // expiring as we speak
+		l.mu.Unlock()
+		<-l.gone
+		l.mu.Lock()
+		return time.Time{}, lmx.ErrNotHeld
 	}
 	return exp, nil
 }

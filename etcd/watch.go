@@ -2,7 +2,10 @@ package etcd
 
 import (
 	"context"
+	"errors"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/lmx-go/lmx"
@@ -10,220 +13,250 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// recentSize is how many of the latest changes the dispatcher remembers, so
-// that a waiter that subscribes after its predecessor changed still wakes.
-const recentSize = 4096
+// What a Locker hears from etcd is only what concerns its own requests: a
+// waiter watches the few keys its grant depends on (the request before it,
+// or a semaphore's holders), and a session watches its inbox, where
+// Release and ForceUnlock of another Locker say that they took one of its
+// keys, and why. A hand-off is one deletion, seen by one watch.
 
-// dispatcher runs a Locker's one watch on its prefix and hands each change
-// to the waiters and holders of the changed key only.
-type dispatcher struct {
-	lk *Locker
+// Words that Release, ForceUnlock and an expiry write into the inbox of the
+// holder's session as they take its key (delete it, or with a LockDelay
+// turn it into a marker).
+const (
+	whyReleased = "released"
+	whyForced   = "forced"
+	whyExpired  = "expired" // for watchers: the holder's Locker knows already
+)
 
-	// Guarded by lk.mu.
-	rev    int64                        // changes up to rev are dispatched
-	floor  int64                        // changes up to floor may be forgotten
-	subs   map[string]map[*sub]struct{} // waiters by the keys they wait on
-	held   map[string]*lease            // granted keys of this Locker
-	recent map[string]change            // the latest change of a key
-	ring   [recentSize]struct {
-		key string
-		rev int64
-	}
-	next int
+// inboxKey is where the session of hex hears about its request etcdKey:
+// under prefix "\x00", which no queue's key can start with.
+func inboxKey(prefix, hex, etcdKey string) string {
+	return prefix + "\x00i/" + hex + "/" + strings.TrimPrefix(etcdKey, prefix)
 }
 
-type change struct {
-	rev     int64
-	deleted bool
+// inboxKey is where l's session hears about l's key.
+func (l *lease) inboxKey() string { return inboxKey(l.lk.pfx, l.s.hex, l.etcdKey) }
+
+// why is the reason a word of an inbox (as read by a Get, or returned as
+// the previous value of a Delete) gives for a key that went: without one,
+// its session's end took it.
+func why(kvs []*mvccpb.KeyValue) error {
+	if len(kvs) == 0 {
+		return lmx.ErrSessionLost
+	}
+	return reason(string(kvs[0].Value))
 }
 
-type sub struct {
-	ch   chan struct{}
-	keys []string
+func reason(word string) error {
+	switch word {
+	case whyReleased:
+		return lmx.ErrReleased
+	case whyForced:
+		return lmx.ErrForced
+	case whyExpired:
+		return lmx.ErrExpired
+	}
+	return lmx.ErrSessionLost
 }
 
-func newDispatcher(lk *Locker, rev int64) *dispatcher {
-	return &dispatcher{
-		lk: lk, rev: rev, floor: rev,
-		subs: map[string]map[*sub]struct{}{}, held: map[string]*lease{}, recent: map[string]change{},
-	}
-}
-
-// subscribe returns a channel that is closed when one of keys changes after
-// revision rev, and a function that cancels the subscription.
-func (d *dispatcher) subscribe(keys []string, rev int64) (<-chan struct{}, func()) {
-	s := &sub{ch: make(chan struct{}), keys: keys}
-	mu := &d.lk.mu
-	mu.Lock()
-	defer mu.Unlock()
-	if d.floor > rev {
-		close(s.ch) // what happened since rev is partly forgotten: look again
-		return s.ch, func() {}
-	}
-	for _, k := range keys {
-		if c, ok := d.recent[k]; ok && c.rev > rev {
-			close(s.ch)
-			return s.ch, func() {}
-		}
-	}
-	for _, k := range keys {
-		m := d.subs[k]
-		if m == nil {
-			m = map[*sub]struct{}{}
-			d.subs[k] = m
-		}
-		m[s] = struct{}{}
-	}
-	return s.ch, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		d.unsubscribe(s)
-	}
-}
-
-// unsubscribe removes s; the caller holds lk.mu.
-func (d *dispatcher) unsubscribe(s *sub) {
-	for _, k := range s.keys {
-		if m := d.subs[k]; m != nil {
-			delete(m, s)
-			if len(m) == 0 {
-				delete(d.subs, k)
+// watchInbox hands the words of s's inbox to s's leases, from revision from
+// until ctx ends. After a failed watch it reads the inbox whole before it
+// watches again, so that a word lost to a compaction is still heard.
+func (lk *Locker) watchInbox(ctx context.Context, s *session, from int64) {
+	pfx := inboxKey(lk.pfx, s.hex, lk.pfx)
+	for first := true; ctx.Err() == nil; first = false {
+		if !first {
+			resp, err := lk.cli.Get(ctx, pfx, clientv3.WithPrefix())
+			if err != nil {
+				select {
+				case <-ctx.Done():
+				case <-time.After(100 * time.Millisecond):
+				}
+				continue
 			}
+			for _, kv := range resp.Kvs {
+				lk.heard(ctx, s, pfx, kv)
+			}
+			from = resp.Header.Revision + 1
 		}
-	}
-}
-
-// hold watches a key granted at revision rev for a deletion that is not its
-// holder's; it reports false when the key is gone already.
-func (d *dispatcher) hold(key string, rev int64, l *lease) bool {
-	d.lk.mu.Lock()
-	defer d.lk.mu.Unlock()
-	if c, ok := d.recent[key]; ok && c.rev > rev && c.deleted {
-		return false
-	}
-	d.held[key] = l
-	return true
-}
-
-// revision returns the revision up to which changes are dispatched.
-func (d *dispatcher) revision() int64 {
-	d.lk.mu.Lock()
-	defer d.lk.mu.Unlock()
-	return d.rev
-}
-
-// release stops watching a held key.
-func (d *dispatcher) release(key string) {
-	d.lk.mu.Lock()
-	delete(d.held, key)
-	d.lk.mu.Unlock()
-}
-
-// run watches until the Locker closes, starting again after a compaction
-// or an error.
-func (d *dispatcher) run() {
-	ctx := d.lk.ctx
-	for ctx.Err() == nil {
-		d.lk.mu.Lock()
-		from := d.rev + 1
-		d.lk.mu.Unlock()
-		wch := d.lk.cli.Watch(clientv3.WithRequireLeader(ctx), d.lk.pfx, clientv3.WithPrefix(), clientv3.WithRev(from))
+		wch := lk.cli.Watch(ctx, pfx, clientv3.WithPrefix(), clientv3.WithRev(from), clientv3.WithFilterDelete())
 		for resp := range wch {
-			if err := resp.Err(); err != nil {
-				d.restart(resp.CompactRevision)
+			if resp.Err() != nil {
 				break
 			}
-			d.dispatch(resp.Events, resp.Header.Revision)
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
-// dispatch wakes the waiters and ends the holders that events concern.
-func (d *dispatcher) dispatch(events []*clientv3.Event, rev int64) {
-	var lost []*lease
-	d.lk.mu.Lock()
-	for _, ev := range events {
-		k := string(ev.Kv.Key)
-		del := ev.Type == mvccpb.DELETE
-		r := ev.Kv.ModRevision
-		d.remember(k, change{rev: r, deleted: del})
-		for s := range d.subs[k] {
-			close(s.ch)
-			d.unsubscribe(s)
-		}
-		l := d.held[k]
-		if l == nil {
-			continue
-		}
-		if !del {
-			if _, why, ok := strings.Cut(string(ev.Kv.Value), "/"); ok {
-				l.why.Store(why) // what the deletion to come means
+			for _, ev := range resp.Events {
+				lk.heard(ctx, s, pfx, ev.Kv)
 			}
-			continue
-		}
-		delete(d.held, k)
-		lost = append(lost, l)
-	}
-	d.rev = max(d.rev, rev)
-	d.lk.mu.Unlock()
-	for _, l := range lost {
-		switch l.why.Load() {
-		case whyReleased:
-			l.lost(lmx.ErrReleased)
-		case whyForced:
-			l.lost(lmx.ErrForced)
-		default:
-			l.lost(lmx.ErrSessionLost)
 		}
 	}
 }
 
-// remember records a change; the caller holds lk.mu.
-func (d *dispatcher) remember(key string, c change) {
-	slot := &d.ring[d.next]
-	d.next = (d.next + 1) % recentSize
-	if slot.key != "" {
-		if old, ok := d.recent[slot.key]; ok && old.rev == slot.rev {
-			delete(d.recent, slot.key)
-		}
-		d.floor = max(d.floor, slot.rev)
-	}
-	slot.key, slot.rev = key, c.rev
-	d.recent[key] = c
-}
-
-// restart follows a watch that failed (compacted past): everything since
-// the last dispatched revision is forgotten, so every waiter looks again and
-// every held key is checked.
-func (d *dispatcher) restart(compact int64) {
-	ctx, cancel := context.WithTimeout(d.lk.ctx, 5*time.Second)
-	defer cancel()
-	resp, err := d.lk.cli.Get(ctx, d.lk.pfx+"\x00", clientv3.WithCountOnly())
-	if err != nil {
+// heard ends the lease that a word of s's inbox is about, if s still has
+// it, and then deletes the word. A lease that is not there any more is
+// being ended by its Unlock or Extend, which read and delete the word
+// themselves. The word of an expiry, which s wrote itself, is only
+// deleted.
+func (lk *Locker) heard(ctx context.Context, s *session, pfx string, kv *mvccpb.KeyValue) {
+	etcdKey := lk.pfx + strings.TrimPrefix(string(kv.Key), pfx)
+	lk.mu.Lock()
+	l := s.leases[etcdKey]
+	lk.mu.Unlock()
+	word := string(kv.Value)
+	switch {
+	case word == whyExpired: // the expiry's own word, for watchers
+	case l == nil || !l.take():
 		return
+	default:
+		l.end(reason(word))
 	}
-	d.lk.mu.Lock()
-	d.rev, d.floor = max(resp.Header.Revision, compact), max(resp.Header.Revision, compact)
-	for _, m := range d.subs {
-		for s := range m {
-			close(s.ch)
-			d.unsubscribe(s)
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	lk.cli.Delete(dctx, string(kv.Key))
+	cancel()
+}
+
+// waits are the watches of one waiting request: one per key that its grant
+// waits on, each from when it was made.
+type waits struct {
+	lk    *Locker
+	s     *session
+	mutex bool          // of a request of Limit 1: only deletions matter
+	wake  chan struct{} // has a token when a watched key changed
+
+	mu    sync.Mutex
+	rev   int64                // the highest revision a change was seen at
+	keys  map[string]*keyWatch // the watched keys
+	alone map[string]bool      // watched keys deleted as the one holder of their key
+}
+
+// keyWatch is the watch of one key.
+type keyWatch struct{ cancel context.CancelFunc }
+
+func newWaits(lk *Locker, s *session, mutex bool) *waits {
+	return &waits{lk: lk, s: s, mutex: mutex, wake: make(chan struct{}, 1), keys: map[string]*keyWatch{}, alone: map[string]bool{}}
+}
+
+// watch makes the watched keys targets: it stops the watches of the others
+// and starts those of targets not watched yet, and returns the highest
+// revision at which one of those started (0 if none did). A change of a
+// target after that revision wakes w.wake.
+func (w *waits) watch(ctx context.Context, targets []string) (int64, error) {
+	w.mu.Lock()
+	for k, kw := range w.keys {
+		if !slices.Contains(targets, k) {
+			kw.cancel()
+			delete(w.keys, k)
 		}
 	}
-	held := make(map[string]*lease, len(d.held))
-	for k, l := range d.held {
-		held[k] = l
-	}
-	d.lk.mu.Unlock()
-	for k, l := range held {
-		r, err := d.lk.cli.Get(ctx, k, clientv3.WithCountOnly())
-		if err == nil && r.Count == 0 {
-			d.release(k)
-			l.lost(lmx.ErrSessionLost)
+	var todo []string
+	for _, k := range targets {
+		if w.keys[k] == nil {
+			todo = append(todo, k)
 		}
+	}
+	w.mu.Unlock()
+	var from int64
+	for _, k := range todo {
+		wctx, cancel := context.WithCancel(w.lk.ctx)
+		// From the current revision, which etcd serves at once; a watch
+		// from a past revision waits for etcd's resync of slow watchers,
+		// every 100ms.
+		opts := []clientv3.OpOption{clientv3.WithCreatedNotify()}
+		if w.mutex {
+			// A semaphore's waiter wakes when the one before it is granted
+			// (its key is written); a mutex's only when a key goes, and
+			// then the value it had tells whether it was the one holder.
+			opts = append(opts, clientv3.WithFilterPut(), clientv3.WithPrevKV())
+		}
+		wch := w.lk.cli.Watch(wctx, k, opts...)
+		var created clientv3.WatchResponse
+		var ok bool
+		select {
+		case created, ok = <-wch:
+		case <-ctx.Done():
+			cancel()
+			return 0, ctx.Err()
+		case <-w.s.done:
+			cancel()
+			return 0, errGone
+		}
+		if !ok || created.Err() != nil || !created.Created {
+			cancel()
+			if w.lk.ctx.Err() != nil {
+				return 0, lmx.ErrClosed
+			}
+			return 0, errWatch
+		}
+		from = max(from, created.Header.Revision)
+		kw := &keyWatch{cancel}
+		w.mu.Lock()
+		w.keys[k] = kw
+		w.mu.Unlock()
+		go w.forward(k, kw, wch)
+	}
+	return from, nil
+}
+
+// errWatch: etcd ended a watch as it started.
+var errWatch = errors.New("lmx/etcd: the watch of a request ended as it started")
+
+// forward wakes w for each change of key that wch brings. When etcd ends
+// the watch, it forgets key, so that the next call of watch starts it
+// again, and wakes w.
+func (w *waits) forward(key string, kw *keyWatch, wch clientv3.WatchChan) {
+	for resp := range wch {
+		if resp.Err() != nil {
+			break
+		}
+		w.mu.Lock()
+		w.rev = max(w.rev, resp.Header.Revision)
+		for _, ev := range resp.Events {
+			if ev.Type == mvccpb.DELETE && ev.PrevKv != nil && decode(ev.PrevKv).alone {
+				w.alone[key] = true
+			}
+		}
+		w.mu.Unlock()
+		w.poke()
+	}
+	kw.cancel()
+	w.mu.Lock()
+	mine := w.keys[key] == kw
+	if mine {
+		delete(w.keys, key)
+	}
+	w.mu.Unlock()
+	if mine {
+		w.poke()
+	}
+}
+
+func (w *waits) poke() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// handed reports whether the one target of a mutex's request was deleted
+// as the one holder of its key: then nothing is left before the request.
+func (w *waits) handed(targets []string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.mutex && len(targets) == 1 && w.alone[targets[0]]
+}
+
+// seen returns the highest revision at which a watched key changed.
+func (w *waits) seen() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.rev
+}
+
+// stop ends every watch of w.
+func (w *waits) stop() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for k, kw := range w.keys {
+		kw.cancel()
+		delete(w.keys, k)
 	}
 }

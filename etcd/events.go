@@ -1,0 +1,200 @@
+package etcd
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"github.com/lmx-go/lmx"
+	"github.com/oklog/ulid/v2"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+var _ lmx.Watcher = (*Locker)(nil)
+
+// Watch streams the events of the keys that start with prefix, from now
+// until ctx ends or the Locker closes; then it closes the channel. It
+// watches the Locker's whole prefix in etcd and keeps the queues of the
+// keys under prefix in memory, so that it sees a request granted when the
+// requests before it go. Why a lease ended is read from the words that
+// Release, ForceUnlock and an expiry write into the holder's inbox as they
+// delete its key; a key deleted without one was released by its holder if
+// its session is still alive, and otherwise lost with its session.
+// Preemption and a closing broker do not happen here. Events are buffered
+// up to lmx.DefaultWatchBuffer; a watcher that falls behind misses events
+// and gets an lmx.EventLagged that counts them.
+func (lk *Locker) Watch(ctx context.Context, prefix string) (<-chan lmx.Event, error) {
+	if err := lk.live(); err != nil {
+		return nil, err
+	}
+	resp, err := lk.cli.Get(ctx, lk.pfx+prefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
+	if err != nil {
+		return nil, lk.wrap(ctx, err)
+	}
+	ew := &eventWatch{lk: lk, prefix: prefix, queues: map[string][]waiter{}, held: map[string]bool{},
+		out: make(chan lmx.Event, lmx.DefaultWatchBuffer)}
+	for _, kv := range resp.Kvs {
+		if q, ok := ew.queueOf(string(kv.Key)); ok {
+			ew.queues[q] = append(ew.queues[q], decode(kv))
+		}
+	}
+	for q := range ew.queues {
+		ew.regrant(q, false)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(lk.ctx, cancel)
+	wch := lk.cli.Watch(wctx, lk.pfx, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
+	go func() {
+		defer close(ew.out)
+		defer stop()
+		defer cancel()
+		for resp := range wch {
+			if resp.Err() != nil {
+				return // compacted past, or cancelled: the stream cannot go on whole
+			}
+			ew.apply(wctx, resp.Events)
+		}
+	}()
+	return ew.out, nil
+}
+
+// eventWatch is the state of one Watch.
+type eventWatch struct {
+	lk     *Locker
+	prefix string
+	queues map[string][]waiter // by etcd queue prefix, in create order
+	held   map[string]bool     // granted requests, by etcd key
+	out    chan lmx.Event
+	missed uint64
+}
+
+// queueOf returns the queue of a request's etcd key, if it is one under
+// the watched prefix.
+func (ew *eventWatch) queueOf(etcdKey string) (string, bool) {
+	i := strings.LastIndexByte(etcdKey, 0)
+	if i <= len(ew.lk.pfx) || !strings.HasPrefix(etcdKey[len(ew.lk.pfx):], ew.prefix) {
+		return "", false
+	}
+	return etcdKey[:i+1], true
+}
+
+// apply follows the events of a watch response, which holds whole
+// revisions: the words of an inbox written with a deletion are in the same
+// revision as the deletion.
+func (ew *eventWatch) apply(ctx context.Context, evs []*clientv3.Event) {
+	for len(evs) > 0 {
+		n := 1
+		for n < len(evs) && evs[n].Kv.ModRevision == evs[0].Kv.ModRevision {
+			n++
+		}
+		ew.revision(ctx, evs[:n])
+		evs = evs[n:]
+	}
+}
+
+// revision follows the events of one revision.
+func (ew *eventWatch) revision(ctx context.Context, evs []*clientv3.Event) {
+	words := map[string]string{} // by the etcd key they are about
+	inbox := ew.lk.pfx + "\x00i/"
+	for _, ev := range evs {
+		k := string(ev.Kv.Key)
+		if ev.Type != mvccpb.PUT || !strings.HasPrefix(k, inbox) {
+			continue
+		}
+		if _, about, ok := strings.Cut(k[len(inbox):], "/"); ok {
+			words[ew.lk.pfx+about] = string(ev.Kv.Value)
+		}
+	}
+	touched := map[string]bool{}
+	for _, ev := range evs {
+		k := string(ev.Kv.Key)
+		q, ok := ew.queueOf(k)
+		if !ok {
+			continue
+		}
+		ws := ew.queues[q]
+		i := 0
+		for i < len(ws) && ws[i].key != k {
+			i++
+		}
+		switch {
+		case ev.Type == mvccpb.PUT && i == len(ws):
+			ew.queues[q] = append(ws, decode(ev.Kv))
+			touched[q] = true
+		case ev.Type == mvccpb.PUT && decode(ev.Kv).marker && ew.held[k]:
+			// The lease ended with a LockDelay: its key holds on as a marker.
+			delete(ew.held, k)
+			ew.emit(ew.ended(ctx, ws[i], words[k]), q, ws[i])
+			ws[i] = decode(ev.Kv)
+		case ev.Type == mvccpb.DELETE && i < len(ws):
+			if ew.held[k] {
+				delete(ew.held, k)
+				ew.emit(ew.ended(ctx, ws[i], words[k]), q, ws[i])
+			}
+			ew.queues[q] = append(ws[:i:i], ws[i+1:]...)
+			if len(ew.queues[q]) == 0 {
+				delete(ew.queues, q)
+			}
+			touched[q] = true
+		}
+	}
+	for q := range touched {
+		ew.regrant(q, true)
+	}
+}
+
+// ended is the event type of a granted request deleted with word (or "").
+func (ew *eventWatch) ended(ctx context.Context, w waiter, word string) lmx.EventType {
+	switch word {
+	case whyReleased:
+		return lmx.EventReleased
+	case whyForced:
+		return lmx.EventForced
+	case whyExpired:
+		return lmx.EventExpired
+	}
+	ttl, err := ew.lk.cli.TimeToLive(ctx, w.lease)
+	if err == nil && ttl.TTL > 0 {
+		return lmx.EventReleased
+	}
+	return lmx.EventSessionLost
+}
+
+// regrant marks the requests of queue q that its rules grant now, and
+// emits their acquisition if emit.
+func (ew *eventWatch) regrant(q string, emit bool) {
+	ws := ew.queues[q]
+	for i, w := range ws {
+		if ew.held[w.key] || !decide(w, ws[:i]).granted {
+			continue
+		}
+		ew.held[w.key] = true
+		if emit {
+			ew.emit(lmx.EventAcquired, q, w)
+		}
+	}
+}
+
+// emit delivers an event of request w of queue q, or counts it as missed
+// when the buffer is full; a lag is reported before the next event that
+// fits.
+func (ew *eventWatch) emit(t lmx.EventType, q string, w waiter) {
+	now := time.Now().Truncate(time.Millisecond)
+	id, _ := ulid.ParseStrict(strings.TrimPrefix(w.key, q))
+	ev := lmx.Event{Type: t, Key: q[len(ew.lk.pfx) : len(q)-1], ID: id, Token: uint64(w.rev), Owner: w.owner, Time: now}
+	if ew.missed > 0 {
+		select {
+		case ew.out <- lmx.Event{Type: lmx.EventLagged, Time: now, Missed: ew.missed}:
+			ew.missed = 0
+		default:
+			ew.missed++
+			return
+		}
+	}
+	select {
+	case ew.out <- ev:
+	default:
+		ew.missed++
+	}
+}

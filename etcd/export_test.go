@@ -1,0 +1,11 @@
+package etcd
+
+// SetExpiring makes f run in each lease expiry between taking the lease out
+// of its session and deleting its key; nil removes it.
+func SetExpiring(f func()) {
+	if f == nil {
+		expiring.Store(nil)
+		return
+	}
+	expiring.Store(&f)
+}

@@ -480,9 +480,11 @@ func TestClientHandOffRacesCancel(t *testing.T) {
 // waitWaiters waits until key has n waiters at b. Unlike waitFor it does
 // not sleep between looks: TestClientHandOffRacesCancel meets its race in
 // every run when it goes on at once, and in about 6 of 10 after a sleep.
+// It is bounded by time, not by a count of looks, which a machine busy
+// with other tests used up before the Lock reached the broker.
 func waitWaiters(t *testing.T, b *lmx.Broker, key string, n int) {
 	t.Helper()
-	for range 10000 {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
 		ki, err := b.Inspect(t.Context(), key)
 		require.NoError(t, err)
 		if len(ki.Waiters) == n {

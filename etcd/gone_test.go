@@ -21,9 +21,7 @@ import (
 func TestWaiterKeyGone(t *testing.T) {
 	url := fmt.Sprintf("etcd://%s/gone/%d/?session_ttl=5s", endpoint, prefixes.Add(1))
 	first, holder, waiter := openLocker(t, url), openLocker(t, url), openLocker(t, url)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second})
-	require.NoError(t, err)
-	t.Cleanup(func() { cli.Close() })
+	cli := rawClient(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 
@@ -68,9 +66,7 @@ func TestWaiterKeyGone(t *testing.T) {
 // ends with ErrSessionLost.
 func TestUnlockKeyGone(t *testing.T) {
 	lk := newLocker(t)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second})
-	require.NoError(t, err)
-	t.Cleanup(func() { cli.Close() })
+	cli := rawClient(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	l, err := lk.Lock(ctx, "k")
@@ -79,6 +75,15 @@ func TestUnlockKeyGone(t *testing.T) {
 	assert.ErrorIs(t, l.Unlock(ctx), lmx.ErrNotHeld)
 	<-l.Done()
 	assert.ErrorIs(t, l.Err(), lmx.ErrSessionLost)
+}
+
+// rawClient is a client of the test's etcd, closed with the test.
+func rawClient(t *testing.T) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second})
+	require.NoError(t, err)
+	t.Cleanup(func() { cli.Close() })
+	return cli
 }
 
 // deleteRequest deletes by hand the one request key of lk's session.

@@ -46,9 +46,14 @@
 // deleted and the lease ends (lmx.ErrExpired). A holder whose process dies
 // or loses etcd frees its keys when the session's etcd lease expires
 // (SessionTTL, default 5s); its leases end with lmx.ErrSessionLost as soon
-// as the Locker's keepalive finds the session gone. A key deleted in etcd
-// by something other than lmx is noticed by its holder at its next Unlock
-// or Extend.
+// as the Locker's keepalive finds the session gone. A waiter is granted
+// only by a read that finds its own request still queued, so one whose key
+// went with its session while its link stalled is never granted: its Lock
+// fails with lmx.ErrSessionLost. A key deleted in etcd by something other
+// than lmx is noticed by its holder at its next Unlock (lmx.ErrNotHeld) or
+// Extend. An Unlock that etcd does not answer ends the lease with
+// lmx.ErrSessionLost, never nil: the key is deleted once etcd answers, or
+// with the session.
 //
 // *Locker implements lmx.Admin, lmx.Lister and lmx.Watcher: Release and
 // ForceUnlock work across processes (the holder learns the reason from its
@@ -401,15 +406,13 @@ type waiter struct {
 	lease  clientv3.LeaseID // the etcd lease the key is attached to
 	owner  string
 	delay  time.Duration // LockDelay
-	alone  bool          // an exclusive holder of a mutex that said so: see handOn
 	marker bool          // no request: the lock-delay of one that ended
 }
 
 // encodeValue is the value of a request's key: its mode ("x" exclusive,
-// "X" exclusive and said so by handOn, "s" shared, "d" a lock-delay's
-// marker) and limit, the session of its Locker, which is where Release and
-// ForceUnlock tell it that its key went, its LockDelay in milliseconds,
-// and its owner.
+// "s" shared, "d" a lock-delay's marker) and limit, the session of its
+// Locker, which is where Release and ForceUnlock tell it that its key
+// went, its LockDelay in milliseconds, and its owner.
 func encodeValue(w waiter) string {
 	mode := "x"
 	switch {
@@ -432,7 +435,6 @@ func decode(kv *mvccpb.KeyValue) waiter {
 	}
 	if len(v) > 1 {
 		w.shared = v[0] == 's'
-		w.alone = v[0] == 'X'
 		w.marker = v[0] == 'd'
 		if n, err := strconv.Atoi(v[1:]); err == nil {
 			w.limit = n
@@ -539,12 +541,13 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 	lower, rev := decodeLower(resp.Responses[2].GetResponseRange().Kvs[1:]), me.rev
 	w := newWaits(lk, s, me.limit == 1)
 	defer w.stop()
-	for waited := false; ; waited = true {
+	for {
+		// Every decision is made on a read that found me's own key still
+		// queued (the txn that wrote it, or lower): a key that went, with
+		// its session's etcd lease behind a link that stalled, is never
+		// granted, whatever woke its waiter.
 		d := decide(me, lower)
 		if d.granted {
-			if waited && me.limit == 1 && !me.shared {
-				lk.wg.Go(func() { lk.handOn(me) })
-			}
 			return lk.granted(s, key, id, me, req)
 		}
 		if try {
@@ -557,10 +560,6 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 		if err == nil && from <= rev {
 			select {
 			case <-w.wake:
-				if w.handed(d.targets) {
-					lower = nil // the holder before me went: nothing is left before me
-					continue
-				}
 				from = w.seen()
 			case <-ctx.Done():
 				err = ctx.Err()
@@ -579,23 +578,6 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 			return nil, lk.wrap(ctx, err)
 		}
 	}
-}
-
-// handOn marks me, an exclusive request of a mutex granted after it
-// waited, as the one holder of its key, off the path of the grant: so
-// that the request behind it, which watches it, is granted as soon as it
-// sees the key deleted, without reading the queue again. An exclusive
-// holder of a mutex is the oldest request of its queue, and no older one
-// can come: once it goes, the request behind it is the oldest. A key
-// deleted before the mark landed tells nothing, and the request behind it
-// reads the queue.
-func (lk *Locker) handOn(me waiter) {
-	ctx, cancel := context.WithTimeout(lk.ctx, time.Duration(lk.ttl)*time.Second)
-	defer cancel()
-	lk.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(me.key), "=", me.rev)).
-		Then(clientv3.OpPut(me.key, "X"+strings.TrimPrefix(encodeValue(me), "x"), clientv3.WithIgnoreLease())).
-		Commit()
 }
 
 // err is why the session ended: ErrSessionLost while it has not.
@@ -1015,12 +997,16 @@ func (l *lease) Unlock(ctx context.Context, _ *lmx.Lease) error {
 		Else(word).
 		Commit()
 	if err != nil {
-		l.released()
 		l.lk.wg.Go(func() { l.lk.abandon(l.s, l.etcdKey) })
 		if ctx.Err() != nil {
+			l.released()
 			return ctx.Err()
 		}
-		return nil // released here; deleted once etcd answers, or with the session
+		// Released here and deleted once etcd answers, or with the
+		// session; but whether the key was still l's until now, etcd did
+		// not say: its session may have ended behind the link that failed.
+		l.end(lmx.ErrSessionLost)
+		return l.lk.wrap(ctx, err)
 	}
 	if !resp.Succeeded {
 		// Release, ForceUnlock or the end of the session took the key first.

@@ -122,17 +122,16 @@ type waits struct {
 	mutex bool          // of a request of Limit 1: only deletions matter
 	wake  chan struct{} // has a token when a watched key changed
 
-	mu    sync.Mutex
-	rev   int64                // the highest revision a change was seen at
-	keys  map[string]*keyWatch // the watched keys
-	alone map[string]bool      // watched keys deleted as the one holder of their key
+	mu   sync.Mutex
+	rev  int64                // the highest revision a change was seen at
+	keys map[string]*keyWatch // the watched keys
 }
 
 // keyWatch is the watch of one key.
 type keyWatch struct{ cancel context.CancelFunc }
 
 func newWaits(lk *Locker, s *session, mutex bool) *waits {
-	return &waits{lk: lk, s: s, mutex: mutex, wake: make(chan struct{}, 1), keys: map[string]*keyWatch{}, alone: map[string]bool{}}
+	return &waits{lk: lk, s: s, mutex: mutex, wake: make(chan struct{}, 1), keys: map[string]*keyWatch{}}
 }
 
 // watch makes the watched keys targets: it stops the watches of the others
@@ -163,9 +162,8 @@ func (w *waits) watch(ctx context.Context, targets []string) (int64, error) {
 		opts := []clientv3.OpOption{clientv3.WithCreatedNotify()}
 		if w.mutex {
 			// A semaphore's waiter wakes when the one before it is granted
-			// (its key is written); a mutex's only when a key goes, and
-			// then the value it had tells whether it was the one holder.
-			opts = append(opts, clientv3.WithFilterPut(), clientv3.WithPrevKV())
+			// (its key is written); a mutex's only when a key goes.
+			opts = append(opts, clientv3.WithFilterPut())
 		}
 		wch := w.lk.cli.Watch(wctx, k, opts...)
 		var created clientv3.WatchResponse
@@ -209,11 +207,6 @@ func (w *waits) forward(key string, kw *keyWatch, wch clientv3.WatchChan) {
 		}
 		w.mu.Lock()
 		w.rev = max(w.rev, resp.Header.Revision)
-		for _, ev := range resp.Events {
-			if ev.Type == mvccpb.DELETE && ev.PrevKv != nil && decode(ev.PrevKv).alone {
-				w.alone[key] = true
-			}
-		}
 		w.mu.Unlock()
 		w.poke()
 	}
@@ -234,14 +227,6 @@ func (w *waits) poke() {
 	case w.wake <- struct{}{}:
 	default:
 	}
-}
-
-// handed reports whether the one target of a mutex's request was deleted
-// as the one holder of its key: then nothing is left before the request.
-func (w *waits) handed(targets []string) bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.mutex && len(targets) == 1 && w.alone[targets[0]]
 }
 
 // seen returns the highest revision at which a watched key changed.

@@ -154,8 +154,10 @@ func (ew *eventWatch) ended(ctx context.Context, w waiter, word string) lmx.Even
 	case whyExpired:
 		return lmx.EventExpired
 	}
+	// etcd answers a live lease's remaining time in whole seconds, rounded
+	// down (0: under a second left), and -1 for a lease that is gone.
 	ttl, err := ew.lk.cli.TimeToLive(ctx, w.lease)
-	if err == nil && ttl.TTL > 0 {
+	if err == nil && ttl.TTL >= 0 {
 		return lmx.EventReleased
 	}
 	return lmx.EventSessionLost

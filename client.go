@@ -212,6 +212,7 @@ func (c *Client) handshake(ctx context.Context, nc net.Conn) (*clientConn, error
 		out:     outbox{nc: nc},
 		in:      inbox{fill: nc.Read},
 		bgTurn:  make(chan struct{}, 1),
+		kick:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
 		calls:   make(map[uint32]*call),
 		leases:  make(map[ulid.ULID]*Lease),
@@ -568,6 +569,7 @@ type clientConn struct {
 	in     inbox         // the read role's
 	rdl    deadline      // the read role's
 	bgTurn chan struct{} // gives the background reader the read role
+	kick   chan struct{} // has the heartbeat goroutine flush (see flushAside)
 	idle   *time.Timer   // runs idleTimeout
 	want   atomic.Bool   // a caller waits for the background reader's role
 
@@ -1130,7 +1132,7 @@ func (cc *clientConn) dispatch(h header, p []byte) (*call, error) {
 	case !abandoned:
 		cl.ch <- r
 	case r.lease != nil:
-		cc.releaseAsync(r.lease)
+		cc.releaseAsync(r.lease, true)
 	}
 	if abandoned && cl.lock {
 		cc.mu.Lock()
@@ -1233,12 +1235,13 @@ func (cc *clientConn) stop(key string, seq uint64) {
 		}
 	}
 	cc.mu.Unlock()
-	cc.out.send(func(b []byte) []byte {
+	cc.out.add(func(b []byte) []byte {
 		return frame(b, opStopped, 0, 0, 0, func(b []byte) []byte {
 			b = appendString(b, key)
 			return binary.AppendUvarint(b, seq)
 		})
 	})
+	cc.flushAside() // dispatch holds the read role
 }
 
 // handOffLocked gives the key of l, whose Release is queued, to the Lock
@@ -1324,15 +1327,32 @@ func (cc *clientConn) unlockedLocked(id ulid.ULID) *Lease {
 }
 
 // releaseAsync asks the broker to release one grant of l without waiting for
-// the answer.
-func (cc *clientConn) releaseAsync(l *Lease) {
+// the answer. The read role's holder passes aside, for it must not write
+// (see flushAside).
+func (cc *clientConn) releaseAsync(l *Lease, aside bool) {
 	cc.mu.Lock()
 	if cc.out.add(func(b []byte) []byte { return appendRelease(b, 0, l.key, l.id) }) {
 		cc.handOffLocked(l)
 	}
 	cc.mu.Unlock()
-	cc.out.flush()
+	if aside {
+		cc.flushAside()
+	} else {
+		cc.out.flush()
+	}
 	cc.unlocked(l.id)
+}
+
+// flushAside has the heartbeat goroutine write what the outbox holds: for
+// the read role's holder, which must never block writing. Over a
+// connection without buffers (net.Pipe), or with a backlog past the
+// kernel's both ways, a reader stuck writing deadlocks with a broker stuck
+// writing to it, until the write deadline drops the session.
+func (cc *clientConn) flushAside() {
+	select {
+	case cc.kick <- struct{}{}:
+	default: // a flush is due already, and writes what was added since
+	}
 }
 
 // unlock implements door for a client's leases.
@@ -1343,7 +1363,7 @@ func (cc *clientConn) unlock(ctx context.Context, l *Lease) error {
 	if ctx.Err() != nil {
 		// Release anyway, without waiting: if the frame is lost with the
 		// session, the broker releases the lease with the session.
-		cc.releaseAsync(l)
+		cc.releaseAsync(l, false)
 		return ctx.Err()
 	}
 	// The broker's OK ends the lease (see call.frees) before roundTrip
@@ -1385,7 +1405,8 @@ func (cc *clientConn) extend(ctx context.Context, l *Lease, ttl time.Duration) e
 }
 
 // heartbeat pings the broker so that it knows the session lives; the pongs
-// tell the reader the broker lives.
+// tell the reader the broker lives. It also writes for the read role's
+// holder (see flushAside).
 func (cc *clientConn) heartbeat() {
 	t := time.NewTicker(cc.heartbeatEvery)
 	defer t.Stop()
@@ -1393,6 +1414,8 @@ func (cc *clientConn) heartbeat() {
 		select {
 		case <-t.C:
 			cc.out.send(func(b []byte) []byte { return frame(b, opPing, 0, 0, 0, nil) })
+		case <-cc.kick:
+			cc.out.flush()
 		case <-cc.done:
 			return
 		}

@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"io"
 	"net"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -47,4 +49,113 @@ func dialPipe(t *testing.T, b *Broker) *Client {
 	}))
 	require.NoError(t, err)
 	return c
+}
+
+// pipeClient returns a client over a net.Pipe, which a synctest bubble can
+// hold, and the pipe's other end, where the test plays the broker. It has
+// answered the client's Hello.
+func pipeClient(t *testing.T) (*Client, net.Conn) {
+	t.Helper()
+	cn, bn := net.Pipe()
+	dialed := make(chan *Client, 1)
+	go func() {
+		c, err := Dial(context.Background(), "pipe:0", WithDialer(func(context.Context, string, string) (net.Conn, error) {
+			return cn, nil
+		}))
+		assert.NoError(t, err)
+		dialed <- c
+	}()
+	peerRead(t, bn, opHello)
+	peerWrite(t, bn, frame(nil, opWelcome, 0, 0, 0, func(b []byte) []byte {
+		b = append(b, protocolVersion)
+		id := ulid.Make()
+		b = append(b, id[:]...)
+		b = binary.AppendUvarint(b, uint64(time.Hour)) // heartbeat
+		b = binary.AppendUvarint(b, uint64(time.Hour)) // session timeout
+		b = binary.AppendUvarint(b, 1<<20)             // max frame
+		return binary.AppendUvarint(b, 1024)           // max key length
+	}))
+	c := <-dialed
+	require.NotNil(t, c)
+	return c, bn
+}
+
+// peerRead reads a frame from the client, which must be of op o.
+func peerRead(t *testing.T, nc net.Conn, o op) header {
+	t.Helper()
+	var hdr [headerLen]byte
+	_, err := io.ReadFull(nc, hdr[:])
+	require.NoError(t, err)
+	h := parseHeader(hdr[:])
+	_, err = io.ReadFull(nc, make([]byte, h.length))
+	require.NoError(t, err)
+	require.Equal(t, o, h.op)
+	return h
+}
+
+// peerWrite writes frames to the client, which must read them within a
+// second.
+func peerWrite(t *testing.T, nc net.Conn, frames []byte) {
+	t.Helper()
+	nc.SetWriteDeadline(time.Now().Add(time.Second))
+	_, err := nc.Write(frames)
+	require.NoError(t, err, "the client stopped reading")
+}
+
+// The read role's holder never writes: a frame it must send in answer to
+// one it reads (a Stop's answer, the Release of a grant to a Lock given up)
+// goes out from another goroutine. Were the reader to write, over a
+// connection without buffers it would wait for the broker to read, while
+// the broker waited for it to read the broker's next frame: both stuck
+// until the broker's write deadline dropped the session
+// (TestClientHandOffStress failed so now and then).
+func TestClientReaderNeverWrites(t *testing.T) {
+	granted := func(id uint32) []byte {
+		return frame(nil, opGranted, 0, 0, id, func(b []byte) []byte {
+			lid := ulid.Make()
+			b = append(b, lid[:]...)
+			b = binary.AppendUvarint(b, 1)
+			return appendTime(b, time.Time{})
+		})
+	}
+	t.Run("Stop", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			c, nc := pipeClient(t)
+			defer c.Close()
+			locked := make(chan error, 1)
+			go func() {
+				_, err := c.Lock(t.Context(), "k")
+				locked <- err
+			}()
+			lock := peerRead(t, nc, opLock)
+			synctest.Wait() // the Lock's caller reads, for the role was free
+			peerWrite(t, nc, frame(nil, opStop, 0, 0, 0, func(b []byte) []byte {
+				return binary.AppendUvarint(appendString(b, "k"), 1)
+			}))
+			peerWrite(t, nc, granted(lock.id))
+			require.NoError(t, <-locked)
+			peerRead(t, nc, opStopped)
+		})
+	})
+	t.Run("GrantGivenUp", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			c, nc := pipeClient(t)
+			defer c.Close()
+			ctx, cancel := context.WithCancel(t.Context())
+			locked := make(chan error, 1)
+			go func() {
+				_, err := c.Lock(ctx, "k")
+				locked <- err
+			}()
+			lock := peerRead(t, nc, opLock)
+			synctest.Wait()
+			cancel()
+			peerRead(t, nc, opCancel)
+			require.ErrorIs(t, <-locked, context.Canceled)
+			synctest.Wait() // the background reader reads, for an answer is due
+			peerWrite(t, nc, granted(lock.id))
+			peerWrite(t, nc, frame(nil, opPong, 0, 0, 0, nil))
+			peerRead(t, nc, opRelease)
+		})
+	})
 }

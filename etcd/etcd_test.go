@@ -13,12 +13,12 @@ import (
 
 	"github.com/lmx-go/lmx"
 	"github.com/lmx-go/lmx/etcd"
+	"github.com/lmx-go/lmx/etcd/internal/etcdtest"
 	"github.com/lmx-go/lmx/locktest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
-	"go.uber.org/zap"
 )
 
 // endpoint is the client URL of the etcd server TestMain runs.
@@ -45,16 +45,7 @@ func TestMain(m *testing.M) {
 // memberConfig is the quiet configuration of an etcd member named name,
 // with its data in dir, on free loopback ports.
 func memberConfig(name, dir string) *embed.Config {
-	cfg := embed.NewConfig()
-	cfg.Name = name
-	cfg.Dir = dir
-	cfg.Logger = "zap"
-	cfg.LogLevel = "error"
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	cu, pu := freeURL(), freeURL()
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
-	cfg.InitialCluster = name + "=" + pu.String()
+	cfg := etcdtest.Member(name, dir, freeURL(), freeURL())
 	cfg.UnsafeNoFsync = true // a test's data dir needs no durability
 	return cfg
 }
@@ -62,15 +53,9 @@ func memberConfig(name, dir string) *embed.Config {
 // startEtcd starts a one-member etcd on free loopback ports.
 func startEtcd(dir string) (*embed.Etcd, error) {
 	cfg := memberConfig(embed.NewConfig().Name, dir)
-	srv, err := embed.StartEtcd(cfg)
+	srv, err := etcdtest.Start(cfg)
 	if err != nil {
 		return nil, err
-	}
-	select {
-	case <-srv.Server.ReadyNotify():
-	case <-time.After(30 * time.Second):
-		srv.Close()
-		return nil, fmt.Errorf("etcd did not start")
 	}
 	endpoint = cfg.ListenClientUrls[0].Host
 	return srv, nil

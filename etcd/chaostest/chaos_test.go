@@ -11,11 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lmx-go/lmx/etcd/internal/etcdtest"
 	"github.com/lmx-go/lmx/internal/chaos"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.etcd.io/etcd/server/v3/embed"
-	"go.uber.org/zap"
 
 	_ "github.com/lmx-go/lmx/etcd" // etcd:// for lmx.Open
 )
@@ -39,24 +39,10 @@ func TestMain(m *testing.M) {
 // startEtcd starts a one-member etcd serving clients on addr, its data in
 // dir, where a restart finds it.
 func startEtcd(dir, addr, peer string) (func(), error) {
-	cfg := embed.NewConfig()
-	cfg.Dir = dir
-	cfg.Logger = "zap"
-	cfg.LogLevel = "error"
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	cu, pu := url.URL{Scheme: "http", Host: addr}, url.URL{Scheme: "http", Host: peer}
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
-	cfg.InitialCluster = cfg.Name + "=" + pu.String()
-	srv, err := embed.StartEtcd(cfg)
+	srv, err := etcdtest.Start(etcdtest.Member(embed.NewConfig().Name, dir, cu, pu))
 	if err != nil {
 		return nil, err
-	}
-	select {
-	case <-srv.Server.ReadyNotify():
-	case <-time.After(30 * time.Second):
-		srv.Close()
-		return nil, fmt.Errorf("etcd did not start")
 	}
 	return srv.Close, nil
 }

@@ -147,3 +147,36 @@ func TestParseLockOptions(t *testing.T) {
 	_, err = lmx.ParseLockOptions(lmx.Limit(0))
 	assert.ErrorIs(t, err, lmx.ErrInvalidOption)
 }
+
+// onlyLocker hides every method of a Locker but Locker's own, as a
+// backend's Locker would offer them.
+type onlyLocker struct{ lmx.Locker }
+
+func TestLockAllOnAnyLocker(t *testing.T) {
+	ctx := context.Background()
+	b := lmx.NewBroker()
+	defer b.Close()
+	d := onlyLocker{b}
+
+	l, err := lmx.LockAll(ctx, d, []string{"b", "a", "b"})
+	require.NoError(t, err)
+	parts := l.Parts()
+	require.Len(t, parts, 2)
+	assert.Equal(t, "a", parts[0].Key())
+	assert.Equal(t, "b", parts[1].Key())
+	assert.Less(t, parts[0].Token(), parts[1].Token(), "keys are taken in canonical order")
+
+	_, err = lmx.TryLockAll(ctx, d, []string{"c", "b"})
+	require.ErrorIs(t, err, lmx.ErrLocked)
+	c, err := b.TryLock(ctx, "c")
+	require.NoError(t, err, "a TryLockAll that failed keeps none of its keys")
+	require.NoError(t, c.Unlock(ctx))
+
+	require.NoError(t, l.Unlock(ctx))
+	for _, p := range parts {
+		assert.ErrorIs(t, p.Err(), lmx.ErrReleased)
+	}
+	l, err = lmx.TryLockAll(ctx, d, []string{"a", "b", "c"})
+	require.NoError(t, err, "Unlock released every key")
+	require.NoError(t, l.Unlock(ctx))
+}

@@ -21,24 +21,37 @@ import (
 // preemption, ForceUnlock, a lost session), the whole lease ends with that
 // reason and the other keys are released.
 func (b *Broker) LockAll(ctx context.Context, keys []string, opts ...LockOption) (*Lease, error) {
-	return lockAll(ctx, b, keys, opts, true)
+	return LockAll(ctx, b, keys, opts...)
 }
 
 // TryLockAll is LockAll that never waits: if a key cannot be granted at
 // once, it releases those it took and fails with ErrLocked.
 func (b *Broker) TryLockAll(ctx context.Context, keys []string, opts ...LockOption) (*Lease, error) {
-	return lockAll(ctx, b, keys, opts, false)
+	return TryLockAll(ctx, b, keys, opts...)
 }
 
 // LockAll locks every key in keys and returns one lease for them all; see
 // Broker.LockAll.
 func (c *Client) LockAll(ctx context.Context, keys []string, opts ...LockOption) (*Lease, error) {
-	return lockAll(ctx, c, keys, opts, true)
+	return LockAll(ctx, c, keys, opts...)
 }
 
 // TryLockAll is LockAll that never waits; see Broker.TryLockAll.
 func (c *Client) TryLockAll(ctx context.Context, keys []string, opts ...LockOption) (*Lease, error) {
-	return lockAll(ctx, c, keys, opts, false)
+	return TryLockAll(ctx, c, keys, opts...)
+}
+
+// LockAll is Broker.LockAll on any Locker: it locks keys one by one in the
+// canonical order through d and joins their leases into one. A backend's
+// Locker offers LockAll and TryLockAll through it, with the broker's
+// semantics, as long as its leases end (Done) when they are lost.
+func LockAll(ctx context.Context, d Locker, keys []string, opts ...LockOption) (*Lease, error) {
+	return lockAll(ctx, d, keys, opts, true)
+}
+
+// TryLockAll is LockAll that never waits; see Broker.TryLockAll.
+func TryLockAll(ctx context.Context, d Locker, keys []string, opts ...LockOption) (*Lease, error) {
+	return lockAll(ctx, d, keys, opts, false)
 }
 
 // Parts returns the lease of each key of a LockAll lease, in key order, or,

@@ -53,6 +53,53 @@ type backendDoor struct {
 	b    LeaseBackend
 	l    *Lease
 	once sync.Once
+
+	mu        sync.Mutex
+	ended     bool          // guarded by mu
+	renew     *time.Timer   // KeepAlive's, or nil; guarded by mu
+	ttl       time.Duration // KeepAlive's renewal; guarded by mu
+	keepUntil time.Time     // KeepAlive's bound; guarded by mu
+}
+
+// KeepAliveLease renews l, a lease made by NewLease whose TTL is ttl, as the
+// KeepAlive option promises: it extends l by ttl through the backend's
+// Extend every third of ttl (after a failed Extend, every sixth), never
+// past max from now, and stops when l ends. A backend calls it once, when
+// it grants a request with KeepAlive(max); ParseLockOptions has checked
+// that such a request has a TTL. It panics for a lease NewLease did not
+// make.
+func KeepAliveLease(l *Lease, ttl, max time.Duration) {
+	d := l.door.(*backendDoor)
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ended || d.renew != nil {
+		return
+	}
+	d.ttl, d.keepUntil = ttl, time.Now().Add(max)
+	d.renew = time.AfterFunc(ttl/3, d.keepAlive)
+}
+
+// keepAlive is a KeepAliveLease renewal.
+func (d *backendDoor) keepAlive() {
+	d.mu.Lock()
+	full := d.ttl
+	ttl := min(full, time.Until(d.keepUntil))
+	d.mu.Unlock()
+	if ttl <= 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), full/3)
+	err := d.l.Extend(ctx, ttl)
+	cancel()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch {
+	case d.ended:
+	case err != nil && !errors.Is(err, ErrNotHeld):
+		d.renew.Reset(full / 6)
+	case err == nil && ttl == full:
+		d.renew.Reset(full / 3)
+	}
 }
 
 // end ends the lease once; see NewLease.
@@ -66,6 +113,12 @@ func (d *backendDoor) end(reason error) bool {
 	first := false
 	d.once.Do(func() {
 		first = true
+		d.mu.Lock()
+		d.ended = true
+		if d.renew != nil {
+			d.renew.Stop()
+		}
+		d.mu.Unlock()
 		d.l.end(reason)
 	})
 	return first

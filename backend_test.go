@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/lmx-go/lmx"
@@ -179,4 +180,52 @@ func TestLockAllOnAnyLocker(t *testing.T) {
 	l, err = lmx.TryLockAll(ctx, d, []string{"a", "b", "c"})
 	require.NoError(t, err, "Unlock released every key")
 	require.NoError(t, l.Unlock(ctx))
+}
+
+func TestKeepAliveOfBackendLease(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		fb := &fakeBackend{}
+		ttl := 30 * time.Millisecond
+		l, _ := lmx.NewLease("k", ulid.Make(), 1, time.Now().Add(ttl), fb)
+		lmx.KeepAliveLease(l, ttl, 100*time.Millisecond)
+
+		time.Sleep(95 * time.Millisecond)
+		synctest.Wait()
+		fb.mu.Lock()
+		// At 10, 20, ..., 70ms by the TTL; at 80ms by the 20ms left of the
+		// bound, which the lease then reaches without another renewal.
+		assert.Equal(t, []time.Duration{ttl, ttl, ttl, ttl, ttl, ttl, ttl, 20 * time.Millisecond}, fb.extends)
+		n := len(fb.extends)
+		fb.mu.Unlock()
+
+		time.Sleep(time.Second)
+		synctest.Wait()
+		fb.mu.Lock()
+		assert.Len(t, fb.extends, n, "no renewal past the bound")
+		fb.mu.Unlock()
+		require.NoError(t, l.Unlock(ctx))
+	})
+}
+
+func TestKeepAliveStopsWhenLeaseEnds(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fb := &fakeBackend{extendErr: errors.New("backend down")}
+		ttl := 30 * time.Millisecond
+		l, end := lmx.NewLease("k", ulid.Make(), 1, time.Now().Add(ttl), fb)
+		lmx.KeepAliveLease(l, ttl, time.Hour)
+
+		time.Sleep(16 * time.Millisecond)
+		synctest.Wait()
+		fb.mu.Lock()
+		assert.Len(t, fb.extends, 2, "a failed renewal is retried after a sixth of the TTL")
+		fb.mu.Unlock()
+
+		end(lmx.ErrExpired)
+		time.Sleep(time.Second)
+		synctest.Wait()
+		fb.mu.Lock()
+		assert.Len(t, fb.extends, 2, "no renewal once the lease ended")
+		fb.mu.Unlock()
+	})
 }

@@ -111,6 +111,7 @@ type request struct {
 	ttl              time.Duration
 	keepAlive        time.Duration
 	limit            int
+	ownLimit         bool // a live key's own limit, not limit (live-mutex's max null)
 	priority         int
 	owner            string
 	shared           bool

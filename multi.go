@@ -19,7 +19,9 @@ import (
 // lease of each key, with its own fencing token. Unlock and Extend act on
 // every key. If one key's lease ends without the holder asking (expiry,
 // preemption, ForceUnlock, a lost session), the whole lease ends with that
-// reason and the other keys are released.
+// reason and the other keys are released. If a key taken is lost while
+// LockAll waits for the next, LockAll fails at once with an error matching
+// ErrLeaseLost and that reason, and gives back the keys it took.
 func (b *Broker) LockAll(ctx context.Context, keys []string, opts ...LockOption) (*Lease, error) {
 	return LockAll(ctx, b, keys, opts...)
 }

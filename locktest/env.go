@@ -149,3 +149,17 @@ func (e *env) assertLocked(key string, opts ...lmx.LockOption) {
 	}
 	require.ErrorIs(e, err, lmx.ErrLocked, "key %q should be locked", key)
 }
+
+// waitWorkers waits for n workers to report on errs, each nil or why it
+// failed, and fails with stuck if they take too long.
+func (e *env) waitWorkers(errs <-chan error, n int, stuck string) {
+	e.Helper()
+	for range n {
+		select {
+		case err := <-errs:
+			require.NoError(e, err)
+		case <-time.After(4000 * e.unit):
+			e.Fatal(stuck)
+		}
+	}
+}

@@ -82,14 +82,7 @@ func testMutualExclusion(e *env) {
 			errs <- nil
 		}()
 	}
-	for range workers {
-		select {
-		case err := <-errs:
-			require.NoError(e, err)
-		case <-time.After(4000 * e.unit):
-			e.Fatal("workers did not finish")
-		}
-	}
+	e.waitWorkers(errs, workers, "workers did not finish")
 	assert.Zero(e, overlaps.Load(), "two holders inside at once")
 	assert.Equal(e, int64(workers*rounds), total.Load())
 	e.assertFree("hot")

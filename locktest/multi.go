@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"slices"
 	"sync/atomic"
-	"time"
 
 	"github.com/lmx-go/lmx"
 	"github.com/stretchr/testify/assert"
@@ -144,13 +143,6 @@ func testLockAllRandom(e *env) {
 			errs <- nil
 		}()
 	}
-	for range workers {
-		select {
-		case err := <-errs:
-			require.NoError(e, err)
-		case <-time.After(4000 * e.unit):
-			e.Fatal("LockAll deadlocked")
-		}
-	}
+	e.waitWorkers(errs, workers, "LockAll deadlocked")
 	assert.Zero(e, overlaps.Load(), "a key was granted twice")
 }

@@ -26,7 +26,7 @@ type Broker struct {
 	clock    msClock   // lock ids' time
 	watchers watchers  // see Watch
 	srv      server    // the network door, see listener.go
-	bg       group     // the table's own goroutines (LockAll's watchers)
+	bg       group     // the table's own goroutines: LockAll's watchers, timers' callbacks
 	shards   [numShards]shard
 }
 

@@ -110,19 +110,19 @@ func canonicalKeys(keys []string) []string {
 // A lease of one key is returned as it is. Past the first key, one goroutine,
 // run by start, watches the keys until the lease ends.
 func takeAll(ctx context.Context, keys []string, take func(ctx context.Context, key string) (*Lease, error), start func(func()) bool) (*Lease, error) {
-	ctx, fail := context.WithCancelCause(ctx)
-	defer fail(nil)
+	ctx, fail := context.WithCancel(ctx)
+	defer fail()
 	m := &multi{stop: make(chan struct{}), added: make(chan struct{}, 1), fail: fail}
 	giveBack := func(err error) (*Lease, error) {
 		m.mu.Lock()
 		m.finishLocked()
-		parts := m.parts
+		parts, lost := m.parts, m.lost
 		m.mu.Unlock()
 		for _, p := range parts {
 			p.Unlock(context.WithoutCancel(ctx))
 		}
-		if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) && !errors.Is(c, context.DeadlineExceeded) {
-			err = c // a key was lost: that, not the cancel it caused, is why
+		if lost != nil {
+			err = lost // that, not the cancel it caused, is why
 		}
 		return nil, err
 	}
@@ -156,7 +156,7 @@ func takeAll(ctx context.Context, keys []string, take func(ctx context.Context, 
 	m.mu.Lock()
 	if m.ended { // a key was lost just now
 		m.mu.Unlock()
-		return giveBack(context.Cause(ctx))
+		return giveBack(nil)
 	}
 	m.lease = l
 	m.mu.Unlock()
@@ -176,13 +176,14 @@ func (m *multi) expires() time.Time {
 
 // multi is the door of a multi-key lease: it acts on every part.
 type multi struct {
-	stop  chan struct{}           // closed when the lease ends, or its take fails
-	added chan struct{}           // tells the watcher that parts grew
-	fail  context.CancelCauseFunc // fails the take
+	stop  chan struct{}      // closed when the lease ends, or its take fails
+	added chan struct{}      // tells the watcher that parts grew
+	fail  context.CancelFunc // fails the take
 
 	mu    sync.Mutex
 	parts []*Lease // in key order; appended while taking, then fixed; guarded by mu
 	lease *Lease   // set once every key is held; guarded by mu
+	lost  error    // why the take failed, if a key was lost; guarded by mu
 	ended bool     // guarded by mu
 }
 
@@ -226,7 +227,8 @@ func (m *multi) lose(p *Lease) bool {
 		return false
 	}
 	if m.lease == nil {
-		m.fail(fmt.Errorf("lmx: key %q was lost before all keys were held: %w", p.key, p.Err()))
+		m.lost = fmt.Errorf("lmx: key %q was lost before all keys were held: %w", p.key, p.Err())
+		m.fail()
 		return false
 	}
 	m.lease.end(p.Err())

@@ -2,6 +2,8 @@ package lmx
 
 import (
 	"fmt"
+	"io"
+	"sync"
 	"time"
 )
 
@@ -81,5 +83,75 @@ func (d *deadline) renew(set func(time.Time) error, timeout time.Duration) {
 	if now := time.Now(); d.at.Sub(now) < timeout-timeout/8 {
 		d.at = now.Add(timeout)
 		set(d.at)
+	}
+}
+
+// A burstReader reads a session's requests. An idle session spends its
+// time blocked in a read, so what that read fills is memory every idle
+// session keeps: a burstReader blocks on a small buffer of its own, and
+// reads through a large one lent by a pool only while reads keep filling
+// whole buffers, giving it back once a read comes up short. A lone request
+// or a few fit the small buffer; a burst costs one short read more than a
+// large buffer would.
+type burstReader struct {
+	rd   io.Reader
+	own  [burstSmall]byte
+	buf  []byte // own[:], or a lent burst buffer
+	lent *[burstLarge]byte
+	full bool // the last read filled buf
+	r, w int  // the unread bytes are buf[r:w]
+}
+
+// The sizes of a burstReader's buffers: 16 KiB hold hundreds of requests,
+// more than a client has in flight in one write (64 KiB cost 52 KiB more
+// per session for nothing).
+const (
+	burstSmall = 512
+	burstLarge = 16 << 10
+)
+
+var burstBufs = sync.Pool{New: func() any { return new([burstLarge]byte) }}
+
+func newBurstReader(rd io.Reader) *burstReader {
+	br := &burstReader{rd: rd}
+	br.buf = br.own[:]
+	return br
+}
+
+// Buffered returns how many bytes can be read without reading rd.
+func (br *burstReader) Buffered() int { return br.w - br.r }
+
+// Read reads what is buffered, or else reads rd once, into p directly if p
+// is at least as large as the buffer.
+func (br *burstReader) Read(p []byte) (int, error) {
+	if br.r == br.w {
+		br.r, br.w = 0, 0
+		br.pick()
+		if len(p) >= len(br.buf) {
+			n, err := br.rd.Read(p)
+			br.full = n == len(p)
+			return n, err
+		}
+		n, err := br.rd.Read(br.buf)
+		br.w, br.full = n, n == len(br.buf)
+		if n == 0 {
+			return 0, err
+		}
+	}
+	n := copy(p, br.buf[br.r:br.w])
+	br.r += n
+	return n, nil
+}
+
+// pick chooses the empty buffer the next read fills: a lent one after a
+// read that filled its buffer, the small one after one that did not.
+func (br *burstReader) pick() {
+	switch {
+	case br.full && br.lent == nil:
+		br.lent = burstBufs.Get().(*[burstLarge]byte)
+		br.buf = br.lent[:]
+	case !br.full && br.lent != nil:
+		burstBufs.Put(br.lent)
+		br.lent, br.buf = nil, br.own[:]
 	}
 }

@@ -17,7 +17,7 @@ import (
 // the lmx-unix and echo services re-execute.
 func TestMain(m *testing.M) {
 	if url := os.Getenv(brokerEnv); url != "" {
-		os.Exit(childsrv.Broker("lmxbench broker", url))
+		os.Exit(childsrv.Broker("lmxbench broker", url, brokerMaxSessions()))
 	}
 	if url := os.Getenv(echoEnv); url != "" {
 		os.Exit(runEchoServer(url))
@@ -185,6 +185,38 @@ func TestCycles(t *testing.T) {
 	} {
 		if got := cycles(c.cfg, c.svc, wl); got != c.want {
 			t.Errorf("%s: %d cycles, want %d", c.name, got, c.want)
+		}
+	}
+}
+
+// The scale mode opens its sessions to a broker child with the session
+// limit raised past the default's few, reads the broker's RSS, and finds
+// every waiter granted in queue order.
+func TestScale(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"-scale", "60"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`scale: 60 sessions open \(Stats.Sessions 61\)`),
+		regexp.MustCompile(`broker RSS: [0-9.]+ MiB with 1 session, [0-9.]+ MiB with 60: -?[0-9.]+ KiB a session`),
+		regexp.MustCompile(`FIFO: 59 waiters, one a session, granted in queue order`),
+	} {
+		if !want.MatchString(stdout.String()) {
+			t.Errorf("no %q in:\n%s", want, stdout.String())
+		}
+	}
+}
+
+// A short soak ends with the heap and goroutines it started with.
+func TestSoak(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"-soak", "-soak-cycles", "20000", "-soak-net-cycles", "2000"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s%s", code, stdout.String(), stderr.String())
+	}
+	for _, want := range []string{"soak in-process: 20000 cycles", "soak Unix socket: 2000 cycles"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("no %q in:\n%s", want, stdout.String())
 		}
 	}
 }

@@ -2,6 +2,7 @@ package lmx
 
 import (
 	"bytes"
+	"encoding/binary"
 	"io"
 	"math/rand/v2"
 	"testing"
@@ -35,9 +36,9 @@ func TestBurstReader(t *testing.T) {
 	}
 	var chunks [][]byte
 	for rest := data; len(rest) > 0; {
-		n := min(len(rest), 1+r.IntN(3*burstLarge))
+		n := min(len(rest), 1+r.IntN(3*burstSize))
 		if r.IntN(4) == 0 {
-			n = min(len(rest), 1+r.IntN(burstSmall)) // a quiet stretch
+			n = min(len(rest), 1+r.IntN(lendSmall)) // a quiet stretch
 		}
 		chunks = append(chunks, rest[:n])
 		rest = rest[n:]
@@ -46,13 +47,13 @@ func TestBurstReader(t *testing.T) {
 	var got bytes.Buffer
 	lent := 0
 	for {
-		p := make([]byte, 1+r.IntN(2*burstLarge))
+		p := make([]byte, 1+r.IntN(2*burstSize))
 		if r.IntN(2) == 0 {
 			p = p[:1+r.IntN(16)] // a header
 		}
 		n, err := br.Read(p)
 		got.Write(p[:n])
-		if br.lent != nil {
+		if br.ld.lent != nil {
 			lent++
 		}
 		if err == io.EOF {
@@ -64,22 +65,70 @@ func TestBurstReader(t *testing.T) {
 	require.Positive(t, lent, "a burst never borrowed")
 
 	// A short read gives the lent buffer back.
-	br = newBurstReader(&chunkReader{chunks: [][]byte{make([]byte, burstSmall), make([]byte, 100), make([]byte, 10)}})
+	br = newBurstReader(&chunkReader{chunks: [][]byte{make([]byte, lendSmall), make([]byte, 100), make([]byte, 10)}})
 	p := make([]byte, 8)
-	for range burstSmall / 8 {
+	for range lendSmall / 8 {
 		_, err := br.Read(p)
 		require.NoError(t, err)
 	}
-	require.Nil(t, br.lent)
+	require.Nil(t, br.ld.lent)
 	_, err := br.Read(p) // the read after a full one borrows
 	require.NoError(t, err)
-	require.NotNil(t, br.lent)
+	require.NotNil(t, br.ld.lent)
 	for br.Buffered() > 0 {
 		_, err := br.Read(p)
 		require.NoError(t, err)
 	}
 	_, err = br.Read(p) // the read after a short one blocks on the small buffer
 	require.NoError(t, err)
-	require.Nil(t, br.lent)
+	require.Nil(t, br.ld.lent)
 	require.Equal(t, 2, br.Buffered())
+}
+
+// An inbox returns every frame whole, whatever the reads cut, lending its
+// large buffer only while reads fill whole buffers, and taking frames
+// larger than that buffer too.
+func TestInboxLends(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	var stream []byte
+	var want [][]byte
+	for i := range 3000 {
+		p := make([]byte, r.IntN(64))
+		if i%500 == 7 {
+			p = make([]byte, inboxSize+r.IntN(1000)) // larger than the buffer
+		}
+		for j := range p {
+			p[j] = byte(r.Uint32())
+		}
+		var h [headerLen]byte
+		h[0] = byte(i)
+		binary.BigEndian.PutUint32(h[8:], uint32(len(p)))
+		stream = append(append(stream, h[:]...), p...)
+		want = append(want, p)
+	}
+	var chunks [][]byte
+	for rest := stream; len(rest) > 0; {
+		n := min(len(rest), 1+r.IntN(2*inboxSize))
+		if r.IntN(3) == 0 {
+			n = min(len(rest), 1+r.IntN(100)) // a lone frame or two
+		}
+		chunks = append(chunks, rest[:n])
+		rest = rest[n:]
+	}
+	src := &chunkReader{chunks: chunks}
+	in := &inbox{fill: src.Read, max: 2 * inboxSize}
+	lent, quiet := 0, 0
+	for i, p := range want {
+		h, got, err := in.next()
+		require.NoError(t, err)
+		require.Equal(t, byte(i), byte(h.op), "frame %d", i)
+		require.Equal(t, p, got, "frame %d", i)
+		if in.ld.lent != nil {
+			lent++
+		} else if len(in.buf) == lendSmall {
+			quiet++
+		}
+	}
+	require.Positive(t, lent, "a burst never borrowed")
+	require.Positive(t, quiet, "the small buffer was never used")
 }

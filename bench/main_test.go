@@ -103,6 +103,7 @@ func TestTargets(t *testing.T) {
 		r("lmx-unix", "hot1", 15000, 1),
 		r("echo-unix", "hot1", 20000, 1),
 		r("echo-tcp", "hot1", 10000, 1),
+		r("lmx-unix-clients", "hot20", 20000, 1),
 		{service: "lmx-tcp", workload: "hot1", status: "error: refused"},
 	}
 	rows[0].rssMiB, rows[0].served = 12.5, 300000
@@ -115,6 +116,7 @@ func TestTargets(t *testing.T) {
 		"| hot20 fairness ≥ 0.99 | lmx-unix 0.995 | met |",
 		"| hot1 ≥ 0.8x raw echo (Unix socket) | lmx-unix 15000 vs echo-unix 20000 = 0.75x (rounds: 0.70x 0.75x 0.80x) | not met |",
 		"| broker RSS ≤ 20 MiB after 250000 cycles | 12.5 MiB after 300000 cycles | met |",
+		"| hot key between Clients ≤ 1.3 round trips a hand-off | lmx-unix-clients hot20 20000 vs echo-unix hot1 20000 (2 round trips a cycle) = 2.00 round trips | not met |",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("no %q in:\n%s", want, got)

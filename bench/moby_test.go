@@ -14,9 +14,9 @@ import (
 
 // The in-process peer a Go user picks today is Docker's named mutex,
 // github.com/moby/locker: it frees idle names, but has no order, ids, tokens
-// or TTL. These benchmarks run lmx's Broker and it in turns, chunk by chunk,
-// in one benchmark, so that the ratio ("x-moby", moby's ns a cycle over
-// lmx's) compares the two under the same load.
+// or TTL. These benchmarks run lmx's Broker, it and a map of sync.Mutex in
+// turns, chunk by chunk, in one benchmark, so that the ratio ("x-moby",
+// moby's ns a cycle over lmx's) compares the two under the same load.
 
 // cycleFunc does one lock and unlock of key.
 type cycleFunc func(key string)
@@ -43,26 +43,46 @@ func mobyCycle(l *locker.Locker) cycleFunc {
 	}
 }
 
-// vsMoby runs chunks of cycles through lmx and moby/locker in turns, each
-// chunk shared by workers goroutines picking keys with key, and reports
-// both costs and their ratio.
+// mutexMapCycle is the floor both are measured beside: a map of
+// sync.Mutex behind one mutex, never freed, with no order.
+func mutexMapCycle() cycleFunc {
+	var mu sync.Mutex
+	m := make(map[string]*sync.Mutex)
+	return func(key string) {
+		mu.Lock()
+		l := m[key]
+		if l == nil {
+			l = new(sync.Mutex)
+			m[key] = l
+		}
+		mu.Unlock()
+		l.Lock()
+		l.Unlock()
+	}
+}
+
+// vsMoby runs chunks of cycles through lmx, moby/locker and a map of
+// sync.Mutex in turns, each chunk shared by workers goroutines picking keys
+// with key, the order of the turns rotating, and reports the three costs
+// and moby's over lmx's.
 func vsMoby(b *testing.B, workers, chunk int, key func(*rand.Rand) string) {
 	br := lmx.NewBroker()
 	defer br.Close()
-	impls := []cycleFunc{lmxCycle(br), mobyCycle(locker.New())}
-	var spent [2]time.Duration
+	impls := []cycleFunc{lmxCycle(br), mobyCycle(locker.New()), mutexMapCycle()}
+	var spent [3]time.Duration
 	cycles := 0
 	for b.Loop() {
-		for i, c := range impls {
-			spent[i] += runChunk(c, workers, chunk, key)
+		for j := range impls {
+			i := (j + cycles/chunk) % len(impls)
+			spent[i] += runChunk(impls[i], workers, chunk, key)
 		}
 		cycles += chunk
 	}
-	lmxNs := float64(spent[0].Nanoseconds()) / float64(cycles)
-	mobyNs := float64(spent[1].Nanoseconds()) / float64(cycles)
-	b.ReportMetric(lmxNs, "lmx-ns/cycle")
-	b.ReportMetric(mobyNs, "moby-ns/cycle")
-	b.ReportMetric(mobyNs/lmxNs, "x-moby")
+	ns := func(i int) float64 { return float64(spent[i].Nanoseconds()) / float64(cycles) }
+	b.ReportMetric(ns(0), "lmx-ns/cycle")
+	b.ReportMetric(ns(1), "moby-ns/cycle")
+	b.ReportMetric(ns(2), "mutexmap-ns/cycle")
+	b.ReportMetric(ns(1)/ns(0), "x-moby")
 }
 
 // runChunk does n cycles of c shared among workers goroutines, and returns

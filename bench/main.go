@@ -76,7 +76,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cfg.broker = new(leanBroker)
 	defer cfg.broker.remove()
 	switch {
-	case *scaleN > 1:
+	case *scaleN != 0:
+		if *scaleN < 2 {
+			fmt.Fprintf(stderr, "lmxbench: -scale %d: at least 2 sessions, one to hold the key the others queue on\n", *scaleN)
+			return 2
+		}
 		return runScale(ctx, cfg, *scaleN, stdout, stderr)
 	case *soak:
 		return runSoak(ctx, *soakCycles, *soakNetCycles, stdout, stderr)

@@ -152,6 +152,9 @@ func TestUnknownService(t *testing.T) {
 	if code := run([]string{"-services", "nope"}, io.Discard, io.Discard); code != 2 {
 		t.Errorf("exit %d, want 2", code)
 	}
+	if code := run([]string{"-scale", "1"}, io.Discard, io.Discard); code != 2 {
+		t.Errorf("-scale 1: exit %d, want 2", code)
+	}
 }
 
 func TestJain(t *testing.T) {

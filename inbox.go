@@ -2,6 +2,8 @@ package lmx
 
 import (
 	"fmt"
+	"io"
+	"sync"
 	"time"
 )
 
@@ -13,12 +15,16 @@ type inbox struct {
 	fill func([]byte) (int, error) // reads from the connection
 	max  int                       // the largest payload accepted
 	buf  []byte
-	r, w int // the unread bytes are buf[r:w]
+	r, w int    // the unread bytes are buf[r:w]
+	ld   lender // of inboxSize buffers
 }
 
-// inboxSize is the buffer an inbox keeps; a larger frame gets a larger
-// buffer while it is read, dropped once it has been handled.
+// inboxSize is the buffer an inbox reads a burst of frames into; a larger
+// frame gets a larger buffer while it is read, dropped once it has been
+// handled.
 const inboxSize = 64 << 10
+
+var inboxBufs = newBufPool(inboxSize)
 
 // next returns the next frame, reading as much as the connection has when
 // the buffer does not hold it whole. The payload is valid until the next
@@ -30,6 +36,7 @@ func (in *inbox) next() (header, []byte, error) {
 		}
 		n, err := in.fill(in.buf[in.w:])
 		in.w += n
+		in.ld.full = in.w == len(in.buf)
 		if err != nil {
 			return header{}, nil, err
 		}
@@ -60,12 +67,18 @@ func (in *inbox) buffered() (h header, p []byte, ok bool, err error) {
 // moving the unread bytes to its start, so that the next read may fill the
 // rest of the buffer.
 func (in *inbox) reserve(n int) {
+	unread := in.buf[in.r:in.w]
 	b := in.buf
-	if size := max(n, inboxSize); size > len(b) || len(b) > inboxSize && in.r == in.w {
-		b = make([]byte, size) // larger, or back to the usual size after a large frame
+	switch {
+	case n <= inboxSize:
+		b = in.ld.move(unread, n, inboxBufs)
+	case n > len(b):
+		b = make([]byte, n)
+		copy(b, unread)
+	default:
+		copy(b, unread)
 	}
-	in.w = copy(b, in.buf[in.r:in.w])
-	in.r, in.buf = 0, b
+	in.r, in.w, in.buf = 0, len(unread), b
 }
 
 // A deadline moves a connection's read or write deadline lazily: moving one
@@ -82,4 +95,93 @@ func (d *deadline) renew(set func(time.Time) error, timeout time.Duration) {
 		d.at = now.Add(timeout)
 		set(d.at)
 	}
+}
+
+// A lender gives a reader the buffer its next read fills. An idle
+// connection spends its time blocked in a read, so what that read fills is
+// memory that every idle connection keeps: a lender gives a small buffer of
+// its own while the connection is quiet, and a large one lent by a pool
+// only while reads keep filling whole buffers. A lone frame or a few fit
+// the small one; a burst costs one short read more than a large buffer
+// would.
+type lender struct {
+	small []byte  // made at first use
+	lent  *[]byte // from the pool, while a burst is read
+	full  bool    // the last read filled its buffer: the reader sets it
+}
+
+// lendSmall is the buffer a quiet connection keeps.
+const lendSmall = 512
+
+// move returns the buffer the next read fills, holding unread at its start
+// and room for need bytes in all (at most the pool's size). unread may be
+// in the buffer returned.
+func (ld *lender) move(unread []byte, need int, pool *sync.Pool) []byte {
+	if ld.full || need > lendSmall || len(unread) > lendSmall {
+		if ld.lent == nil {
+			ld.lent = pool.Get().(*[]byte)
+		}
+		b := *ld.lent
+		copy(b, unread)
+		return b
+	}
+	if ld.small == nil {
+		ld.small = make([]byte, lendSmall)
+	}
+	copy(ld.small, unread)
+	if ld.lent != nil { // only once unread has left it
+		pool.Put(ld.lent)
+		ld.lent = nil
+	}
+	return ld.small
+}
+
+// newBufPool returns a pool of buffers of size bytes, for lenders.
+func newBufPool(size int) *sync.Pool {
+	return &sync.Pool{New: func() any {
+		b := make([]byte, size)
+		return &b
+	}}
+}
+
+// A burstReader reads a session's requests through a lender.
+type burstReader struct {
+	rd   io.Reader
+	buf  []byte
+	r, w int // the unread bytes are buf[r:w]
+	ld   lender
+}
+
+// burstSize is the buffer a session reads a burst of requests into: 16 KiB
+// hold hundreds of requests, more than a client has in flight in one write
+// (64 KiB cost 52 KiB more per session for nothing).
+const burstSize = 16 << 10
+
+var burstBufs = newBufPool(burstSize)
+
+func newBurstReader(rd io.Reader) *burstReader { return &burstReader{rd: rd} }
+
+// Buffered returns how many bytes can be read without reading rd.
+func (br *burstReader) Buffered() int { return br.w - br.r }
+
+// Read reads what is buffered, or else reads rd once, into p directly if p
+// is at least as large as the buffer.
+func (br *burstReader) Read(p []byte) (int, error) {
+	if br.r == br.w {
+		br.buf = br.ld.move(nil, 0, burstBufs)
+		br.r, br.w = 0, 0
+		if len(p) >= len(br.buf) {
+			n, err := br.rd.Read(p)
+			br.ld.full = n == len(p)
+			return n, err
+		}
+		n, err := br.rd.Read(br.buf)
+		br.w, br.ld.full = n, n == len(br.buf)
+		if n == 0 {
+			return 0, err
+		}
+	}
+	n := copy(p, br.buf[br.r:br.w])
+	br.r += n
+	return n, nil
 }

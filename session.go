@@ -1,7 +1,6 @@
 package lmx
 
 import (
-	"bufio"
 	"context"
 	"crypto/subtle"
 	"encoding/binary"
@@ -118,9 +117,7 @@ const maxHelloLen = 4096
 // longer than the session timeout.
 func (s *session) read() error {
 	cfg := &s.b.cfg
-	// 16 KiB holds hundreds of requests, more than a client has in flight
-	// in one write; 64 KiB cost 52 KiB more per session for nothing.
-	br := bufio.NewReaderSize(s.nc, 16<<10)
+	br := newBurstReader(s.nc) // an idle session keeps 512 bytes, not 16 KiB
 	var hdr [headerLen]byte
 	var payload []byte
 	var rdl deadline

@@ -19,6 +19,18 @@ const numShards = 64
 // does not pin memory once it has passed.
 const maxFree = 32
 
+// A Go map never shrinks: a shard whose map held a burst of keys keeps their
+// slots after they are gone (about 50 MiB for 10^6 keys). So a shard rebuilds
+// its map once the live keys fall to shrinkRatio of the most it held since
+// the last rebuild. Each rebuild copies at most 1/shrinkRatio of the
+// deletions since the last, so it costs O(1) a deletion, and a shard whose
+// number of keys stays near a steady level never rebuilds. Maps of fewer
+// than shrinkMin keys are not worth it.
+const (
+	shrinkRatio = 8
+	shrinkMin   = 1024
+)
+
 // A shard owns the keys that hash to it. Its mu guards every field below, the
 // entries in keys and the broker state of their leases (see Lease). Nothing
 // blocks and no user code runs while mu is held.
@@ -26,6 +38,7 @@ type shard struct {
 	b    *Broker
 	mu   sync.Mutex
 	keys map[string]*entry
+	peak int // the most keys since keys was made
 	free []*entry
 	rng  *rand.ChaCha8 // lock ids
 	st   counters
@@ -224,6 +237,7 @@ func (sh *shard) newEntryLocked(key string, limit int) *entry {
 	}
 	e.key, e.limit = key, int32(limit)
 	sh.keys[key] = e
+	sh.peak = max(sh.peak, len(sh.keys))
 	return e
 }
 
@@ -242,6 +256,20 @@ func (sh *shard) freeIfIdleLocked(e *entry) {
 		*e = entry{}
 		sh.free = append(sh.free, e)
 	}
+	if sh.peak >= shrinkMin && len(sh.keys) <= sh.peak/shrinkRatio && !sh.b.closed.Load() {
+		sh.shrinkLocked()
+	}
+}
+
+// shrinkLocked rebuilds the shard's map at the size it needs now, so that
+// the memory of a burst of keys that have gone is given back. Not while the
+// broker closes: closeLocked is ranging over the map.
+func (sh *shard) shrinkLocked() {
+	keys := make(map[string]*entry, len(sh.keys))
+	for k, e := range sh.keys {
+		keys[k] = e
+	}
+	sh.keys, sh.peak = keys, len(keys)
 }
 
 // now returns the time, in unix milliseconds, of an event of l: the

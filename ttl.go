@@ -3,6 +3,7 @@ package lmx
 import (
 	"container/heap"
 	"context"
+	"slices"
 	"time"
 )
 
@@ -81,6 +82,11 @@ func (sh *shard) scheduleLocked(l *Lease, now time.Time) {
 func (sh *shard) unscheduleLocked(l *Lease) {
 	if l.ttl.index >= 0 {
 		heap.Remove(&sh.deadlines, l.ttl.index)
+	}
+	// Give back the array of a burst of TTL leases that have gone, as
+	// shrinkLocked does the map's slots.
+	if d := sh.deadlines; cap(d) >= shrinkMin && len(d) <= cap(d)/shrinkRatio {
+		sh.deadlines = slices.Clone(d)
 	}
 }
 

@@ -257,17 +257,41 @@ func serverChild(ctx context.Context, network string, cmd func(url string) *exec
 }
 
 // selfChild starts this binary as a server of kind (brokerEnv or echoEnv)
-// on network.
-func selfChild(ctx context.Context, env, network string) (*child, string, error) {
+// on network, with the environment variables extra besides.
+func selfChild(ctx context.Context, env, network string, extra ...string) (*child, string, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, "", err
 	}
 	return serverChild(ctx, network, func(url string) *exec.Cmd {
 		cmd := exec.Command(exe)
-		cmd.Env = append(os.Environ(), env+"="+url)
+		cmd.Env = append(append(os.Environ(), env+"="+url), extra...)
 		return cmd
 	})
+}
+
+// maxSessionsEnv passes a child broker its session limit.
+const maxSessionsEnv = "LMXBENCH_MAX_SESSIONS"
+
+// brokerMaxSessions is the session limit a child broker was started with,
+// or 0 for the default.
+func brokerMaxSessions() int {
+	n, _ := strconv.Atoi(os.Getenv(maxSessionsEnv))
+	return n
+}
+
+// brokerChild starts a broker process listening on network, admitting
+// maxSessions sessions (0: the default): the lean broker, or this binary
+// when it cannot be built, which note then says.
+func brokerChild(ctx context.Context, cfg config, network string, maxSessions int) (ch *child, addr, note string, err error) {
+	if bin := cfg.broker.binary(ctx); bin != "" {
+		ch, addr, err = serverChild(ctx, network, func(url string) *exec.Cmd {
+			return exec.Command(bin, "-listen", url, "-max-sessions", strconv.Itoa(maxSessions))
+		})
+		return ch, addr, "", err
+	}
+	ch, addr, err = selfChild(ctx, brokerEnv, network, maxSessionsEnv+"="+strconv.Itoa(maxSessions))
+	return ch, addr, " (lmxbench binary)", err
 }
 
 type lmxNet struct {
@@ -322,20 +346,7 @@ func (lb *leanBroker) remove() {
 // share one Client, or, with perWorker, each has its own: hand-offs between
 // them then cross the broker.
 func startLMXChild(ctx context.Context, cfg config, network string, perWorker bool) (running, error) {
-	var (
-		ch   *child
-		addr string
-		err  error
-		note string
-	)
-	if bin := cfg.broker.binary(ctx); bin != "" {
-		ch, addr, err = serverChild(ctx, network, func(url string) *exec.Cmd {
-			return exec.Command(bin, "-listen", url)
-		})
-	} else {
-		note = " (lmxbench binary)"
-		ch, addr, err = selfChild(ctx, brokerEnv, network)
-	}
+	ch, addr, note, err := brokerChild(ctx, cfg, network, 0)
 	if err != nil {
 		return nil, err
 	}

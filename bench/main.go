@@ -44,7 +44,7 @@ type config struct {
 
 func main() {
 	if url := os.Getenv(brokerEnv); url != "" {
-		os.Exit(childsrv.Broker("lmxbench broker", url))
+		os.Exit(childsrv.Broker("lmxbench broker", url, brokerMaxSessions()))
 	}
 	if url := os.Getenv(echoEnv); url != "" {
 		os.Exit(runEchoServer(url))
@@ -64,8 +64,26 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&cfg.smoke, "smoke", false, "tiny cycle counts, only services that start fast")
 	fs.StringVar(&cfg.out, "o", "", "also write the table and the targets as markdown to `file`")
 	fs.StringVar(&cfg.nodeDir, "node-dir", ".", "the `directory` holding node_modules/live-mutex")
+	scaleN := fs.Int("scale", 0, "instead of the matrix, open `N` sessions to a broker child, report its RSS and check FIFO across them")
+	soak := fs.Bool("soak", false, "instead of the matrix, soak a broker (-soak-cycles in-process, -soak-net-cycles over a Unix socket) and check its heap and goroutines end where they started")
+	soakCycles := fs.Int("soak-cycles", 10_000_000, "in-process cycles of -soak")
+	soakNetCycles := fs.Int("soak-net-cycles", 1_000_000, "cycles over a Unix socket of -soak")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	cfg.broker = new(leanBroker)
+	defer cfg.broker.remove()
+	switch {
+	case *scaleN != 0:
+		if *scaleN < 2 {
+			fmt.Fprintf(stderr, "lmxbench: -scale %d: at least 2 sessions, one to hold the key the others queue on\n", *scaleN)
+			return 2
+		}
+		return runScale(ctx, cfg, *scaleN, stdout, stderr)
+	case *soak:
+		return runSoak(ctx, *soakCycles, *soakNetCycles, stdout, stderr)
 	}
 	cfg.services = splitList(*services)
 	cfg.workloads = splitList(*workloads)
@@ -94,10 +112,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	cfg.broker = new(leanBroker)
-	defer cfg.broker.remove()
 	cfg.etcd = new(etcdServer)
 	defer cfg.etcd.close()
 	rows := runMatrix(ctx, cfg, stderr)

@@ -17,7 +17,7 @@ import (
 // the lmx-unix and echo services re-execute.
 func TestMain(m *testing.M) {
 	if url := os.Getenv(brokerEnv); url != "" {
-		os.Exit(childsrv.Broker("lmxbench broker", url))
+		os.Exit(childsrv.Broker("lmxbench broker", url, brokerMaxSessions()))
 	}
 	if url := os.Getenv(echoEnv); url != "" {
 		os.Exit(runEchoServer(url))
@@ -103,6 +103,7 @@ func TestTargets(t *testing.T) {
 		r("lmx-unix", "hot1", 15000, 1),
 		r("echo-unix", "hot1", 20000, 1),
 		r("echo-tcp", "hot1", 10000, 1),
+		r("lmx-unix-clients", "hot20", 20000, 1),
 		{service: "lmx-tcp", workload: "hot1", status: "error: refused"},
 	}
 	rows[0].rssMiB, rows[0].served = 12.5, 300000
@@ -115,6 +116,7 @@ func TestTargets(t *testing.T) {
 		"| hot20 fairness ≥ 0.99 | lmx-unix 0.995 | met |",
 		"| hot1 ≥ 0.8x raw echo (Unix socket) | lmx-unix 15000 vs echo-unix 20000 = 0.75x (rounds: 0.70x 0.75x 0.80x) | not met |",
 		"| broker RSS ≤ 20 MiB after 250000 cycles | 12.5 MiB after 300000 cycles | met |",
+		"| hot key between Clients ≤ 1.3 round trips a hand-off | lmx-unix-clients hot20 20000 vs echo-unix hot1 20000 (2 round trips a cycle) = 2.00 round trips | not met |",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("no %q in:\n%s", want, got)
@@ -149,6 +151,9 @@ func TestUnavailable(t *testing.T) {
 func TestUnknownService(t *testing.T) {
 	if code := run([]string{"-services", "nope"}, io.Discard, io.Discard); code != 2 {
 		t.Errorf("exit %d, want 2", code)
+	}
+	if code := run([]string{"-scale", "1"}, io.Discard, io.Discard); code != 2 {
+		t.Errorf("-scale 1: exit %d, want 2", code)
 	}
 }
 
@@ -185,6 +190,38 @@ func TestCycles(t *testing.T) {
 	} {
 		if got := cycles(c.cfg, c.svc, wl); got != c.want {
 			t.Errorf("%s: %d cycles, want %d", c.name, got, c.want)
+		}
+	}
+}
+
+// The scale mode opens its sessions to a broker child with the session
+// limit raised past the default's few, reads the broker's RSS, and finds
+// every waiter granted in queue order.
+func TestScale(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"-scale", "60"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`scale: 60 sessions open \(Stats.Sessions 61\)`),
+		regexp.MustCompile(`broker RSS: [0-9.]+ MiB with 1 session, [0-9.]+ MiB with 60: -?[0-9.]+ KiB a session`),
+		regexp.MustCompile(`FIFO: 59 waiters, one a session, granted in queue order`),
+	} {
+		if !want.MatchString(stdout.String()) {
+			t.Errorf("no %q in:\n%s", want, stdout.String())
+		}
+	}
+}
+
+// A short soak ends with the heap and goroutines it started with.
+func TestSoak(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"-soak", "-soak-cycles", "20000", "-soak-net-cycles", "2000"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s%s", code, stdout.String(), stderr.String())
+	}
+	for _, want := range []string{"soak in-process: 20000 cycles", "soak Unix socket: 2000 cycles"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("no %q in:\n%s", want, stdout.String())
 		}
 	}
 }

@@ -42,6 +42,11 @@ var worstTargets = []worstTarget{
 	{"Redis door: hot20 worst acquire < 10ms", "hot20", "lmx-redis", 10 * time.Millisecond},
 }
 
+// The cross-client hand-off target: a hot key handed between Clients
+// (lmx-unix-clients hot20, every hand-off crossing the broker) costs at most
+// maxHandoffRTs round trips, a round trip being half an echo-unix hot1 cycle.
+const maxHandoffRTs = 1.3
+
 // The RSS target: at most maxRSS MiB once the broker has served rssCycles.
 const (
 	maxRSS    = 20
@@ -84,6 +89,14 @@ func renderTargets(rows []row) string {
 	for _, t := range worstTargets {
 		if r, have := ok[t.service+"/"+t.workload]; have {
 			line(t.name, fmt.Sprintf("%s %v", t.service, r.res.worst), r.res.worst < t.max)
+		}
+	}
+	if h, have := ok["lmx-unix-clients/hot20"]; have && h.res.perSec > 0 {
+		if e, have := ok["echo-unix/hot1"]; have {
+			rts := 2 * e.res.perSec / h.res.perSec
+			line(fmt.Sprintf("hot key between Clients ≤ %.1f round trips a hand-off", maxHandoffRTs),
+				fmt.Sprintf("lmx-unix-clients hot20 %.0f vs echo-unix hot1 %.0f (2 round trips a cycle) = %.2f round trips", h.res.perSec, e.res.perSec, rts),
+				rts <= maxHandoffRTs)
 		}
 	}
 	for _, r := range rows {

@@ -14,6 +14,7 @@ import (
 
 func main() {
 	listen := flag.String("listen", "", "the `URL` to serve on: unix:///path or tcp://127.0.0.1:0")
+	maxSessions := flag.Int("max-sessions", 0, "sessions open at once (0: lmx.DefaultMaxSessions)")
 	flag.Parse()
-	os.Exit(childsrv.Broker("lmxbroker", *listen))
+	os.Exit(childsrv.Broker("lmxbroker", *listen, *maxSessions))
 }

@@ -17,15 +17,16 @@ import (
 )
 
 // Broker listens on url, a unix:// or tcp:// URL, prints "ready URL" and
-// serves until WaitStop returns; name prefixes its errors. It returns the
-// process's exit status.
-func Broker(name, url string) int {
+// serves until WaitStop returns; name prefixes its errors. maxSessions is
+// passed to lmx.WithMaxSessions (0: the default). It returns the process's
+// exit status.
+func Broker(name, url string, maxSessions int) int {
 	network, address, ok := strings.Cut(url, "://")
 	if !ok {
 		fmt.Fprintf(os.Stderr, "%s: want unix:///path or tcp://host:port, not %q\n", name, url)
 		return 2
 	}
-	b := lmx.NewBroker()
+	b := lmx.NewBroker(lmx.WithMaxSessions(maxSessions))
 	defer b.Close()
 	a, err := b.Listen(network, address)
 	if err != nil {

@@ -55,6 +55,9 @@
 // lmx.ErrSessionLost, never nil: the key is deleted once etcd answers, or
 // with the session.
 //
+// *Locker implements lmx.MultiLocker through lmx.LockAll: a LockAll is a
+// Lock of each key in one canonical order, a lease (and token) per key.
+//
 // *Locker implements lmx.Admin, lmx.Lister and lmx.Watcher: Release and
 // ForceUnlock work across processes (the holder learns the reason from its
 // inbox); Inspect, Stats and List read the queues from etcd (Stats keeps
@@ -80,6 +83,8 @@ import (
 )
 
 func init() { lmx.Register("etcd", openURL) }
+
+var _ lmx.MultiLocker = (*Locker)(nil)
 
 // ErrUnsupported: the etcd backend cannot honour a lock option. It is
 // always wrapped together with lmx.ErrInvalidOption.
@@ -199,6 +204,19 @@ func (lk *Locker) Lock(ctx context.Context, key string, opts ...lmx.LockOption) 
 // fails with lmx.ErrLocked.
 func (lk *Locker) TryLock(ctx context.Context, key string, opts ...lmx.LockOption) (*lmx.Lease, error) {
 	return lk.lock(ctx, key, opts, true)
+}
+
+// LockAll locks every key in keys and returns one lease for them all, or
+// none: lmx.LockAll through this Locker, with the broker's semantics (one
+// canonical order, a token per key in Parts).
+func (lk *Locker) LockAll(ctx context.Context, keys []string, opts ...lmx.LockOption) (*lmx.Lease, error) {
+	return lmx.LockAll(ctx, lk, keys, opts...)
+}
+
+// TryLockAll is LockAll that never waits: if a key cannot be granted at
+// once, it releases those it took and fails with lmx.ErrLocked.
+func (lk *Locker) TryLockAll(ctx context.Context, keys []string, opts ...lmx.LockOption) (*lmx.Lease, error) {
+	return lmx.TryLockAll(ctx, lk, keys, opts...)
 }
 
 // Close ends the session: its leases end (lmx.ErrClosed), its waiters fail
@@ -742,14 +760,11 @@ func (lk *Locker) reenter(ctx context.Context, key, queue string, req lmx.LockRe
 
 // granted makes the lease of a granted request.
 func (lk *Locker) granted(s *session, key string, id ulid.ULID, me waiter, req lmx.LockRequest) (*lmx.Lease, error) {
-	l := &lease{lk: lk, s: s, etcdKey: me.key, rev: me.rev, ttl: req.TTL, owner: req.Owner, shared: me.shared, count: 1,
+	l := &lease{lk: lk, s: s, etcdKey: me.key, rev: me.rev, owner: req.Owner, shared: me.shared, count: 1,
 		gone: make(chan struct{}), me: me, leaseID: s.id}
 	var exp time.Time
 	if req.TTL > 0 {
 		exp = time.Now().Add(req.TTL)
-		if req.KeepAlive > 0 {
-			l.keepUntil = time.Now().Add(req.KeepAlive)
-		}
 	}
 	var end func(error) bool
 	if req.KeepOnDisconnect {
@@ -774,12 +789,12 @@ func (lk *Locker) granted(s *session, key string, id ulid.ULID, me waiter, req l
 	l.mu.Lock()
 	if req.TTL > 0 {
 		l.timer = time.AfterFunc(req.TTL, l.expire)
-		if req.KeepAlive > 0 {
-			l.renew = time.AfterFunc(req.TTL/3, l.keepAlive)
-		}
 	}
 	l.mu.Unlock()
 	lk.mu.Unlock()
+	if req.KeepAlive > 0 {
+		lmx.KeepAliveLease(l.lease, req.TTL, req.KeepAlive)
+	}
 	if me.limit > 1 && !req.KeepOnDisconnect { // keep wrote the key already
 		// Tell the request behind this one that it may be the first waiter.
 		ctx, cancel := context.WithTimeout(lk.ctx, 5*time.Second)
@@ -808,12 +823,9 @@ type lease struct {
 	ends    []func(error) bool // each grant's end
 	endOnce sync.Once
 
-	mu        sync.Mutex
-	ttl       time.Duration
-	keepUntil time.Time
-	timer     *time.Timer      // expiry
-	renew     *time.Timer      // KeepAlive
-	leaseID   clientv3.LeaseID // the etcd lease of the key: while it is l's, l holds
+	mu      sync.Mutex
+	timer   *time.Timer      // expiry
+	leaseID clientv3.LeaseID // the etcd lease of the key: while it is l's, l holds
 }
 
 // end ends every grant of l with reason.
@@ -911,9 +923,6 @@ func (l *lease) stopTimers() {
 	if l.timer != nil {
 		l.timer.Stop()
 	}
-	if l.renew != nil {
-		l.renew.Stop()
-	}
 	l.mu.Unlock()
 }
 
@@ -940,28 +949,6 @@ func (l *lease) expire() {
 	l.end(lmx.ErrExpired)
 	if err != nil {
 		l.lk.abandon(l.s, l.etcdKey)
-	}
-}
-
-// keepAlive renews l by its TTL, never past its KeepAlive bound.
-func (l *lease) keepAlive() {
-	l.mu.Lock()
-	ttl := min(l.ttl, time.Until(l.keepUntil))
-	full := l.ttl
-	l.mu.Unlock()
-	if ttl <= 0 || l.ended() {
-		return
-	}
-	ctx, cancel := context.WithTimeout(l.lk.ctx, full/3)
-	defer cancel()
-	err := l.lease.Extend(ctx, ttl)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	switch {
-	case err != nil && !errors.Is(err, lmx.ErrNotHeld):
-		l.renew.Reset(full / 6)
-	case err == nil && ttl == full:
-		l.renew.Reset(full / 3)
 	}
 }
 

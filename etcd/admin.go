@@ -57,7 +57,7 @@ func (lk *Locker) mark(ctx context.Context, w waiter, why string) (bool, error) 
 	}
 	resp, err := lk.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.LeaseValue(w.key), "=", w.lease), clientv3.Compare(clientv3.CreateRevision(w.key), "=", w.rev)).
-		Then(end, clientv3.OpPut(inboxKey(lk.pfx, w.sess, w.key), why, clientv3.WithLease(w.lease))).
+		Then(end, clientv3.OpPut(inboxKey(lk.pfx, w.sess, w.key, w.rev), why, clientv3.WithLease(w.lease))).
 		Commit()
 	switch {
 	case errors.Is(err, rpctypes.ErrLeaseNotFound):
@@ -92,7 +92,7 @@ func (lk *Locker) endHeld(ctx context.Context, key, id, why string) error {
 	}
 	n := 0
 	for i, w := range ws {
-		if !held[i] || w.marker || id != "" && w.key != q+id {
+		if !held[i] || w.marker || id != "" && w.id.String() != id {
 			continue
 		}
 		ok, err := lk.mark(ctx, w, why)
@@ -130,8 +130,7 @@ func (lk *Locker) Inspect(ctx context.Context, key string) (lmx.KeyInfo, error) 
 			ki.Waiters = append(ki.Waiters, lmx.WaiterInfo{Owner: w.owner, Shared: w.shared})
 			continue
 		}
-		id, _ := ulid.ParseStrict(strings.TrimPrefix(w.key, q))
-		h := lmx.HolderInfo{ID: id, Token: uint64(w.rev), Owner: w.owner, Shared: w.shared, Count: 1, Since: ulid.Time(id.Time())}
+		h := lmx.HolderInfo{ID: w.id, Token: uint64(w.rev), Owner: w.owner, Shared: w.shared, Count: 1, Since: ulid.Time(w.id.Time())}
 		lk.mu.Lock()
 		var l *lease
 		if lk.sess != nil {

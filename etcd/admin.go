@@ -27,6 +27,18 @@ func (lk *Locker) queueOf(key string) (string, error) {
 	return lk.pfx + key + "\x00", nil
 }
 
+// queuePrefix returns the queue of a request's etcd key under pfx, and
+// false for an inbox's word (its key starts with NUL, as no lock key can)
+// or a key that is not lmx's.
+func queuePrefix(pfx, etcdKey string) (string, bool) {
+	rel, ok := strings.CutPrefix(etcdKey, pfx)
+	i := strings.IndexByte(rel, 0)
+	if !ok || i <= 0 {
+		return "", false
+	}
+	return etcdKey[:len(pfx)+i+1], true
+}
+
 // queue returns the requests of a queue in create order, and which hold.
 func (lk *Locker) queue(ctx context.Context, queue string) ([]waiter, []bool, error) {
 	resp, err := lk.cli.Get(ctx, queue, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
@@ -189,12 +201,12 @@ func (lk *Locker) keys(ctx context.Context, prefix string, limit int) ([]lmx.Key
 	}
 	queues := map[string][]waiter{}
 	for _, kv := range resp.Kvs {
-		k := string(kv.Key)
-		i := strings.LastIndexByte(k, 0)
-		if i <= len(lk.pfx) {
-			continue // an inbox's word, or not lmx's
+		q, ok := queuePrefix(lk.pfx, string(kv.Key))
+		if !ok {
+			continue
 		}
-		queues[k[len(lk.pfx):i]] = append(queues[k[len(lk.pfx):i]], decode(kv))
+		key := q[len(lk.pfx) : len(q)-1]
+		queues[key] = append(queues[key], decode(kv))
 	}
 	var keys []lmx.KeyStat
 	for key, ws := range queues {

@@ -607,7 +607,7 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 		// granted, whatever woke its waiter.
 		d := decide(me, lower)
 		if d.granted {
-			l, err := lk.granted(s, key, me, req, slot)
+			l, err := lk.granted(s, key, queue, me, req, slot)
 			if err == nil {
 				slot = -1 // the lease's now
 			}
@@ -854,8 +854,7 @@ func (lk *Locker) reenter(ctx context.Context, key, queue string, req lmx.LockRe
 }
 
 // granted makes the lease of a granted request.
-func (lk *Locker) granted(s *session, key string, me waiter, req lmx.LockRequest, slot int) (*lmx.Lease, error) {
-	queue := me.key[:strings.LastIndexByte(me.key, 0)+1]
+func (lk *Locker) granted(s *session, key, queue string, me waiter, req lmx.LockRequest, slot int) (*lmx.Lease, error) {
 	l := &lease{lk: lk, s: s, etcdKey: me.key, queue: queue, slot: slot, rev: me.rev, owner: req.Owner, shared: me.shared, count: 1,
 		gone: make(chan struct{}), me: me, leaseID: s.id}
 	var exp time.Time

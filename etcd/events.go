@@ -71,11 +71,11 @@ type eventWatch struct {
 // queueOf returns the queue of a request's etcd key, if it is one under
 // the watched prefix.
 func (ew *eventWatch) queueOf(etcdKey string) (string, bool) {
-	i := strings.LastIndexByte(etcdKey, 0)
-	if i <= len(ew.lk.pfx) || !strings.HasPrefix(etcdKey[len(ew.lk.pfx):], ew.prefix) {
+	q, ok := queuePrefix(ew.lk.pfx, etcdKey)
+	if !ok || !strings.HasPrefix(q[len(ew.lk.pfx):], ew.prefix) {
 		return "", false
 	}
-	return etcdKey[:i+1], true
+	return q, true
 }
 
 // apply follows the events of a watch response, which holds whole

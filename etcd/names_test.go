@@ -5,6 +5,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/lmx-go/lmx"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -63,4 +64,36 @@ func TestRequestNamesReused(t *testing.T) {
 		}
 	}
 	t.Fatal("the watch ended before the last request")
+}
+
+// The words that Release, ForceUnlock and an expiry leave in a session's
+// inbox live under the prefix too, but are no lock keys: List, Stats and
+// Watch of the whole prefix pass them by.
+func TestInboxWordsAreNotKeys(t *testing.T) {
+	ctx := t.Context()
+	pfx := fmt.Sprintf("inbox/%d/", prefixes.Add(1))
+	lk := openLocker(t, fmt.Sprintf("etcd://%s/%s", endpoint, pfx))
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}})
+	require.NoError(t, err)
+	t.Cleanup(func() { cli.Close() })
+	events, err := lk.Watch(ctx, "")
+	require.NoError(t, err)
+	// A word about request "k" of session 7b made at revision 5, as mark
+	// writes it (no session 7b is alive, so no Locker deletes it).
+	_, err = cli.Put(ctx, pfx+"\x00i/7b/5/k\x007b.0", "forced")
+	require.NoError(t, err)
+
+	keys, err := lk.List(ctx, "", 0)
+	require.NoError(t, err)
+	assert.Empty(t, keys)
+	st, err := lk.Stats(ctx)
+	require.NoError(t, err)
+	assert.Zero(t, st.Keys)
+	l, err := lk.Lock(ctx, "k")
+	require.NoError(t, err)
+	ev := <-events
+	assert.Equal(t, lmx.EventAcquired, ev.Type)
+	assert.Equal(t, "k", ev.Key)
+	assert.Equal(t, l.ID(), ev.ID)
+	require.NoError(t, l.Unlock(ctx))
 }

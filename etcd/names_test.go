@@ -21,10 +21,7 @@ import (
 func TestRequestNamesReused(t *testing.T) {
 	ctx := t.Context()
 	pfx := fmt.Sprintf("names/%d", prefixes.Add(1))
-	lk := openLocker(t, fmt.Sprintf("etcd://%s/%s", endpoint, pfx))
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}})
-	require.NoError(t, err)
-	t.Cleanup(func() { cli.Close() })
+	lk, cli := openLocker(t, fmt.Sprintf("etcd://%s/%s", endpoint, pfx)), rawClient(t)
 	queue := pfx + "/hot\x00"
 	end := queue + "\xff" // a key in the watched range, put after the last request
 	wch := cli.Watch(ctx, queue, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
@@ -43,7 +40,7 @@ func TestRequestNamesReused(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	_, err = cli.Put(ctx, end, "")
+	_, err := cli.Put(ctx, end, "")
 	require.NoError(t, err)
 
 	names := map[string]bool{}
@@ -72,10 +69,7 @@ func TestRequestNamesReused(t *testing.T) {
 func TestInboxWordsAreNotKeys(t *testing.T) {
 	ctx := t.Context()
 	pfx := fmt.Sprintf("inbox/%d/", prefixes.Add(1))
-	lk := openLocker(t, fmt.Sprintf("etcd://%s/%s", endpoint, pfx))
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}})
-	require.NoError(t, err)
-	t.Cleanup(func() { cli.Close() })
+	lk, cli := openLocker(t, fmt.Sprintf("etcd://%s/%s", endpoint, pfx)), rawClient(t)
 	events, err := lk.Watch(ctx, "")
 	require.NoError(t, err)
 	// A word about request "k" of session 7b made at revision 5, as mark

@@ -27,6 +27,18 @@ func (lk *Locker) queueOf(key string) (string, error) {
 	return lk.pfx + key + "\x00", nil
 }
 
+// queuePrefix returns the queue of a request's etcd key under pfx, and
+// false for an inbox's word (its key starts with NUL, as no lock key can)
+// or a key that is not lmx's.
+func queuePrefix(pfx, etcdKey string) (string, bool) {
+	rel, ok := strings.CutPrefix(etcdKey, pfx)
+	i := strings.IndexByte(rel, 0)
+	if !ok || i <= 0 {
+		return "", false
+	}
+	return etcdKey[:len(pfx)+i+1], true
+}
+
 // queue returns the requests of a queue in create order, and which hold.
 func (lk *Locker) queue(ctx context.Context, queue string) ([]waiter, []bool, error) {
 	resp, err := lk.cli.Get(ctx, queue, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
@@ -57,7 +69,7 @@ func (lk *Locker) mark(ctx context.Context, w waiter, why string) (bool, error) 
 	}
 	resp, err := lk.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.LeaseValue(w.key), "=", w.lease), clientv3.Compare(clientv3.CreateRevision(w.key), "=", w.rev)).
-		Then(end, clientv3.OpPut(inboxKey(lk.pfx, w.sess, w.key), why, clientv3.WithLease(w.lease))).
+		Then(end, clientv3.OpPut(inboxKey(lk.pfx, w.sess, w.key, w.rev), why, clientv3.WithLease(w.lease))).
 		Commit()
 	switch {
 	case errors.Is(err, rpctypes.ErrLeaseNotFound):
@@ -92,7 +104,7 @@ func (lk *Locker) endHeld(ctx context.Context, key, id, why string) error {
 	}
 	n := 0
 	for i, w := range ws {
-		if !held[i] || w.marker || id != "" && w.key != q+id {
+		if !held[i] || w.marker || id != "" && w.id.String() != id {
 			continue
 		}
 		ok, err := lk.mark(ctx, w, why)
@@ -130,8 +142,7 @@ func (lk *Locker) Inspect(ctx context.Context, key string) (lmx.KeyInfo, error) 
 			ki.Waiters = append(ki.Waiters, lmx.WaiterInfo{Owner: w.owner, Shared: w.shared})
 			continue
 		}
-		id, _ := ulid.ParseStrict(strings.TrimPrefix(w.key, q))
-		h := lmx.HolderInfo{ID: id, Token: uint64(w.rev), Owner: w.owner, Shared: w.shared, Count: 1, Since: ulid.Time(id.Time())}
+		h := lmx.HolderInfo{ID: w.id, Token: uint64(w.rev), Owner: w.owner, Shared: w.shared, Count: 1, Since: ulid.Time(w.id.Time())}
 		lk.mu.Lock()
 		var l *lease
 		if lk.sess != nil {
@@ -190,12 +201,12 @@ func (lk *Locker) keys(ctx context.Context, prefix string, limit int) ([]lmx.Key
 	}
 	queues := map[string][]waiter{}
 	for _, kv := range resp.Kvs {
-		k := string(kv.Key)
-		i := strings.LastIndexByte(k, 0)
-		if i <= len(lk.pfx) {
-			continue // an inbox's word, or not lmx's
+		q, ok := queuePrefix(lk.pfx, string(kv.Key))
+		if !ok {
+			continue
 		}
-		queues[k[len(lk.pfx):i]] = append(queues[k[len(lk.pfx):i]], decode(kv))
+		key := q[len(lk.pfx) : len(q)-1]
+		queues[key] = append(queues[key], decode(kv))
 	}
 	var keys []lmx.KeyStat
 	for key, ws := range queues {

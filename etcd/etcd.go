@@ -4,12 +4,20 @@
 //
 //	etcd://10.0.0.5:2379,10.0.0.6:2379/locks/app
 //
-// Layout: the queue of key K is the etcd keys PREFIX K "\x00" ID, one per
-// request (waiting or granted), each attached to the Locker's session (an
-// etcd lease kept alive while the Locker lives). The queue is ordered by
-// create revision: a request is granted when the requests created before it
-// allow it, and its fencing token is its create revision, so tokens of a key
-// increase in grant order.
+// Layout: the queue of key K is the etcd keys PREFIX K "\x00" SESSION "."
+// SLOT, one per request (waiting or granted), each attached to the Locker's
+// session (an etcd lease kept alive while the Locker lives); its value holds
+// the request's lock id and options. The queue is ordered by create
+// revision: a request is granted when the requests created before it allow
+// it, and its fencing token is its create revision, so tokens of a key
+// increase in grant order. A session reuses its slots, the lowest free one
+// first, as concurrency.Mutex reuses its session's key: etcd keeps a deleted
+// key in its index until it compacts, and a read of a queue walks every
+// name the queue ever had, so names that grew with every request would make
+// a busy key slower by the hour on an etcd that is not compacted. Every
+// write to a request's key compares its create revision, so that an
+// operation about a request that ended never touches the next one on the
+// same name.
 //
 // A Locker hears only about its own requests. A waiter watches the one
 // request before it (a semaphore's first waiter, its holders), so a release
@@ -55,6 +63,9 @@
 // lmx.ErrSessionLost, never nil: the key is deleted once etcd answers, or
 // with the session.
 //
+// *Locker implements lmx.MultiLocker through lmx.LockAll: a LockAll is a
+// Lock of each key in one canonical order, a lease (and token) per key.
+//
 // *Locker implements lmx.Admin, lmx.Lister and lmx.Watcher: Release and
 // ForceUnlock work across processes (the holder learns the reason from its
 // inbox); Inspect, Stats and List read the queues from etcd (Stats keeps
@@ -65,7 +76,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -80,6 +93,8 @@ import (
 )
 
 func init() { lmx.Register("etcd", openURL) }
+
+var _ lmx.MultiLocker = (*Locker)(nil)
 
 // ErrUnsupported: the etcd backend cannot honour a lock option. It is
 // always wrapped together with lmx.ErrInvalidOption.
@@ -120,8 +135,14 @@ type Locker struct {
 	sess     *session      // nil after one was lost, until a request starts the next
 	starting chan struct{} // closed when the session being started is set or has failed
 	closed   bool
-	orphans  map[string]clientv3.LeaseID // request keys to delete once etcd answers, by session
+	orphans  map[string]orphan // request keys to delete once etcd answers
 	wg       sync.WaitGroup
+}
+
+// orphan is a request's key that etcd did not delete when asked.
+type orphan struct {
+	sess clientv3.LeaseID // the session it is attached to
+	rev  int64            // its create revision, or 0 if unknown
 }
 
 // session is one etcd lease and what hangs on it.
@@ -132,6 +153,7 @@ type session struct {
 	reason error         // why, set before done closes
 	leases map[string]*lease
 	owned  map[string]*lease  // the leases asked with Owner, by queue and owner
+	slots  map[string][]bool  // by queue, the slots in use (guarded by lk.mu)
 	stop   context.CancelFunc // stops the inbox watch
 }
 
@@ -199,6 +221,19 @@ func (lk *Locker) Lock(ctx context.Context, key string, opts ...lmx.LockOption) 
 // fails with lmx.ErrLocked.
 func (lk *Locker) TryLock(ctx context.Context, key string, opts ...lmx.LockOption) (*lmx.Lease, error) {
 	return lk.lock(ctx, key, opts, true)
+}
+
+// LockAll locks every key in keys and returns one lease for them all, or
+// none: lmx.LockAll through this Locker, with the broker's semantics (one
+// canonical order, a token per key in Parts).
+func (lk *Locker) LockAll(ctx context.Context, keys []string, opts ...lmx.LockOption) (*lmx.Lease, error) {
+	return lmx.LockAll(ctx, lk, keys, opts...)
+}
+
+// TryLockAll is LockAll that never waits: if a key cannot be granted at
+// once, it releases those it took and fails with lmx.ErrLocked.
+func (lk *Locker) TryLockAll(ctx context.Context, keys []string, opts ...lmx.LockOption) (*lmx.Lease, error) {
+	return lmx.TryLockAll(ctx, lk, keys, opts...)
 }
 
 // Close ends the session: its leases end (lmx.ErrClosed), its waiters fail
@@ -296,7 +331,7 @@ func (lk *Locker) session(ctx context.Context) (*session, error) {
 	}
 	sctx, scancel := context.WithCancel(lk.ctx)
 	s := &session{id: g.ID, hex: strconv.FormatInt(int64(g.ID), 16), done: make(chan struct{}),
-		leases: map[string]*lease{}, owned: map[string]*lease{}, stop: scancel}
+		leases: map[string]*lease{}, owned: map[string]*lease{}, slots: map[string][]bool{}, stop: scancel}
 	lk.sess = s
 	lk.wg.Go(func() {
 		for range ka {
@@ -352,8 +387,8 @@ func (lk *Locker) endSession(s *session, reason error) {
 	s.stop()
 	leases := s.leases
 	s.leases, s.owned = map[string]*lease{}, map[string]*lease{}
-	for k, sid := range lk.orphans {
-		if sid == s.id {
+	for k, o := range lk.orphans {
+		if o.sess == s.id {
 			delete(lk.orphans, k) // etcd drops them with the session
 		}
 	}
@@ -398,8 +433,9 @@ func unsupported(r lmx.LockRequest) error {
 
 // waiter describes one request in a key's queue.
 type waiter struct {
-	key    string // etcd key
-	rev    int64  // create revision
+	key    string    // etcd key
+	id     ulid.ULID // lock id
+	rev    int64     // create revision
 	limit  int
 	shared bool
 	sess   string           // the session of the Locker that asked, in hex
@@ -412,7 +448,7 @@ type waiter struct {
 // encodeValue is the value of a request's key: its mode ("x" exclusive,
 // "s" shared, "d" a lock-delay's marker) and limit, the session of its
 // Locker, which is where Release and ForceUnlock tell it that its key
-// went, its LockDelay in milliseconds, and its owner.
+// went, its LockDelay in milliseconds, its lock id, and its owner.
 func encodeValue(w waiter) string {
 	mode := "x"
 	switch {
@@ -421,17 +457,18 @@ func encodeValue(w waiter) string {
 	case w.shared:
 		mode = "s"
 	}
-	return mode + strconv.Itoa(w.limit) + " " + w.sess + " " + strconv.FormatInt(w.delay.Milliseconds(), 10) + " " + w.owner
+	return mode + strconv.Itoa(w.limit) + " " + w.sess + " " + strconv.FormatInt(w.delay.Milliseconds(), 10) + " " + w.id.String() + " " + w.owner
 }
 
 func decode(kv *mvccpb.KeyValue) waiter {
 	w := waiter{key: string(kv.Key), rev: kv.CreateRevision, limit: 1, lease: clientv3.LeaseID(kv.Lease)}
-	f := strings.SplitN(string(kv.Value), " ", 4)
+	f := strings.SplitN(string(kv.Value), " ", 5)
 	v := f[0]
-	if len(f) == 4 {
-		w.sess, w.owner = f[1], f[3]
+	if len(f) == 5 {
+		w.sess, w.owner = f[1], f[4]
 		ms, _ := strconv.ParseInt(f[2], 10, 64)
 		w.delay = time.Duration(ms) * time.Millisecond
+		w.id, _ = ulid.ParseStrict(f[3])
 	}
 	if len(v) > 1 {
 		w.shared = v[0] == 's'
@@ -495,44 +532,66 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 			return l, err
 		}
 	}
-	id := ulid.Make()
-	me := waiter{key: queue + id.String(), limit: req.Limit, shared: req.Shared, owner: req.Owner, delay: max(0, req.LockDelay)}
+	me := waiter{id: ulid.Make(), limit: req.Limit, shared: req.Shared, owner: req.Owner, delay: max(0, req.LockDelay)}
 	var s *session
 	var resp *clientv3.TxnResponse
-	for attempt := 0; ; attempt++ {
+	slot := -1 // me's slot of s, while this call owns it
+	defer func() {
+		if slot >= 0 {
+			lk.freeSlot(s, queue, slot)
+		}
+	}()
+	for attempt := 0; ; {
 		if s, err = lk.session(ctx); err != nil {
 			return nil, err
 		}
-		me.sess, me.lease = s.hex, s.id
+		slot = lk.takeSlot(s, queue)
+		me.key, me.sess, me.lease = queue+s.hex+"."+strconv.Itoa(slot), s.hex, s.id
 		// Not ctx: a Put cut short may still land after the Delete that
 		// would undo it, and leave the key held. An etcd that does not
 		// answer for as long as a session lives has lost the session.
 		pctx, cancel := context.WithTimeout(lk.ctx, time.Duration(lk.ttl)*time.Second)
-		resp, err = lk.cli.Txn(pctx).Then(
-			clientv3.OpPut(me.key, encodeValue(me), clientv3.WithLease(s.id)),
-			clientv3.OpGet(queue, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(1)),
-			clientv3.OpGet(queue, newest(me, 2)...), // me, then the requests before me
-		).Commit()
+		resp, err = lk.cli.Txn(pctx).
+			If(clientv3.Compare(clientv3.CreateRevision(me.key), "=", 0)).
+			Then(
+				clientv3.OpPut(me.key, encodeValue(me), clientv3.WithLease(s.id)),
+				clientv3.OpGet(queue, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(1)),
+				clientv3.OpGet(queue, newest(me, 2)...), // me, then the requests before me
+			).Commit()
 		cancel()
-		if err == nil {
-			break
-		}
-		if errors.Is(err, rpctypes.ErrLeaseNotFound) && attempt == 0 {
+		switch {
+		case err == nil && resp.Succeeded:
+		case err == nil:
+			// The name is still taken: by a lock-delay's marker, or by a
+			// request etcd did not delete when asked. It stays out of use
+			// until this call returns, and the next slot is tried.
+			defer lk.freeSlot(s, queue, slot)
+			continue
+		case errors.Is(err, rpctypes.ErrLeaseNotFound) && attempt == 0:
 			// The session ended before its keepalive noticed: start another.
+			attempt++
+			lk.freeSlot(s, queue, slot)
+			slot = -1
 			lk.sessionLost(s)
 			continue
+		default:
+			// Whether the Put landed, etcd did not say: the name is deleted
+			// whatever request it holds, so its slot stays in use while s
+			// lives, and no later request of s can be on it.
+			lk.abandon(s, me.key, 0)
+			slot = -1
+			return nil, lk.wrap(ctx, err)
 		}
-		lk.abandon(s, me.key)
-		return nil, lk.wrap(ctx, err)
-	}
-	if err := ctx.Err(); err != nil {
-		lk.abandon(s, me.key) // ctx ended while the txn ran on lk.ctx
-		return nil, err
+		break
 	}
 	me.rev = resp.Header.Revision
+	if err := ctx.Err(); err != nil {
+		lk.abandon(s, me.key, me.rev) // ctx ended while the txn ran on lk.ctx
+		return nil, err
+	}
 	if first := resp.Responses[1].GetResponseRange().Kvs; len(first) == 1 {
 		if f := decode(first[0]); f.limit != me.limit {
-			lk.abandon(s, me.key)
+			lk.abandon(s, me.key, me.rev)
 			return nil, fmt.Errorf("%w: key %q has Limit(%d), asked %d", lmx.ErrLimitMismatch, key, f.limit, me.limit)
 		}
 	}
@@ -548,10 +607,14 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 		// granted, whatever woke its waiter.
 		d := decide(me, lower)
 		if d.granted {
-			return lk.granted(s, key, id, me, req)
+			l, err := lk.granted(s, key, queue, me, req, slot)
+			if err == nil {
+				slot = -1 // the lease's now
+			}
+			return l, err
 		}
 		if try {
-			lk.abandon(s, me.key)
+			lk.abandon(s, me.key, me.rev)
 			return nil, lmx.ErrLocked
 		}
 		// Each target is watched from when its watch was made: a watch made
@@ -572,9 +635,9 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 		}
 		switch {
 		case errors.Is(err, errGone):
-			return nil, lk.gone(s, me.key)
+			return nil, lk.gone(s, me)
 		case err != nil:
-			lk.abandon(s, me.key)
+			lk.abandon(s, me.key, me.rev)
 			return nil, lk.wrap(ctx, err)
 		}
 	}
@@ -594,7 +657,7 @@ var errGone = errors.New("lmx/etcd: the request's key is gone")
 
 // gone is the error of a request whose key went while it waited: with its
 // session, or by a ForceUnlock that found it granted before it knew.
-func (lk *Locker) gone(s *session, etcdKey string) error {
+func (lk *Locker) gone(s *session, me waiter) error {
 	select {
 	case <-s.done:
 		return s.err()
@@ -602,7 +665,7 @@ func (lk *Locker) gone(s *session, etcdKey string) error {
 	}
 	ctx, cancel := context.WithTimeout(lk.ctx, 5*time.Second)
 	defer cancel()
-	resp, err := lk.cli.Delete(ctx, inboxKey(lk.pfx, s.hex, etcdKey), clientv3.WithPrevKV())
+	resp, err := lk.cli.Delete(ctx, inboxKey(lk.pfx, s.hex, me.key, me.rev), clientv3.WithPrevKV())
 	if err != nil {
 		return lk.wrap(ctx, err)
 	}
@@ -623,7 +686,7 @@ func (lk *Locker) lower(ctx context.Context, queue string, me waiter, from int64
 			return nil, 0, err
 		}
 	}
-	if len(resp.Kvs) == 0 || string(resp.Kvs[0].Key) != me.key {
+	if len(resp.Kvs) == 0 || string(resp.Kvs[0].Key) != me.key || resp.Kvs[0].CreateRevision != me.rev {
 		return nil, 0, errGone
 	}
 	return decodeLower(resp.Kvs[1:]), resp.Header.Revision, nil
@@ -648,13 +711,13 @@ func decodeLower(kvs []*mvccpb.KeyValue) []waiter {
 	return lower
 }
 
-// abandon deletes a request's key of session s, without relying on any
-// caller's ctx. When etcd does not answer, the key is kept in lk.orphans
-// and deleted once it does, so that it never stays queued for as long as
-// the session lives.
-func (lk *Locker) abandon(s *session, etcdKey string) {
+// abandon deletes a request's key of session s, created at rev (0:
+// whatever request it holds), without relying on any caller's ctx. When
+// etcd does not answer, the key is kept in lk.orphans and deleted once it
+// does, so that it never stays queued for as long as the session lives.
+func (lk *Locker) abandon(s *session, etcdKey string, rev int64) {
 	ctx, cancel := context.WithTimeout(lk.ctx, 2*time.Second)
-	_, err := lk.cli.Delete(ctx, etcdKey)
+	err := lk.deleteRequest(ctx, etcdKey, rev)
 	cancel()
 	if err == nil || lk.ctx.Err() != nil {
 		return
@@ -667,12 +730,65 @@ func (lk *Locker) abandon(s *session, etcdKey string) {
 	default:
 	}
 	if lk.orphans == nil {
-		lk.orphans = map[string]clientv3.LeaseID{}
+		lk.orphans = map[string]orphan{}
 	}
 	if len(lk.orphans) == 0 {
 		lk.wg.Go(lk.deleteOrphans)
 	}
-	lk.orphans[etcdKey] = s.id
+	lk.orphans[etcdKey] = orphan{sess: s.id, rev: rev}
+}
+
+// deleteRequest deletes etcdKey if it is still the request created at rev
+// (any request if rev is 0).
+func (lk *Locker) deleteRequest(ctx context.Context, etcdKey string, rev int64) error {
+	if rev == 0 {
+		_, err := lk.cli.Delete(ctx, etcdKey)
+		return err
+	}
+	_, err := lk.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(etcdKey), "=", rev)).
+		Then(clientv3.OpDelete(etcdKey)).
+		Commit()
+	return err
+}
+
+// takeSlot returns the lowest slot of queue that s does not use, now in
+// use.
+func (lk *Locker) takeSlot(s *session, queue string) int {
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	used := s.slots[queue]
+	n := slices.Index(used, false)
+	if n < 0 {
+		n = len(used)
+		used = append(used, false)
+	}
+	used[n] = true
+	s.slots[queue] = used
+	return n
+}
+
+// freeSlot gives slot n of queue back to s.
+func (lk *Locker) freeSlot(s *session, queue string, n int) {
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	s.freeSlotLocked(queue, n)
+}
+
+func (s *session) freeSlotLocked(queue string, n int) {
+	used := s.slots[queue]
+	if n >= len(used) {
+		return
+	}
+	used[n] = false
+	for len(used) > 0 && !used[len(used)-1] {
+		used = used[:len(used)-1]
+	}
+	if len(used) == 0 {
+		delete(s.slots, queue)
+	} else {
+		s.slots[queue] = used
+	}
 }
 
 // deleteOrphans deletes the keys of lk.orphans until none is left, trying
@@ -681,18 +797,15 @@ func (lk *Locker) deleteOrphans() {
 	wait := 100 * time.Millisecond
 	for {
 		lk.mu.Lock()
-		var keys []string
-		for k := range lk.orphans {
-			keys = append(keys, k)
-		}
+		keys := maps.Clone(lk.orphans)
 		lk.mu.Unlock()
 		failed := false
-		for _, k := range keys {
+		for k, o := range keys {
 			ctx, cancel := context.WithTimeout(lk.ctx, 2*time.Second)
-			_, err := lk.cli.Delete(ctx, k)
+			err := lk.deleteRequest(ctx, k, o.rev)
 			cancel()
 			lk.mu.Lock()
-			if err == nil {
+			if err == nil && lk.orphans[k] == o {
 				delete(lk.orphans, k)
 			}
 			lk.mu.Unlock()
@@ -741,24 +854,21 @@ func (lk *Locker) reenter(ctx context.Context, key, queue string, req lmx.LockRe
 }
 
 // granted makes the lease of a granted request.
-func (lk *Locker) granted(s *session, key string, id ulid.ULID, me waiter, req lmx.LockRequest) (*lmx.Lease, error) {
-	l := &lease{lk: lk, s: s, etcdKey: me.key, rev: me.rev, ttl: req.TTL, owner: req.Owner, shared: me.shared, count: 1,
+func (lk *Locker) granted(s *session, key, queue string, me waiter, req lmx.LockRequest, slot int) (*lmx.Lease, error) {
+	l := &lease{lk: lk, s: s, etcdKey: me.key, queue: queue, slot: slot, rev: me.rev, owner: req.Owner, shared: me.shared, count: 1,
 		gone: make(chan struct{}), me: me, leaseID: s.id}
 	var exp time.Time
 	if req.TTL > 0 {
 		exp = time.Now().Add(req.TTL)
-		if req.KeepAlive > 0 {
-			l.keepUntil = time.Now().Add(req.KeepAlive)
-		}
 	}
 	var end func(error) bool
 	if req.KeepOnDisconnect {
 		if err := l.keep(req.TTL); err != nil {
-			lk.abandon(s, me.key)
+			lk.abandon(s, me.key, me.rev)
 			return nil, err
 		}
 	}
-	l.lease, end = lmx.NewLease(key, id, uint64(me.rev), exp, l)
+	l.lease, end = lmx.NewLease(key, me.id, uint64(me.rev), exp, l)
 	l.ends = []func(error) bool{end}
 	lk.mu.Lock()
 	select {
@@ -769,21 +879,24 @@ func (lk *Locker) granted(s *session, key string, id ulid.ULID, me waiter, req l
 	}
 	s.leases[me.key] = l
 	if l.owner != "" {
-		s.owned[me.key[:len(me.key)-ulid.EncodedSize]+l.owner] = l
+		s.owned[queue+l.owner] = l
 	}
 	l.mu.Lock()
 	if req.TTL > 0 {
 		l.timer = time.AfterFunc(req.TTL, l.expire)
-		if req.KeepAlive > 0 {
-			l.renew = time.AfterFunc(req.TTL/3, l.keepAlive)
-		}
 	}
 	l.mu.Unlock()
 	lk.mu.Unlock()
+	if req.KeepAlive > 0 {
+		lmx.KeepAliveLease(l.lease, req.TTL, req.KeepAlive)
+	}
 	if me.limit > 1 && !req.KeepOnDisconnect { // keep wrote the key already
 		// Tell the request behind this one that it may be the first waiter.
 		ctx, cancel := context.WithTimeout(lk.ctx, 5*time.Second)
-		lk.cli.Put(ctx, me.key, encodeValue(me), clientv3.WithIgnoreLease())
+		lk.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(me.key), "=", me.rev)).
+			Then(clientv3.OpPut(me.key, encodeValue(me), clientv3.WithIgnoreLease())).
+			Commit()
 		cancel()
 	}
 	return l.lease, nil
@@ -795,6 +908,8 @@ type lease struct {
 	lk      *Locker
 	s       *session
 	etcdKey string
+	queue   string     // the etcd prefix of the key's queue
+	slot    int        // of s, on queue: l's own until l ends
 	rev     int64      // the key's create revision: the token
 	lease   *lmx.Lease // the first grant's
 	owner   string
@@ -808,12 +923,9 @@ type lease struct {
 	ends    []func(error) bool // each grant's end
 	endOnce sync.Once
 
-	mu        sync.Mutex
-	ttl       time.Duration
-	keepUntil time.Time
-	timer     *time.Timer      // expiry
-	renew     *time.Timer      // KeepAlive
-	leaseID   clientv3.LeaseID // the etcd lease of the key: while it is l's, l holds
+	mu      sync.Mutex
+	timer   *time.Timer      // expiry
+	leaseID clientv3.LeaseID // the etcd lease of the key: while it is l's, l holds
 }
 
 // end ends every grant of l with reason.
@@ -821,6 +933,7 @@ func (l *lease) end(reason error) {
 	l.endOnce.Do(func() {
 		l.lk.mu.Lock()
 		ends := l.ends
+		l.s.freeSlotLocked(l.queue, l.slot)
 		l.lk.mu.Unlock()
 		for _, end := range ends {
 			end(reason)
@@ -857,11 +970,14 @@ func (l *lease) keep(ttl time.Duration) error {
 }
 
 // mine is the condition that l's key is still l's request, not gone nor
-// turned into a lock-delay's marker.
-func (l *lease) mine() clientv3.Cmp {
+// turned into a lock-delay's marker, nor a later request on the same name.
+func (l *lease) mine() []clientv3.Cmp {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return clientv3.Compare(clientv3.LeaseValue(l.etcdKey), "=", l.leaseID)
+	return []clientv3.Cmp{
+		clientv3.Compare(clientv3.CreateRevision(l.etcdKey), "=", l.rev),
+		clientv3.Compare(clientv3.LeaseValue(l.etcdKey), "=", l.leaseID),
+	}
 }
 
 // endOp is the operation that ends the granted request w: its deletion,
@@ -884,7 +1000,12 @@ func seconds(d time.Duration) int64 { return max(1, int64((d+time.Second-1)/time
 
 // released marks l as ended by the Unlock of its last grant, which the
 // lmx.Lease then ends itself.
-func (l *lease) released() { l.endOnce.Do(func() { close(l.gone) }) }
+func (l *lease) released() {
+	l.endOnce.Do(func() {
+		l.lk.freeSlot(l.s, l.queue, l.slot)
+		close(l.gone)
+	})
+}
 
 // take takes l out of its session and stops its timers; it reports whether
 // l was still there. Whoever takes a lease out ends it: a caller that finds
@@ -894,9 +1015,8 @@ func (l *lease) take() bool {
 	here := l.s.leases[l.etcdKey] == l
 	if here {
 		delete(l.s.leases, l.etcdKey)
-		q := l.etcdKey[:len(l.etcdKey)-ulid.EncodedSize]
-		if l.owner != "" && l.s.owned[q+l.owner] == l {
-			delete(l.s.owned, q+l.owner)
+		if l.owner != "" && l.s.owned[l.queue+l.owner] == l {
+			delete(l.s.owned, l.queue+l.owner)
 		}
 	}
 	l.lk.mu.Unlock()
@@ -910,9 +1030,6 @@ func (l *lease) stopTimers() {
 	l.mu.Lock()
 	if l.timer != nil {
 		l.timer.Stop()
-	}
-	if l.renew != nil {
-		l.renew.Stop()
 	}
 	l.mu.Unlock()
 }
@@ -932,36 +1049,14 @@ func (l *lease) expire() {
 	end, err := l.lk.endOp(ctx, l.me)
 	if err == nil {
 		_, err = l.lk.cli.Txn(ctx).
-			If(l.mine()).
+			If(l.mine()...).
 			Then(end, clientv3.OpPut(l.inboxKey(), whyExpired, clientv3.WithLease(l.s.id))).
 			Commit()
 	}
 	cancel()
 	l.end(lmx.ErrExpired)
 	if err != nil {
-		l.lk.abandon(l.s, l.etcdKey)
-	}
-}
-
-// keepAlive renews l by its TTL, never past its KeepAlive bound.
-func (l *lease) keepAlive() {
-	l.mu.Lock()
-	ttl := min(l.ttl, time.Until(l.keepUntil))
-	full := l.ttl
-	l.mu.Unlock()
-	if ttl <= 0 || l.ended() {
-		return
-	}
-	ctx, cancel := context.WithTimeout(l.lk.ctx, full/3)
-	defer cancel()
-	err := l.lease.Extend(ctx, ttl)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	switch {
-	case err != nil && !errors.Is(err, lmx.ErrNotHeld):
-		l.renew.Reset(full / 6)
-	case err == nil && ttl == full:
-		l.renew.Reset(full / 3)
+		l.lk.abandon(l.s, l.etcdKey, l.rev)
 	}
 }
 
@@ -988,16 +1083,16 @@ func (l *lease) Unlock(ctx context.Context, _ *lmx.Lease) error {
 	}
 	if ctx.Err() != nil {
 		l.released()
-		l.lk.wg.Go(func() { l.lk.abandon(l.s, l.etcdKey) })
+		l.lk.wg.Go(func() { l.lk.abandon(l.s, l.etcdKey, l.rev) })
 		return ctx.Err()
 	}
 	word := clientv3.OpDelete(l.inboxKey(), clientv3.WithPrevKV())
-	resp, err := l.lk.cli.Txn(ctx).If(l.mine()).
+	resp, err := l.lk.cli.Txn(ctx).If(l.mine()...).
 		Then(clientv3.OpDelete(l.etcdKey), word).
 		Else(word).
 		Commit()
 	if err != nil {
-		l.lk.wg.Go(func() { l.lk.abandon(l.s, l.etcdKey) })
+		l.lk.wg.Go(func() { l.lk.abandon(l.s, l.etcdKey, l.rev) })
 		if ctx.Err() != nil {
 			l.released()
 			return ctx.Err()
@@ -1040,7 +1135,7 @@ func (l *lease) Extend(ctx context.Context, _ *lmx.Lease, ttl time.Duration) (ti
 		then = append(then, clientv3.OpPut(l.etcdKey, "", clientv3.WithIgnoreValue(), clientv3.WithLease(g.ID)))
 	}
 	resp, err := l.lk.cli.Txn(ctx).
-		If(l.mine()).
+		If(l.mine()...).
 		Then(then...).
 		Else(clientv3.OpDelete(l.inboxKey(), clientv3.WithPrevKV())).
 		Commit()

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/lmx-go/lmx"
-	"github.com/oklog/ulid/v2"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -72,11 +71,11 @@ type eventWatch struct {
 // queueOf returns the queue of a request's etcd key, if it is one under
 // the watched prefix.
 func (ew *eventWatch) queueOf(etcdKey string) (string, bool) {
-	i := strings.LastIndexByte(etcdKey, 0)
-	if i <= len(ew.lk.pfx) || !strings.HasPrefix(etcdKey[len(ew.lk.pfx):], ew.prefix) {
+	q, ok := queuePrefix(ew.lk.pfx, etcdKey)
+	if !ok || !strings.HasPrefix(q[len(ew.lk.pfx):], ew.prefix) {
 		return "", false
 	}
-	return etcdKey[:i+1], true
+	return q, true
 }
 
 // apply follows the events of a watch response, which holds whole
@@ -96,14 +95,16 @@ func (ew *eventWatch) apply(ctx context.Context, evs []*clientv3.Event) {
 // revision follows the events of one revision.
 func (ew *eventWatch) revision(ctx context.Context, evs []*clientv3.Event) {
 	words := map[string]string{} // by the etcd key they are about
-	inbox := ew.lk.pfx + "\x00i/"
+	inboxes := ew.lk.pfx + "\x00i/"
 	for _, ev := range evs {
 		k := string(ev.Kv.Key)
-		if ev.Type != mvccpb.PUT || !strings.HasPrefix(k, inbox) {
+		if ev.Type != mvccpb.PUT || !strings.HasPrefix(k, inboxes) {
 			continue
 		}
-		if _, about, ok := strings.Cut(k[len(inbox):], "/"); ok {
-			words[ew.lk.pfx+about] = string(ev.Kv.Value)
+		if _, rest, ok := strings.Cut(k[len(inboxes):], "/"); ok {
+			if about, _, ok := parseInbox(ew.lk.pfx, rest); ok {
+				words[about] = string(ev.Kv.Value)
+			}
 		}
 	}
 	touched := map[string]bool{}
@@ -183,8 +184,7 @@ func (ew *eventWatch) regrant(q string, emit bool) {
 // fits.
 func (ew *eventWatch) emit(t lmx.EventType, q string, w waiter) {
 	now := time.Now().Truncate(time.Millisecond)
-	id, _ := ulid.ParseStrict(strings.TrimPrefix(w.key, q))
-	ev := lmx.Event{Type: t, Key: q[len(ew.lk.pfx) : len(q)-1], ID: id, Token: uint64(w.rev), Owner: w.owner, Time: now}
+	ev := lmx.Event{Type: t, Key: q[len(ew.lk.pfx) : len(q)-1], ID: w.id, Token: uint64(w.rev), Owner: w.owner, Time: now}
 	if ew.missed > 0 {
 		select {
 		case ew.out <- lmx.Event{Type: lmx.EventLagged, Time: now, Missed: ew.missed}:

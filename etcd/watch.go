@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -28,14 +29,29 @@ const (
 	whyExpired  = "expired" // for watchers: the holder's Locker knows already
 )
 
-// inboxKey is where the session of hex hears about its request etcdKey:
-// under prefix "\x00", which no queue's key can start with.
-func inboxKey(prefix, hex, etcdKey string) string {
-	return prefix + "\x00i/" + hex + "/" + strings.TrimPrefix(etcdKey, prefix)
+// inboxKey is where the session of hex hears about its request etcdKey
+// created at rev: under prefix "\x00", which no queue's key can start with.
+// The revision tells the requests a session makes on one name apart.
+func inboxKey(prefix, hex, etcdKey string, rev int64) string {
+	return inbox(prefix, hex) + strconv.FormatInt(rev, 10) + "/" + strings.TrimPrefix(etcdKey, prefix)
+}
+
+// inbox is the prefix of the inbox keys of the session of hex.
+func inbox(prefix, hex string) string { return prefix + "\x00i/" + hex + "/" }
+
+// parseInbox returns the request etcdKey and its create revision that an
+// inbox key (without inbox(prefix, hex)) is about.
+func parseInbox(prefix, rest string) (etcdKey string, rev int64, ok bool) {
+	r, k, ok := strings.Cut(rest, "/")
+	if !ok {
+		return "", 0, false
+	}
+	rev, err := strconv.ParseInt(r, 10, 64)
+	return prefix + k, rev, err == nil
 }
 
 // inboxKey is where l's session hears about l's key.
-func (l *lease) inboxKey() string { return inboxKey(l.lk.pfx, l.s.hex, l.etcdKey) }
+func (l *lease) inboxKey() string { return inboxKey(l.lk.pfx, l.s.hex, l.etcdKey, l.rev) }
 
 // why is the reason a word of an inbox (as read by a Get, or returned as
 // the previous value of a Delete) gives for a key that went: without one,
@@ -63,7 +79,7 @@ func reason(word string) error {
 // until ctx ends. After a failed watch it reads the inbox whole before it
 // watches again, so that a word lost to a compaction is still heard.
 func (lk *Locker) watchInbox(ctx context.Context, s *session, from int64) {
-	pfx := inboxKey(lk.pfx, s.hex, lk.pfx)
+	pfx := inbox(lk.pfx, s.hex)
 	for first := true; ctx.Err() == nil; first = false {
 		if !first {
 			resp, err := lk.cli.Get(ctx, pfx, clientv3.WithPrefix())
@@ -97,14 +113,17 @@ func (lk *Locker) watchInbox(ctx context.Context, s *session, from int64) {
 // themselves. The word of an expiry, which s wrote itself, is only
 // deleted.
 func (lk *Locker) heard(ctx context.Context, s *session, pfx string, kv *mvccpb.KeyValue) {
-	etcdKey := lk.pfx + strings.TrimPrefix(string(kv.Key), pfx)
+	etcdKey, rev, ok := parseInbox(lk.pfx, strings.TrimPrefix(string(kv.Key), pfx))
+	if !ok {
+		return
+	}
 	lk.mu.Lock()
 	l := s.leases[etcdKey]
 	lk.mu.Unlock()
 	word := string(kv.Value)
 	switch {
 	case word == whyExpired: // the expiry's own word, for watchers
-	case l == nil || !l.take():
+	case l == nil || l.rev != rev || !l.take():
 		return
 	default:
 		l.end(reason(word))

@@ -1078,7 +1078,7 @@ func (cc *clientConn) dispatch(h header, p []byte) (*call, error) {
 		delete(cc.leases, id)
 		cc.mu.Unlock()
 		if l != nil {
-			endRemote(l, reason)
+			l.end(reason)
 		}
 		return nil, nil
 	}
@@ -1105,7 +1105,7 @@ func (cc *clientConn) dispatch(h header, p []byte) (*call, error) {
 		return nil, nil // the reply to a fire-and-forget release
 	}
 	if released != nil { // before its Unlock can return
-		endRemote(released, ErrReleased)
+		released.end(ErrReleased)
 	}
 	var r reply
 	var bad error // the frame is wrong: it fails the call and the session
@@ -1184,12 +1184,12 @@ func (cc *clientConn) granted(cl *call, p []byte) (l *Lease, lost, bad error) {
 	}
 	l = &Lease{key: cl.key, id: id, token: token, door: cc, count: 1}
 	if !exp.IsZero() {
-		l.ttl = &ttlState{expires: exp, ttl: cl.ttl}
-	}
-	if cl.keepAlive > 0 {
-		t := l.ttl
-		t.keepAlive, t.keepUntil = cl.keepAlive, time.Now().Add(cl.keepAlive)
-		t.timer = time.AfterFunc(cl.ttl/3, func() { cc.renew(l) })
+		// The broker renews a KeepAlive lease; Expires projects its renewals
+		// up to the bound it keeps: grant time, exp less the TTL, plus max.
+		l.ttl = &ttlState{expires: exp, ttl: cl.ttl, heard: time.Now()}
+		if cl.keepAlive > 0 {
+			l.ttl.keepAlive, l.ttl.keepUntil = cl.keepAlive, exp.Add(cl.keepAlive-cl.ttl)
+		}
 	}
 	cc.leases[id] = l
 	return l, nil, nil
@@ -1266,40 +1266,6 @@ func (cc *clientConn) handOffLocked(l *Lease) {
 	}
 }
 
-// renew extends a KeepAlive lease by its TTL, never past its KeepAlive
-// bound, and schedules the next renewal while the bound is ahead. Renewals
-// come every third of the TTL, leaving two thirds for a slow round trip.
-func (cc *clientConn) renew(l *Lease) {
-	t := l.ttl
-	now := time.Now()
-	ttl := min(t.ttl, t.keepUntil.Sub(now))
-	if ttl <= 0 || l.Err() != nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), t.ttl/3)
-	defer cancel()
-	if err := cc.extend(ctx, l, ttl); err != nil {
-		if !errors.Is(err, ErrNotHeld) && !errors.Is(err, ErrSessionLost) && !errors.Is(err, ErrClosed) {
-			t.timer.Reset(t.ttl / 6) // a slow answer: try again while the lease still runs
-		}
-		return
-	}
-	if ttl == t.ttl {
-		t.timer.Reset(t.ttl / 3)
-	}
-}
-
-// endRemote ends a client's lease, once it is out of the conn's leases.
-func endRemote(l *Lease, reason error) {
-	l.mu.Lock()
-	t := l.ttl
-	l.mu.Unlock()
-	if t != nil && t.timer != nil { // timer is set before l is shared
-		t.timer.Stop()
-	}
-	l.end(reason)
-}
-
 // unlocked records that one grant of the lease with lock id id was
 // released; when none is left, the lease leaves the conn and ends.
 func (cc *clientConn) unlocked(id ulid.ULID) {
@@ -1307,7 +1273,7 @@ func (cc *clientConn) unlocked(id ulid.ULID) {
 	l := cc.unlockedLocked(id)
 	cc.mu.Unlock()
 	if l != nil {
-		endRemote(l, ErrReleased)
+		l.end(ErrReleased)
 	}
 }
 
@@ -1400,7 +1366,7 @@ func (cc *clientConn) extend(ctx context.Context, l *Lease, ttl time.Duration) e
 	if err != nil {
 		return err
 	}
-	l.setExpires(exp)
+	l.heardExpiry(exp, time.Now())
 	return nil
 }
 
@@ -1457,7 +1423,7 @@ func (cc *clientConn) fail(cause error) {
 	close(cc.done)
 	cc.nc.Close()
 	for _, l := range leases {
-		endRemote(l, reason)
+		l.end(reason)
 	}
 	for _, cl := range waiting {
 		select {

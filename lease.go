@@ -145,7 +145,7 @@ func (l *Lease) Expires() time.Time {
 	if l.ttl == nil {
 		return time.Time{}
 	}
-	return l.ttl.expires
+	return l.ttl.expiry(time.Now())
 }
 
 // Done returns a channel that is closed when the lease ends, for any reason.

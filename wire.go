@@ -25,7 +25,7 @@ import (
 const headerLen = 12
 
 // protocolVersion is the version a Hello offers and a Welcome accepts.
-const protocolVersion = 4
+const protocolVersion = 5
 
 // magic opens every Hello, so that a stray client is told apart at once.
 const magic = "LMX\x00"
@@ -73,6 +73,7 @@ const (
 	flagNoPreempt        = 1 << 3
 	flagPreempt          = 1 << 4 // a duration grace follows the owner
 	flagLockDelay        = 1 << 5 // a duration lock-delay follows
+	flagKeepAlive        = 1 << 6 // a duration KeepAlive bound follows
 )
 
 // header is a decoded frame header.
@@ -235,6 +236,9 @@ func appendLock(b []byte, key string, r *request) []byte {
 	if r.lockDelay >= 0 {
 		b = binary.AppendUvarint(b, uint64(r.lockDelay))
 	}
+	if r.keepAlive > 0 {
+		b = binary.AppendUvarint(b, uint64(r.keepAlive))
+	}
 	return b
 }
 
@@ -258,6 +262,9 @@ func lockFlags(r *request, wait bool) uint8 {
 	if r.lockDelay >= 0 {
 		f |= flagLockDelay
 	}
+	if r.keepAlive > 0 {
+		f |= flagKeepAlive
+	}
 	return f
 }
 
@@ -274,6 +281,11 @@ func decodeLock(h header, p []byte) (lockMsg, error) {
 	}
 	if h.flags&flagLockDelay != 0 {
 		m.req.lockDelay = d.duration()
+	}
+	if h.flags&flagKeepAlive != 0 {
+		if m.req.keepAlive = d.duration(); m.req.keepAlive == 0 {
+			d.fail() // the flag says there is a bound
+		}
 	}
 	if err := d.done(); err != nil {
 		return m, err

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -220,13 +219,8 @@ func (c *Client) handshake(ctx context.Context, nc net.Conn) (*clientConn, error
 		watches: make(map[uint32]*watcher),
 		gaveUp:  make(map[string]*gaveUp),
 	}
-	err := cc.out.send(func(b []byte) []byte {
-		return frame(b, opHello, 0, 0, 0, func(b []byte) []byte {
-			b = appendString(b, magic)
-			b = append(b, protocolVersion)
-			return appendString(b, c.cfg.token)
-		})
-	})
+	hello := helloMsg{version: protocolVersion, token: c.cfg.token}
+	err := cc.out.send(func(b []byte) []byte { return appendHello(b, hello) })
 	if err != nil {
 		return nil, fmt.Errorf("lmx: handshake: %w", err)
 	}
@@ -242,26 +236,24 @@ func (c *Client) handshake(ctx context.Context, nc net.Conn) (*clientConn, error
 	if _, err := io.ReadFull(nc, p); err != nil {
 		return nil, fmt.Errorf("lmx: handshake: %w", err)
 	}
-	d := decoder{b: p}
 	switch h.op {
 	case opWelcome:
 	case opError:
-		return nil, codeError(h.code, d.string())
+		return nil, decodeError(h.code, p)
 	default:
 		return nil, fmt.Errorf("%w: handshake answered with op 0x%02x", ErrProtocol, h.op)
 	}
-	if v := d.byte(); v != protocolVersion {
-		return nil, fmt.Errorf("%w: broker speaks version %d, this client %d", ErrProtocol, v, protocolVersion)
+	w, err := decodeWelcome(p)
+	if err == nil && w.version != protocolVersion {
+		return nil, fmt.Errorf("%w: broker speaks version %d, this client %d", ErrProtocol, w.version, protocolVersion)
 	}
-	cc.session = d.ulid()
-	cc.heartbeatEvery = d.duration()
-	cc.timeout = d.duration()
-	cc.maxFrame = int(min(d.uvarint(), 1<<30))
-	cc.maxKeyLen = int(min(d.uvarint(), 1<<30))
-	cc.in.max = max(cc.maxFrame, 4<<20)
-	if err := d.done(); err != nil || cc.heartbeatEvery <= 0 || cc.timeout <= 0 {
+	if err != nil || w.heartbeat <= 0 || w.timeout <= 0 {
 		return nil, fmt.Errorf("%w: malformed welcome", ErrProtocol)
 	}
+	cc.session, cc.heartbeatEvery, cc.timeout = w.session, w.heartbeat, w.timeout
+	cc.maxFrame = int(min(w.maxFrame, 1<<30))
+	cc.maxKeyLen = int(min(w.maxKeyLen, 1<<30))
+	cc.in.max = max(cc.maxFrame, 4<<20)
 	cc.out.timeout = cc.timeout
 	return cc, nil
 }
@@ -387,9 +379,7 @@ func (c *Client) acquire(ctx context.Context, key string, opts []LockOption, wai
 		return nil, err
 	}
 	rep, err := cc.roundTrip(ctx, call{key: key, lock: true, wait: wait, ttl: r.ttl, keepAlive: r.keepAlive},
-		func(b []byte, id uint32) []byte {
-			return frame(b, opLock, lockFlags(&r, wait), 0, id, func(b []byte) []byte { return appendLock(b, key, &r) })
-		})
+		func(b []byte, id uint32) []byte { return appendLock(b, id, key, &r, wait) })
 	if err != nil {
 		return nil, err
 	}
@@ -411,10 +401,7 @@ func (c *Client) Release(ctx context.Context, key string, id ulid.ULID) error {
 
 // appendRelease appends a Release frame of the lease of key with lock id id.
 func appendRelease(b []byte, reqID uint32, key string, id ulid.ULID) []byte {
-	return frame(b, opRelease, 0, 0, reqID, func(b []byte) []byte {
-		b = appendString(b, key)
-		return append(b, id[:]...)
-	})
+	return appendLeaseOp(b, opRelease, 0, reqID, leaseMsg{key: key, id: id})
 }
 
 // ForceUnlock ends every lease of key with ErrForced; see Broker.ForceUnlock.
@@ -430,7 +417,7 @@ func (c *Client) Inspect(ctx context.Context, key string) (KeyInfo, error) {
 	if err != nil {
 		return KeyInfo{}, err
 	}
-	return decodeKeyInfo(key, rep.payload)
+	return decodeInfo(key, rep.payload)
 }
 
 // Watch streams the events of the broker's keys that start with prefix,
@@ -446,7 +433,7 @@ func (c *Client) Watch(ctx context.Context, prefix string) (<-chan Event, error)
 	var once sync.Once
 	w.end = func() { once.Do(func() { close(ch) }) }
 	_, err = cc.roundTrip(ctx, call{watch: w}, func(b []byte, id uint32) []byte {
-		return frame(b, opWatch, 0, 0, id, func(b []byte) []byte { return appendString(b, prefix) })
+		return appendKeyOp(b, opWatch, id, prefix)
 	})
 	if err != nil {
 		if w.done != nil { // it was registered: drop it here and at the broker
@@ -470,7 +457,7 @@ func (cc *clientConn) unwatch(id uint32) {
 	}
 	w.stop()
 	w.end()
-	cc.out.send(func(b []byte) []byte { return frame(b, opCancel, 0, 0, id, nil) })
+	cc.out.send(func(b []byte) []byte { return appendEmpty(b, opCancel, id) })
 }
 
 // Ping makes a round trip to the broker.
@@ -479,7 +466,7 @@ func (c *Client) Ping(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	_, err = cc.roundTrip(ctx, call{}, func(b []byte, id uint32) []byte { return frame(b, opPing, 0, 0, id, nil) })
+	_, err = cc.roundTrip(ctx, call{}, func(b []byte, id uint32) []byte { return appendEmpty(b, opPing, id) })
 	return err
 }
 
@@ -491,15 +478,12 @@ func (c *Client) List(ctx context.Context, prefix string, limit int) ([]KeyStat,
 		return nil, err
 	}
 	rep, err := cc.roundTrip(ctx, call{}, func(b []byte, id uint32) []byte {
-		return frame(b, opList, 0, 0, id, func(b []byte) []byte {
-			b = appendString(b, prefix)
-			return binary.AppendUvarint(b, uint64(listLimit(limit)))
-		})
+		return appendList(b, id, listMsg{prefix: prefix, limit: uint64(listLimit(limit))})
 	})
 	if err != nil {
 		return nil, err
 	}
-	return decodeKeyStats(rep.payload)
+	return decodeKeys(rep.payload)
 }
 
 // Stats counts what the broker's table holds and has done.
@@ -508,16 +492,16 @@ func (c *Client) Stats(ctx context.Context) (Stats, error) {
 	if err != nil {
 		return Stats{}, err
 	}
-	rep, err := cc.roundTrip(ctx, call{}, func(b []byte, id uint32) []byte { return frame(b, opStats, 0, 0, id, nil) })
+	rep, err := cc.roundTrip(ctx, call{}, func(b []byte, id uint32) []byte { return appendEmpty(b, opStats, id) })
 	if err != nil {
 		return Stats{}, err
 	}
-	return decodeStats(rep.payload)
+	return decodeStatsOK(rep.payload)
 }
 
 func keyFrame(o op, key string) func([]byte, uint32) []byte {
 	return func(b []byte, id uint32) []byte {
-		return frame(b, o, 0, 0, id, func(b []byte) []byte { return appendString(b, key) })
+		return appendKeyOp(b, o, id, key)
 	}
 }
 
@@ -785,7 +769,7 @@ func (cc *clientConn) roundTrip(ctx context.Context, c call, f func([]byte, uint
 	if cancel {
 		// Queued under mu: the broker reads it before any Release that
 		// hands the key past cl (see unlink).
-		cc.out.add(func(b []byte) []byte { return frame(b, opCancel, 0, 0, id, nil) })
+		cc.out.add(func(b []byte) []byte { return appendEmpty(b, opCancel, id) })
 	}
 	cc.waiting.remove(cl)
 	if cc.reader == cl && cc.err == nil {
@@ -1033,42 +1017,37 @@ func (cc *clientConn) dispatch(h header, p []byte) (*call, error) {
 		}
 		return nil, nil
 	case opRevoke:
-		d := decoder{b: p}
-		d.string()
-		id := d.ulid()
-		if err := d.done(); err != nil {
+		m, err := decodeLeaseMsg(p)
+		if err != nil {
 			return nil, fmt.Errorf("%w: revoke: %v", ErrProtocol, err)
 		}
 		cc.mu.Lock()
-		l := cc.leases[id]
+		l := cc.leases[m.id]
 		cc.mu.Unlock()
 		if l != nil {
 			l.revokeNow()
 		}
 		return nil, nil
 	case opNext:
-		d := decoder{b: p}
-		pred, id, token := d.ulid(), d.ulid(), d.uvarint()
-		if err := d.done(); err != nil {
+		m, err := decodeNext(p)
+		if err != nil {
 			return nil, fmt.Errorf("%w: next: %v", ErrProtocol, err)
 		}
-		cc.name(h.id, pred, id, token)
+		cc.name(h.id, m)
 		return nil, nil
 	case opStop:
-		d := decoder{b: p}
-		key, seq := d.string(), d.uvarint()
-		if err := d.done(); err != nil {
+		m, err := decodeStop(p)
+		if err != nil {
 			return nil, fmt.Errorf("%w: stop: %v", ErrProtocol, err)
 		}
-		cc.stop(key, seq)
+		cc.stop(m)
 		return nil, nil
 	case opEnded:
-		d := decoder{b: p}
-		d.string()
-		id := d.ulid()
-		if err := d.done(); err != nil {
+		m, err := decodeLeaseMsg(p)
+		if err != nil {
 			return nil, fmt.Errorf("%w: ended: %v", ErrProtocol, err)
 		}
+		id := m.id
 		reason, ok := reasonErrors[h.code]
 		if !ok {
 			reason = errSessionLost
@@ -1117,8 +1096,7 @@ func (cc *clientConn) dispatch(h header, p []byte) (*call, error) {
 		}
 		r.lease, r.err, bad = cc.granted(cl, p)
 	case opError:
-		d := decoder{b: p}
-		r.err = codeError(h.code, d.string()) // a cancelled Lock's caller has gone: dropped below
+		r.err = decodeError(h.code, p) // a cancelled Lock's caller has gone: dropped below
 	case opOK, opInfo, opStatsOK, opKeys:
 		r.payload = bytes.Clone(p) // p is the reader's buffer
 	case opPong:
@@ -1168,11 +1146,11 @@ func (cc *clientConn) answeredLocked(key string) {
 // loss instead: the broker releases the grant with the session. An error
 // in the frame is bad.
 func (cc *clientConn) granted(cl *call, p []byte) (l *Lease, lost, bad error) {
-	d := decoder{b: p}
-	id, token, exp := d.ulid(), d.uvarint(), d.time()
-	if err := d.done(); err != nil {
+	g, err := decodeGranted(p)
+	if err != nil {
 		return nil, nil, fmt.Errorf("%w: granted: %v", ErrProtocol, err)
 	}
+	id, token, exp := g.id, g.token, g.exp
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
 	if cc.err != nil {
@@ -1196,8 +1174,8 @@ func (cc *clientConn) granted(cl *call, p []byte) (l *Lease, lost, bad error) {
 }
 
 // name records that the broker named the queued Lock reqID to follow the
-// lease pred, with lock id id and token token.
-func (cc *clientConn) name(reqID uint32, pred, id ulid.ULID, token uint64) {
+// lease m.pred, with lock id m.id and token m.token.
+func (cc *clientConn) name(reqID uint32, m nextMsg) {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
 	cl := cc.calls[reqID]
@@ -1207,8 +1185,8 @@ func (cc *clientConn) name(reqID uint32, pred, id ulid.ULID, token uint64) {
 	if cl.named { // named again, after a Stop
 		delete(cc.succ, cl.pred)
 	}
-	cl.named, cl.pred, cl.nid, cl.ntoken = true, pred, id, token
-	cc.succ[pred] = cl
+	cl.named, cl.pred, cl.nid, cl.ntoken = true, m.pred, m.id, m.token
+	cc.succ[m.pred] = cl
 }
 
 // unlink takes the named call cl, whose Cancel is about to go, out of the
@@ -1224,23 +1202,18 @@ func (cc *clientConn) unlink(cl *call) {
 	cl.named = false
 }
 
-// stop answers the broker's Stop about key: no Lock is handed key on any
-// more, and the answer goes after the Releases of those that were.
-func (cc *clientConn) stop(key string, seq uint64) {
+// stop answers the broker's Stop about m.key: no Lock is handed the key on
+// any more, and the answer goes after the Releases of those that were.
+func (cc *clientConn) stop(m stopMsg) {
 	cc.mu.Lock()
 	for pred, cl := range cc.succ {
-		if cl.key == key {
+		if cl.key == m.key {
 			delete(cc.succ, pred)
 			cl.named = false
 		}
 	}
 	cc.mu.Unlock()
-	cc.out.add(func(b []byte) []byte {
-		return frame(b, opStopped, 0, 0, 0, func(b []byte) []byte {
-			b = appendString(b, key)
-			return binary.AppendUvarint(b, seq)
-		})
-	})
+	cc.out.add(func(b []byte) []byte { return appendStop(b, opStopped, m) })
 	cc.flushAside() // dispatch holds the read role
 }
 
@@ -1355,7 +1328,9 @@ func (cc *clientConn) extend(ctx context.Context, l *Lease, ttl time.Duration) e
 	if l.Err() != nil {
 		return l.notHeld()
 	}
-	rep, err := cc.roundTrip(ctx, call{key: l.key}, func(b []byte, id uint32) []byte { return appendExtend(b, id, l.key, l.id, ttl) })
+	rep, err := cc.roundTrip(ctx, call{key: l.key}, func(b []byte, id uint32) []byte {
+		return appendExtend(b, id, extendMsg{key: l.key, id: l.id, ttl: ttl})
+	})
 	if err != nil {
 		if errors.Is(err, ErrNotHeld) && l.Err() != nil {
 			return l.notHeld()
@@ -1379,7 +1354,7 @@ func (cc *clientConn) heartbeat() {
 	for {
 		select {
 		case <-t.C:
-			cc.out.send(func(b []byte) []byte { return frame(b, opPing, 0, 0, 0, nil) })
+			cc.out.send(func(b []byte) []byte { return appendEmpty(b, opPing, 0) })
 		case <-cc.kick:
 			cc.out.flush()
 		case <-cc.done:

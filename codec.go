@@ -160,6 +160,11 @@ func decodeLeaseMsg(p []byte) (leaseMsg, error) {
 	return m, d.done()
 }
 
+// appendRelease appends a Release frame of the lease of key with lock id id.
+func appendRelease(b []byte, reqID uint32, key string, id ulid.ULID) []byte {
+	return appendLeaseOp(b, opRelease, 0, reqID, leaseMsg{key: key, id: id})
+}
+
 // extendMsg is an Extend.
 type extendMsg struct {
 	key string

@@ -428,5 +428,5 @@ func (c *Client) connFor(ctx context.Context, key string) (*clientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return cc, cc.checkKey(key)
+	return cc, checkKey(key, cc.maxKeyLen)
 }

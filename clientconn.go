@@ -239,16 +239,6 @@ func (q *callList) remove(cl *call) {
 	cl.prev, cl.next = nil, nil
 }
 
-func (cc *clientConn) checkKey(key string) error {
-	if key == "" {
-		return fmt.Errorf("%w: empty key", ErrInvalidKey)
-	}
-	if len(key) > cc.maxKeyLen {
-		return fmt.Errorf("%w: key of %d bytes, the limit is %d", ErrInvalidKey, len(key), cc.maxKeyLen)
-	}
-	return nil
-}
-
 // dispatch handles one frame from the broker and returns the call it
 // answered, if any.
 func (cc *clientConn) dispatch(h header, p []byte) (*call, error) {

@@ -16,8 +16,8 @@ func (b *Broker) Extend(ctx context.Context, key string, id ulid.ULID, ttl time.
 	if err := b.check(key); err != nil {
 		return time.Time{}, err
 	}
-	if ttl <= 0 {
-		return time.Time{}, fmt.Errorf("%w: Extend(%v) must be positive", ErrInvalidOption, ttl)
+	if err := checkExtendTTL(ttl); err != nil {
+		return time.Time{}, err
 	}
 	sh := b.shardFor(key)
 	l := sh.leaseByID(key, id)
@@ -34,8 +34,8 @@ func (b *Broker) Extend(ctx context.Context, key string, id ulid.ULID, ttl time.
 // on whichever client or process holds it; see Broker.Extend. The holder's
 // Lease.Expires learns of it only when that holder is this client.
 func (c *Client) Extend(ctx context.Context, key string, id ulid.ULID, ttl time.Duration) (time.Time, error) {
-	if ttl <= 0 {
-		return time.Time{}, fmt.Errorf("%w: Extend(%v) must be positive", ErrInvalidOption, ttl)
+	if err := checkExtendTTL(ttl); err != nil {
+		return time.Time{}, err
 	}
 	rep, err := c.request(ctx, key, func(b []byte, reqID uint32) []byte {
 		return appendExtend(b, reqID, extendMsg{key: key, id: id, ttl: ttl})
@@ -44,4 +44,13 @@ func (c *Client) Extend(ctx context.Context, key string, id ulid.ULID, ttl time.
 		return time.Time{}, err
 	}
 	return decodeExpiry(rep.payload)
+}
+
+// checkExtendTTL checks the ttl of an Extend, by lease or by lock id, on
+// any door.
+func checkExtendTTL(ttl time.Duration) error {
+	if ttl <= 0 {
+		return fmt.Errorf("%w: Extend(%v) must be positive", ErrInvalidOption, ttl)
+	}
+	return nil
 }

@@ -266,12 +266,12 @@ func (cc *clientConn) pushed(h header, p []byte) (bool, error) {
 			w.send(&ev)
 		}
 	case opRevoke:
-		m, err := decodeLeaseMsg(p)
+		_, id, err := decodeLeaseMsg(p)
 		if err != nil {
 			return true, fmt.Errorf("%w: revoke: %v", ErrProtocol, err)
 		}
 		cc.mu.Lock()
-		l := cc.leases[m.id]
+		l := cc.leases[id]
 		cc.mu.Unlock()
 		if l != nil {
 			l.revokeNow()
@@ -289,7 +289,7 @@ func (cc *clientConn) pushed(h header, p []byte) (bool, error) {
 		}
 		cc.stop(m)
 	case opEnded:
-		m, err := decodeLeaseMsg(p)
+		_, id, err := decodeLeaseMsg(p)
 		if err != nil {
 			return true, fmt.Errorf("%w: ended: %v", ErrProtocol, err)
 		}
@@ -298,8 +298,8 @@ func (cc *clientConn) pushed(h header, p []byte) (bool, error) {
 			reason = errSessionLost
 		}
 		cc.mu.Lock()
-		l := cc.leases[m.id]
-		delete(cc.leases, m.id)
+		l := cc.leases[id]
+		delete(cc.leases, id)
 		cc.mu.Unlock()
 		if l != nil {
 			l.end(reason)

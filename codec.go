@@ -154,10 +154,13 @@ func appendLeaseOp(b []byte, o op, code uint16, reqID uint32, m leaseMsg) []byte
 	return endFrame(append(b, m.id[:]...), start)
 }
 
-func decodeLeaseMsg(p []byte) (leaseMsg, error) {
+// decodeLeaseMsg returns the key as bytes of p, for the caller to make a
+// string where it uses it: a Release's key that does not escape then costs
+// no allocation.
+func decodeLeaseMsg(p []byte) (key []byte, id ulid.ULID, err error) {
 	d := decoder{b: p}
-	m := leaseMsg{key: d.string(), id: d.ulid()}
-	return m, d.done()
+	key, id = d.bytes(), d.ulid()
+	return key, id, d.done()
 }
 
 // appendRelease appends a Release frame of the lease of key with lock id id.

@@ -217,8 +217,8 @@ func (s *session) handle(h header, p []byte) {
 	case opLock:
 		s.lock(h, p)
 	case opRelease:
-		if m, err := decodeLeaseMsg(p); !s.malformed(h, err) {
-			s.result(h.id, s.release(m.key, m.id))
+		if key, id, err := decodeLeaseMsg(p); !s.malformed(h, err) {
+			s.result(h.id, s.release(string(key), id))
 		}
 	case opExtend:
 		if m, err := decodeExtend(p); !s.malformed(h, err) {

@@ -12,7 +12,8 @@ import (
 // timers or goroutines, and leases expiring together are ended in one pass
 // under the shard's lock. A shard with no TTL lease has no timer pending.
 
-// ttlState is the TTL of a lease, guarded by the shard's mu.
+// ttlState is the TTL of a lease, guarded by the shard's mu; a client's
+// lease has no shard, and its expires and heard are guarded by its mu.
 type ttlState struct {
 	expires   time.Time     // see Lease.ttl
 	ttl       time.Duration // asked with TTL; KeepAlive renews by this much

@@ -104,11 +104,12 @@ func WithReconnectBackoff(min, max time.Duration) ClientOption {
 	}
 }
 
-// Dial connects to the broker at addr: "unix:///path/to/socket",
-// "tcp://host:port" or "host:port" (TCP). ctx bounds the connection and
-// handshake only; once Dial returns, the Client lives until Close.
+// Dial connects to the broker at addr: "unix:///path/to/socket" or a bare
+// path, "tcp://host:port" or "host:port" (see SplitAddr). ctx bounds the
+// connection and handshake only; once Dial returns, the Client lives until
+// Close.
 func Dial(ctx context.Context, addr string, opts ...ClientOption) (*Client, error) {
-	network, address, err := parseAddr(addr)
+	network, address, err := SplitAddr(addr)
 	if err != nil {
 		return nil, err
 	}
@@ -135,9 +136,24 @@ func Dial(ctx context.Context, addr string, opts ...ClientOption) (*Client, erro
 	return c, nil
 }
 
-// parseAddr splits a broker address into network and address.
-func parseAddr(addr string) (network, address string, err error) {
-	if !strings.Contains(addr, "://") {
+// SplitAddr splits a broker address, as Dial and Ensure read it, into the
+// network and address that Broker.Listen and net.Dial take:
+// "unix:///path/to/socket", or a bare path starting with /, ./ or ../, is a
+// Unix socket; "tcp://host:port" and "host:port" are TCP. Anything else is
+// an error that says what an address may be.
+func SplitAddr(addr string) (network, address string, err error) {
+	bad := func(why string) (string, string, error) {
+		return "", "", fmt.Errorf("lmx: address %q %s", addr, why)
+	}
+	switch {
+	case addr == "":
+		return bad("is empty")
+	case strings.HasPrefix(addr, "/"), strings.HasPrefix(addr, "./"), strings.HasPrefix(addr, "../"):
+		return "unix", addr, nil
+	case !strings.Contains(addr, "://"):
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return bad("is not unix:///path, tcp://host:port, host:port or a socket's path")
+		}
 		return "tcp", addr, nil
 	}
 	u, err := url.Parse(addr)
@@ -146,11 +162,17 @@ func parseAddr(addr string) (network, address string, err error) {
 	}
 	switch u.Scheme {
 	case "unix":
+		if u.Host+u.Path == "" {
+			return bad("has no socket path")
+		}
 		return "unix", u.Host + u.Path, nil
 	case "tcp":
+		if u.Host == "" {
+			return bad("has no host:port")
+		}
 		return "tcp", u.Host, nil
 	}
-	return "", "", fmt.Errorf("lmx: address %q: scheme %q is not unix or tcp", addr, u.Scheme)
+	return bad(fmt.Sprintf("has scheme %q, not unix or tcp", u.Scheme))
 }
 
 // start runs f in a goroutine that Close waits for.

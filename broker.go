@@ -26,6 +26,7 @@ type Broker struct {
 	clock    msClock   // lock ids' time
 	watchers watchers  // see Watch
 	srv      server    // the network door, see listener.go
+	bg       group     // the table's own goroutines: LockAll's watchers, timers' callbacks
 	shards   [numShards]shard
 }
 
@@ -193,8 +194,13 @@ func (b *Broker) Close() error {
 	for _, w := range b.watchers.all() {
 		b.unwatch(w)
 	}
+	b.bg.close() // every lease has ended: LockAll's watchers return
+	b.bg.wait()
 	return nil
 }
+
+// start runs f in a goroutine that Close waits for; see group.
+func (b *Broker) start(f func()) bool { return b.bg.start(f) }
 
 // check fails calls on a closed broker and validates key.
 func (b *Broker) check(key string) error {

@@ -27,7 +27,7 @@ func (sh *shard) delayLocked(e *entry, l *Lease, reason error) {
 	switch {
 	case e.delay == nil:
 		e.delay = &delay{until: until}
-		e.delay.timer = time.AfterFunc(d, func() { sh.endDelay(e) })
+		e.delay.timer = time.AfterFunc(d, func() { sh.b.bg.run(func() { sh.endDelay(e) }) })
 	case until.After(e.delay.until):
 		e.delay.until = until
 		e.delay.timer.Reset(d)

@@ -16,25 +16,10 @@ import (
 type server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{} // guarded by mu
-	sessions  map[*session]struct{}     // guarded by mu
+	sessions  map[*conn]struct{}        // guarded by mu
 	closing   bool                      // guarded by mu
-	wg        sync.WaitGroup            // every goroutine of the door; Add under mu
+	g         group                     // every goroutine of the door
 	ends      endLog                    // logs the sessions' ends
-}
-
-// start runs f in a goroutine counted by the server, unless it is closing.
-func (s *server) start(f func()) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closing {
-		return false
-	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		f()
-	}()
-	return true
 }
 
 // Listen listens on network ("tcp", "tcp4", "tcp6" or "unix") at address and
@@ -73,7 +58,7 @@ func (b *Broker) listen(network, address, what string, tlsConfig *tls.Config, se
 		l.Close()
 		return nil, ErrClosed
 	}
-	b.srv.start(func() { b.serve(l, what, serveConn) })
+	b.srv.g.start(func() { b.serve(l, what, serveConn) })
 	return l.Addr(), nil
 }
 
@@ -115,10 +100,7 @@ func (b *Broker) serve(l net.Listener, what string, serveConn func(net.Conn)) er
 // ServeConn serves one connection, already accepted, in the background: the
 // way to serve a transport of the caller's own, or one end of net.Pipe.
 func (b *Broker) ServeConn(nc net.Conn) {
-	s := newSession(b, nc)
-	if !b.srv.start(s.run) {
-		nc.Close()
-	}
+	newSession(b, nc).serve()
 }
 
 func (s *server) track(l net.Listener) bool {
@@ -147,7 +129,7 @@ func (s *server) isClosing() bool {
 }
 
 // addSession registers sess, unless the server is closing or full.
-func (s *server) addSession(sess *session, limit int) error {
+func (s *server) addSession(sess *conn, limit int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing {
@@ -157,13 +139,13 @@ func (s *server) addSession(sess *session, limit int) error {
 		return fmt.Errorf("%w: %d sessions open, the limit", ErrBusy, len(s.sessions))
 	}
 	if s.sessions == nil {
-		s.sessions = make(map[*session]struct{})
+		s.sessions = make(map[*conn]struct{})
 	}
 	s.sessions[sess] = struct{}{}
 	return nil
 }
 
-func (s *server) removeSession(sess *session) {
+func (s *server) removeSession(sess *conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.sessions, sess)
@@ -177,14 +159,15 @@ func (s *server) sessionCount() int {
 
 // stop closes the listeners and stops new sessions and goroutines, and
 // returns the sessions open.
-func (s *server) stop() []*session {
+func (s *server) stop() []*conn {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closing = true
+	s.g.close()
 	for l := range s.listeners {
 		l.Close()
 	}
-	sessions := make([]*session, 0, len(s.sessions))
+	sessions := make([]*conn, 0, len(s.sessions))
 	for sess := range s.sessions {
 		sessions = append(sessions, sess)
 	}
@@ -202,7 +185,7 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 	}
 	done := make(chan struct{})
 	go func() {
-		b.srv.wg.Wait()
+		b.srv.g.wait()
 		close(done)
 	}()
 	select {
@@ -220,7 +203,7 @@ func (b *Broker) closeNetwork() {
 	for _, s := range b.srv.stop() {
 		s.nc.Close()
 	}
-	b.srv.wg.Wait()
+	b.srv.g.wait()
 }
 
 // listenUnix listens on a Unix socket at path. A lock file beside it, held

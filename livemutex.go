@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"strconv"
 	"strings"
@@ -61,26 +62,22 @@ func (b *Broker) ServeLiveMutex(l net.Listener) error {
 // live-mutex protocol, in the background.
 func (b *Broker) ServeLiveMutexConn(nc net.Conn) {
 	c := &lmConn{
-		s:        newSession(b, nc),
 		leases:   make(map[string]*Lease),
 		waits:    make(map[string]*Lease),
 		gone:     make(map[string]struct{}),
 		manys:    make(map[string]*lmMany),
 		goneMany: make(map[string][]string),
 	}
-	if !b.srv.start(c.run) {
-		nc.Close()
-	}
+	c.init(b, nc, c, "live-mutex session")
+	c.serve()
 }
 
-// An lmConn is one live-mutex client connection. It borrows a session for
-// what every connection of the broker has (its outbox and writer, its place
-// among the broker's sessions, so that Shutdown and Close end it), and is
-// the leaseHook of its own leases (an lmMany is that of its keys' leases).
-// Its mu is taken under the shard's mu, by the hooks; no table call is made
-// holding it.
+// An lmConn is one live-mutex client connection: a conn, like a native
+// session, and the leaseHook of its own leases (an lmMany is that of its
+// keys' leases). Its mu is taken under the shard's mu, by the hooks; no
+// table call is made holding it.
 type lmConn struct {
-	s *session
+	conn
 
 	mu          sync.Mutex
 	leases      map[string]*Lease   // held, by live-mutex lock id; guarded by mu
@@ -97,41 +94,33 @@ type lmConn struct {
 // maxGone bounds lmConn.gone: past it the record starts afresh.
 const maxGone = 4096
 
-func (c *lmConn) run() {
-	s := c.s
-	defer s.nc.Close()
-	log := s.b.cfg.logger.With("remote", s.nc.RemoteAddr().String(), "protocol", "live-mutex")
-	if err := s.b.srv.addSession(s, s.b.cfg.maxSessions); err != nil {
-		log.Warn("lmx: refused a live-mutex client", "err", err)
-		return
-	}
-	defer s.b.srv.removeSession(s)
-	s.b.srv.start(s.writer)
-	err := c.read()
-	close(s.done)
-	s.b.srv.ends.ended(s.b.cfg.logger, log, "live-mutex session", err, c.end())
+// open implements protocol: live-mutex has no handshake.
+func (c *lmConn) open(log *slog.Logger) (*slog.Logger, error) {
+	return log.With("protocol", "live-mutex"), c.register()
 }
+
+// closing implements protocol: live-mutex has no answer that tells a
+// waiting client the broker is going.
+func (c *lmConn) closing() {}
 
 // read handles lines until the connection fails.
 func (c *lmConn) read() error {
-	s := c.s
-	br := bufio.NewReaderSize(s.nc, 16<<10)
+	br := bufio.NewReaderSize(c.nc, 16<<10)
 	var long []byte     // a line longer than br's buffer, gathered
 	discarding := false // the line is over MaxLiveMutexLine: skip to its end
 	for {
 		if br.Buffered() == 0 {
-			s.handling.Store(false)
-			if err := s.out.flush(); err != nil {
+			if err := c.idle(); err != nil {
 				return err
 			}
 		}
 		chunk, err := br.ReadSlice('\n')
-		s.handling.Store(true)
+		c.handling.Store(true)
 		if errors.Is(err, bufio.ErrBufferFull) {
 			if !discarding {
 				long = append(long, chunk...)
 				if len(long) > MaxLiveMutexLine {
-					s.b.cfg.logger.Warn("lmx: live-mutex line too long, discarded", "remote", s.nc.RemoteAddr().String(), "limit", MaxLiveMutexLine)
+					c.b.cfg.logger.Warn("lmx: live-mutex line too long, discarded", "remote", c.nc.RemoteAddr().String(), "limit", MaxLiveMutexLine)
 					discarding, long = true, nil
 				}
 			}
@@ -148,15 +137,15 @@ func (c *lmConn) read() error {
 		if long != nil {
 			long = append(long, chunk...)
 			if len(long) > MaxLiveMutexLine+1 {
-				s.b.cfg.logger.Warn("lmx: live-mutex line too long, discarded", "remote", s.nc.RemoteAddr().String(), "limit", MaxLiveMutexLine)
+				c.b.cfg.logger.Warn("lmx: live-mutex line too long, discarded", "remote", c.nc.RemoteAddr().String(), "limit", MaxLiveMutexLine)
 				long = nil
 				continue
 			}
 			line, long = long, nil
 		}
 		if c.handle(bytes.TrimSpace(line)) {
-			s.handling.Store(false)
-			s.out.drain()
+			c.handling.Store(false)
+			c.out.drain()
 			return io.EOF
 		}
 	}
@@ -200,8 +189,7 @@ func (c *lmConn) handle(line []byte) bool {
 	}
 	var r lmRequest
 	if err := json.Unmarshal(line, &r); err != nil {
-		s := c.s
-		s.b.cfg.logger.Warn("lmx: live-mutex line is not a JSON object, ignored", "remote", s.nc.RemoteAddr().String(), "err", err, "line", truncate(line, 80))
+		c.b.cfg.logger.Warn("lmx: live-mutex line is not a JSON object, ignored", "remote", c.nc.RemoteAddr().String(), "err", err, "line", truncate(line, 80))
 		return false
 	}
 	if c.mismatch {
@@ -236,7 +224,7 @@ func (c *lmConn) handle(line []byte) bool {
 		}
 		c.reply(map[string]any{"uuid": r.UUID, "type": "pong", "timestamp": ts, "serverTimestamp": time.Now().UnixMilli(), "ping": true})
 	default:
-		c.s.b.cfg.logger.Warn("lmx: live-mutex request of unknown type", "remote", c.s.nc.RemoteAddr().String(), "type", r.Type)
+		c.b.cfg.logger.Warn("lmx: live-mutex request of unknown type", "remote", c.nc.RemoteAddr().String(), "type", r.Type)
 		c.reply(map[string]any{"key": r.key(), "uuid": r.UUID, "error": "Malformed data sent to Live-Mutex broker."})
 	}
 	return false
@@ -259,7 +247,7 @@ func (c *lmConn) version(v string) {
 	c.reply(map[string]any{"type": "version-mismatch", "versions": map[string]string{"clientVersion": v, "brokerVersion": LiveMutexVersion}})
 	c.end()
 	// live-mutex waits 2s for version-mismatch-confirmed, then hangs up.
-	c.s.nc.SetReadDeadline(time.Now().Add(2 * time.Second))
+	c.nc.SetReadDeadline(time.Now().Add(2 * time.Second))
 }
 
 func lmCompatible(a, b string) bool {
@@ -271,10 +259,10 @@ func lmCompatible(a, b string) bool {
 }
 
 // reply adds v, as one line, to what the reader flushes.
-func (c *lmConn) reply(v any) { c.s.reply(lmLine(v)) }
+func (c *lmConn) reply(v any) { c.conn.reply(lmLine(v)) }
 
 // push adds v, as one line, from a table hook.
-func (c *lmConn) push(v any) { c.s.push(lmLine(v)) }
+func (c *lmConn) push(v any) { c.conn.push(lmLine(v)) }
 
 func lmLine(v any) func([]byte) []byte {
 	p, err := json.Marshal(v)
@@ -306,20 +294,20 @@ func (c *lmConn) lock(r *lmRequest) {
 		refuse("lock request without a uuid")
 		return
 	}
-	if err := c.s.b.check(key); err != nil {
+	if err := c.b.check(key); err != nil {
 		refuse(err.Error())
 		return
 	}
 	req := defaultRequest()
 	req.owner = lmOwnerPrefix + id
-	explicitMax := false
+	req.ownLimit = true // max null: the key's own limit, or 1
 	if len(r.Max) > 0 && string(r.Max) != "null" {
 		n, err := strconv.Atoi(string(r.Max))
 		if err != nil || n < 1 {
 			refuse("`max` must be a positive integer (>= 1), got " + truncate(r.Max, 40))
 			return
 		}
-		req.limit, explicitMax = n, true
+		req.limit, req.ownLimit = n, false
 	}
 	ttl, err := lmTTL(r.TTL)
 	if err != nil {
@@ -349,11 +337,11 @@ func (c *lmConn) lock(r *lmRequest) {
 	case waiting != nil: // a retry of a queued request: it stays queued once
 		c.reply(&lmLock{UUID: id, Key: key, Type: "lock"})
 		return
-	case n >= c.s.b.cfg.maxWaitersPerSess:
+	case n >= c.b.cfg.maxWaitersPerSess:
 		refuse(fmt.Sprintf("%d requests of this connection wait already", n))
 		return
 	}
-	if _, _, err := c.begin(key, req, explicitMax, true, c); err != nil {
+	if _, _, err := c.b.shardFor(key).begin(key, &req, true, c, 0); err != nil {
 		refuse(err.Error())
 	}
 }
@@ -375,21 +363,6 @@ func lmTTL(raw json.RawMessage) (time.Duration, error) {
 		return d, nil
 	}
 	return liveMutexDefaultTTL, nil
-}
-
-// begin asks the table for key, as the native door does, with hook told of
-// the outcome. Without an explicit max, a request takes the key's own
-// limit, as live-mutex does with max null.
-func (c *lmConn) begin(key string, req request, explicitMax, wait bool, hook leaseHook) (l *Lease, queued bool, err error) {
-	sh := c.s.b.shardFor(key)
-	l, queued, err = sh.begin(key, &req, wait, hook, 0)
-	if errors.Is(err, ErrLimitMismatch) && !explicitMax {
-		if ki, ierr := c.s.b.Inspect(context.Background(), key); ierr == nil && ki.Limit > 0 {
-			req.limit = ki.Limit
-			l, queued, err = sh.begin(key, &req, wait, hook, 0)
-		}
-	}
-	return l, queued, err
 }
 
 // lockID returns the live-mutex lock id of a lease asked through this door.
@@ -457,7 +430,7 @@ type lmUnlock struct {
 }
 
 func (c *lmConn) unlock(r *lmRequest) {
-	b := c.s.b
+	b := c.b
 	ctx := context.Background()
 	key, lockID := r.key(), r.LockID
 	rep := lmUnlock{UUID: r.UUID, Key: key, Type: "unlock", Unlocked: true}
@@ -527,18 +500,18 @@ func (c *lmConn) abandon(key, id string) {
 	w, l := c.waits[id], c.leases[id]
 	delete(c.waits, id)
 	c.mu.Unlock()
-	if w != nil && w.key == key && !c.s.b.shardFor(key).dequeue(w) {
+	if w != nil && w.key == key && !c.b.shardFor(key).dequeue(w) {
 		c.mu.Lock()
 		l = c.leases[id] // granted meanwhile
 		c.mu.Unlock()
 	}
 	if l != nil && l.key == key {
-		c.s.b.Release(context.Background(), key, l.ID())
+		c.b.Release(context.Background(), key, l.ID())
 	}
 }
 
 func (c *lmConn) ls(r *lmRequest) {
-	keys, err := c.s.b.List(context.Background(), "", MaxListLimit)
+	keys, err := c.b.List(context.Background(), "", MaxListLimit)
 	list := make([]string, 0, len(keys))
 	for _, k := range keys {
 		list = append(list, k.Key)
@@ -552,7 +525,7 @@ func (c *lmConn) ls(r *lmRequest) {
 
 func (c *lmConn) lockInfo(r *lmRequest) {
 	key := r.key()
-	ki, err := c.s.b.Inspect(context.Background(), key)
+	ki, err := c.b.Inspect(context.Background(), key)
 	if err != nil {
 		c.reply(map[string]any{"key": key, "uuid": r.UUID, "type": "lock-info-response", "error": err.Error()})
 		return
@@ -581,41 +554,35 @@ func (c *lmConn) end() int {
 	c.over = true
 	leases, waits := c.leases, c.waits
 	c.leases, c.waits = nil, nil
-	type many struct {
-		m       *lmMany
-		held    bool
-		parts   []*Lease
-		waiting *Lease
-	}
-	manys := make([]many, 0, len(c.manys))
+	held := make(map[*lmMany]*Lease)
+	taking := 0 // keys held by requests withdrawn here: they give them back
 	for _, m := range c.manys {
-		held := m.state == manyHeld
-		parts, waiting := m.endLocked()
-		manys = append(manys, many{m, held, parts, waiting})
+		if m.state == manyTaking {
+			taking += m.taken
+		}
+		if l := m.endLocked(); l != nil {
+			held[m] = l
+		}
 	}
 	c.manys = nil
 	c.mu.Unlock()
 	for _, l := range waits {
-		c.s.b.shardFor(l.key).sessionEnded(l, c)
+		c.b.shardFor(l.key).sessionEnded(l, c)
 	}
-	released := 0
+	released := taking
 	for _, l := range leases {
 		if !l.keep {
 			released++
 		}
-		c.s.b.shardFor(l.key).sessionEnded(l, c)
+		c.b.shardFor(l.key).sessionEnded(l, c)
 	}
-	for _, m := range manys {
-		if !m.held { // never granted: its keys go, kept or not
-			released += len(m.parts)
-			c.drop(m.parts, m.waiting)
-			continue
-		}
-		for _, l := range m.parts {
+	for m, lock := range held {
+		// Each key is settled alone: those kept are released key by key.
+		for _, l := range disband(lock, errSessionLost) {
 			if !l.keep {
 				released++
 			}
-			c.s.b.shardFor(l.key).sessionEnded(l, m.m)
+			c.b.shardFor(l.key).sessionEnded(l, m)
 		}
 	}
 	return released

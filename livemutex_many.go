@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 )
 
@@ -16,21 +15,26 @@ import (
 const lmMaxManyKeys = 64
 
 // An lmMany is one acquire-many request and, once granted, its lock. It
-// takes its keys as LockAll does: one at a time in canonical order, so that
-// requests whose keys overlap never deadlock, each key queued FIFO with
-// every other request for it. The client hears of the grant only once it
-// holds them all; a failure gives back those it took. It is the leaseHook
-// of its keys' leases, its parts.
+// takes its keys through takeAll, the rules LockAll keeps: one at a time in
+// canonical order, so that requests whose keys overlap never deadlock, each
+// key queued FIFO with every other request for it, all or nothing, and a
+// key lost ends the whole. It takes them on a goroutine of its own, which
+// waits for a queued key's grant; the client hears of the grant only once
+// it holds them all. It is the leaseHook of its keys' leases, its parts.
 type lmMany struct {
-	c    *lmConn
-	id   string   // the request's uuid, and the lock's lockUuid
-	keys []string // canonical order
-	req  request
-	wait bool
+	c      *lmConn
+	id     string   // the request's uuid, and the lock's lockUuid
+	keys   []string // canonical order
+	req    request
+	wait   bool
+	cancel context.CancelFunc // withdraws the request while it takes its keys
+	ready  chan struct{}      // the queued part is granted; buffered
 
-	parts   []*Lease    // granted, in key order; guarded by c.mu
-	waiting *Lease      // the part queued, or nil; guarded by c.mu
-	state   lmManyState // guarded by c.mu
+	state     lmManyState // guarded by c.mu
+	taken     int         // keys held while taking; guarded by c.mu
+	waiting   *Lease      // the part queued, or nil; guarded by c.mu
+	lease     *Lease      // the lock, once held; guarded by c.mu
+	contended string      // the key a request that does not wait failed on; take's
 }
 
 type lmManyState uint8
@@ -56,7 +60,7 @@ type lmAcquireMany struct {
 }
 
 func (c *lmConn) acquireMany(r *lmRequest) {
-	b := c.s.b
+	b := c.b
 	id := r.UUID
 	rep := lmAcquireMany{Type: "acquire-many", UUID: id}
 	refuse := func(msg string) {
@@ -89,8 +93,8 @@ func (c *lmConn) acquireMany(r *lmRequest) {
 		refuse(err.Error())
 		return
 	}
-	m := &lmMany{c: c, id: id, keys: keys, wait: r.Wait == nil || *r.Wait, req: defaultRequest()}
-	m.req.owner, m.req.ttl = lmOwnerPrefix+id, ttl
+	m := &lmMany{c: c, id: id, keys: keys, wait: r.Wait == nil || *r.Wait, req: defaultRequest(), ready: make(chan struct{}, 1)}
+	m.req.owner, m.req.ttl, m.req.ownLimit = lmOwnerPrefix+id, ttl, true
 	m.req.keepOnDisconnect = r.KeepLocksAfterDeath && ttl > 0
 	if err := m.req.validate(); err != nil {
 		refuse(err.Error())
@@ -108,63 +112,87 @@ func (c *lmConn) acquireMany(r *lmRequest) {
 		rep = old.grantLocked()
 	case old != nil: // a retry of a request taking its keys: taken once
 		rep.Keys, rep.LockRequestCount = old.keys, new(int)
-		rep.ContendedKey = old.keys[min(len(old.parts), len(old.keys)-1)]
+		rep.ContendedKey = old.keys[min(old.taken, len(old.keys)-1)]
 	case n >= b.cfg.maxWaitersPerSess:
 		rep.Error = fmt.Sprintf("%d requests of this connection wait already", n)
 	default:
+		var ctx context.Context
+		ctx, m.cancel = context.WithCancel(context.Background())
 		c.manys[id] = m
 		c.manyWaiting++
 		c.mu.Unlock()
-		m.take()
+		if !b.srv.g.start(func() { m.run(ctx) }) {
+			m.cancel() // the broker is closing, and with it the connection
+		}
 		return
 	}
 	c.mu.Unlock()
 	c.reply(&rep)
 }
 
-// take takes m's keys from the first it lacks, until one must wait or all
-// are held. It runs on the reader, and, after a queued key's grant, on a
-// goroutine of its own: no table call is made under the table's lock.
-func (m *lmMany) take() {
+// run takes m's keys and answers with the grant, or why it failed.
+func (m *lmMany) run(ctx context.Context) {
 	c := m.c
-	for {
-		c.mu.Lock()
-		if m.state != manyTaking {
-			c.mu.Unlock()
-			return
-		}
-		if len(m.parts) == len(m.keys) {
-			m.state = manyHeld
-			c.manyWaiting--
-			rep := m.grantLocked()
-			c.push(&rep)
-			c.mu.Unlock()
-			return
-		}
-		key := m.keys[len(m.parts)]
+	l, err := takeAll(ctx, m.keys, m.take, c.b.start)
+	c.mu.Lock()
+	if m.state != manyTaking { // withdrawn: by release-many or the connection's end
 		c.mu.Unlock()
-		l, queued, err := c.begin(key, m.req, false, m.wait, m)
-		if err != nil {
-			m.fail(key, err)
-			return
+		if l != nil {
+			l.Unlock(context.Background())
 		}
-		c.mu.Lock()
-		// A queued l may have been granted and taken on by another take,
-		// which may even have finished: once the hooks have recorded l, it
-		// is m's, whatever m's state.
-		mine := l == m.waiting || slices.Contains(m.parts, l)
-		switch {
-		case m.state != manyTaking && !mine: // ended meanwhile: l is not m's to keep
-			c.mu.Unlock()
-			c.drop(nil, l)
-			return
-		case queued: // granted carries on, or has
-			c.mu.Unlock()
-			return
-		}
-		m.parts = append(m.parts, l)
-		c.mu.Unlock()
+		return
 	}
+	if err != nil {
+		m.endLocked()
+		c.mu.Unlock()
+		rep := m.answer()
+		if errors.Is(err, ErrLocked) {
+			n := 0
+			if ki, ierr := c.b.Inspect(context.Background(), m.contended); ierr == nil {
+				n = len(ki.Waiters)
+			}
+			rep.ContendedKey, rep.LockRequestCount = m.contended, &n
+		} else {
+			rep.Error = err.Error()
+		}
+		c.push(&rep)
+		return
+	}
+	m.state, m.lease = manyHeld, l
+	c.manyWaiting--
+	rep := m.grantLocked()
+	c.push(&rep)
+	c.mu.Unlock()
+}
+
+// take asks the table for key, and waits for it if it queues: the key
+// taker of takeAll. The request takes the key's own limit, as a lock
+// with max null does.
+func (m *lmMany) take(ctx context.Context, key string) (*Lease, error) {
+	c := m.c
+	l, queued, err := c.b.shardFor(key).begin(key, &m.req, m.wait, m, 0)
+	if errors.Is(err, ErrLocked) {
+		m.contended = key
+	}
+	if err != nil {
+		return nil, err
+	}
+	if queued {
+		select {
+		case <-m.ready:
+		case <-l.Done(): // failed by Close
+			return nil, l.Err()
+		case <-ctx.Done():
+			if !c.b.shardFor(key).dequeue(l) {
+				l.Unlock(context.Background()) // granted meanwhile
+			}
+			return nil, ctx.Err()
+		}
+	}
+	c.mu.Lock()
+	m.taken++
+	c.mu.Unlock()
+	return l, nil
 }
 
 // answer returns the start of every reply to m.
@@ -176,62 +204,30 @@ func (m *lmMany) answer() lmAcquireMany {
 func (m *lmMany) grantLocked() lmAcquireMany {
 	rep := m.answer()
 	rep.Acquired, rep.LockUUID = true, m.id
-	rep.FencingTokens = make(map[string]uint64, len(m.parts))
-	rep.FencingTokenStrings = make(map[string]string, len(m.parts))
-	for _, p := range m.parts {
+	parts := m.lease.Parts()
+	rep.FencingTokens = make(map[string]uint64, len(parts))
+	rep.FencingTokenStrings = make(map[string]string, len(parts))
+	for _, p := range parts {
 		rep.FencingTokens[p.key] = p.token
 		rep.FencingTokenStrings[p.key] = strconv.FormatUint(p.token, 10)
 	}
 	return rep
 }
 
-// fail gives back the keys m took and answers that key could not be had:
-// held (ErrLocked, with wait false), or err.
-func (m *lmMany) fail(key string, err error) {
-	c := m.c
-	c.mu.Lock()
-	if m.state != manyTaking {
-		c.mu.Unlock()
-		return
-	}
-	parts, waiting := m.endLocked()
-	c.mu.Unlock()
-	c.drop(parts, waiting)
-	rep := m.answer()
-	if errors.Is(err, ErrLocked) {
-		n := 0
-		if ki, ierr := c.s.b.Inspect(context.Background(), key); ierr == nil {
-			n = len(ki.Waiters)
-		}
-		rep.ContendedKey, rep.LockRequestCount = key, &n
-	} else {
-		rep.Error = err.Error()
-	}
-	c.push(&rep)
-}
-
-// endLocked ends m and returns the leases it had, to release outside c.mu.
-func (m *lmMany) endLocked() (parts []*Lease, waiting *Lease) {
+// endLocked ends m, and returns its lock if it held one, to release
+// outside c.mu; a request still taking its keys is withdrawn, and gives
+// them back itself.
+func (m *lmMany) endLocked() *Lease {
 	c := m.c
 	if m.state == manyTaking {
 		c.manyWaiting--
+		m.cancel()
 	}
 	m.state = manyEnded
 	delete(c.manys, m.id)
-	parts, waiting = m.parts, m.waiting
-	m.parts, m.waiting = nil, nil
-	return parts, waiting
-}
-
-// drop releases parts and takes waiting out of its queue, or releases it if
-// its grant won the race. Leases already ended are passed over.
-func (c *lmConn) drop(parts []*Lease, waiting *Lease) {
-	if waiting != nil && !c.s.b.shardFor(waiting.key).dequeue(waiting) {
-		parts = append(parts, waiting)
-	}
-	for _, p := range parts {
-		p.Unlock(context.Background())
-	}
+	l := m.lease
+	m.lease = nil
+	return l
 }
 
 // queued implements leaseHook: like a lock, a queued acquire-many is
@@ -241,7 +237,7 @@ func (m *lmMany) queued(l *Lease, _ uint32) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if m.state != manyTaking {
-		return // take drops l
+		return // take's ctx is done: it dequeues l
 	}
 	m.waiting = l
 	n := l.e.waiters.n
@@ -250,52 +246,38 @@ func (m *lmMany) queued(l *Lease, _ uint32) {
 	c.push(&rep)
 }
 
-// granted implements leaseHook. A key granted at once is take's to record;
-// the queued one is recorded here, and the keys after it are taken on a
-// goroutine, off the table's lock.
+// granted implements leaseHook: it wakes take for the part it waits for. A
+// key granted at once is take's already.
 func (m *lmMany) granted(l *Lease, _ uint32) {
 	c := m.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if m.waiting != l {
-		return
+	if m.waiting == l {
+		m.waiting = nil
+		m.ready <- struct{}{} // take waits for one part at a time
 	}
-	m.waiting = nil
-	m.parts = append(m.parts, l)
-	c.s.b.srv.start(m.take) // fails only when the broker closes, and with it m
 }
 
 // revoked implements leaseHook: live-mutex has no preemption to tell of.
 func (m *lmMany) revoked(*Lease) {}
 
-// ended implements leaseHook. A part that ends without release-many
-// (expiry, force unlock, unlock of its key by lockUuid) ends m, as a part
-// ends a LockAll lease: its other keys are released. A lock granted is
-// recorded as lost, so that its release-many succeeds, as a late unlock
-// does; a request still taking its keys fails.
-func (m *lmMany) ended(l *Lease, reason error) {
+// ended implements leaseHook. A part of a granted lock that ends without
+// release-many (expiry, force unlock, unlock of its key by lockUuid) ends
+// the lock, which takeAll's watcher releases whole; the lock is recorded
+// as lost, so that its release-many succeeds, as a late unlock does. A
+// request still taking its keys is failed by takeAll.
+func (m *lmMany) ended(*Lease, error) {
 	c := m.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.over || m.state == manyEnded {
+	if c.over || m.state != manyHeld {
 		return
 	}
-	held := m.state == manyHeld
-	parts, waiting := m.endLocked()
-	if held {
-		if len(c.goneMany) >= maxGone {
-			clear(c.goneMany)
-		}
-		c.goneMany[m.id] = m.keys
+	m.endLocked()
+	if len(c.goneMany) >= maxGone {
+		clear(c.goneMany)
 	}
-	c.s.b.srv.start(func() {
-		c.drop(parts, waiting)
-		if !held {
-			rep := m.answer()
-			rep.Error = fmt.Sprintf("key %q was lost before all keys were held: %v", l.key, reason)
-			c.push(&rep)
-		}
-	})
+	c.goneMany[m.id] = m.keys
 }
 
 // lmReleaseMany is the reply to a release-many request.
@@ -316,12 +298,11 @@ func (c *lmConn) releaseMany(r *lmRequest) {
 	c.mu.Lock()
 	m := c.manys[id]
 	keys, lost := c.goneMany[id]
-	var parts []*Lease
-	var waiting *Lease
+	var l *Lease
 	switch {
 	case m != nil:
 		keys = m.keys
-		parts, waiting = m.endLocked()
+		l = m.endLocked()
 	case lost:
 		delete(c.goneMany, id)
 	}
@@ -332,5 +313,7 @@ func (c *lmConn) releaseMany(r *lmRequest) {
 		return
 	}
 	c.reply(&lmReleaseMany{Type: "release-many", UUID: r.UUID, LockUUID: id, Keys: keys, Released: true})
-	c.drop(parts, waiting)
+	if l != nil {
+		l.Unlock(context.Background())
+	}
 }

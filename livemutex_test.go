@@ -762,3 +762,42 @@ func TestLiveMutexAcquireManyHammer(t *testing.T) {
 		assert.Empty(t, holders(t, b, fmt.Sprintf("h%d", k)))
 	}
 }
+
+// A lock with max null takes the key's own limit in one ask of the table:
+// a key whose limit changes under it (here, a Go holder of limit 2 comes
+// and goes) never makes it fail with a limit mismatch, as a first ask with
+// limit 1, a look at the key, and a second ask could.
+func TestLiveMutexMaxNullAskedOnce(t *testing.T) {
+	b := lmBroker(t, nil)
+	ctx := context.Background()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if l, err := b.TryLock(ctx, "mn", lmx.Limit(2)); err == nil {
+				l.Unlock(ctx)
+			}
+		}
+	}()
+	defer func() {
+		close(stop)
+		<-done
+	}()
+	a := lmPipe(t, b)
+	for i := range 3000 {
+		id := fmt.Sprintf("m%d", i)
+		g := a.lock(id, "mn", map[string]any{"max": nil})
+		require.NotContains(t, g, "error", "lock %d", i)
+		for g["acquired"] != true {
+			g = a.recv()
+			require.NotContains(t, g, "error", "lock %d", i)
+		}
+		require.Equal(t, true, a.unlock("u"+id, "mn", id, false)["unlocked"])
+	}
+}

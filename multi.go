@@ -19,7 +19,9 @@ import (
 // lease of each key, with its own fencing token. Unlock and Extend act on
 // every key. If one key's lease ends without the holder asking (expiry,
 // preemption, ForceUnlock, a lost session), the whole lease ends with that
-// reason and the other keys are released.
+// reason and the other keys are released. If a key taken is lost while
+// LockAll waits for the next, LockAll fails at once with an error matching
+// ErrLeaseLost and that reason, and gives back the keys it took.
 func (b *Broker) LockAll(ctx context.Context, keys []string, opts ...LockOption) (*Lease, error) {
 	return LockAll(ctx, b, keys, opts...)
 }
@@ -67,35 +69,23 @@ func lockAll(ctx context.Context, d Locker, keys []string, opts []LockOption, wa
 	if len(keys) == 0 {
 		return nil, fmt.Errorf("%w: LockAll of no keys", ErrInvalidKey)
 	}
-	keys = canonicalKeys(keys)
-	parts := make([]*Lease, 0, len(keys))
-	for _, k := range keys {
-		var p *Lease
-		var err error
-		if wait {
-			p, err = d.Lock(ctx, k, opts...)
-		} else {
-			p, err = d.TryLock(ctx, k, opts...)
-		}
-		if err != nil {
-			for _, p := range parts {
-				p.Unlock(context.WithoutCancel(ctx))
-			}
-			return nil, err
-		}
-		parts = append(parts, p)
+	lock := d.TryLock
+	if wait {
+		lock = d.Lock
 	}
-	if len(parts) == 1 {
-		return parts[0], nil
+	start := goStart
+	if g, ok := d.(interface{ start(func()) bool }); ok {
+		start = g.start
 	}
-	m := &multi{parts: parts, stop: make(chan struct{})}
-	l := &Lease{key: parts[0].key, id: parts[0].id, token: parts[0].token, door: m}
-	m.lease = l
-	if exp := m.expires(); !exp.IsZero() {
-		l.setExpires(exp)
-	}
-	go m.watch()
-	return l, nil
+	return takeAll(ctx, canonicalKeys(keys), func(ctx context.Context, key string) (*Lease, error) {
+		return lock(ctx, key, opts...)
+	}, start)
+}
+
+// goStart runs f in a goroutine of its own.
+func goStart(f func()) bool {
+	go f()
+	return true
 }
 
 // canonicalKeys returns keys in the order every multi-key lock takes them:
@@ -104,6 +94,73 @@ func canonicalKeys(keys []string) []string {
 	keys = slices.Clone(keys)
 	slices.Sort(keys)
 	return slices.Compact(keys)
+}
+
+// takeAll holds the rules of every multi-key lock, LockAll and live-mutex's
+// acquire-many alike. It takes keys, in canonical order, one at a time
+// through take, and joins their leases into one:
+//
+//   - all or nothing: if a key cannot be had, the keys taken are given back
+//     and take's error returned;
+//   - a key lost (expired, forced...) while the others are taken fails the
+//     whole at once, with an error wrapping the loss, and gives back the rest;
+//   - once all are held, a key lost ends the whole lease with that reason and
+//     the other keys are released (see multi).
+//
+// A lease of one key is returned as it is. Past the first key, one goroutine,
+// run by start, watches the keys until the lease ends.
+func takeAll(ctx context.Context, keys []string, take func(ctx context.Context, key string) (*Lease, error), start func(func()) bool) (*Lease, error) {
+	ctx, fail := context.WithCancel(ctx)
+	defer fail()
+	m := &multi{stop: make(chan struct{}), added: make(chan struct{}, 1), fail: fail}
+	giveBack := func(err error) (*Lease, error) {
+		m.mu.Lock()
+		m.finishLocked()
+		parts, lost := m.parts, m.lost
+		m.mu.Unlock()
+		for _, p := range parts {
+			p.Unlock(context.WithoutCancel(ctx))
+		}
+		if lost != nil {
+			err = lost // that, not the cancel it caused, is why
+		}
+		return nil, err
+	}
+	for i, k := range keys {
+		if i == 1 && !start(m.watch) {
+			return giveBack(ErrClosed)
+		}
+		if err := ctx.Err(); err != nil {
+			return giveBack(err)
+		}
+		p, err := take(ctx, k)
+		if err != nil {
+			return giveBack(err)
+		}
+		if len(keys) == 1 {
+			return p, nil
+		}
+		m.mu.Lock()
+		m.parts = append(m.parts, p)
+		m.mu.Unlock()
+		select {
+		case m.added <- struct{}{}:
+		default: // the watcher has yet to look at the last
+		}
+	}
+	parts := m.parts
+	l := &Lease{key: parts[0].key, id: parts[0].id, token: parts[0].token, door: m}
+	if exp := m.expires(); !exp.IsZero() {
+		l.setExpires(exp)
+	}
+	m.mu.Lock()
+	if m.ended { // a key was lost just now
+		m.mu.Unlock()
+		return giveBack(nil)
+	}
+	m.lease = l
+	m.mu.Unlock()
+	return l, nil
 }
 
 // expires returns the earliest expiry of the parts, or zero if none expires.
@@ -117,52 +174,101 @@ func (m *multi) expires() time.Time {
 	return first
 }
 
-// multi is the door of a LockAll lease: it acts on every part.
+// multi is the door of a multi-key lease: it acts on every part.
 type multi struct {
-	lease *Lease
-	parts []*Lease
-	stop  chan struct{} // closed when the lease ends
+	stop  chan struct{}      // closed when the lease ends, or its take fails
+	added chan struct{}      // tells the watcher that parts grew
+	fail  context.CancelFunc // fails the take
 
 	mu    sync.Mutex
-	ended bool // guarded by mu
+	parts []*Lease // in key order; appended while taking, then fixed; guarded by mu
+	lease *Lease   // set once every key is held; guarded by mu
+	lost  error    // why the take failed, if a key was lost; guarded by mu
+	ended bool     // guarded by mu
 }
 
 // watch waits for a part to end, or for the lease to end.
 func (m *multi) watch() {
-	cases := make([]reflect.SelectCase, 0, len(m.parts)+1)
-	cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(m.stop)})
-	for _, p := range m.parts {
-		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(p.Done())})
+	cases := []reflect.SelectCase{
+		{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(m.stop)},
+		{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(m.added)},
 	}
-	i, _, _ := reflect.Select(cases)
-	if i == 0 {
-		return
-	}
-	// A part ended without the holder asking: the lease is lost with it.
-	if m.end(m.parts[i-1].Err()) {
-		for _, p := range m.parts {
-			p.Unlock(context.Background())
+	for {
+		m.mu.Lock()
+		parts := m.parts
+		m.mu.Unlock()
+		cases = cases[:2]
+		for _, p := range parts {
+			cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(p.Done())})
+		}
+		switch i, _, _ := reflect.Select(cases); i {
+		case 0:
+			return
+		case 1:
+			continue
+		default:
+			if m.lose(parts[i-2]) {
+				for _, p := range parts {
+					p.Unlock(context.Background())
+				}
+			}
+			return
 		}
 	}
 }
 
-// end ends the lease for reason, once, and reports whether it did.
-func (m *multi) end(reason error) bool {
+// lose ends m for the loss of part p, once: it fails the take if the keys
+// are still being taken, else ends the lease, and then reports true: the
+// caller releases the other parts.
+func (m *multi) lose(p *Lease) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if !m.finishLocked() {
+		return false
+	}
+	if m.lease == nil {
+		m.lost = fmt.Errorf("lmx: key %q was lost before all keys were held: %w", p.key, p.Err())
+		m.fail()
+		return false
+	}
+	m.lease.end(p.Err())
+	return true
+}
+
+// finishLocked marks m ended and stops its watcher, once, and reports
+// whether it did.
+func (m *multi) finishLocked() bool {
 	if m.ended {
 		return false
 	}
 	m.ended = true
 	close(m.stop)
-	m.lease.end(reason)
 	return true
 }
 
+// disband ends l, a lease of takeAll, for reason, and returns its parts,
+// left to live on each alone: none of them ends the others any more.
+func disband(l *Lease, reason error) []*Lease {
+	m, ok := l.door.(*multi)
+	if !ok {
+		return []*Lease{l}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.finishLocked() {
+		l.end(reason)
+	}
+	return m.parts
+}
+
 func (m *multi) unlock(ctx context.Context, l *Lease) error {
-	if !m.end(ErrReleased) {
+	m.mu.Lock()
+	if !m.finishLocked() {
+		m.mu.Unlock()
 		return l.notHeld()
 	}
+	l.end(ErrReleased)
+	m.mu.Unlock()
 	var errs []error
 	for _, p := range m.parts {
 		if err := p.Unlock(ctx); err != nil && !errors.Is(err, ErrNotHeld) {

@@ -51,8 +51,9 @@ func Limit(n int) LockOption { return LockOption{kind: optLimit, n: int64(n)} }
 // granted first, equal priorities in arrival order. The default is 0;
 // negative priorities are allowed; p must fit in 32 bits (else
 // ErrInvalidOption). A waiting high-priority request is never
-// overtaken by a lower one, so low priorities can wait for as long as higher
-// ones keep arriving.
+// overtaken by a lower one. Starvation is bounded: a waiter is overtaken by
+// at most 64 later requests of higher priority; after that, every request
+// queues behind it, whatever its priority.
 func Priority(p int) LockOption { return LockOption{kind: optPriority, n: int64(p)} }
 
 // Owner names who asks. A request whose owner already holds the key is
@@ -112,6 +113,7 @@ type request struct {
 	ttl              time.Duration
 	keepAlive        time.Duration
 	limit            int
+	ownLimit         bool // a live key's own limit, not limit (live-mutex's max null)
 	priority         int
 	owner            string
 	shared           bool

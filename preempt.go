@@ -45,7 +45,7 @@ func (sh *shard) maybePreemptLocked(e *entry) {
 			v.hook.revoked(v)
 		}
 	}
-	time.AfterFunc(p.grace, func() { sh.preemptDue(w) })
+	time.AfterFunc(p.grace, func() { sh.b.bg.run(func() { sh.preemptDue(w) }) })
 }
 
 // victims returns the holders that must go for w to fit, fewest and lowest

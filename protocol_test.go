@@ -558,7 +558,7 @@ func TestProtocolOversizedFrame(t *testing.T) {
 // Bug pinned: when the session's writer goroutine is busy writing a pushed
 // frame (a Granted, an Ended) as the reader meets a frame over the limit,
 // the reader's flush returns at once, leaving the writing to the writer, and
-// session.run closes the connection before the writer gets to the Error
+// the connection's run (conn.run) closes it before the writer gets to the Error
 // frame: the client never learns why it was cut off. PROTOCOL.md: "a longer
 // frame is answered with an Error frame (code 8) and the connection is
 // closed".

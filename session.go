@@ -7,9 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -19,18 +19,11 @@ import (
 // A session is one client connection to the broker. Its reader handles each
 // request inline and never waits for a grant: a queued Lock is answered by
 // the table's hook (granted, below) when the key is handed to it. Replies
-// are gathered in the outbox and written once per batch of requests read.
+// are gathered in the outbox and written once per batch of requests read
+// (see conn).
 type session struct {
-	b    *Broker
-	nc   net.Conn
-	id   ulid.ULID
-	out  outbox
-	kick chan struct{} // wakes the writer for frames the reader will not flush
-	done chan struct{} // closed when the reader has finished
-
-	// handling is set while the reader handles a batch it will flush itself,
-	// so that hooks firing meanwhile need not wake the writer.
-	handling atomic.Bool
+	conn
+	id ulid.ULID
 
 	mu      sync.Mutex
 	leases  map[ulid.ULID]*Lease // held through this session; guarded by mu
@@ -41,31 +34,21 @@ type session struct {
 }
 
 func newSession(b *Broker, nc net.Conn) *session {
-	return &session{
-		b:       b,
-		nc:      nc,
-		out:     outbox{nc: nc, timeout: b.cfg.sessionTimeout},
-		kick:    make(chan struct{}, 1),
-		done:    make(chan struct{}),
+	s := &session{
 		leases:  make(map[ulid.ULID]*Lease),
 		waits:   make(map[uint32]*Lease),
 		watches: make(map[uint32]*watcher),
 	}
+	s.init(b, nc, s, "session")
+	return s
 }
 
-func (s *session) run() {
-	defer s.nc.Close()
-	log := s.b.cfg.logger.With("remote", s.nc.RemoteAddr().String())
+// open implements protocol: the handshake.
+func (s *session) open(log *slog.Logger) (*slog.Logger, error) {
 	if err := s.handshake(); err != nil {
-		log.Warn("lmx: refused a client", "err", err)
-		return
+		return log, err
 	}
-	log = log.With("session", s.id.String())
-	defer s.b.srv.removeSession(s)
-	s.b.srv.start(s.writer)
-	err := s.read()
-	close(s.done)
-	s.b.srv.ends.ended(s.b.cfg.logger, log, "session", err, s.end())
+	return log.With("session", s.id.String()), nil
 }
 
 // isHangup reports whether err is a peer going away, not a fault.
@@ -105,7 +88,7 @@ func (s *session) handshake() error {
 	if cfg.authToken != "" && subtle.ConstantTimeCompare([]byte(hello.token), []byte(cfg.authToken)) != 1 {
 		return refuse(codeAuth, fmt.Errorf("%w: wrong auth token", ErrAuth))
 	}
-	if err := s.b.srv.addSession(s, cfg.maxSessions); err != nil {
+	if err := s.register(); err != nil {
 		return refuse(errorCode(err), err)
 	}
 	s.id = ulid.Make()
@@ -131,8 +114,7 @@ func (s *session) read() error {
 	// Before any read that may block, the replies so far are flushed and
 	// the deadline renewed; so it is every 256 frames on a busy connection.
 	wait := func(n int) error {
-		s.handling.Store(false)
-		if err := s.out.flush(); err != nil {
+		if err := s.idle(); err != nil {
 			return err
 		}
 		rdl.renew(s.nc.SetReadDeadline, cfg.sessionTimeout)
@@ -170,35 +152,6 @@ func (s *session) read() error {
 		s.handle(h, payload)
 	}
 }
-
-// writer writes what hooks add while the reader is not handling a batch.
-func (s *session) writer() {
-	for {
-		select {
-		case <-s.kick:
-			s.out.flush()
-		case <-s.done:
-			return
-		}
-	}
-}
-
-// push adds a frame from outside the reader's batch.
-func (s *session) push(f func([]byte) []byte) {
-	if s.out.add(f) && !s.handling.Load() {
-		s.wake()
-	}
-}
-
-// wake has the writer flush.
-func (s *session) wake() {
-	select {
-	case s.kick <- struct{}{}:
-	default:
-	}
-}
-
-func (s *session) reply(f func([]byte) []byte) { s.out.add(f) }
 
 func (s *session) replyOK(id uint32) {
 	s.reply(func(b []byte) []byte { return appendEmpty(b, opOK, id) })
@@ -507,9 +460,9 @@ func (s *session) end() int {
 	return released
 }
 
-// shutdown answers the session's queued Locks with ErrClosed, sends what it
-// has to send and closes the connection.
-func (s *session) shutdown() {
+// closing implements protocol: it answers the session's queued Locks with
+// ErrClosed.
+func (s *session) closing() {
 	s.mu.Lock()
 	waits := make(map[uint32]*Lease, len(s.waits))
 	for id, l := range s.waits {
@@ -521,6 +474,4 @@ func (s *session) shutdown() {
 			s.replyErr(id, ErrClosed)
 		}
 	}
-	s.out.drain()
-	s.nc.Close()
 }

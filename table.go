@@ -125,7 +125,7 @@ func (sh *shard) begin(key string, r *request, wait bool, hook leaseHook, reqID 
 		e = sh.newEntryLocked(key, r.limit)
 	case e == sh.idle:
 		sh.idle, e.limit = nil, int32(r.limit)
-	case int(e.limit) != r.limit:
+	case int(e.limit) != r.limit && !r.ownLimit:
 		return nil, false, fmt.Errorf("%w: key %q has limit %d, asked %d", ErrLimitMismatch, key, e.limit, r.limit)
 	}
 	if r.owner != "" {

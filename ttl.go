@@ -89,7 +89,7 @@ func (sh *shard) unscheduleLocked(l *Lease) {
 func (sh *shard) armLocked(now time.Time) {
 	d := sh.deadlines[0].ttl.wake.Sub(now)
 	if sh.timer == nil {
-		sh.timer = time.AfterFunc(d, sh.onTimer)
+		sh.timer = time.AfterFunc(d, func() { sh.b.bg.run(sh.onTimer) })
 	} else {
 		sh.timer.Reset(d)
 	}

@@ -1,0 +1,122 @@
+package lmx
+
+import (
+	"log/slog"
+	"net"
+	"sync/atomic"
+)
+
+// A conn is what every connection the broker serves has, whatever protocol
+// it speaks (the native session, session.go; live-mutex, livemutex.go): its
+// outbox, the writer that flushes what table hooks add between the reader's
+// batches, its place among the broker's sessions, so that Shutdown and
+// Close end it, and the run that ties them together.
+type conn struct {
+	b    *Broker
+	nc   net.Conn
+	p    protocol // the protocol spoken
+	what string   // names the connection in the log: "session"
+	out  outbox
+	kick chan struct{} // wakes the writer for frames the reader will not flush
+	done chan struct{} // closed when the reader has finished
+
+	// handling is set while the reader handles a batch it will flush itself,
+	// so that hooks firing meanwhile need not wake the writer.
+	handling atomic.Bool
+}
+
+// A protocol is one protocol's side of a connection.
+type protocol interface {
+	// open admits the peer (a handshake, say) and registers the conn with
+	// register, and returns log with what the connection's lines carry,
+	// and why it refused the peer, if it did.
+	open(log *slog.Logger) (*slog.Logger, error)
+	// read handles requests until the connection fails.
+	read() error
+	// end settles the connection's leases and waiters once it is gone, and
+	// returns how many leases it released.
+	end() int
+	// closing answers, on Shutdown, what the peer waits for and will not
+	// get, before what it has to send is sent and the connection closed.
+	closing()
+}
+
+func (c *conn) init(b *Broker, nc net.Conn, p protocol, what string) {
+	c.b, c.nc, c.p, c.what = b, nc, p, what
+	c.out = outbox{nc: nc, timeout: b.cfg.sessionTimeout}
+	c.kick = make(chan struct{}, 1)
+	c.done = make(chan struct{})
+}
+
+// serve runs c in the background, or closes its connection if the broker
+// is closing.
+func (c *conn) serve() {
+	if !c.b.srv.g.start(c.run) {
+		c.nc.Close()
+	}
+}
+
+// run admits the peer, runs the writer, reads until the connection fails
+// and settles what the connection held.
+func (c *conn) run() {
+	defer c.nc.Close()
+	log, err := c.p.open(c.b.cfg.logger.With("remote", c.nc.RemoteAddr().String()))
+	if err != nil {
+		log.Warn("lmx: refused a client", "err", err)
+		return
+	}
+	defer c.b.srv.removeSession(c)
+	c.b.srv.g.start(c.writer)
+	err = c.p.read()
+	close(c.done)
+	c.b.srv.ends.ended(c.b.cfg.logger, log, c.what, err, c.p.end())
+}
+
+// register adds c to the broker's sessions, unless the broker is closing or
+// has as many as it takes.
+func (c *conn) register() error { return c.b.srv.addSession(c, c.b.cfg.maxSessions) }
+
+// writer writes what hooks add while the reader is not handling a batch.
+func (c *conn) writer() {
+	for {
+		select {
+		case <-c.kick:
+			c.out.flush()
+		case <-c.done:
+			return
+		}
+	}
+}
+
+// idle flushes what the reader's batch added, before a read that may
+// block: hooks firing from now on wake the writer.
+func (c *conn) idle() error {
+	c.handling.Store(false)
+	return c.out.flush()
+}
+
+// push adds a frame from outside the reader's batch: from a table hook.
+func (c *conn) push(f func([]byte) []byte) {
+	if c.out.add(f) && !c.handling.Load() {
+		c.wake()
+	}
+}
+
+// wake has the writer flush.
+func (c *conn) wake() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// reply adds a frame to what the reader flushes at the end of its batch.
+func (c *conn) reply(f func([]byte) []byte) { c.out.add(f) }
+
+// shutdown answers, on Shutdown, what the peer waits for, sends what it
+// has to send and closes the connection.
+func (c *conn) shutdown() {
+	c.p.closing()
+	c.out.drain()
+	c.nc.Close()
+}

@@ -207,11 +207,17 @@ func (b *Broker) check(key string) error {
 	if b.closed.Load() {
 		return ErrClosed
 	}
+	return checkKey(key, b.cfg.maxKeyLen)
+}
+
+// checkKey checks a key against the broker's limit on its length: the
+// broker's own check, and a client's before it sends the key.
+func checkKey(key string, maxLen int) error {
 	if key == "" {
 		return fmt.Errorf("%w: empty key", ErrInvalidKey)
 	}
-	if len(key) > b.cfg.maxKeyLen {
-		return fmt.Errorf("%w: key of %d bytes, the limit is %d", ErrInvalidKey, len(key), b.cfg.maxKeyLen)
+	if len(key) > maxLen {
+		return fmt.Errorf("%w: key of %d bytes, the limit is %d", ErrInvalidKey, len(key), maxLen)
 	}
 	return nil
 }

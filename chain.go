@@ -1,8 +1,14 @@
 package lmx
 
-import "slices"
+import (
+	"slices"
 
-// Hand-offs inside a session.
+	"github.com/oklog/ulid/v2"
+)
+
+// Hand-offs inside a session: the broker's half (shard and entry, first)
+// and the client's half (clientConn, below), kept side by side because
+// each is right only if the other is.
 //
 // A key that many goroutines of one client contend for passes from one to
 // the next through the broker: a round trip per hand-off, a Release out and
@@ -26,6 +32,33 @@ import "slices"
 // Only plain Locks are named: exclusive ones on a key of limit 1, without a
 // TTL (the client would have to know when the grant's expiry starts),
 // without an owner (re-entry) and without KeepOnDisconnect.
+//
+// The invariant both halves keep: the client's chain (cc.succ, each named
+// call by the lock id it follows) is the broker's chain (the named waiters
+// at the head of e.waiters, the last one e.chain) as of the frames each
+// side has read from the other. Every change on one side has its mirror on
+// the other, and reaches it in order on the connection:
+//
+//	broker                              client
+//	nameLocked sends Next               name links the call
+//	a Cancel: unqueue relinks           unlink relinks, then sends the Cancel
+//	Release: grant keeps the named id   handOffLocked, as the Release is queued
+//	a grant answers a named waiter      answeredNamedLocked unlinks it
+//	stopLocked sends Stop               stop unlinks the key's calls
+//	stopped drops the names             (Stopped sent after the Releases)
+//
+// Hence the client hands the key past a Lock only by a Release it queues
+// after every frame that changed its chain (the Cancel of a named call, the
+// Stopped of a Stop), under one hold of cc.mu: the broker, reading them in
+// that order, grants exactly the Lock the client handed the key to.
+
+// A chainHook is a leaseHook that takes hand-offs: the native session. The
+// table names waiters and asks for Stops only through it.
+type chainHook interface {
+	leaseHook
+	named(l *Lease, pred ulid.ULID)
+	stop(key string) uint32
+}
 
 // chainable reports whether the waiter l may be named to its session.
 func (l *Lease) chainable() bool {
@@ -39,7 +72,7 @@ func (sh *shard) nameLocked(e *entry) {
 	if h == nil || e.limit != 1 || e.stop != 0 || h.shared || h.owner() != "" {
 		return
 	}
-	s, ok := h.hook.(*session)
+	s, ok := h.hook.(chainHook)
 	if !ok {
 		return
 	}
@@ -74,14 +107,14 @@ func (e *entry) unqueue(l *Lease) {
 // on, unless it has been asked already.
 func (sh *shard) stopLocked(e *entry) {
 	if e.stop == 0 {
-		e.stop = e.chain.hook.(*session).stop(e.key)
+		e.stop = e.chain.hook.(chainHook).stop(e.key)
 	}
 }
 
 // stopped settles session s's answer to the Stop numbered seq about key:
 // the waiters still named lose their names, and those that would have
 // overtaken them do.
-func (sh *shard) stopped(key string, s *session, seq uint32) {
+func (sh *shard) stopped(key string, s leaseHook, seq uint32) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	e := sh.liveLocked(key)
@@ -101,4 +134,83 @@ func (sh *shard) stopped(key string, s *session, seq uint32) {
 		e.waiters.requeue(w)
 	}
 	sh.grantNextLocked(e)
+}
+
+// The client's half. Its state is each call's named, pred, nid and ntoken,
+// and cc.succ, all guarded by cc.mu.
+
+// answeredNamedLocked takes the named call cl, answered by the broker, out
+// of the chain: the Lock named to follow it follows the lease it is
+// granted, whose lock id it was named with.
+func (cc *clientConn) answeredNamedLocked(cl *call) {
+	if cl.named {
+		delete(cc.succ, cl.pred)
+		cl.named = false
+	}
+}
+
+// name records that the broker named the queued Lock reqID to follow the
+// lease m.pred, with lock id m.id and token m.token.
+func (cc *clientConn) name(reqID uint32, m nextMsg) {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	cl := cc.calls[reqID]
+	if cl == nil || !cl.lock || !cl.wait || cl.abandoned {
+		return // its Cancel is on its way; the broker will grant it, or not
+	}
+	if cl.named { // named again, after a Stop
+		delete(cc.succ, cl.pred)
+	}
+	cl.named, cl.pred, cl.nid, cl.ntoken = true, m.pred, m.id, m.token
+	cc.succ[m.pred] = cl
+}
+
+// unlink takes the named call cl, whose Cancel is about to go, out of the
+// chain: the Lock named to follow cl follows cl's predecessor, as it does
+// at the broker once the Cancel has taken cl out of the queue.
+func (cc *clientConn) unlink(cl *call) {
+	delete(cc.succ, cl.pred)
+	if next := cc.succ[cl.nid]; next != nil {
+		delete(cc.succ, cl.nid)
+		next.pred = cl.pred
+		cc.succ[cl.pred] = next
+	}
+	cl.named = false
+}
+
+// stop answers the broker's Stop about m.key: no Lock is handed the key on
+// any more, and the answer goes after the Releases of those that were.
+func (cc *clientConn) stop(m stopMsg) {
+	cc.mu.Lock()
+	for pred, cl := range cc.succ {
+		if cl.key == m.key {
+			delete(cc.succ, pred)
+			cl.named = false
+		}
+	}
+	cc.mu.Unlock()
+	cc.out.add(func(b []byte) []byte { return appendStop(b, opStopped, m) })
+	cc.flushAside() // dispatch holds the read role
+}
+
+// handOffLocked gives the key of l, whose Release is queued, to the Lock
+// the broker named to follow l, if any: that Lock returns at once with the
+// lease the broker grants it on the Release. The Release must have been
+// queued under the same hold of cc.mu, for the chain is the broker's only
+// as long as the frames that changed it are read before the Release.
+func (cc *clientConn) handOffLocked(l *Lease) {
+	cl := cc.succ[l.id]
+	if cl == nil {
+		return
+	}
+	delete(cc.succ, l.id)
+	delete(cc.calls, cl.id)
+	cc.waiting.remove(cl)
+	cl.named = false
+	nl := &Lease{key: cl.key, id: cl.nid, token: cl.ntoken, door: cc, count: 1}
+	cc.leases[nl.id] = nl
+	cl.ch <- reply{lease: nl, handed: true}
+	if cc.reader == cl {
+		cc.interrupt() // it reads for the reply it has now
+	}
 }

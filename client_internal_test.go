@@ -66,15 +66,8 @@ func pipeClient(t *testing.T) (*Client, net.Conn) {
 		dialed <- c
 	}()
 	peerRead(t, bn, opHello)
-	peerWrite(t, bn, frame(nil, opWelcome, 0, 0, 0, func(b []byte) []byte {
-		b = append(b, protocolVersion)
-		id := ulid.Make()
-		b = append(b, id[:]...)
-		b = binary.AppendUvarint(b, uint64(time.Hour)) // heartbeat
-		b = binary.AppendUvarint(b, uint64(time.Hour)) // session timeout
-		b = binary.AppendUvarint(b, 1<<20)             // max frame
-		return binary.AppendUvarint(b, 1024)           // max key length
-	}))
+	peerWrite(t, bn, appendWelcome(nil, welcomeMsg{version: protocolVersion, session: ulid.Make(),
+		heartbeat: time.Hour, timeout: time.Hour, maxFrame: 1 << 20, maxKeyLen: 1024}))
 	c := <-dialed
 	require.NotNil(t, c)
 	return c, bn
@@ -111,12 +104,7 @@ func peerWrite(t *testing.T, nc net.Conn, frames []byte) {
 // (TestClientHandOffStress failed so now and then).
 func TestClientReaderNeverWrites(t *testing.T) {
 	granted := func(id uint32) []byte {
-		return frame(nil, opGranted, 0, 0, id, func(b []byte) []byte {
-			lid := ulid.Make()
-			b = append(b, lid[:]...)
-			b = binary.AppendUvarint(b, 1)
-			return appendTime(b, time.Time{})
-		})
+		return appendGranted(nil, id, grantedMsg{id: ulid.Make(), token: 1})
 	}
 	t.Run("Stop", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
@@ -129,9 +117,7 @@ func TestClientReaderNeverWrites(t *testing.T) {
 			}()
 			lock := peerRead(t, nc, opLock)
 			synctest.Wait() // the Lock's caller reads, for the role was free
-			peerWrite(t, nc, frame(nil, opStop, 0, 0, 0, func(b []byte) []byte {
-				return binary.AppendUvarint(appendString(b, "k"), 1)
-			}))
+			peerWrite(t, nc, appendStop(nil, opStop, stopMsg{key: "k", seq: 1}))
 			peerWrite(t, nc, granted(lock.id))
 			require.NoError(t, <-locked)
 			peerRead(t, nc, opStopped)
@@ -154,7 +140,7 @@ func TestClientReaderNeverWrites(t *testing.T) {
 			require.ErrorIs(t, <-locked, context.Canceled)
 			synctest.Wait() // the background reader reads, for an answer is due
 			peerWrite(t, nc, granted(lock.id))
-			peerWrite(t, nc, frame(nil, opPong, 0, 0, 0, nil))
+			peerWrite(t, nc, appendEmpty(nil, opPong, 0))
 			peerRead(t, nc, opRelease)
 		})
 	})

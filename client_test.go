@@ -367,3 +367,46 @@ func TestUnlockAnsweredThenSessionLost(t *testing.T) {
 		requireIdle(t, b)
 	})
 }
+
+// SplitAddr reads the addresses Dial, Ensure and the CLI take, and says
+// what an address may be when it reads none.
+func TestSplitAddr(t *testing.T) {
+	for in, want := range map[string][2]string{
+		"unix:///run/lmx.sock": {"unix", "/run/lmx.sock"},
+		"tcp://127.0.0.1:6971": {"tcp", "127.0.0.1:6971"},
+		"host:6971":            {"tcp", "host:6971"},
+		"/run/lmx/lmx.sock":    {"unix", "/run/lmx/lmx.sock"}, // a bare path, as in LMX_ADDR
+		"./lmx.sock":           {"unix", "./lmx.sock"},
+		"../lmx.sock":          {"unix", "../lmx.sock"},
+	} {
+		network, address, err := lmx.SplitAddr(in)
+		require.NoError(t, err, in)
+		assert.Equal(t, want, [2]string{network, address}, in)
+	}
+	for bad, why := range map[string]string{
+		"":          "is empty",
+		"ftp://x":   `has scheme "ftp", not unix or tcp`,
+		"unix://":   "has no socket path",
+		"tcp://":    "has no host:port",
+		"localhost": "is not unix:///path, tcp://host:port, host:port or a socket's path",
+		"lmx.sock":  "is not unix:///path",
+	} {
+		_, _, err := lmx.SplitAddr(bad)
+		if assert.Error(t, err, bad) {
+			assert.Contains(t, err.Error(), why, bad)
+		}
+	}
+}
+
+// Dial takes a bare path for a Unix socket, as the CLI always did.
+func TestDialBarePath(t *testing.T) {
+	b := lmx.NewBroker()
+	defer b.Close()
+	path := socketPath(t)
+	_, err := b.Listen("unix", path)
+	require.NoError(t, err)
+	c, err := lmx.Dial(t.Context(), path)
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.Ping(t.Context()))
+}

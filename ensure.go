@@ -9,7 +9,7 @@ import (
 )
 
 // Ensure returns a client of the broker at addr ("unix:///path" or
-// "tcp://host:port"), first starting one in this process, listening at
+// "tcp://host:port", or any address SplitAddr reads), first starting one in this process, listening at
 // addr, if none answers. When many processes race to do it, exactly one
 // broker wins the address and every process ends up a client of it.
 //
@@ -17,7 +17,7 @@ import (
 // caller keeps it alive as long as others may use it, and shuts it down
 // (which ends their sessions). brokerOpts configure that broker.
 func Ensure(ctx context.Context, addr string, clientOpts []ClientOption, brokerOpts ...BrokerOption) (*Client, *Broker, error) {
-	network, address, err := parseAddr(addr)
+	network, address, err := SplitAddr(addr)
 	if err != nil {
 		return nil, nil, err
 	}

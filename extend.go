@@ -2,7 +2,6 @@ package lmx
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"time"
 
@@ -17,8 +16,8 @@ func (b *Broker) Extend(ctx context.Context, key string, id ulid.ULID, ttl time.
 	if err := b.check(key); err != nil {
 		return time.Time{}, err
 	}
-	if ttl <= 0 {
-		return time.Time{}, fmt.Errorf("%w: Extend(%v) must be positive", ErrInvalidOption, ttl)
+	if err := checkExtendTTL(ttl); err != nil {
+		return time.Time{}, err
 	}
 	sh := b.shardFor(key)
 	l := sh.leaseByID(key, id)
@@ -35,31 +34,23 @@ func (b *Broker) Extend(ctx context.Context, key string, id ulid.ULID, ttl time.
 // on whichever client or process holds it; see Broker.Extend. The holder's
 // Lease.Expires learns of it only when that holder is this client.
 func (c *Client) Extend(ctx context.Context, key string, id ulid.ULID, ttl time.Duration) (time.Time, error) {
-	if ttl <= 0 {
-		return time.Time{}, fmt.Errorf("%w: Extend(%v) must be positive", ErrInvalidOption, ttl)
+	if err := checkExtendTTL(ttl); err != nil {
+		return time.Time{}, err
 	}
-	rep, err := c.request(ctx, key, func(b []byte, reqID uint32) []byte { return appendExtend(b, reqID, key, id, ttl) })
+	rep, err := c.request(ctx, key, func(b []byte, reqID uint32) []byte {
+		return appendExtend(b, reqID, extendMsg{key: key, id: id, ttl: ttl})
+	})
 	if err != nil {
 		return time.Time{}, err
 	}
 	return decodeExpiry(rep.payload)
 }
 
-// appendExtend appends an Extend frame of the lease of key with lock id id.
-func appendExtend(b []byte, reqID uint32, key string, id ulid.ULID, ttl time.Duration) []byte {
-	return frame(b, opExtend, 0, 0, reqID, func(b []byte) []byte {
-		b = appendString(b, key)
-		b = append(b, id[:]...)
-		return binary.AppendUvarint(b, uint64(ttl))
-	})
-}
-
-// decodeExpiry reads the OK answering an Extend: the new expiry.
-func decodeExpiry(p []byte) (time.Time, error) {
-	d := decoder{b: p}
-	exp := d.time()
-	if err := d.done(); err != nil {
-		return time.Time{}, fmt.Errorf("%w: extend: %v", ErrProtocol, err)
+// checkExtendTTL checks the ttl of an Extend, by lease or by lock id, on
+// any door.
+func checkExtendTTL(ttl time.Duration) error {
+	if ttl <= 0 {
+		return fmt.Errorf("%w: Extend(%v) must be positive", ErrInvalidOption, ttl)
 	}
-	return exp, nil
+	return nil
 }

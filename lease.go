@@ -145,7 +145,7 @@ func (l *Lease) Expires() time.Time {
 	if l.ttl == nil {
 		return time.Time{}
 	}
-	return l.ttl.expires
+	return l.ttl.expiry(time.Now())
 }
 
 // Done returns a channel that is closed when the lease ends, for any reason.
@@ -211,8 +211,8 @@ func (l *Lease) Unlock(ctx context.Context) error { return l.door.unlock(ctx, l)
 // ErrInvalidOption). Extending a lease that is not held fails with
 // ErrNotHeld: an expired lease is never revived.
 func (l *Lease) Extend(ctx context.Context, ttl time.Duration) error {
-	if ttl <= 0 {
-		return fmt.Errorf("%w: Extend(%v) must be positive", ErrInvalidOption, ttl)
+	if err := checkExtendTTL(ttl); err != nil {
+		return err
 	}
 	return l.door.extend(ctx, l, ttl)
 }

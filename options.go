@@ -72,7 +72,8 @@ func Shared() LockOption { return LockOption{kind: optShared} }
 
 // KeepAlive renews a TTL lease automatically while the holder's process
 // lives, but never past max after the grant: then it expires like any TTL
-// lease. It needs a TTL; max must be positive (else ErrInvalidOption).
+// lease. It needs a TTL; max must be positive (else ErrInvalidOption). The
+// broker renews a Client's lease itself, while the Client's session lives.
 func KeepAlive(max time.Duration) LockOption { return LockOption{kind: optKeepAlive, d: max} }
 
 // KeepOnDisconnect lets a remote lease outlive the session that asked for it,

@@ -39,13 +39,14 @@ const (
 	opError   byte = 0x84
 	opPong    byte = 0x88
 
-	flagWait byte = 1
+	flagWait      byte = 1
+	flagKeepAlive byte = 64
 
 	codeInvalidKey uint16 = 4
 	codeProtocol   uint16 = 8
 	codeAuth       uint16 = 9
 
-	protocolVersion = 4
+	protocolVersion = 5
 	helloMagic      = "LMX\x00"
 )
 
@@ -302,7 +303,7 @@ func TestProtocolNotAHello(t *testing.T) {
 // A Hello of another version is refused with code 8, naming both versions.
 func TestProtocolWrongVersion(t *testing.T) {
 	addr, by := tcpBroker(t)
-	for _, v := range []byte{0, 1, 255} {
+	for _, v := range []byte{0, 1, 4, 255} {
 		t.Run(fmt.Sprint("version ", v), func(t *testing.T) {
 			nc := dialRaw(t, addr)
 			writeFrame(t, nc, opHello, 0, 0, helloPayload(v, ""))
@@ -416,18 +417,21 @@ func TestProtocolMalformedLock(t *testing.T) {
 	tests := []struct {
 		name    string
 		payload []byte
+		flags   byte
 	}{
-		{"truncated", valid[:len(valid)-1]},
-		{"only the key", appendStr(nil, "k")},
-		{"empty", nil},
-		{"trailing byte", append(append([]byte(nil), valid...), 0)},
-		{"key longer than the payload", append(binary.AppendUvarint(nil, 1000), 'k')},
-		{"overlong varint", append(appendStr(nil, "k"), bytes.Repeat([]byte{0xff}, 11)...)},
+		{"truncated", valid[:len(valid)-1], 0},
+		{"only the key", appendStr(nil, "k"), 0},
+		{"empty", nil, 0},
+		{"trailing byte", append(append([]byte(nil), valid...), 0), 0},
+		{"key longer than the payload", append(binary.AppendUvarint(nil, 1000), 'k'), 0},
+		{"overlong varint", append(appendStr(nil, "k"), bytes.Repeat([]byte{0xff}, 11)...), 0},
+		{"KeepAlive flag without its bound", valid, flagKeepAlive},
+		{"KeepAlive flag with a bound of 0", binary.AppendUvarint(append([]byte(nil), valid...), 0), flagKeepAlive},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			id := uint32(10 + i)
-			writeFrame(t, nc, opLock, flagWait, id, tt.payload)
+			writeFrame(t, nc, opLock, flagWait|tt.flags, id, tt.payload)
 			msg := requireErrorFrame(t, readFrame(t, nc), codeProtocol, id)
 			assert.Contains(t, msg, lmx.ErrProtocol.Error())
 			ping(t, nc, 1000+id)
@@ -441,6 +445,37 @@ func TestProtocolMalformedLock(t *testing.T) {
 	require.Equal(t, opGranted, f.op, "a valid Lock after malformed ones: %v", f)
 	require.Equal(t, uint32(99), f.id)
 	by.check(t)
+}
+
+// A Lock asked with KeepAlive is renewed by the broker, as an in-process
+// one is, though the client never sends an Extend: it outlives three TTLs,
+// and expires at its KeepAlive bound, reported by an Ended frame.
+func TestProtocolKeepAliveRenewedByBroker(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := lmx.NewBroker(lmx.WithHeartbeat(time.Second, time.Hour))
+		defer b.Close()
+		nc := servePipe(b)
+		defer nc.Close()
+		handshake(t, nc, "")
+		const reasonExpired = 2
+		p := appendStr(nil, "k")
+		p = binary.AppendUvarint(p, uint64(time.Second)) // ttl
+		p = binary.AppendUvarint(p, 1)                   // limit
+		p = binary.AppendVarint(p, 0)                    // priority
+		p = appendStr(p, "")                             // owner
+		p = binary.AppendUvarint(p, uint64(5*time.Second))
+		writeFrame(t, nc, opLock, flagKeepAlive, 1, p)
+		id, _ := grant(t, expectFrame(t, nc, opGranted, 1))
+		start := time.Now()
+
+		time.Sleep(3 * time.Second)
+		_, err := b.TryLock(t.Context(), "k")
+		require.ErrorIs(t, err, lmx.ErrLocked, "the broker did not renew the lease")
+		f := expectFrame(t, nc, opEnded, 0)
+		assert.Equal(t, uint16(reasonExpired), f.code)
+		assert.Equal(t, releasePayload("k", id), f.payload)
+		assert.Equal(t, 5*time.Second, time.Since(start), "the lease did not expire at its KeepAlive bound")
+	})
 }
 
 // A Release through the session that holds the lease is answered OK and

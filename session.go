@@ -3,7 +3,6 @@ package lmx
 import (
 	"context"
 	"crypto/subtle"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -63,9 +62,7 @@ func (s *session) handshake() error {
 	cfg := &s.b.cfg
 	s.nc.SetDeadline(time.Now().Add(cfg.sessionTimeout))
 	refuse := func(code uint16, err error) error {
-		s.out.send(func(b []byte) []byte {
-			return frame(b, opError, 0, code, 0, func(b []byte) []byte { return appendString(b, err.Error()) })
-		})
+		s.out.send(func(b []byte) []byte { return appendError(b, 0, code, err.Error()) })
 		return err
 	}
 	var hdr [headerLen]byte
@@ -80,17 +77,14 @@ func (s *session) handshake() error {
 	if _, err := io.ReadFull(s.nc, p); err != nil {
 		return err
 	}
-	d := decoder{b: p}
-	m := d.bytes()
-	version := d.byte()
-	token := d.bytes()
-	if err := d.done(); err != nil || string(m) != magic {
+	hello, err := decodeHello(p)
+	if err != nil {
 		return refuse(codeProtocol, fmt.Errorf("%w: not an lmx client (bad hello)", ErrProtocol))
 	}
-	if version != protocolVersion {
-		return refuse(codeProtocol, fmt.Errorf("%w: client speaks version %d, this broker %d", ErrProtocol, version, protocolVersion))
+	if hello.version != protocolVersion {
+		return refuse(codeProtocol, fmt.Errorf("%w: client speaks version %d, this broker %d", ErrProtocol, hello.version, protocolVersion))
 	}
-	if cfg.authToken != "" && subtle.ConstantTimeCompare(token, []byte(cfg.authToken)) != 1 {
+	if cfg.authToken != "" && subtle.ConstantTimeCompare([]byte(hello.token), []byte(cfg.authToken)) != 1 {
 		return refuse(codeAuth, fmt.Errorf("%w: wrong auth token", ErrAuth))
 	}
 	if err := s.register(); err != nil {
@@ -98,16 +92,9 @@ func (s *session) handshake() error {
 	}
 	s.id = ulid.Make()
 	s.nc.SetDeadline(time.Time{})
-	return s.out.send(func(b []byte) []byte {
-		return frame(b, opWelcome, 0, 0, 0, func(b []byte) []byte {
-			b = append(b, protocolVersion)
-			b = append(b, s.id[:]...)
-			b = binary.AppendUvarint(b, uint64(cfg.heartbeat))
-			b = binary.AppendUvarint(b, uint64(cfg.sessionTimeout))
-			b = binary.AppendUvarint(b, uint64(cfg.maxFrame))
-			return binary.AppendUvarint(b, uint64(cfg.maxKeyLen))
-		})
-	})
+	w := welcomeMsg{version: protocolVersion, session: s.id, heartbeat: cfg.heartbeat, timeout: cfg.sessionTimeout,
+		maxFrame: uint64(cfg.maxFrame), maxKeyLen: uint64(cfg.maxKeyLen)}
+	return s.out.send(func(b []byte) []byte { return appendWelcome(b, w) })
 }
 
 // maxHelloLen bounds a Hello: magic, version and an auth token.
@@ -163,99 +150,89 @@ func (s *session) read() error {
 	}
 }
 
-func (s *session) replyOK(id uint32, body func([]byte) []byte) {
-	s.reply(func(b []byte) []byte { return frame(b, opOK, 0, 0, id, body) })
+func (s *session) replyOK(id uint32) {
+	s.reply(func(b []byte) []byte { return appendEmpty(b, opOK, id) })
 }
 
 func (s *session) replyErr(id uint32, err error) {
-	s.reply(func(b []byte) []byte {
-		return frame(b, opError, 0, errorCode(err), id, func(b []byte) []byte { return appendString(b, err.Error()) })
-	})
+	s.reply(func(b []byte) []byte { return appendError(b, id, errorCode(err), err.Error()) })
 }
 
 // handle answers one request.
 func (s *session) handle(h header, p []byte) {
 	ctx := context.Background() // the table never waits on the reader's behalf
-	d := decoder{b: p}
 	switch h.op {
 	case opPing:
-		s.reply(func(b []byte) []byte { return frame(b, opPong, 0, 0, h.id, nil) })
+		s.reply(func(b []byte) []byte { return appendEmpty(b, opPong, h.id) })
 	case opLock:
 		s.lock(h, p)
 	case opRelease:
-		key, id := d.string(), d.ulid()
-		if s.malformed(h, &d) {
-			return
+		if key, id, err := decodeLeaseMsg(p); !s.malformed(h, err) {
+			s.result(h.id, s.release(string(key), id))
 		}
-		s.result(h.id, s.release(key, id))
 	case opExtend:
-		key, id, ttl := d.string(), d.ulid(), d.duration()
-		if s.malformed(h, &d) {
-			return
+		if m, err := decodeExtend(p); !s.malformed(h, err) {
+			s.extend(h.id, m)
 		}
-		s.extend(h.id, key, id, ttl)
 	case opForce:
-		key := d.string()
-		if s.malformed(h, &d) {
-			return
+		if key, err := decodeKey(p); !s.malformed(h, err) {
+			s.result(h.id, s.b.ForceUnlock(ctx, key))
 		}
-		s.result(h.id, s.b.ForceUnlock(ctx, key))
 	case opInspect:
-		key := d.string()
-		if s.malformed(h, &d) {
-			return
+		if key, err := decodeKey(p); !s.malformed(h, err) {
+			s.inspect(h.id, key)
 		}
-		ki, err := s.b.Inspect(ctx, key)
-		if err != nil {
-			s.replyErr(h.id, err)
-			return
-		}
-		s.reply(func(b []byte) []byte {
-			return frame(b, opInfo, 0, 0, h.id, func(b []byte) []byte { return appendKeyInfo(b, &ki) })
-		})
 	case opStats:
 		st, err := s.b.Stats(ctx)
 		if err != nil {
 			s.replyErr(h.id, err)
 			return
 		}
-		s.reply(func(b []byte) []byte {
-			return frame(b, opStatsOK, 0, 0, h.id, func(b []byte) []byte { return appendStats(b, &st) })
-		})
+		s.reply(func(b []byte) []byte { return appendStatsOK(b, h.id, &st) })
 	case opCancel:
 		s.cancel(h.id)
 	case opStopped:
-		key, seq := d.string(), d.uvarint()
-		if s.malformed(h, &d) {
-			return
+		if m, err := decodeStop(p); !s.malformed(h, err) {
+			s.stopped(h.id, m)
 		}
-		if err := s.b.check(key); err != nil {
-			s.replyErr(h.id, err)
-			return
-		}
-		s.b.shardFor(key).stopped(key, s, uint32(seq)) // a stale one changes nothing
 	case opList:
-		prefix, limit := d.string(), d.uvarint()
-		if s.malformed(h, &d) {
-			return
+		if m, err := decodeList(p); !s.malformed(h, err) {
+			s.list(h.id, m)
 		}
-		keys, err := s.b.List(ctx, prefix, int(min(limit, MaxListLimit)))
-		if err != nil {
-			s.replyErr(h.id, err)
-			return
-		}
-		s.reply(func(b []byte) []byte {
-			return frame(b, opKeys, 0, 0, h.id, func(b []byte) []byte { return appendKeyStats(b, keys) })
-		})
 	case opWatch:
-		prefix := d.string()
-		if s.malformed(h, &d) {
-			return
+		if prefix, err := decodeKey(p); !s.malformed(h, err) {
+			s.watch(h.id, prefix)
 		}
-		s.watch(h.id, prefix)
 	default:
 		s.replyErr(h.id, fmt.Errorf("%w: unexpected op 0x%02x", ErrProtocol, h.op))
 	}
+}
+
+func (s *session) inspect(reqID uint32, key string) {
+	ki, err := s.b.Inspect(context.Background(), key)
+	if err != nil {
+		s.replyErr(reqID, err)
+		return
+	}
+	s.reply(func(b []byte) []byte { return appendInfo(b, reqID, &ki) })
+}
+
+func (s *session) list(reqID uint32, m listMsg) {
+	keys, err := s.b.List(context.Background(), m.prefix, int(min(m.limit, MaxListLimit)))
+	if err != nil {
+		s.replyErr(reqID, err)
+		return
+	}
+	s.reply(func(b []byte) []byte { return appendKeys(b, reqID, keys) })
+}
+
+// stopped takes the client's answer to a Stop; a stale one changes nothing.
+func (s *session) stopped(reqID uint32, m stopMsg) {
+	if err := s.b.check(m.key); err != nil {
+		s.replyErr(reqID, err)
+		return
+	}
+	s.b.shardFor(m.key).stopped(m.key, s, uint32(m.seq))
 }
 
 // release undoes one grant of the lease of key with lock id id. A lease of
@@ -271,8 +248,8 @@ func (s *session) release(key string, id ulid.ULID) error {
 }
 
 // malformed answers a request whose payload did not decode.
-func (s *session) malformed(h header, d *decoder) bool {
-	if err := d.done(); err != nil {
+func (s *session) malformed(h header, err error) bool {
+	if err != nil {
 		s.replyErr(h.id, fmt.Errorf("%w: op 0x%02x: %v", ErrProtocol, h.op, err))
 		return true
 	}
@@ -285,11 +262,11 @@ func (s *session) result(id uint32, err error) {
 		s.replyErr(id, err)
 		return
 	}
-	s.replyOK(id, nil)
+	s.replyOK(id)
 }
 
 func (s *session) lock(h header, p []byte) {
-	m, err := decodeLock(h, p)
+	m, err := decodeLock(h.flags, p)
 	if err != nil {
 		s.replyErr(h.id, fmt.Errorf("%w: lock: %v", ErrProtocol, err))
 		return
@@ -322,13 +299,13 @@ func (s *session) lock(h header, p []byte) {
 	}
 }
 
-func (s *session) extend(reqID uint32, key string, id ulid.ULID, ttl time.Duration) {
-	exp, err := s.b.Extend(context.Background(), key, id, ttl)
+func (s *session) extend(reqID uint32, m extendMsg) {
+	exp, err := s.b.Extend(context.Background(), m.key, m.id, m.ttl)
 	if err != nil {
 		s.replyErr(reqID, err)
 		return
 	}
-	s.replyOK(reqID, func(b []byte) []byte { return appendTime(b, exp) })
+	s.reply(func(b []byte) []byte { return appendExpiry(b, reqID, exp) })
 }
 
 // watch streams events under prefix as Event frames answering reqID, until
@@ -343,9 +320,7 @@ func (s *session) watch(reqID uint32, prefix string) {
 	}
 	w := &watcher{prefix: prefix, done: func() {}}
 	w.sink = func(ev *Event) bool {
-		ok := s.out.addIfRoom(maxWatchBacklog, func(b []byte) []byte {
-			return frame(b, opEvent, 0, uint16(ev.Type), reqID, func(b []byte) []byte { return appendEvent(b, ev) })
-		})
+		ok := s.out.addIfRoom(maxWatchBacklog, func(b []byte) []byte { return appendEvent(b, reqID, ev) })
 		if ok && !s.handling.Load() {
 			s.wake()
 		}
@@ -358,7 +333,7 @@ func (s *session) watch(reqID uint32, prefix string) {
 	if s.b.closed.Load() {
 		s.b.unwatch(w)
 	}
-	s.replyOK(reqID, nil)
+	s.replyOK(reqID)
 }
 
 // maxWatchBacklog is how much a session's outbox may hold before its watch
@@ -379,7 +354,7 @@ func (s *session) cancel(reqID uint32) {
 		s.b.unwatch(w)
 	}
 	if l != nil && s.b.shardFor(l.key).dequeue(l) {
-		s.reply(func(b []byte) []byte { return frame(b, opError, 0, codeCanceled, reqID, nil) })
+		s.reply(func(b []byte) []byte { return appendError(b, reqID, codeCanceled, "") })
 	}
 }
 
@@ -401,14 +376,8 @@ func (s *session) granted(l *Lease, reqID uint32) {
 	}
 	delete(s.waits, reqID)
 	s.leases[l.id] = l
-	id, token, exp := l.id, l.token, l.expiresLocked()
-	s.push(func(b []byte) []byte {
-		return frame(b, opGranted, 0, 0, reqID, func(b []byte) []byte {
-			b = append(b, id[:]...)
-			b = binary.AppendUvarint(b, token)
-			return appendTime(b, exp)
-		})
-	})
+	m := grantedMsg{id: l.id, token: l.token, exp: l.expiresLocked()}
+	s.push(func(b []byte) []byte { return appendGranted(b, reqID, m) })
 }
 
 // named tells the client that its queued Lock l follows the lease pred:
@@ -419,14 +388,8 @@ func (s *session) named(l *Lease, pred ulid.ULID) {
 	if s.over {
 		return
 	}
-	reqID, id, token := l.reqID, l.id, l.token
-	s.push(func(b []byte) []byte {
-		return frame(b, opNext, 0, 0, reqID, func(b []byte) []byte {
-			b = append(b, pred[:]...)
-			b = append(b, id[:]...)
-			return binary.AppendUvarint(b, token)
-		})
-	})
+	reqID, m := l.reqID, nextMsg{pred: pred, id: l.id, token: l.token}
+	s.push(func(b []byte) []byte { return appendNext(b, reqID, m) })
 }
 
 // stop asks the client to stop handing key on to the Locks named to it, and
@@ -439,12 +402,8 @@ func (s *session) stop(key string) uint32 {
 	}
 	seq := s.stops
 	if !s.over {
-		s.push(func(b []byte) []byte {
-			return frame(b, opStop, 0, 0, 0, func(b []byte) []byte {
-				b = appendString(b, key)
-				return binary.AppendUvarint(b, uint64(seq))
-			})
-		})
+		m := stopMsg{key: key, seq: uint64(seq)}
+		s.push(func(b []byte) []byte { return appendStop(b, opStop, m) })
 	}
 	return seq
 }
@@ -457,13 +416,8 @@ func (s *session) revoked(l *Lease) {
 	if s.over {
 		return
 	}
-	key, id := l.key, l.id
-	s.push(func(b []byte) []byte {
-		return frame(b, opRevoke, 0, 0, 0, func(b []byte) []byte {
-			b = appendString(b, key)
-			return append(b, id[:]...)
-		})
-	})
+	m := leaseMsg{key: l.key, id: l.id}
+	s.push(func(b []byte) []byte { return appendLeaseOp(b, opRevoke, 0, 0, m) })
 }
 
 // ended implements leaseHook: it tells the client its lease ended, for
@@ -475,13 +429,8 @@ func (s *session) ended(l *Lease, reason error) {
 		return
 	}
 	delete(s.leases, l.id)
-	key, id, code := l.key, l.id, reasonCode(reason)
-	s.push(func(b []byte) []byte {
-		return frame(b, opEnded, 0, code, 0, func(b []byte) []byte {
-			b = appendString(b, key)
-			return append(b, id[:]...)
-		})
-	})
+	m, code := leaseMsg{key: l.key, id: l.id}, reasonCode(reason)
+	s.push(func(b []byte) []byte { return appendLeaseOp(b, opEnded, code, 0, m) })
 }
 
 // end settles the session's leases and waiters once its connection is gone,

@@ -278,6 +278,57 @@ func TestKeepOnDisconnect(t *testing.T) {
 	})
 }
 
+// A lease asked with KeepAlive and KeepOnDisconnect is renewed while its
+// session lives, and no more once the session ends: its holder is gone, so
+// it expires at its TTL, long before its KeepAlive bound. Expires, on the
+// client, follows the broker's renewals it never hears of.
+func TestKeepAliveEndsWithSession(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		a, b := pipeClient(t)
+		l, err := a.Lock(ctx, "k", lmx.TTL(10*time.Second), lmx.KeepAlive(time.Hour), lmx.KeepOnDisconnect())
+		require.NoError(t, err)
+		time.Sleep(35 * time.Second)
+		_, err = b.TryLock(ctx, "k")
+		require.ErrorIs(t, err, lmx.ErrLocked, "KeepAlive did not renew the lease")
+		assert.True(t, l.Expires().After(time.Now().Add(5*time.Second)), "Expires %v did not follow the renewals", l.Expires())
+		assert.False(t, l.Expires().After(time.Now().Add(10*time.Second)), "Expires %v is more than a TTL ahead", l.Expires())
+
+		require.NoError(t, a.Close())
+		time.Sleep(10 * time.Second)
+		synctest.Wait()
+		bl, err := b.TryLock(ctx, "k")
+		require.NoError(t, err, "the broker renewed a lease whose session had ended")
+		require.NoError(t, bl.Unlock(ctx))
+	})
+}
+
+// A client's KeepAlive lease reports, from Expires, the expiry the broker
+// gives it, renewal after renewal, and after an Extend shorter than half
+// its TTL, which the broker renews at once, up to the KeepAlive bound.
+func TestKeepAliveExpiresFollowsBroker(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		a, b := pipeClient(t)
+		l, err := a.Lock(ctx, "k", lmx.TTL(10*time.Second), lmx.KeepAlive(time.Minute))
+		require.NoError(t, err)
+		start := time.Now()
+		for i := 0; time.Since(start) < time.Minute; i++ {
+			if i == 10 {
+				require.NoError(t, l.Extend(ctx, 2*time.Second))
+			}
+			synctest.Wait()
+			info, err := b.Inspect(ctx, "k")
+			require.NoError(t, err)
+			require.Len(t, info.Holders, 1, "at %v", time.Since(start))
+			assert.WithinDuration(t, info.Holders[0].Expires, l.Expires(), 0, "at %v", time.Since(start))
+			time.Sleep(1700 * time.Millisecond)
+		}
+		<-l.Done()
+		assert.ErrorIs(t, l.Err(), lmx.ErrExpired)
+	})
+}
+
 // A client whose broker restarts on the same socket reconnects by itself.
 func TestReconnect(t *testing.T) {
 	ctx := context.Background()

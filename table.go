@@ -498,6 +498,7 @@ func (sh *shard) sessionEnded(l *Lease, hook leaseHook) {
 	case stateHeld:
 		if l.keep {
 			l.hook = nil
+			sh.stopKeepAliveLocked(l, time.Now())
 			return
 		}
 		sh.st.sessionLost++

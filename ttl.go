@@ -13,7 +13,8 @@ import (
 // timers or goroutines, and leases expiring together are ended in one pass
 // under the shard's lock. A shard with no TTL lease has no timer pending.
 
-// ttlState is the TTL of a lease, guarded by the shard's mu.
+// ttlState is the TTL of a lease, guarded by the shard's mu; a client's
+// lease has no shard, and its expires and heard are guarded by its mu.
 type ttlState struct {
 	expires   time.Time     // see Lease.ttl
 	ttl       time.Duration // asked with TTL; KeepAlive renews by this much
@@ -21,7 +22,7 @@ type ttlState struct {
 	keepUntil time.Time     // grant + keepAlive: no renewal past it
 	wake      time.Time     // when the shard's timer must look at the lease
 	index     int           // in the shard's deadlines, -1 when not in
-	timer     *time.Timer   // a client's KeepAlive renewals
+	heard     time.Time     // a client's lease: when the broker told it expires
 }
 
 // deadlines is a min-heap of TTL leases by wake time.
@@ -130,6 +131,55 @@ func (sh *shard) onTimer() {
 		sh.st.expiries++
 		sh.endLocked(l, errExpired)
 	}
+}
+
+// stopKeepAliveLocked ends the renewals of l, whose holder is gone: a lease
+// kept after its session ended renews no more, and expires at its TTL.
+func (sh *shard) stopKeepAliveLocked(l *Lease, now time.Time) {
+	if t := l.ttl; t != nil && now.Before(t.keepUntil) {
+		t.keepUntil = now
+	}
+}
+
+// expiry returns when the lease expires, as seen at now. A broker's lease
+// has it in expires. A client's lease asked with KeepAlive is renewed by the
+// broker (onTimer) out of the client's sight, so the client projects those
+// renewals from the expiry it last heard: the first when half a TTL is left
+// (at once, if less was left when it heard), each next one half a TTL
+// later, each making the lease expire a TTL after it, never past keepUntil.
+func (t *ttlState) expiry(now time.Time) time.Time {
+	e, half := t.expires, t.ttl/2
+	if t.heard.IsZero() || !e.Before(t.keepUntil) || half <= 0 {
+		return e
+	}
+	first := e.Add(-half)
+	if first.Before(t.heard) {
+		first = t.heard
+	}
+	if now.Before(first) {
+		return e
+	}
+	if r := first.Add(t.ttl); r.After(e) {
+		e = r
+	}
+	if since := now.Sub(e.Add(-half)); since >= 0 {
+		e = e.Add(half * (since/half + 1))
+	}
+	if e.After(t.keepUntil) {
+		return t.keepUntil
+	}
+	return e
+}
+
+// heardExpiry records exp, the expiry the broker gave a client's lease
+// (granting or extending it), heard at now.
+func (l *Lease) heardExpiry(exp, now time.Time) {
+	l.mu.Lock()
+	if l.ttl == nil {
+		l.ttl = new(ttlState)
+	}
+	l.ttl.expires, l.ttl.heard = exp, now
+	l.mu.Unlock()
 }
 
 // extend implements door for in-process leases.

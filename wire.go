@@ -21,48 +21,90 @@ import (
 // Integers are big-endian in the header; in payloads they are uvarints
 // (signed ones zig-zag varints), strings a uvarint length and the bytes,
 // lock and session ids their 16 ULID bytes, times unix nanoseconds and
-// durations nanoseconds.
+// durations nanoseconds. The ops below name each payload's fields; codec.go
+// holds the one encoder and decoder of each.
 const headerLen = 12
 
 // protocolVersion is the version a Hello offers and a Welcome accepts.
-const protocolVersion = 4
+const protocolVersion = 5
 
 // magic opens every Hello, so that a stray client is told apart at once.
 const magic = "LMX\x00"
 
+// An op is a frame's kind. Each constant says its payload, in the notation
+// of PROTOCOL.md; codec.go encodes and decodes each, in this order.
 type op uint8
 
 // Ops from client to broker.
 const (
-	opHello   op = 0x01
-	opLock    op = 0x02
+	// Hello opens the session: string magic, byte version, string auth
+	// token. Answered by Welcome, or Error and the connection closed.
+	opHello op = 0x01
+	// Lock asks for key: string key, duration ttl (0 none), uvarint limit,
+	// varint priority, string owner; with flagPreempt, then duration grace;
+	// with flagLockDelay, then duration lock-delay; with flagKeepAlive,
+	// then duration keepalive bound. Answered by Granted or Error.
+	opLock op = 0x02
+	// Release undoes one grant: string key, id lock id. Answered by OK.
 	opRelease op = 0x03
-	opExtend  op = 0x04
-	opForce   op = 0x05
+	// Extend moves an expiry: string key, id lock id, duration ttl.
+	// Answered by OK with time new expiry.
+	opExtend op = 0x04
+	// Force is ForceUnlock: string key. Answered by OK.
+	opForce op = 0x05
+	// Inspect: string key. Answered by Info.
 	opInspect op = 0x06
-	opStats   op = 0x07
-	opPing    op = 0x08
-	opCancel  op = 0x09
-	opWatch   op = 0x0a
-	opList    op = 0x0b
+	// Stats: no payload. Answered by StatsOK.
+	opStats op = 0x07
+	// Ping: no payload. Answered by Pong; request id 0 is a heartbeat.
+	opPing op = 0x08
+	// Cancel: no payload; the request id names the Lock or Watch.
+	opCancel op = 0x09
+	// Watch: string key prefix. Answered by OK, then Events.
+	opWatch op = 0x0a
+	// List: string key prefix, uvarint limit. Answered by Keys.
+	opList op = 0x0b
+	// Stopped answers a Stop: string key, uvarint its number; request id 0.
 	opStopped op = 0x0c
 )
 
 // Ops from broker to client.
 const (
+	// Welcome accepts a Hello: byte version, id session, duration heartbeat
+	// interval, duration session timeout, uvarint max frame, uvarint max
+	// key length.
 	opWelcome op = 0x81
+	// Granted: id lock id, uvarint fencing token, time expiry.
 	opGranted op = 0x82
-	opOK      op = 0x83
-	opError   op = 0x84
-	opEnded   op = 0x85
-	opInfo    op = 0x86
+	// OK: as the request says; time new expiry for an Extend, else empty.
+	opOK op = 0x83
+	// Error: string message; the code is the header's.
+	opError op = 0x84
+	// Ended: string key, id lock id; the reason is the header's code;
+	// request id 0.
+	opEnded op = 0x85
+	// Info: uvarint limit; uvarint n, n × (id, uvarint token, string owner,
+	// byte shared, uvarint count, time expiry, time granted); uvarint m,
+	// m × (string owner, varint priority, byte shared).
+	opInfo op = 0x86
+	// StatsOK: nine uvarint counts, then for each histogram its bucket
+	// counts and a duration sum.
 	opStatsOK op = 0x87
-	opPong    op = 0x88
-	opEvent   op = 0x89
-	opRevoke  op = 0x8a
-	opKeys    op = 0x8b
-	opNext    op = 0x8c
-	opStop    op = 0x8d
+	// Pong answers a Ping: no payload.
+	opPong op = 0x88
+	// Event: string key, id lock id, uvarint token, string owner, time,
+	// uvarint missed; the type is the header's code.
+	opEvent op = 0x89
+	// Revoke: string key, id lock id; request id 0.
+	opRevoke op = 0x8a
+	// Keys: uvarint n, n × (string key, uvarint limit, uvarint holders,
+	// uvarint waiters).
+	opKeys op = 0x8b
+	// Next names a queued Lock (the request id) to follow a lease: id the
+	// lease's lock id, id the Lock's lock id, uvarint its token.
+	opNext op = 0x8c
+	// Stop: string key, uvarint number (never 0); request id 0.
+	opStop op = 0x8d
 )
 
 // Lock flags.
@@ -73,6 +115,7 @@ const (
 	flagNoPreempt        = 1 << 3
 	flagPreempt          = 1 << 4 // a duration grace follows the owner
 	flagLockDelay        = 1 << 5 // a duration lock-delay follows
+	flagKeepAlive        = 1 << 6 // a duration KeepAlive bound follows
 )
 
 // header is a decoded frame header.
@@ -92,19 +135,6 @@ func parseHeader(b []byte) header {
 		id:     binary.BigEndian.Uint32(b[4:]),
 		length: binary.BigEndian.Uint32(b[8:]),
 	}
-}
-
-// frame appends a frame to b: its header, then whatever body appends, with
-// the length filled in afterwards.
-func frame(b []byte, o op, flags uint8, code uint16, id uint32, body func([]byte) []byte) []byte {
-	start := len(b)
-	b = append(b, byte(o), flags, byte(code>>8), byte(code), 0, 0, 0, 0, 0, 0, 0, 0)
-	binary.BigEndian.PutUint32(b[start+4:], id)
-	if body != nil {
-		b = body(b)
-	}
-	binary.BigEndian.PutUint32(b[start+8:], uint32(len(b)-start-headerLen))
-	return b
 }
 
 // errMalformed is what a decoder returns for a payload that does not parse.
@@ -216,78 +246,6 @@ func appendTime(b []byte, t time.Time) []byte {
 	return binary.AppendVarint(b, t.UnixNano())
 }
 
-// lockMsg is the payload of a Lock frame.
-type lockMsg struct {
-	key   string
-	flags uint8
-	req   request
-}
-
-func appendLock(b []byte, key string, r *request) []byte {
-	b = appendString(b, key)
-	b = binary.AppendUvarint(b, uint64(r.ttl))
-	b = binary.AppendUvarint(b, uint64(r.limit))
-	b = binary.AppendVarint(b, int64(r.priority))
-	b = appendString(b, r.owner)
-	if r.preempt >= 0 {
-		b = binary.AppendUvarint(b, uint64(r.preempt))
-	}
-	if r.lockDelay >= 0 {
-		b = binary.AppendUvarint(b, uint64(r.lockDelay))
-	}
-	return b
-}
-
-func lockFlags(r *request, wait bool) uint8 {
-	var f uint8
-	if wait {
-		f |= flagWait
-	}
-	if r.shared {
-		f |= flagShared
-	}
-	if r.keepOnDisconnect {
-		f |= flagKeepOnDisconnect
-	}
-	if r.noPreempt {
-		f |= flagNoPreempt
-	}
-	if r.preempt >= 0 {
-		f |= flagPreempt
-	}
-	if r.lockDelay >= 0 {
-		f |= flagLockDelay
-	}
-	return f
-}
-
-func decodeLock(h header, p []byte) (lockMsg, error) {
-	d := decoder{b: p}
-	m := lockMsg{key: d.string(), flags: h.flags}
-	m.req.ttl = d.duration()
-	limit := d.uvarint()
-	m.req.priority = int(d.varint())
-	m.req.owner = d.string()
-	m.req.preempt, m.req.lockDelay = -1, -1
-	if h.flags&flagPreempt != 0 {
-		m.req.preempt = d.duration()
-	}
-	if h.flags&flagLockDelay != 0 {
-		m.req.lockDelay = d.duration()
-	}
-	if err := d.done(); err != nil {
-		return m, err
-	}
-	if limit > maxLimit {
-		limit = 0 // refused by validation below
-	}
-	m.req.limit = int(limit)
-	m.req.shared = h.flags&flagShared != 0
-	m.req.keepOnDisconnect = h.flags&flagKeepOnDisconnect != 0
-	m.req.noPreempt = h.flags&flagNoPreempt != 0
-	return m, nil
-}
-
 // Error codes carried in the code field of Error frames. They are stable:
 // each maps back to one sentinel error.
 const (
@@ -389,135 +347,4 @@ func reasonCode(reason error) uint16 {
 		return reasonClosed
 	}
 	return reasonSessionLost
-}
-
-func appendKeyInfo(b []byte, ki *KeyInfo) []byte {
-	b = binary.AppendUvarint(b, uint64(ki.Limit))
-	holders, waiters := ki.Holders, ki.Waiters
-	holders = holders[:min(len(holders), maxListed)]
-	waiters = waiters[:min(len(waiters), maxListed)]
-	b = binary.AppendUvarint(b, uint64(len(holders)))
-	for _, h := range holders {
-		b = append(b, h.ID[:]...)
-		b = binary.AppendUvarint(b, h.Token)
-		b = appendString(b, h.Owner)
-		b = append(b, boolByte(h.Shared))
-		b = binary.AppendUvarint(b, uint64(h.Count))
-		b = appendTime(b, h.Expires)
-		b = appendTime(b, h.Since)
-	}
-	b = binary.AppendUvarint(b, uint64(len(waiters)))
-	for _, w := range waiters {
-		b = appendString(b, w.Owner)
-		b = binary.AppendVarint(b, int64(w.Priority))
-		b = append(b, boolByte(w.Shared))
-	}
-	return b
-}
-
-// maxListed bounds the holders and the waiters an Info frame lists, so that
-// it stays far below the frame limit.
-const maxListed = 4096
-
-func decodeKeyInfo(key string, p []byte) (KeyInfo, error) {
-	d := decoder{b: p}
-	ki := KeyInfo{Key: key, Limit: int(d.uvarint())}
-	for n := d.uvarint(); n > 0 && d.err == nil; n-- {
-		var h HolderInfo
-		h.ID = d.ulid()
-		h.Token = d.uvarint()
-		h.Owner = d.string()
-		h.Shared = d.byte() != 0
-		h.Count = int(d.uvarint())
-		h.Expires = d.time()
-		h.Since = d.time()
-		ki.Holders = append(ki.Holders, h)
-	}
-	for n := d.uvarint(); n > 0 && d.err == nil; n-- {
-		var w WaiterInfo
-		w.Owner = d.string()
-		w.Priority = int(d.varint())
-		w.Shared = d.byte() != 0
-		ki.Waiters = append(ki.Waiters, w)
-	}
-	return ki, d.done()
-}
-
-// appendEvent encodes an Event frame's payload; its type is the frame's code.
-func appendEvent(b []byte, ev *Event) []byte {
-	b = appendString(b, ev.Key)
-	b = append(b, ev.ID[:]...)
-	b = binary.AppendUvarint(b, ev.Token)
-	b = appendString(b, ev.Owner)
-	b = appendTime(b, ev.Time)
-	return binary.AppendUvarint(b, ev.Missed)
-}
-
-func decodeEvent(code uint16, p []byte) (Event, error) {
-	d := decoder{b: p}
-	ev := Event{Type: EventType(code), Key: d.string(), ID: d.ulid(), Token: d.uvarint(), Owner: d.string(), Time: d.time(), Missed: d.uvarint()}
-	if ev.Type == 0 || ev.Type > EventLagged {
-		d.fail()
-	}
-	return ev, d.done()
-}
-
-func appendKeyStats(b []byte, keys []KeyStat) []byte {
-	b = binary.AppendUvarint(b, uint64(len(keys)))
-	for _, k := range keys {
-		b = appendString(b, k.Key)
-		b = binary.AppendUvarint(b, uint64(k.Limit))
-		b = binary.AppendUvarint(b, uint64(k.Holders))
-		b = binary.AppendUvarint(b, uint64(k.Waiters))
-	}
-	return b
-}
-
-func decodeKeyStats(p []byte) ([]KeyStat, error) {
-	d := decoder{b: p}
-	n := d.uvarint()
-	if n > MaxListLimit {
-		d.fail()
-	}
-	var keys []KeyStat
-	for ; n > 0 && d.err == nil; n-- {
-		keys = append(keys, KeyStat{Key: d.string(), Limit: int(d.uvarint()), Holders: int(d.uvarint()), Waiters: int(d.uvarint())})
-	}
-	return keys, d.done()
-}
-
-func boolByte(v bool) byte {
-	if v {
-		return 1
-	}
-	return 0
-}
-
-func appendStats(b []byte, s *Stats) []byte {
-	for _, v := range []uint64{uint64(s.Keys), uint64(s.Holders), uint64(s.Waiters), uint64(s.Sessions),
-		s.Grants, s.Expiries, s.Forced, s.Preemptions, s.SessionLost} {
-		b = binary.AppendUvarint(b, v)
-	}
-	for _, h := range []*Histogram{&s.WaitTime, &s.HoldTime} {
-		for _, c := range h.Counts {
-			b = binary.AppendUvarint(b, c)
-		}
-		b = binary.AppendUvarint(b, uint64(h.Sum))
-	}
-	return b
-}
-
-func decodeStats(p []byte) (Stats, error) {
-	d := decoder{b: p}
-	s := Stats{
-		Keys: int(d.uvarint()), Holders: int(d.uvarint()), Waiters: int(d.uvarint()), Sessions: int(d.uvarint()),
-		Grants: d.uvarint(), Expiries: d.uvarint(), Forced: d.uvarint(), Preemptions: d.uvarint(), SessionLost: d.uvarint(),
-	}
-	for _, h := range []*Histogram{&s.WaitTime, &s.HoldTime} {
-		for i := range h.Counts {
-			h.Counts[i] = d.uvarint()
-		}
-		h.Sum = d.duration()
-	}
-	return s, d.done()
 }

@@ -9,6 +9,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"regexp"
+	"strconv"
 	"testing"
 	"time"
 
@@ -39,113 +42,242 @@ func FuzzDecode(f *testing.F) {
 	})
 }
 
+// payload strips the header off a frame an encoder made.
+func payload(f []byte) []byte { return f[headerLen:] }
+
 // fuzzSeeds returns a valid payload of every op that has one, a few
 // malformed payloads, and a few whole frame streams for the session.
 func fuzzSeeds() [][]byte {
 	id := ulid.MustParse("01HZY3M6Z0K9V3T8W2Q5R7S4XA")
 	exp := time.Unix(1_700_000_000, 123456789)
 	key := "orders/42"
-	lockReq := request{ttl: 30 * time.Second, limit: 3, priority: -7, owner: "worker-1"}
+	lockReq := request{ttl: 30 * time.Second, limit: 3, priority: -7, owner: "worker-1", preempt: -1, lockDelay: -1}
 
-	lock := appendLock(nil, key, &lockReq)
-	release := append(appendString(nil, key), id[:]...)
-	extend := binary.AppendUvarint(append(appendString(nil, key), id[:]...), uint64(time.Minute))
-	info := appendKeyInfo(nil, &KeyInfo{
-		Limit: 2,
-		Holders: []HolderInfo{
-			{ID: id, Token: 99, Owner: "a", Shared: true, Count: 2, Expires: exp},
-			{ID: id, Token: 100, Owner: "", Shared: false, Count: 1},
-		},
-		Waiters: []WaiterInfo{{Owner: "w", Priority: -3, Shared: true}, {Priority: 5}},
-	})
-	stats := appendStats(nil, &Stats{Keys: 1, Holders: 2, Waiters: 3, Sessions: 4, Grants: 5, Expiries: 6, Forced: 7, Preemptions: 8, SessionLost: 1 << 40})
-	granted := appendTime(binary.AppendUvarint(append([]byte(nil), id[:]...), 12345), exp)
-	ended := append(appendString(nil, key), id[:]...)
-	hello := appendString(append(appendString(nil, magic), protocolVersion), "s3cret")
-	keyOnly := appendString(nil, key)
+	lock := payload(appendLock(nil, 1, key, &lockReq, true))
+	release := payload(appendRelease(nil, 1, key, id))
+	seeds := [][]byte{
+		payload(appendHello(nil, helloMsg{version: protocolVersion, token: "s3cret"})),
+		lock,
+		payload(appendLock(nil, 1, key, &request{ttl: time.Second, keepAlive: time.Minute, limit: 1, preempt: time.Second, lockDelay: 0}, false)),
+		release,
+		payload(appendExtend(nil, 1, extendMsg{key: key, id: id, ttl: time.Minute})),
+		payload(appendKeyOp(nil, opInspect, 1, key)),
+		payload(appendList(nil, 1, listMsg{prefix: "orders/", limit: 100})),
+		payload(appendStop(nil, opStopped, stopMsg{key: key, seq: 7})),
+		payload(appendWelcome(nil, welcomeMsg{version: protocolVersion, session: id, heartbeat: time.Second, timeout: 5 * time.Second, maxFrame: 1 << 20, maxKeyLen: 1024})),
+		payload(appendGranted(nil, 1, grantedMsg{id: id, token: 12345, exp: exp})),
+		payload(appendExpiry(nil, 1, exp)),
+		payload(appendError(nil, 1, codeBusy, "busy")),
+		payload(appendInfo(nil, 1, &KeyInfo{
+			Limit: 2,
+			Holders: []HolderInfo{
+				{ID: id, Token: 99, Owner: "a", Shared: true, Count: 2, Expires: exp},
+				{ID: id, Token: 100, Owner: "", Shared: false, Count: 1},
+			},
+			Waiters: []WaiterInfo{{Owner: "w", Priority: -3, Shared: true}, {Priority: 5}},
+		})),
+		payload(appendStatsOK(nil, 1, &Stats{Keys: 1, Holders: 2, Waiters: 3, Sessions: 4, Grants: 5, Expiries: 6, Forced: 7, Preemptions: 8, SessionLost: 1 << 40})),
+		payload(appendEvent(nil, 1, &Event{Type: EventExpired, Key: key, ID: id, Token: 3, Owner: "o", Time: exp, Missed: 2})),
+		payload(appendKeys(nil, 1, []KeyStat{{Key: key, Limit: 1, Holders: 1, Waiters: 4}})),
+		payload(appendNext(nil, 1, nextMsg{pred: id, id: id, token: 5})),
+	}
 
 	// Whole frames, as a session reads them after the handshake.
 	var stream []byte
-	stream = frame(stream, opLock, flagWait, 0, 1, func(b []byte) []byte { return appendLock(b, "k", &request{limit: 1}) })
-	stream = frame(stream, opLock, flagWait, 0, 2, func(b []byte) []byte { return appendLock(b, "k", &request{limit: 1}) })
-	stream = frame(stream, opInspect, 0, 0, 3, func(b []byte) []byte { return appendString(b, "k") })
-	stream = frame(stream, opCancel, 0, 0, 2, nil)
-	stream = frame(stream, opStats, 0, 0, 4, nil)
-	stream = frame(stream, opRelease, 0, 0, 5, func(b []byte) []byte { return append(appendString(b, "k"), id[:]...) })
-	stream = frame(stream, opExtend, 0, 0, 6, func(b []byte) []byte {
-		return binary.AppendUvarint(append(appendString(b, "k"), id[:]...), uint64(time.Second))
-	})
-	stream = frame(stream, opForce, 0, 0, 7, func(b []byte) []byte { return appendString(b, "k") })
-	stream = frame(stream, opPing, 0, 0, 8, nil)
-	shared := frame(nil, opLock, flagShared|flagKeepOnDisconnect, 0, 9, func(b []byte) []byte {
-		return appendLock(b, "s", &request{ttl: time.Hour, limit: 2, shared: true, keepOnDisconnect: true})
-	})
-	unknown := frame(nil, 0x7f, 0, 0, 10, func(b []byte) []byte { return append(b, "junk"...) })
-	oversized := frame(nil, opLock, 0, 0, 11, nil)
+	stream = appendLock(stream, 1, "k", &request{limit: 1, preempt: -1, lockDelay: -1}, true)
+	stream = appendLock(stream, 2, "k", &request{limit: 1, preempt: -1, lockDelay: -1}, true)
+	stream = appendKeyOp(stream, opInspect, 3, "k")
+	stream = appendEmpty(stream, opCancel, 2)
+	stream = appendEmpty(stream, opStats, 4)
+	stream = appendRelease(stream, 5, "k", id)
+	stream = appendExtend(stream, 6, extendMsg{key: "k", id: id, ttl: time.Second})
+	stream = appendKeyOp(stream, opForce, 7, "k")
+	stream = appendEmpty(stream, opPing, 8)
+	shared := appendLock(nil, 9, "s", &request{ttl: time.Hour, limit: 2, shared: true, keepOnDisconnect: true, preempt: -1, lockDelay: -1}, false)
+	unknown, start := beginFrame(nil, 0x7f, 0, 0, 10)
+	unknown = endFrame(append(unknown, "junk"...), start)
+	oversized := appendEmpty(nil, opLock, 11)
 	binary.BigEndian.PutUint32(oversized[8:], 1<<20)
-	againHello := frame(nil, opHello, 0, 0, 12, func(b []byte) []byte { return append(b, hello...) })
+	againHello := appendHello(nil, helloMsg{version: protocolVersion})
 
-	return [][]byte{
-		lock, release, extend, info, stats, granted, ended, hello, keyOnly,
+	return append(seeds,
 		// Malformed: empty, truncated, trailing bytes, a string longer than
 		// the payload, an overlong varint, a huge count.
-		{},
+		[]byte{},
 		lock[:len(lock)-1],
 		append(append([]byte(nil), release...), 0),
-		{0xff, 0xff, 0xff, 0xff, 0x0f, 'k'},
+		[]byte{0xff, 0xff, 0xff, 0xff, 0x0f, 'k'},
 		bytes.Repeat([]byte{0xff}, 11),
-		{1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01},
+		[]byte{1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01},
 		[]byte("GET / HTTP/1.1\r\n\r\n"),
 		// Frame streams.
 		stream, shared, unknown, oversized, againHello,
 		append(append([]byte(nil), stream...), shared[:7]...),  // ends inside a header
 		append(append([]byte(nil), shared...), stream[:20]...), // ends inside a payload
+	)
+}
+
+// opCodecs checks each op's codec on a payload, named as PROTOCOL.md names
+// the op: what decodes must re-encode, into a frame of that op, to the same
+// value, and must fail if cut short by a byte or given one more. flags are
+// the frame's flags, or its code where the code carries a field. An op
+// without a payload must be encoded as an empty frame.
+var opCodecs = map[op]struct {
+	name  string
+	check func(t *testing.T, data []byte, flags uint8)
+}{
+	opHello: {"Hello", func(t *testing.T, data []byte, _ uint8) {
+		roundTrip(t, opHello, data, decodeHello, func(m helloMsg) []byte { return appendHello(nil, m) }, nil)
+	}},
+	opLock: {"Lock", func(t *testing.T, data []byte, flags uint8) {
+		flags &= flagKeepAlive<<1 - 1 // the flags the codec knows
+		roundTrip(t, opLock, data,
+			func(p []byte) (lockMsg, error) { return decodeLock(flags, p) },
+			func(m lockMsg) []byte { return appendLock(nil, 1, m.key, &m.req, m.flags&flagWait != 0) },
+			nil)
+	}},
+	opRelease: {"Release", leaseOp(opRelease)},
+	opExtend: {"Extend", func(t *testing.T, data []byte, _ uint8) {
+		roundTrip(t, opExtend, data, decodeExtend, func(m extendMsg) []byte { return appendExtend(nil, 1, m) }, nil)
+	}},
+	opForce:   {"ForceUnlock", keyOp(opForce)},
+	opInspect: {"Inspect", keyOp(opInspect)},
+	opStats:   {"Stats", emptyOp(opStats)},
+	opPing:    {"Ping", emptyOp(opPing)},
+	opCancel:  {"Cancel", emptyOp(opCancel)},
+	opWatch:   {"Watch", keyOp(opWatch)},
+	opList: {"List", func(t *testing.T, data []byte, _ uint8) {
+		roundTrip(t, opList, data, decodeList, func(m listMsg) []byte { return appendList(nil, 1, m) }, nil)
+	}},
+	opStopped: {"Stopped", stopOp(opStopped)},
+	opWelcome: {"Welcome", func(t *testing.T, data []byte, _ uint8) {
+		roundTrip(t, opWelcome, data, decodeWelcome, func(m welcomeMsg) []byte { return appendWelcome(nil, m) }, nil)
+	}},
+	opGranted: {"Granted", func(t *testing.T, data []byte, _ uint8) {
+		roundTrip(t, opGranted, data, decodeGranted, func(m grantedMsg) []byte { return appendGranted(nil, 1, m) }, nil)
+	}},
+	opOK: {"OK", func(t *testing.T, data []byte, _ uint8) {
+		emptyOp(opOK)(t, data, 0)
+		roundTrip(t, opOK, data, decodeExpiry, func(exp time.Time) []byte { return appendExpiry(nil, 1, exp) }, nil)
+	}},
+	opError: {"Error", func(t *testing.T, data []byte, flags uint8) {
+		roundTrip(t, opError, data, decodeErrorMsg, func(msg string) []byte { return appendError(nil, 1, uint16(flags), msg) }, nil)
+		if msg, err := decodeErrorMsg(data); err == nil && msg != "" {
+			f := appendError(nil, 1, uint16(flags), msg)
+			assert.Equal(t, codeError(uint16(flags), msg), decodeError(parseHeader(f).code, payload(f)))
+		}
+	}},
+	opEnded: {"Ended", leaseOp(opEnded)},
+	opInfo: {"Info", func(t *testing.T, data []byte, _ uint8) {
+		roundTrip(t, opInfo, data,
+			func(p []byte) (KeyInfo, error) { return decodeInfo("k", p) },
+			func(ki KeyInfo) []byte { return appendInfo(nil, 1, &ki) },
+			func(ki KeyInfo) KeyInfo { // the encoder lists at most maxListed of each, by design
+				ki.Holders = ki.Holders[:min(len(ki.Holders), maxListed)]
+				ki.Waiters = ki.Waiters[:min(len(ki.Waiters), maxListed)]
+				return ki
+			})
+	}},
+	opStatsOK: {"StatsOK", func(t *testing.T, data []byte, _ uint8) {
+		roundTrip(t, opStatsOK, data, decodeStatsOK, func(s Stats) []byte { return appendStatsOK(nil, 1, &s) }, nil)
+	}},
+	opPong: {"Pong", emptyOp(opPong)},
+	opEvent: {"Event", func(t *testing.T, data []byte, flags uint8) {
+		code := uint16(flags % 10)
+		roundTrip(t, opEvent, data,
+			func(p []byte) (Event, error) { return decodeEvent(code, p) },
+			func(ev Event) []byte { return appendEvent(nil, 1, &ev) },
+			nil)
+	}},
+	opRevoke: {"Revoke", leaseOp(opRevoke)},
+	opKeys: {"Keys", func(t *testing.T, data []byte, _ uint8) {
+		roundTrip(t, opKeys, data, decodeKeys, func(keys []KeyStat) []byte { return appendKeys(nil, 1, keys) }, nil)
+	}},
+	opNext: {"Next", func(t *testing.T, data []byte, _ uint8) {
+		roundTrip(t, opNext, data, decodeNext, func(m nextMsg) []byte { return appendNext(nil, 1, m) }, nil)
+	}},
+	opStop: {"Stop", stopOp(opStop)},
+}
+
+func leaseOp(o op) func(*testing.T, []byte, uint8) {
+	return func(t *testing.T, data []byte, flags uint8) {
+		dec := func(p []byte) (leaseMsg, error) {
+			key, id, err := decodeLeaseMsg(p)
+			return leaseMsg{key: string(key), id: id}, err
+		}
+		roundTrip(t, o, data, dec, func(m leaseMsg) []byte { return appendLeaseOp(nil, o, uint16(flags), 0, m) }, nil)
 	}
 }
 
-// checkDecoders runs every decoder on data. What decodes must re-encode and
-// decode to the same value, must fail if cut short by a byte, and must fail
-// with a byte more.
+func keyOp(o op) func(*testing.T, []byte, uint8) {
+	return func(t *testing.T, data []byte, _ uint8) {
+		roundTrip(t, o, data, decodeKey, func(key string) []byte { return appendKeyOp(nil, o, 1, key) }, nil)
+	}
+}
+
+func stopOp(o op) func(*testing.T, []byte, uint8) {
+	return func(t *testing.T, data []byte, _ uint8) {
+		roundTrip(t, o, data, decodeStop, func(m stopMsg) []byte { return appendStop(nil, o, m) }, nil)
+	}
+}
+
+func emptyOp(o op) func(*testing.T, []byte, uint8) {
+	return func(t *testing.T, _ []byte, _ uint8) {
+		f := appendEmpty(nil, o, 1)
+		require.Equal(t, header{op: o, id: 1}, parseHeader(f))
+		require.Len(t, f, headerLen)
+	}
+}
+
+// roundTrip decodes data with dec; if it decodes, enc must make a frame of
+// op o whose payload decodes to the same value (as norm, if not nil, says
+// the encoder keeps it), and the payload cut by a byte, or with one more,
+// must not decode.
+func roundTrip[M any](t *testing.T, o op, data []byte, dec func([]byte) (M, error), enc func(M) []byte, norm func(M) M) {
+	t.Helper()
+	m, err := dec(data)
+	if err != nil {
+		return
+	}
+	f := enc(m)
+	h := parseHeader(f)
+	require.Equal(t, o, h.op, "op 0x%02x: the encoder made op 0x%02x", o, h.op)
+	require.Equal(t, len(f)-headerLen, int(h.length), "op 0x%02x: the header's length", o)
+	again, err := dec(payload(f))
+	require.NoError(t, err, "op 0x%02x: re-encoded %+v", o, m)
+	if norm != nil {
+		m = norm(m)
+	}
+	require.Equal(t, m, again, "op 0x%02x round trip", o)
+	requireStrict(t, fmt.Sprintf("op 0x%02x", o), data, func(p []byte) error { _, err := dec(p); return err })
+}
+
+// checkDecoders runs every op's codec on data.
 func checkDecoders(t *testing.T, data []byte, flags uint8) {
-	h := header{op: opLock, flags: flags, id: 1, length: uint32(len(data))}
-	if m, err := decodeLock(h, data); err == nil {
-		again, err := decodeLock(h, appendLock(nil, m.key, &m.req))
-		require.NoError(t, err, "lock: re-encoded %+v", m)
-		require.Equal(t, m, again, "lock round trip")
-		requireStrict(t, "lock", data, func(p []byte) error { _, err := decodeLock(h, p); return err })
+	for _, c := range opCodecs {
+		c.check(t, data, flags)
 	}
+}
 
-	if ki, err := decodeKeyInfo("k", data); err == nil {
-		want := ki
-		// The encoder lists at most maxListed of each, by design.
-		want.Holders = want.Holders[:min(len(want.Holders), maxListed)]
-		want.Waiters = want.Waiters[:min(len(want.Waiters), maxListed)]
-		again, err := decodeKeyInfo("k", appendKeyInfo(nil, &ki))
-		require.NoError(t, err, "keyinfo: re-encoded %+v", ki)
-		require.Equal(t, want, again, "keyinfo round trip")
-		requireStrict(t, "keyinfo", data, func(p []byte) error { _, err := decodeKeyInfo("k", p); return err })
-	}
-
-	if st, err := decodeStats(data); err == nil {
-		again, err := decodeStats(appendStats(nil, &st))
-		require.NoError(t, err, "stats: re-encoded %+v", st)
-		require.Equal(t, st, again, "stats round trip")
-		requireStrict(t, "stats", data, func(p []byte) error { _, err := decodeStats(p); return err })
-	}
-
-	// The field sequences the session and the client decode inline, each
-	// re-encoded the way its sender encodes it.
-	for _, fs := range fieldSeqs {
-		d := decoder{b: data}
-		v := fs.decode(&d)
-		if d.done() != nil {
-			continue
+// The codec covers every op PROTOCOL.md lists, and each seed decodes as
+// the op it was made for.
+func TestCodecCoversEveryOp(t *testing.T) {
+	doc, err := os.ReadFile("PROTOCOL.md")
+	require.NoError(t, err)
+	rows := regexp.MustCompile("(?m)^\\| 0x([0-9a-f]{2}) \\| (\\w+) \\|").FindAllStringSubmatch(string(doc), -1)
+	require.NotEmpty(t, rows)
+	seen := map[op]bool{}
+	for _, row := range rows {
+		v, err := strconv.ParseUint(row[1], 16, 8)
+		require.NoError(t, err)
+		c, ok := opCodecs[op(v)]
+		if assert.True(t, ok, "op 0x%s %s has no codec", row[1], row[2]) {
+			assert.Equal(t, row[2], c.name, "op 0x%s", row[1])
 		}
-		d = decoder{b: fs.encode(nil, v)}
-		again := fs.decode(&d)
-		require.NoError(t, d.done(), "%s: re-encoded %+v", fs.name, v)
-		require.Equal(t, v, again, "%s round trip", fs.name)
-		requireStrict(t, fs.name, data, func(p []byte) error { d := decoder{b: p}; fs.decode(&d); return d.done() })
+		seen[op(v)] = true
+	}
+	for o, c := range opCodecs {
+		assert.True(t, seen[o], "op 0x%02x %s is not in PROTOCOL.md", o, c.name)
 	}
 }
 
@@ -158,97 +290,6 @@ func requireStrict(t *testing.T, name string, p []byte, decode func([]byte) erro
 		require.Error(t, decode(p[:len(p)-1]), "%s: decoded with its last byte cut: %x", name, p)
 	}
 	require.Error(t, decode(append(p[:len(p):len(p)], 0)), "%s: decoded with a trailing byte: %x", name, p)
-}
-
-// A fieldSeq is a payload decoded inline, with the encoding its sender uses.
-type fieldSeq struct {
-	name   string
-	decode func(*decoder) any
-	encode func([]byte, any) []byte
-}
-
-type (
-	releaseMsg struct {
-		key string
-		id  ulid.ULID
-	}
-	extendMsg struct {
-		key string
-		id  ulid.ULID
-		ttl time.Duration
-	}
-	grantedMsg struct {
-		id    ulid.ULID
-		token uint64
-		exp   time.Time
-	}
-	helloMsg struct {
-		magic   string
-		version byte
-		token   string
-	}
-	welcomeMsg struct {
-		version             byte
-		session             ulid.ULID
-		heartbeat, timeout  time.Duration
-		maxFrame, maxKeyLen uint64
-	}
-)
-
-var fieldSeqs = []fieldSeq{
-	{ // Release, and Ended, whose fields are the same (session.handle, clientConn.dispatch)
-		name:   "release",
-		decode: func(d *decoder) any { return releaseMsg{d.string(), d.ulid()} },
-		encode: func(b []byte, v any) []byte { m := v.(releaseMsg); return append(appendString(b, m.key), m.id[:]...) },
-	},
-	{ // Extend (session.handle, clientConn.extend)
-		name:   "extend",
-		decode: func(d *decoder) any { return extendMsg{d.string(), d.ulid(), d.duration()} },
-		encode: func(b []byte, v any) []byte {
-			m := v.(extendMsg)
-			return binary.AppendUvarint(append(appendString(b, m.key), m.id[:]...), uint64(m.ttl))
-		},
-	},
-	{ // Granted (session.granted, clientConn.granted)
-		name:   "granted",
-		decode: func(d *decoder) any { return grantedMsg{d.ulid(), d.uvarint(), d.time()} },
-		encode: func(b []byte, v any) []byte {
-			m := v.(grantedMsg)
-			return appendTime(binary.AppendUvarint(append(b, m.id[:]...), m.token), m.exp)
-		},
-	},
-	{ // Ended (session.ended, clientConn.dispatch)
-		name:   "ended",
-		decode: func(d *decoder) any { return releaseMsg{d.string(), d.ulid()} },
-		encode: func(b []byte, v any) []byte { m := v.(releaseMsg); return append(appendString(b, m.key), m.id[:]...) },
-	},
-	{ // the OK answering an Extend
-		name:   "extended",
-		decode: func(d *decoder) any { return d.time() },
-		encode: func(b []byte, v any) []byte { return appendTime(b, v.(time.Time)) },
-	},
-	{ // Hello (Client.handshake, session.handshake)
-		name:   "hello",
-		decode: func(d *decoder) any { return helloMsg{string(d.bytes()), d.byte(), string(d.bytes())} },
-		encode: func(b []byte, v any) []byte {
-			m := v.(helloMsg)
-			return appendString(append(appendString(b, m.magic), m.version), m.token)
-		},
-	},
-	{ // Welcome (session.handshake, Client.handshake)
-		name: "welcome",
-		decode: func(d *decoder) any {
-			return welcomeMsg{d.byte(), d.ulid(), d.duration(), d.duration(), d.uvarint(), d.uvarint()}
-		},
-		encode: func(b []byte, v any) []byte {
-			m := v.(welcomeMsg)
-			b = append(append(b, m.version), m.session[:]...)
-			b = binary.AppendUvarint(b, uint64(m.heartbeat))
-			b = binary.AppendUvarint(b, uint64(m.timeout))
-			b = binary.AppendUvarint(b, m.maxFrame)
-			return binary.AppendUvarint(b, m.maxKeyLen)
-		},
-	},
 }
 
 // rawFrame is a frame read off the wire.
@@ -300,12 +341,7 @@ func checkSession(t *testing.T, data []byte, cut int) {
 	require.NoError(t, nc.SetDeadline(time.Now().Add(2*time.Second)))
 
 	// The handshake, as Client.handshake makes it.
-	hello := frame(nil, opHello, 0, 0, 0, func(b []byte) []byte {
-		b = appendString(b, magic)
-		b = append(b, protocolVersion)
-		return appendString(b, "")
-	})
-	_, err := nc.Write(hello)
+	_, err := nc.Write(appendHello(nil, helloMsg{version: protocolVersion}))
 	require.NoError(t, err)
 	welcome, err := readRawFrame(nc)
 	require.NoError(t, err)
@@ -344,7 +380,7 @@ func checkSession(t *testing.T, data []byte, cut int) {
 	if len(pad) > 0 {
 		nc.Write(pad)
 	}
-	nc.Write(frame(nil, opPing, 0, 0, fuzzPingID, nil))
+	nc.Write(appendEmpty(nil, opPing, fuzzPingID))
 
 	if over == nil {
 		select {
@@ -406,8 +442,8 @@ func summarize(frames []rawFrame) []string {
 	for _, f := range frames {
 		desc := fmt.Sprintf("op 0x%02x id %d code %d", f.op, f.id, f.code)
 		if f.op == opError {
-			d := decoder{b: f.payload}
-			desc += fmt.Sprintf(" %q", d.string())
+			msg, _ := decodeErrorMsg(f.payload)
+			desc += fmt.Sprintf(" %q", msg)
 		}
 		s = append(s, desc)
 	}
@@ -422,7 +458,7 @@ func TestFrameHeaderRoundTrip(t *testing.T) {
 		flags   uint8
 		code    uint16
 		id      uint32
-		payload []byte // nil: no body func
+		payload []byte
 	}{
 		{name: "ping", op: opPing, id: 1},
 		{name: "zero id and empty body", op: opStats, payload: []byte{}},
@@ -430,17 +466,14 @@ func TestFrameHeaderRoundTrip(t *testing.T) {
 		{name: "error with code", op: opError, code: codeBusy, id: 0xdeadbeef, payload: []byte("\x04busy")},
 		{name: "all ones", op: 0xff, flags: 0xff, code: 0xffff, id: 0xffffffff, payload: []byte{0xff}},
 		{name: "code high byte", op: opEnded, code: 0x0102, id: 0x01020304, payload: bytes.Repeat([]byte{0xab}, 300)},
-		{name: "after another frame", prefix: frame(nil, opPong, 0, 0, 3, nil), op: opOK, id: 4, payload: []byte("ok")},
+		{name: "after another frame", prefix: appendEmpty(nil, opPong, 3), op: opOK, id: 4, payload: []byte("ok")},
 		{name: "large payload", prefix: []byte("xyz"), op: opInfo, id: 1 << 31, payload: bytes.Repeat([]byte{1, 2, 3}, 70000)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var body func([]byte) []byte
-			if tt.payload != nil {
-				body = func(b []byte) []byte { return append(b, tt.payload...) }
-			}
 			prefix := append([]byte(nil), tt.prefix...)
-			b := frame(prefix, tt.op, tt.flags, tt.code, tt.id, body)
+			b, start := beginFrame(prefix, tt.op, tt.flags, tt.code, tt.id)
+			b = endFrame(append(b, tt.payload...), start)
 			require.True(t, bytes.Equal(tt.prefix, b[:len(tt.prefix)]), "frame changed what the buffer held")
 			f := b[len(tt.prefix):]
 			require.Len(t, f, headerLen+len(tt.payload))

@@ -245,7 +245,8 @@ func TestRunLeaseLost(t *testing.T) {
 
 func TestRunKeepAlive(t *testing.T) {
 	b := newBroker(t)
-	// Renewed every 500ms, the lease outlives its 1.5s TTL.
+	// Renewed by the broker when half its TTL is left, the lease outlives its
+	// 1.5s TTL.
 	must(t, b.args("run", "kept", "--ttl", "1.5s", "--keepalive", "--", "sleep", "3.2")...)
 	var stats statsOut
 	require.NoError(t, json.Unmarshal([]byte(must(t, b.args("stats", "--json")...)), &stats))

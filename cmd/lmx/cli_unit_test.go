@@ -100,24 +100,6 @@ func TestEveryStartFlagHasItsVariable(t *testing.T) {
 	f.VisitAll(func(fl *flag.Flag) { assert.Equal(t, envName("LMX_BROKER_", fl.Name), f.env[fl.Name], fl.Name) })
 }
 
-func TestParseURL(t *testing.T) {
-	for in, want := range map[string][2]string{
-		"unix:///run/lmx.sock": {"unix", "/run/lmx.sock"},
-		"tcp://127.0.0.1:6971": {"tcp", "127.0.0.1:6971"},
-		"host:6971":            {"tcp", "host:6971"},
-		"/run/lmx/lmx.sock":    {"unix", "/run/lmx/lmx.sock"}, // a bare path in LMX_ADDR
-		"./lmx.sock":           {"unix", "./lmx.sock"},
-	} {
-		network, address, err := parseURL(in)
-		require.NoError(t, err, in)
-		assert.Equal(t, want, [2]string{network, address}, in)
-	}
-	for _, bad := range []string{"", "ftp://x", "unix://", "tcp://", "localhost", "lmx.sock"} {
-		_, _, err := parseURL(bad)
-		assert.Error(t, err, bad)
-	}
-}
-
 func TestDefaultAddrs(t *testing.T) {
 	env := map[string]string{"XDG_RUNTIME_DIR": "/run/user/1000"}
 	getenv := func(k string) string { return env[k] }

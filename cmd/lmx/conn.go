@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -39,54 +38,6 @@ func defaultSocket(getenv func(string) string) string {
 // defaultAddrs are where a client looks for a broker when not told.
 func defaultAddrs(getenv func(string) string) []string {
 	return []string{"unix://" + defaultSocket(getenv), defaultTCP}
-}
-
-// parseURL splits an address into network and address as lmx.Dial does,
-// and takes a bare path for a Unix socket.
-func parseURL(addr string) (network, address string, err error) {
-	if addr == "" {
-		return "", "", errors.New("empty address")
-	}
-	if isPath(addr) {
-		return "unix", addr, nil
-	}
-	if !strings.Contains(addr, "://") {
-		if _, _, err := net.SplitHostPort(addr); err != nil {
-			return "", "", fmt.Errorf("address %q is not unix:///path, tcp://host:port, host:port or a socket's path", addr)
-		}
-		return "tcp", addr, nil
-	}
-	u, err := url.Parse(addr)
-	if err != nil {
-		return "", "", err
-	}
-	switch u.Scheme {
-	case "unix":
-		if u.Host+u.Path == "" {
-			return "", "", fmt.Errorf("address %q has no socket path", addr)
-		}
-		return "unix", u.Host + u.Path, nil
-	case "tcp":
-		if u.Host == "" {
-			return "", "", fmt.Errorf("address %q has no host:port", addr)
-		}
-		return "tcp", u.Host, nil
-	}
-	return "", "", fmt.Errorf("address %q: scheme %q is not unix or tcp", addr, u.Scheme)
-}
-
-// isPath reports whether addr is a file's path rather than a URL or
-// host:port: it starts with / or ./ or ../.
-func isPath(addr string) bool {
-	return strings.HasPrefix(addr, "/") || strings.HasPrefix(addr, "./") || strings.HasPrefix(addr, "../")
-}
-
-// dialURL is addr as lmx.Dial takes it: a bare path as a unix:// URL.
-func dialURL(addr string) string {
-	if isPath(addr) {
-		return "unix://" + addr
-	}
-	return addr
 }
 
 // connFlags say how a client command reaches the broker.
@@ -177,14 +128,14 @@ func (c *cli) connect(ctx context.Context, cf *connFlags) (*lmx.Client, string, 
 		addrs = defaultAddrs(c.getenv)
 	}
 	for _, a := range addrs {
-		if _, _, err := parseURL(a); err != nil {
+		if _, _, err := lmx.SplitAddr(a); err != nil {
 			return nil, "", usageErrorf("--addr: %v", err)
 		}
 	}
 	var failed []string
 	for _, a := range addrs {
 		dctx, cancel := context.WithTimeout(ctx, cf.timeout)
-		cl, err := lmx.Dial(dctx, dialURL(a), opts...)
+		cl, err := lmx.Dial(dctx, a, opts...)
 		cancel()
 		switch {
 		case err == nil:

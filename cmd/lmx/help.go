@@ -82,8 +82,8 @@ that reach the broker, never run their commands at once.
 
 The lease lives as long as lmx run's session with the broker: if lmx run
 dies, the broker releases it when the session times out. --ttl D bounds it
-further; with --keepalive it is renewed every third of D for as long as the
-command runs (up to ten years). If the lease is lost while CMD runs (its TTL
+further; with --keepalive the broker renews it when half of D is left, for as
+long as the command runs (up to ten years). If the lease is lost while CMD runs (its TTL
 ran out, the broker went away, 'lmx release --force'), lmx run kills CMD and
 every process in its process group (SIGKILL) at once and exits 6.
 

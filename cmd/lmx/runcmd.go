@@ -26,7 +26,7 @@ const (
 func cmdRun(c *cli, cmd *command, args []string) error {
 	f := c.newFlags(cmd)
 	ttl := f.Duration("ttl", 0, "the lease ends by itself this long after it is granted, even while the command runs (default: none, held as long as lmx run lives)")
-	keepAlive := f.Bool("keepalive", false, "renew the TTL while the command runs, every third of it (--ttl defaults to 30s then)")
+	keepAlive := f.Bool("keepalive", false, "have the broker renew the TTL while the command runs, when half of it is left (--ttl defaults to 30s then)")
 	try := f.Bool("try", false, "fail at once, with exit code 3, if the lock is held")
 	lf := addLockFlags(f)
 	f.Var(&lf.wait, "wait", "wait up to `D` for the lock, then fail with exit code 4 (default: as long as it takes, as forever does)")

@@ -205,7 +205,7 @@ func serve(b *lmx.Broker, listen []string, metricsAddr string, logger *slog.Logg
 	for _, u := range listen {
 		// livemutex+tcp:// and livemutex+unix:// serve live-mutex's protocol.
 		rest, lm := strings.CutPrefix(u, "livemutex+")
-		network, address, err := parseURL(rest)
+		network, address, err := lmx.SplitAddr(rest)
 		if err != nil || lm && !strings.Contains(rest, "://") {
 			return nil, nil, "", usageErrorf("--listen: %v", cmp.Or(err, fmt.Errorf("%q: livemutex+ needs tcp:// or unix://", u)))
 		}

@@ -24,10 +24,12 @@
 //
 // Supported options: TTL, KeepAlive, KeepOnDisconnect (a TTL lease that
 // outlives its session), Limit (semaphores), Shared, Priority (with the
-// broker's bound against starvation), NoPreempt and LockDelay(0). Owner,
-// Preempt and a positive LockDelay fail with an error matching
-// ErrUnsupported and lmx.ErrInvalidOption. *Locker implements lmx.Admin
-// and lmx.Watcher, across every Locker on the same Redis prefix.
+// broker's bound against starvation), Owner (re-entry through the same
+// Locker: an lmx.Lease of its own with the same id and token, counted),
+// NoPreempt and LockDelay(0). Preempt and a positive LockDelay fail with an
+// error matching ErrUnsupported and lmx.ErrInvalidOption. *Locker
+// implements lmx.Admin, lmx.Lister and lmx.Watcher, across every Locker on
+// the same Redis prefix, and lmx.MultiLocker through lmx.LockAll.
 //
 // A single Redis promises less than etcd: a failover to a replica that had
 // not yet received a grant loses it, and two holders then believe they hold
@@ -120,6 +122,7 @@ type Locker struct {
 	sess    *session           // nil until a Lock needs one, or after one was lost
 	waiters map[string]*waiter // by lock id
 	leases  map[string]*lease  // by lock id
+	owned   map[string]*lease  // the leases with an Owner, by ownedKey
 	closed  bool
 }
 
@@ -162,7 +165,7 @@ func New(ctx context.Context, rdb *goredis.Client, prefix string, opts ...Option
 	lk := &Locker{
 		rdb: rdb, pfx: prefix, id: ulid.Make().String(), ttl: c.sessionTTL, recheck: recheck,
 		ctx: lctx, cancel: cancel,
-		waiters: map[string]*waiter{}, leases: map[string]*lease{},
+		waiters: map[string]*waiter{}, leases: map[string]*lease{}, owned: map[string]*lease{},
 	}
 	// Subscribe before anything is queued, and wait for Redis to confirm:
 	// from then on no grant of this Locker's is published unheard.
@@ -235,8 +238,6 @@ func checkKey(key string) error {
 func unsupported(r lmx.LockRequest) error {
 	var what string
 	switch {
-	case r.Owner != "":
-		what = "Owner (re-entrancy)"
 	case r.Preempt >= 0:
 		what = "Preempt"
 	case r.LockDelay > 0:
@@ -256,6 +257,20 @@ func (lk *Locker) Lock(ctx context.Context, key string, opts ...lmx.LockOption) 
 // queued before it, and otherwise fails with lmx.ErrLocked.
 func (lk *Locker) TryLock(ctx context.Context, key string, opts ...lmx.LockOption) (*lmx.Lease, error) {
 	return lk.lock(ctx, key, opts, true)
+}
+
+var _ lmx.MultiLocker = (*Locker)(nil)
+
+// LockAll locks every key in keys and returns one lease for them all, as
+// lmx.LockAll does on any Locker: the keys are locked one by one in sorted
+// order, and the lease ends with any of them.
+func (lk *Locker) LockAll(ctx context.Context, keys []string, opts ...lmx.LockOption) (*lmx.Lease, error) {
+	return lmx.LockAll(ctx, lk, keys, opts...)
+}
+
+// TryLockAll is LockAll that never waits; see lmx.TryLockAll.
+func (lk *Locker) TryLockAll(ctx context.Context, keys []string, opts ...lmx.LockOption) (*lmx.Lease, error) {
+	return lmx.TryLockAll(ctx, lk, keys, opts...)
 }
 
 // Close ends the Locker: its waiters fail with lmx.ErrClosed, its leases
@@ -626,6 +641,11 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 	if err != nil {
 		return nil, err
 	}
+	if req.Owner != "" {
+		if l, err := lk.reenter(ctx, key, req); l != nil || err != nil {
+			return l, err
+		}
+	}
 	id := ulid.Make()
 	w := &waiter{granted: make(chan grant, 1), look: make(chan struct{}, 1)}
 	lk.mu.Lock()
@@ -741,18 +761,17 @@ func (lk *Locker) takeBack(key, id, rec string) {
 // runs from start, when the request that learned of the grant was sent, so
 // that the lease does not believe itself held after Redis expires it.
 func (lk *Locker) granted(s *session, key string, id ulid.ULID, token uint64, ttl time.Duration, start time.Time, req lmx.LockRequest) (*lmx.Lease, error) {
-	l := &lease{lk: lk, s: s, id: id.String(), ttl: req.TTL}
+	l := &lease{lk: lk, s: s, id: id.String(), owner: req.Owner, shared: req.Shared, count: 1}
 	if req.KeepOnDisconnect {
 		l.s = nil
 	}
 	var exp time.Time
 	if req.TTL > 0 {
 		exp = start.Add(ttl)
-		if req.KeepAlive > 0 {
-			l.keepUntil = start.Add(req.KeepAlive)
-		}
 	}
-	l.lease, l.end = lmx.NewLease(key, id, token, exp, l)
+	var end func(error) bool
+	l.lease, end = lmx.NewLease(key, id, token, exp, l)
+	l.ends = []func(error) bool{end}
 	lk.mu.Lock()
 	select {
 	case <-s.done:
@@ -764,16 +783,65 @@ func (lk *Locker) granted(s *session, key string, id ulid.ULID, token uint64, tt
 	default:
 	}
 	lk.leases[l.id] = l
-	l.mu.Lock()
-	if req.TTL > 0 {
-		l.timer = time.AfterFunc(time.Until(exp), l.expire)
-		if req.KeepAlive > 0 {
-			l.renew = time.AfterFunc(req.TTL/3, l.keepAlive)
-		}
+	if l.owner != "" {
+		lk.owned[ownedKey(key, l.owner)] = l
 	}
-	l.mu.Unlock()
+	if req.TTL > 0 {
+		l.mu.Lock()
+		l.timer = time.AfterFunc(time.Until(exp), l.expire)
+		l.mu.Unlock()
+	}
 	lk.mu.Unlock()
+	if req.KeepAlive > 0 {
+		lmx.KeepAliveLease(l.lease, req.TTL, req.KeepAlive)
+	}
 	return l.lease, nil
+}
+
+// ownedKey is the key of lk.owned for owner's lease of key.
+func ownedKey(key, owner string) string { return key + "\x00" + owner }
+
+// reenter grants key at once to req's owner if it holds key through this
+// Locker and Redis still has it: a new lmx.Lease with the same lock id and
+// token, counted by the lease it re-enters (and in Redis, for Inspect). It
+// returns nil and no error when the owner holds nothing here. An owner that
+// holds key through another Locker, a process of its own, queues like any
+// other request.
+func (lk *Locker) reenter(ctx context.Context, key string, req lmx.LockRequest) (*lmx.Lease, error) {
+	lk.mu.Lock()
+	l := lk.owned[ownedKey(key, req.Owner)]
+	lk.mu.Unlock()
+	if l == nil {
+		return nil, nil
+	}
+	if l.shared && !req.Shared {
+		return nil, fmt.Errorf("%w: owner %q holds %q shared and cannot re-enter exclusive", lmx.ErrInvalidOption, req.Owner, key)
+	}
+	v, err := lk.run(ctx, countScript, key, l.id, 1)
+	if err != nil {
+		return nil, lk.wrap(ctx, err)
+	}
+	if v != int64(1) {
+		l.lost(l.gone())
+		return nil, nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.lease.Err() != nil {
+		// Ended while Redis counted: the count goes with the holder.
+		return nil, nil
+	}
+	g, end := lmx.NewLease(key, l.lease.ID(), l.lease.Token(), l.lease.Expires(), l)
+	l.count++
+	l.ends = append(l.ends, end)
+	return g, nil
+}
+
+// recount adds delta to the re-entries Redis counts for l, for Inspect.
+func (lk *Locker) recount(ctx context.Context, l *lease, delta int) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	lk.run(ctx, countScript, l.lease.Key(), l.id, delta)
 }
 
 func errUnexpected(v any) error { return fmt.Errorf("unexpected script reply %v", v) }

@@ -8,7 +8,9 @@ import goredis "github.com/redis/go-redis/v9"
 //	P q: K   list    the waiters, in queue order; each one a waiter record
 //	P h: K   hash    the holders: lock id -> holder record
 //	P m: K   hash    "limit" -> the key's Limit; "b:" id -> how often the
-//	                 waiter id was overtaken by a higher priority. It exists
+//	                 waiter id was overtaken by a higher priority; "c:" id
+//	                 -> how often the owner of holder id re-entered it
+//	                 (Owner, counted by its Locker). It exists
 //	                 while the key has a holder or a waiter: Stats finds the
 //	                 live keys by it.
 //
@@ -89,12 +91,17 @@ local function add(x)
 	H[x.id] = x
 	if x.mode == 's' then sh = sh + 1 else ex = ex + 1 end
 end
+-- unhold removes the holder x from Redis.
+local function unhold(x)
+	redis.call('HDEL', h, x.id)
+	if x.owner ~= '' then redis.call('HDEL', m, 'c:' .. x.id) end
+end
 local function drop(id)
 	local x = H[id]
 	if x then
 		H[id] = nil
 		if x.mode == 's' then sh = sh - 1 else ex = ex - 1 end
-		redis.call('HDEL', h, id)
+		unhold(x)
 	end
 	return x
 end
@@ -107,7 +114,7 @@ local function reap()
 		local x = holder(all[i], all[i + 1])
 		local w = why(x)
 		if w then
-			redis.call('HDEL', h, x.id)
+			unhold(x)
 			tell(x.lid, 'e|' .. x.id .. '|' .. w)
 			count(w)
 			event(w, x.id, x.tok)
@@ -363,10 +370,22 @@ return n
 `)
 
 // viewScript reaps and grants, then returns the key's limit, its holders
-// (id, record pairs) and its waiters, and the Redis time.
+// (id, record pairs), its waiters, the Redis time and the re-entry counts
+// (field, count pairs of the metadata hash).
 var viewScript = goredis.NewScript(lib + `
 reap()
 grant()
 tidy()
-return {redis.call('HGET', m, 'limit') or '0', redis.call('HGETALL', h), redis.call('LRANGE', q, 0, -1), d(t)}
+return {redis.call('HGET', m, 'limit') or '0', redis.call('HGETALL', h), redis.call('LRANGE', q, 0, -1), d(t),
+	redis.call('HGETALL', m)}
+`)
+
+// countScript adds ARGV[4] to the re-entries of the holder self, and
+// returns 1, or 0 when self holds nothing. It reaps nothing: a dead holder
+// counted is dropped with its count by whoever reaps it.
+var countScript = goredis.NewScript(`
+local h, m, self = KEYS[2], KEYS[3], ARGV[3]
+if redis.call('HEXISTS', h, self) == 0 then return 0 end
+if redis.call('HINCRBY', m, 'c:' .. self, ARGV[4]) <= 0 then redis.call('HDEL', m, 'c:' .. self) end
+return 1
 `)

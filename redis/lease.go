@@ -98,16 +98,16 @@ func (l *lease) Unlock(ctx context.Context, _ *lmx.Lease) error {
 	}
 	key := l.lease.Key()
 	if ctx.Err() != nil {
-		l.lk.wg.Go(func() { l.releaseLater(key) })
+		l.lk.takeBackLater(key, l.id)
 		return ctx.Err()
 	}
 	v, err := l.lk.run(ctx, releaseScript, key, l.id, "")
 	if err != nil {
-		l.lk.wg.Go(func() { l.releaseLater(key) })
+		l.lk.takeBackLater(key, l.id)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return nil // released here; Redis drops it with the session at worst
+		return nil // released here; the Locker releases it in Redis later
 	}
 	switch v {
 	case int64(1):
@@ -118,13 +118,6 @@ func (l *lease) Unlock(ctx context.Context, _ *lmx.Lease) error {
 		l.end(l.gone())
 	}
 	return lmx.ErrNotHeld
-}
-
-// releaseLater releases l in Redis without its caller's ctx.
-func (l *lease) releaseLater(key string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	l.lk.run(ctx, releaseScript, key, l.id, "")
 }
 
 // Extend implements lmx.LeaseBackend: the lease must still be held in

@@ -43,6 +43,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/url"
@@ -123,6 +124,7 @@ type Locker struct {
 	waiters map[string]*waiter // by lock id
 	leases  map[string]*lease  // by lock id
 	owned   map[string]*lease  // the leases with an Owner, by ownedKey
+	orphans map[string]orphan  // by lock id: see abandon
 	closed  bool
 }
 
@@ -166,6 +168,7 @@ func New(ctx context.Context, rdb *goredis.Client, prefix string, opts ...Option
 		rdb: rdb, pfx: prefix, id: ulid.Make().String(), ttl: c.sessionTTL, recheck: recheck,
 		ctx: lctx, cancel: cancel,
 		waiters: map[string]*waiter{}, leases: map[string]*lease{}, owned: map[string]*lease{},
+		orphans: map[string]orphan{},
 	}
 	// Subscribe before anything is queued, and wait for Redis to confirm:
 	// from then on no grant of this Locker's is published unheard.
@@ -484,21 +487,26 @@ func receive(ctx context.Context, ps *goredis.PubSub, handle func(any)) {
 	}
 }
 
-// dispatch acts on one message: "g|id|token|ttl" or "e|id|why".
+// dispatch acts on one message: "g|id|token|ttl|key" or "e|id|why". A
+// grant that no Lock call waits for any more (it gave up while Redis did
+// not answer) is taken back.
 func (lk *Locker) dispatch(msg string) {
-	f := strings.Split(msg, "|")
+	f := strings.SplitN(msg, "|", 5)
 	switch {
-	case len(f) == 4 && f[0] == "g":
+	case len(f) == 5 && f[0] == "g":
 		tok, err1 := strconv.ParseUint(f[2], 10, 64)
 		ms, err2 := strconv.ParseInt(f[3], 10, 64)
 		lk.mu.Lock()
-		w := lk.waiters[f[1]]
+		w, l := lk.waiters[f[1]], lk.leases[f[1]]
 		lk.mu.Unlock()
-		if w != nil && err1 == nil && err2 == nil {
+		switch {
+		case w != nil && err1 == nil && err2 == nil:
 			select {
 			case w.granted <- grant{token: tok, ttl: time.Duration(ms) * time.Millisecond}:
 			default:
 			}
+		case w == nil && l == nil:
+			lk.abandon(f[4], f[1], "")
 		}
 	case len(f) == 3 && f[0] == "e":
 		lk.mu.Lock()
@@ -748,13 +756,78 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 	}
 }
 
-// takeBack takes the request id back from Redis, without relying on any
-// caller's ctx: out of the queue, or, if it was granted, out of the
-// holders, handing the key on. At worst the session's end removes it.
+// takeBack takes the request id (waiter record rec, "" once granted) back
+// from Redis, without relying on any caller's ctx: out of the queue, or, if
+// it was granted, out of the holders, handing the key on. If Redis does not
+// answer, the Locker keeps trying (see abandon).
 func (lk *Locker) takeBack(key, id, rec string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	lk.run(ctx, cancelScript, key, id, rec)
+	if _, err := lk.run(ctx, cancelScript, key, id, rec); err != nil {
+		lk.abandon(key, id, rec)
+	}
+}
+
+// takeBackLater takes the lease id back from Redis in the background.
+func (lk *Locker) takeBackLater(key, id string) {
+	lk.wg.Go(func() { lk.takeBack(key, id, "") })
+}
+
+// orphan is a request or lease that its Locker gave up but Redis may still
+// have: while its session lives, nobody else would ever remove it.
+type orphan struct{ key, rec string }
+
+// abandon has the Locker take the request id back from Redis in the
+// background, until Redis has answered or the Locker closes (and deletes
+// its session, with which Redis drops what is left).
+func (lk *Locker) abandon(key, id, rec string) {
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	if lk.closed {
+		return
+	}
+	lk.orphans[id] = orphan{key: key, rec: rec}
+	if len(lk.orphans) == 1 {
+		lk.wg.Go(lk.takeBackOrphans)
+	}
+}
+
+// takeBackOrphans takes the orphans back until none is left, trying again
+// with a backoff while Redis does not answer.
+func (lk *Locker) takeBackOrphans() {
+	wait := 50 * time.Millisecond
+	for {
+		lk.mu.Lock()
+		todo := maps.Clone(lk.orphans)
+		lk.mu.Unlock()
+		failed := false
+		for id, o := range todo {
+			ctx, cancel := context.WithTimeout(lk.ctx, 2*time.Second)
+			_, err := lk.run(ctx, cancelScript, o.key, id, o.rec)
+			cancel()
+			if err != nil {
+				failed = true
+				continue
+			}
+			lk.mu.Lock()
+			delete(lk.orphans, id)
+			lk.mu.Unlock()
+		}
+		lk.mu.Lock()
+		left := len(lk.orphans)
+		lk.mu.Unlock()
+		if left == 0 {
+			return
+		}
+		if failed {
+			wait = min(2*wait, 2*time.Second)
+		}
+		select {
+		case <-lk.ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
 }
 
 // granted makes the lease of a granted request: its TTL (ttl, 0 for none)

@@ -20,7 +20,7 @@ import goredis "github.com/redis/go-redis/v9"
 //	P n          hash    what happened: g(rants), x (expiries), f(orced),
 //	                     s(ession lost)
 //	P s: SID     string  a session, kept alive by its Locker (PEXPIRE)
-//	P c: LID     channel a Locker's messages: "g|id|token|ttl" (granted),
+//	P c: LID     channel a Locker's messages: "g|id|token|ttl|K" (granted),
 //	                     "e|id|why" (ended: x expired, s session lost,
 //	                     f forced, r released)
 //	P e          channel the events, for Watch: "what|id|token|ms|key",
@@ -159,7 +159,7 @@ local function hold(w)
 	add(holder(w.id, rec))
 	count('g')
 	event('a', w.id, tok)
-	if w.id ~= self then tell(w.lid, 'g|' .. w.id .. '|' .. tok .. '|' .. d(w.ttl)) end
+	if w.id ~= self then tell(w.lid, 'g|' .. w.id .. '|' .. tok .. '|' .. d(w.ttl) .. '|' .. K) end
 end
 -- grant grants the queue's head while it fits, dropping dead waiters;
 -- qempty tells that it left the queue empty (nothing queues after it).

@@ -301,6 +301,39 @@ func TestHotKeyGrantsByMessage(t *testing.T) {
 	}
 }
 
+// A copy of a holder's own request left in its key's queue (a retried
+// acquire script: the first run granted it, the client did not hear, the
+// retry queued it) is dropped when the lease ends, not granted again to a
+// request no one waits for (found by TestChaosRedis, seed 2).
+func TestStaleRequestNotGranted(t *testing.T) {
+	for _, end := range []string{"Unlock", "ForceUnlock", "Release"} {
+		t.Run(end, func(t *testing.T) {
+			pfx := newPrefix()
+			a, b := open(t, pfx, 2*time.Second), open(t, pfx, 2*time.Second)
+			held, err := a.Lock(t.Context(), "k")
+			require.NoError(t, err)
+			rdb := client(t)
+			lid, err := rdb.Get(t.Context(), pfx+"s:"+a.Session()).Result()
+			require.NoError(t, err)
+			rec := strings.Join([]string{held.ID().String(), a.Session(), lid, "x", "0", "0", "0", ""}, "|")
+			require.NoError(t, rdb.RPush(t.Context(), pfx+"q:k", rec).Err())
+
+			switch end {
+			case "Unlock":
+				require.NoError(t, held.Unlock(t.Context()))
+			case "ForceUnlock":
+				require.NoError(t, b.ForceUnlock(t.Context(), "k"))
+			case "Release":
+				require.NoError(t, b.Release(t.Context(), "k", held.ID()))
+			}
+			ki, err := b.Inspect(t.Context(), "k")
+			require.NoError(t, err)
+			assert.Empty(t, ki.Holders, "the stale copy was granted")
+			assert.Empty(t, ki.Waiters)
+		})
+	}
+}
+
 // A grant that no Lock call waits for any more, as when a waiter gave up
 // while Redis did not answer its take-back, is taken back by its Locker:
 // its session lives on, so nobody else would ever remove it, and the key

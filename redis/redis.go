@@ -158,6 +158,12 @@ type grant struct {
 // New returns a Locker whose keys live under prefix in the Redis rdb talks
 // to (a plain or a failover client: not Redis Cluster). The caller keeps rdb
 // and closes it after the Locker. ctx bounds the subscription New makes.
+//
+// The Locker handles a failed request itself. A client that retries
+// commands (go-redis's default) may run a script twice when Redis ran it
+// but the reply was lost: the scripts make that harmless, but an Unlock
+// so retried reports lmx.ErrNotHeld. lmx.Open's clients do not retry
+// unless the URL sets max_retries.
 func New(ctx context.Context, rdb *goredis.Client, prefix string, opts ...Option) (*Locker, error) {
 	c := config{sessionTTL: DefaultSessionTTL}
 	for _, o := range opts {
@@ -211,6 +217,9 @@ func openURL(ctx context.Context, u *url.URL) (lmx.Locker, error) {
 	o, err := goredis.ParseURL(v.String())
 	if err != nil {
 		return nil, fmt.Errorf("lmx/redis: %s: %w", u.Redacted(), err)
+	}
+	if !q.Has("max_retries") {
+		o.MaxRetries = -1 // see New
 	}
 	rdb := goredis.NewClient(o)
 	lk, err := New(ctx, rdb, prefix, opts...)

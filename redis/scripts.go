@@ -164,7 +164,11 @@ end
 -- grant grants the queue's head while it fits, dropping dead waiters;
 -- qempty tells that it left the queue empty (nothing queues after it).
 -- While the exclusive holders fill the limit nothing fits: it need not look.
+-- A record of a request that holds, was reaped, or is the one the script
+-- ends (done) is a stale copy, which a retried script may have queued: it
+-- is dropped, never granted again.
 local qempty = false
+local done = {}
 local function grant()
 	while true do
 		if ex > 0 and ex >= limit() then return end
@@ -174,7 +178,7 @@ local function grant()
 			return
 		end
 		local w = waiter(r)
-		local live = alive(w.sid)
+		local live = alive(w.sid) and not H[w.id] and not gone[w.id] and not done[w.id]
 		if live and not fits(w.mode) then return end
 		redis.call('LPOP', q)
 		redis.call('HDEL', m, 'b:' .. w.id)
@@ -225,6 +229,9 @@ local rec, lim0, try = ARGV[4], ARGV[5], ARGV[6] == '1'
 local me = waiter(rec)
 if not alive(me.sid) then return {'d'} end
 if reap() > 0 then grant() end
+-- A request that holds or waits already (the script ran before, and the
+-- client did not hear its reply) stays as it is.
+if H[self] then return mine('') end
 -- The limit is set while the key is live (tidy deletes it): a limit set
 -- with the key idle is one the reap above has just made stale. A key with
 -- holders has one: one HGET; a new key's is set with one HSETNX.
@@ -261,6 +268,7 @@ if try then
 	hold(me)
 	return mine('')
 end
+if redis.call('LPOS', q, rec) then return {'w', wake()} end
 -- Queue behind every waiter of its priority or higher, and behind any
 -- overtaken maxBypass times; count a bypass for those it overtakes.
 local at, head, r = 0, false, tail
@@ -304,7 +312,8 @@ return mine(ARGV[4])
 // queue, or, if it was granted meanwhile, out of the holders, and hands the
 // key on.
 var cancelScript = goredis.NewScript(lib + `
-redis.call('LREM', q, 1, ARGV[4])
+done[self] = true
+redis.call('LREM', q, 0, ARGV[4])
 redis.call('HDEL', m, 'b:' .. self)
 reap()
 local x = drop(self)
@@ -320,6 +329,7 @@ return 1
 // ended the lease, 0 when there was none, or the reason the lease had
 // already ended with ('x' or 's': reaped now).
 var releaseScript = goredis.NewScript(lib + `
+done[self] = true
 reap()
 local x = drop(self)
 local res = gone[self] or 0
@@ -358,6 +368,7 @@ var forceScript = goredis.NewScript(lib + `
 reap()
 local n = 0
 for id, x in pairs(H) do
+	done[id] = true
 	drop(id)
 	tell(x.lid, 'e|' .. id .. '|f')
 	count('f')

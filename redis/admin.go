@@ -77,11 +77,11 @@ func (lk *Locker) Inspect(ctx context.Context, key string) (lmx.KeyInfo, error) 
 	for i := 0; i+1 < len(hs); i += 2 {
 		id, _ := hs[i].(string)
 		rec, _ := hs[i+1].(string)
-		f := strings.SplitN(rec, "|", 7)
-		if len(f) != 7 {
+		f := strings.SplitN(rec, "|", 8)
+		if len(f) != 8 {
 			continue
 		}
-		h := lmx.HolderInfo{Shared: f[3] == "s", Owner: f[6], Count: 1 + counts[id]}
+		h := lmx.HolderInfo{Shared: f[3] == "s", Owner: f[7], Count: 1 + counts[id]}
 		h.ID, _ = ulid.ParseStrict(id)
 		h.Token, _ = strconv.ParseUint(f[0], 10, 64)
 		h.Since = msTime(f[5])
@@ -95,12 +95,12 @@ func (lk *Locker) Inspect(ctx context.Context, key string) (lmx.KeyInfo, error) 
 	ws, _ := a[2].([]any)
 	for _, w := range ws {
 		rec, _ := w.(string)
-		f := strings.SplitN(rec, "|", 8)
-		if len(f) != 8 {
+		f := strings.SplitN(rec, "|", 9)
+		if len(f) != 9 {
 			continue
 		}
 		p, _ := strconv.Atoi(f[6])
-		ki.Waiters = append(ki.Waiters, lmx.WaiterInfo{Owner: f[7], Priority: p, Shared: f[3] == "s"})
+		ki.Waiters = append(ki.Waiters, lmx.WaiterInfo{Owner: f[8], Priority: p, Shared: f[3] == "s"})
 	}
 	return ki, nil
 }

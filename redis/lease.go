@@ -107,7 +107,11 @@ func (l *lease) Unlock(ctx context.Context, _ *lmx.Lease) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return nil // released here; the Locker releases it in Redis later
+		// Released here, and in Redis once it answers; but whether the key
+		// was still l's until now, Redis did not say: its TTL or its
+		// session may have run out behind the link that failed.
+		l.end(fmt.Errorf("%w: Redis did not answer the release: %w", lmx.ErrSessionLost, err))
+		return l.lk.wrap(ctx, err)
 	}
 	switch v {
 	case int64(1):

@@ -26,8 +26,10 @@
 // outlives its session), Limit (semaphores), Shared, Priority (with the
 // broker's bound against starvation), Owner (re-entry through the same
 // Locker: an lmx.Lease of its own with the same id and token, counted),
-// NoPreempt and LockDelay(0). Preempt and a positive LockDelay fail with an
-// error matching ErrUnsupported and lmx.ErrInvalidOption. *Locker
+// LockDelay (after an expiry, a ForceUnlock or a lost session, kept in
+// Redis) and NoPreempt. Preempt fails with an error matching ErrUnsupported
+// and lmx.ErrInvalidOption: lmx gives a backend no way to close a lease's
+// Revoked channel. *Locker
 // implements lmx.Admin, lmx.Lister and lmx.Watcher, across every Locker on
 // the same Redis prefix, and lmx.MultiLocker through lmx.LockAll.
 //
@@ -252,8 +254,6 @@ func unsupported(r lmx.LockRequest) error {
 	switch {
 	case r.Preempt >= 0:
 		what = "Preempt"
-	case r.LockDelay > 0:
-		what = "LockDelay"
 	default:
 		return nil
 	}
@@ -600,7 +600,7 @@ func (lk *Locker) record(id string, s *session, r lmx.LockRequest) string {
 		kod = "1"
 	}
 	return strings.Join([]string{id, s.id, lk.id, mode, strconv.FormatInt(r.TTL.Milliseconds(), 10), kod,
-		strconv.Itoa(r.Priority), r.Owner}, "|")
+		strconv.Itoa(r.Priority), strconv.FormatInt(max(r.LockDelay, 0).Milliseconds(), 10), r.Owner}, "|")
 }
 
 // reply is a script's answer about the caller's request.

@@ -20,14 +20,17 @@ import goredis "github.com/redis/go-redis/v9"
 //	P n          hash    what happened: g(rants), x (expiries), f(orced),
 //	                     s(ession lost)
 //	P s: SID     string  a session, kept alive by its Locker (PEXPIRE)
+//	P d: K       string  while it lives (PX), K's lock-delay: nothing is
+//	                     granted
 //	P c: LID     channel a Locker's messages: "g|id|token|ttl|K" (granted),
 //	                     "e|id|why" (ended: x expired, s session lost,
 //	                     f forced, r released)
 //	P e          channel the events, for Watch: "what|id|token|ms|key",
 //	                     what a (acquired), r (released), x, s, f as above
 //
-// A waiter record is id|sid|locker|mode|ttl|kod|priority|owner, a holder
-// record token|sid|locker|mode|expires|since|owner (expires and since in
+// A waiter record is id|sid|locker|mode|ttl|kod|priority|delay|owner, a
+// holder record token|sid|locker|mode|expires|since|delay|owner (delay its
+// LockDelay in ms, 0 for none; expires and since in
 // Redis-time milliseconds, expires 0 for none; sid "" for a lease that
 // outlives its session). The owner comes last, so that it may hold "|".
 //
@@ -48,16 +51,16 @@ local function d(n) return string.format('%d', n) end
 local t = redis.call('TIME')
 t = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function waiter(r)
-	local id, sid, lid, mode, ttl, kod, prio, owner =
-		string.match(r, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+	local id, sid, lid, mode, ttl, kod, prio, delay, owner =
+		string.match(r, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
 	return {id = id, sid = sid, lid = lid, mode = mode, ttl = tonumber(ttl), kod = kod,
-		prio = tonumber(prio), owner = owner, rec = r}
+		prio = tonumber(prio), delay = delay, owner = owner, rec = r}
 end
 local function holder(id, r)
-	local tok, sid, lid, mode, exp, since, owner =
-		string.match(r, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+	local tok, sid, lid, mode, exp, since, delay, owner =
+		string.match(r, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
 	return {id = id, tok = tok, sid = sid, lid = lid, mode = mode, exp = tonumber(exp),
-		since = since, owner = owner}
+		since = since, delay = delay, owner = owner}
 end
 local lives = {}
 local function alive(sid)
@@ -105,6 +108,20 @@ local function drop(id)
 	end
 	return x
 end
+-- delayed tells whether the key's lock-delay runs; hush starts the
+-- lock-delay of the holder x, which ended without its holder asking.
+local dk, dl = P .. 'd:' .. K, nil
+local function delayed()
+	if dl == nil then dl = redis.call('PTTL', dk) end
+	return dl > 0
+end
+local function hush(x)
+	local ms = tonumber(x.delay)
+	if ms > 0 and not (delayed() and dl >= ms) then
+		redis.call('SET', dk, '1', 'PX', ms)
+		dl = ms
+	end
+end
 -- reap ends the dead holders and tells their Lockers; it returns how many
 -- it ended, and gone has why each one ended.
 local gone = {}
@@ -115,6 +132,7 @@ local function reap()
 		local w = why(x)
 		if w then
 			unhold(x)
+			hush(x)
 			tell(x.lid, 'e|' .. x.id .. '|' .. w)
 			count(w)
 			event(w, x.id, x.tok)
@@ -154,7 +172,8 @@ local function hold(w)
 	if w.ttl > 0 then exp = t + w.ttl end
 	local sid = w.sid
 	if w.kod == '1' then sid = '' end
-	local rec = tok .. '|' .. sid .. '|' .. w.lid .. '|' .. w.mode .. '|' .. d(exp) .. '|' .. d(t) .. '|' .. w.owner
+	local rec = tok .. '|' .. sid .. '|' .. w.lid .. '|' .. w.mode .. '|' .. d(exp) .. '|' .. d(t) .. '|' ..
+		w.delay .. '|' .. w.owner
 	redis.call('HSET', h, w.id, rec)
 	add(holder(w.id, rec))
 	count('g')
@@ -179,7 +198,7 @@ local function grant()
 		end
 		local w = waiter(r)
 		local live = alive(w.sid) and not H[w.id] and not gone[w.id] and not done[w.id]
-		if live and not fits(w.mode) then return end
+		if live and (not fits(w.mode) or delayed()) then return end
 		redis.call('LPOP', q)
 		redis.call('HDEL', m, 'b:' .. w.id)
 		if live then hold(w) end
@@ -202,6 +221,7 @@ local function wake()
 		if x.exp > 0 then at(x.exp - t) end
 		if x.sid ~= '' then at(redis.call('PTTL', P .. 's:' .. x.sid)) end
 	end
+	if delayed() then at(dl) end
 	return best
 end
 -- mine returns the reply for the caller's request, whose waiter record is
@@ -245,7 +265,7 @@ end
 lim = tonumber(lim0)
 local tail = redis.call('LINDEX', q, -1)
 if not tail then -- nobody waits: granted if it fits
-	if fits(me.mode) then
+	if fits(me.mode) and not delayed() then
 		hold(me)
 		return mine('')
 	end
@@ -255,7 +275,7 @@ if not tail then -- nobody waits: granted if it fits
 end
 if try then
 	-- Granted now only if it fits and may overtake every waiter.
-	local ok = fits(me.mode)
+	local ok = fits(me.mode) and not delayed()
 	local head = redis.call('LINDEX', q, 0)
 	if ok and head then
 		local w = waiter(head)
@@ -337,6 +357,7 @@ if x then
 	res = 1
 	if ARGV[4] == 'r' then tell(x.lid, 'e|' .. self .. '|r') end
 	if ARGV[4] == 'x' then
+		hush(x)
 		count('x')
 		event('x', self, x.tok)
 	else
@@ -358,7 +379,7 @@ if not x then
 	return 0
 end
 redis.call('HSET', h, self, x.tok .. '|' .. x.sid .. '|' .. x.lid .. '|' .. x.mode .. '|' ..
-	d(t + tonumber(ARGV[4])) .. '|' .. x.since .. '|' .. x.owner)
+	d(t + tonumber(ARGV[4])) .. '|' .. x.since .. '|' .. x.delay .. '|' .. x.owner)
 return 1
 `)
 
@@ -370,6 +391,7 @@ local n = 0
 for id, x in pairs(H) do
 	done[id] = true
 	drop(id)
+	hush(x)
 	tell(x.lid, 'e|' .. id .. '|f')
 	count('f')
 	event('f', id, x.tok)

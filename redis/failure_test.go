@@ -325,6 +325,36 @@ func TestUnlockUnanswered(t *testing.T) {
 	assert.ErrorIs(t, held.Unlock(t.Context()), lmx.ErrNotHeld)
 }
 
+// A grant message that reaches a Locker whose session has not been
+// refreshed for a while is checked with Redis before Lock returns: Redis
+// may have dropped the session, and the grant with it, while the message
+// was on its way (a stall of the link longer than the session TTL).
+func TestLateGrantChecked(t *testing.T) {
+	pfx := newPrefix()
+	a, b := open(t, pfx, time.Hour), open(t, pfx, time.Hour)
+	held, err := a.Lock(t.Context(), "k")
+	require.NoError(t, err)
+	ch := make(chan lockResult, 1)
+	lockAsync(t.Context(), b, ch, "w", "k")
+	waitQueued(t, a, "k", 1)
+
+	// A grant of b's request that Redis does not have.
+	rdb := client(t)
+	q, err := rdb.LRange(t.Context(), pfx+"q:k", 0, -1).Result()
+	require.NoError(t, err)
+	require.Len(t, q, 1)
+	f := strings.Split(q[0], "|")
+	b.Unsure()
+	require.NoError(t, rdb.Publish(t.Context(), pfx+"c:"+f[2], "g|"+f[0]+"|1|0|k").Err())
+	select {
+	case r := <-ch:
+		t.Fatalf("Lock returned on a grant Redis does not have: %+v", r)
+	case <-time.After(500 * time.Millisecond):
+	}
+	require.NoError(t, held.Unlock(t.Context()))
+	inOrder(t, ch, held.Token(), "w")
+}
+
 // A copy of a holder's own request left in its key's queue (a retried
 // acquire script: the first run granted it, the client did not hear, the
 // retry queued it) is dropped when the lease ends, not granted again to a

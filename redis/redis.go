@@ -52,6 +52,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lmx-go/lmx"
@@ -135,6 +136,12 @@ type session struct {
 	id     string
 	done   chan struct{} // closed when the session ends
 	reason error         // why, set before done closes
+	alive  atomic.Int64  // until when (Unix ns) Redis keeps it at least: the last refresh it answered, sent then, plus the TTL
+}
+
+// sure reports whether Redis keeps s for margin from now at least.
+func (s *session) sure(margin time.Duration) bool {
+	return time.Until(time.Unix(0, s.alive.Load())) >= margin
 }
 
 // err is why the session ended, as a waiter of it reports it.
@@ -352,9 +359,11 @@ func (lk *Locker) session(ctx context.Context) (*session, error) {
 		return s, nil
 	}
 	s = &session{id: ulid.Make().String(), done: make(chan struct{})}
+	sent := time.Now()
 	if err := lk.rdb.Set(ctx, lk.pfx+"s:"+s.id, lk.id, lk.ttl).Err(); err != nil {
 		return nil, lk.wrap(ctx, err)
 	}
+	s.alive.Store(sent.Add(lk.ttl).UnixNano())
 	lk.mu.Lock()
 	closed = lk.closed
 	if !closed {
@@ -399,6 +408,7 @@ func (lk *Locker) refresh() {
 		switch {
 		case err == nil && ok:
 			last = sent
+			s.alive.Store(sent.Add(lk.ttl).UnixNano())
 		case err == nil:
 			lk.sessionLost(s, errors.New("the session key is gone"))
 		case time.Since(last) >= lk.ttl*2/3:
@@ -737,7 +747,12 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 		select {
 		case g := <-w.granted:
 			t.Stop()
-			return lk.granted(s, key, id, g.token, g.ttl, start, req)
+			if s.sure(lk.ttl / 3) {
+				return lk.granted(s, key, id, g.token, g.ttl, start, req)
+			}
+			// The session has not been refreshed for a while: Redis may
+			// have dropped it, and the grant with it, while the message
+			// was on its way. Ask Redis.
 		case <-w.look:
 		case <-t.C:
 		case <-ctx.Done():

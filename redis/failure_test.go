@@ -42,6 +42,24 @@ func runChild() int {
 	select {}
 }
 
+// contended opens two Lockers with sessionTTL on a new prefix, the second
+// with recheck unless it is 0: the first holds "k", and the second's Lock of
+// it, named "w", is queued and reports on ch.
+func contended(t *testing.T, sessionTTL, recheck time.Duration) (pfx string, a, b *redis.Locker, held *lmx.Lease, ch chan lockResult) {
+	t.Helper()
+	pfx = newPrefix()
+	a, b = open(t, pfx, sessionTTL), open(t, pfx, sessionTTL)
+	if recheck > 0 {
+		b.SetRecheck(recheck)
+	}
+	held, err := a.Lock(t.Context(), "k")
+	require.NoError(t, err)
+	ch = make(chan lockResult, 1)
+	lockAsync(t.Context(), b, ch, "w", "k")
+	waitQueued(t, a, "k", 1)
+	return pfx, a, b, held, ch
+}
+
 // await waits for a Lock's result, failing the test after within.
 func await(t *testing.T, ch <-chan lockResult, within time.Duration) lockResult {
 	t.Helper()
@@ -199,14 +217,8 @@ func TestExpiryWithManyWaiters(t *testing.T) {
 // Messages published while a Locker's pub/sub connection is down are lost:
 // the Locker's waiters look again when it has reconnected, and get the key.
 func TestSubscriberReconnect(t *testing.T) {
-	pfx := newPrefix()
-	a, b := open(t, pfx, 2*time.Second), open(t, pfx, 2*time.Second)
-	b.SetRecheck(time.Hour) // only the reconnection may make it look again
-	held, err := a.Lock(t.Context(), "k")
-	require.NoError(t, err)
-	ch := make(chan lockResult, 1)
-	lockAsync(t.Context(), b, ch, "w", "k")
-	waitQueued(t, a, "k", 1)
+	// Only the reconnection may make the waiter look again.
+	_, a, b, held, ch := contended(t, 2*time.Second, time.Hour)
 
 	rdb := client(t)
 	// Kill every pub/sub connection, and release while they are down.
@@ -215,7 +227,7 @@ func TestSubscriberReconnect(t *testing.T) {
 	inOrder(t, ch, held.Token(), "w")
 
 	// And both still hear grants.
-	held, err = b.Lock(t.Context(), "k")
+	held, err := b.Lock(t.Context(), "k")
 	require.NoError(t, err)
 	lockAsync(t.Context(), a, ch, "w", "k")
 	waitQueued(t, a, "k", 1)
@@ -330,13 +342,7 @@ func TestUnlockUnanswered(t *testing.T) {
 // may have dropped the session, and the grant with it, while the message
 // was on its way (a stall of the link longer than the session TTL).
 func TestLateGrantChecked(t *testing.T) {
-	pfx := newPrefix()
-	a, b := open(t, pfx, time.Hour), open(t, pfx, time.Hour)
-	held, err := a.Lock(t.Context(), "k")
-	require.NoError(t, err)
-	ch := make(chan lockResult, 1)
-	lockAsync(t.Context(), b, ch, "w", "k")
-	waitQueued(t, a, "k", 1)
+	pfx, _, b, held, ch := contended(t, time.Hour, 0)
 
 	// A grant of b's request that Redis does not have.
 	rdb := client(t)

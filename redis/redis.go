@@ -29,9 +29,9 @@
 // LockDelay (after an expiry, a ForceUnlock or a lost session, kept in
 // Redis) and NoPreempt. Preempt fails with an error matching ErrUnsupported
 // and lmx.ErrInvalidOption: lmx gives a backend no way to close a lease's
-// Revoked channel. *Locker
-// implements lmx.Admin, lmx.Lister and lmx.Watcher, across every Locker on
-// the same Redis prefix, and lmx.MultiLocker through lmx.LockAll.
+// Revoked channel. *Locker implements lmx.Admin, lmx.Lister and
+// lmx.Watcher, across every Locker on the same Redis prefix, and
+// lmx.MultiLocker through lmx.LockAll.
 //
 // A single Redis promises less than etcd: a failover to a replica that had
 // not yet received a grant loses it, and two holders then believe they hold

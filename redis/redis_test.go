@@ -105,13 +105,7 @@ func TestPrefixes(t *testing.T) {
 // ends with ErrSessionLost, the waiter of another Locker gets the key, and
 // the first Locker starts a new session for its next Lock.
 func TestSessionLost(t *testing.T) {
-	pfx := newPrefix()
-	a, b := open(t, pfx, 2*time.Second), open(t, pfx, 2*time.Second)
-	held, err := a.Lock(t.Context(), "k")
-	require.NoError(t, err)
-	ch := make(chan lockResult, 1)
-	lockAsync(t.Context(), b, ch, "w", "k")
-	waitQueued(t, a, "k", 1)
+	pfx, a, _, held, ch := contended(t, 2*time.Second, 0)
 
 	require.NoError(t, client(t).Del(t.Context(), pfx+"s:"+a.Session()).Err())
 	select {

@@ -195,7 +195,9 @@ func TestExpiryWithManyWaiters(t *testing.T) {
 	const n = 50
 	lockers := make([]*redis.Locker, 5)
 	for i := range lockers {
-		lockers[i] = open(t, pfx, 2*time.Second)
+		// Sessions that outlast a busy machine's stalls: the waiters
+		// must all stay queued.
+		lockers[i] = open(t, pfx, 10*time.Second)
 		lockers[i].SetRecheck(time.Hour)
 	}
 	ch := make(chan lockResult, n)
@@ -285,7 +287,9 @@ func TestHotKeyGrantsByMessage(t *testing.T) {
 	pfx := newPrefix()
 	lockers := make([]*redis.Locker, 20)
 	for i := range lockers {
-		lockers[i] = open(t, pfx, 2*time.Second)
+		// Sessions that outlast a busy machine's stalls: the waiters
+		// must all stay queued.
+		lockers[i] = open(t, pfx, 10*time.Second)
 		lockers[i].SetRecheck(time.Hour)
 	}
 	const rounds = 200

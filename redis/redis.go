@@ -580,8 +580,10 @@ func (lk *Locker) reconnected() {
 		return // the refresh tells whether the session survived
 	}
 	for i, l := range ls {
-		if !cmds[i].Val() {
-			l.lost(l.gone())
+		// Only a lease still here is lost: one its holder took out since
+		// (an Unlock under way) is gone from Redis because it released it.
+		if !cmds[i].Val() && l.forget() {
+			l.end(l.gone())
 		}
 	}
 }

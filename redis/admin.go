@@ -113,8 +113,9 @@ func msTime(s string) time.Time {
 // Stats counts the keys, holders and waiters under the Locker's prefix
 // (dead ones that no one has touched since included), by a SCAN of the
 // prefix's keys, and the grants, expiries, forced ends and lost sessions'
-// leases Redis has counted. Sessions and the histograms are not kept
-// (zero).
+// leases Redis has counted, with the histograms of how long granted
+// requests waited and ended leases were held (in Redis's clock, to the
+// millisecond). Sessions are not counted (zero).
 func (lk *Locker) Stats(ctx context.Context) (lmx.Stats, error) {
 	keys, err := lk.scan(ctx, "")
 	if err != nil {
@@ -135,6 +136,12 @@ func (lk *Locker) Stats(ctx context.Context) (lmx.Stats, error) {
 		return v
 	}
 	st.Grants, st.Expiries, st.Forced, st.SessionLost = n("g"), n("x"), n("f"), n("s")
+	for hist, h := range map[string]*lmx.Histogram{"w": &st.WaitTime, "h": &st.HoldTime} {
+		for i := range h.Counts {
+			h.Counts[i] = n(hist + strconv.Itoa(i))
+		}
+		h.Sum = time.Duration(n(hist+"s")) * time.Millisecond
+	}
 	return st, nil
 }
 

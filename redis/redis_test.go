@@ -43,7 +43,7 @@ func TestConformance(t *testing.T) {
 		locktest.RealTime(100*time.Millisecond), // TTLs with room for a loaded machine
 		locktest.Skip("a re-entry is an lmx.Lease of its own (same id and token): lmx.NewLease gives a backend no way to count grants of one *Lease; TestInspectOwner covers Owner and Count", "Inspect"),
 		locktest.Skip("the Redis backend refuses Preempt: lmx gives a backend no way to close a lease's Revoked channel", "PreemptReleasedInGrace", "PreemptForced", "PreemptRefused"),
-		locktest.Skip("the Redis backend's Stats keeps no histograms", "StatsHistograms"))
+	)
 }
 
 func TestUnsupportedOptions(t *testing.T) {

@@ -1,6 +1,12 @@
 package redis
 
-import goredis "github.com/redis/go-redis/v9"
+import (
+	"strconv"
+	"strings"
+
+	"github.com/lmx-go/lmx"
+	goredis "github.com/redis/go-redis/v9"
+)
 
 // The state of one lock key K under the prefix P lives in three Redis keys,
 // which every script gets as KEYS[1..3]:
@@ -10,7 +16,8 @@ import goredis "github.com/redis/go-redis/v9"
 //	P m: K   hash    "limit" -> the key's Limit; "b:" id -> how often the
 //	                 waiter id was overtaken by a higher priority; "c:" id
 //	                 -> how often the owner of holder id re-entered it
-//	                 (Owner, counted by its Locker). It exists
+//	                 (Owner, counted by its Locker); "q:" id -> when the
+//	                 waiter id queued, for the WaitTime histogram. It exists
 //	                 while the key has a holder or a waiter: Stats finds the
 //	                 live keys by it.
 //
@@ -18,7 +25,9 @@ import goredis "github.com/redis/go-redis/v9"
 //
 //	P t          string  the fencing-token counter (INCR)
 //	P n          hash    what happened: g(rants), x (expiries), f(orced),
-//	                     s(ession lost)
+//	                     s(ession lost); "w" i and "h" i the counts of
+//	                     lmx.Stats's WaitTime and HoldTime histograms,
+//	                     bucket i, "ws" and "hs" their sums in ms
 //	P s: SID     string  a session, kept alive by its Locker (PEXPIRE)
 //	P d: K       string  while it lives (PX), K's lock-delay: nothing is
 //	                     granted
@@ -43,8 +52,9 @@ import goredis "github.com/redis/go-redis/v9"
 // lib is the Lua every script starts with. ARGV[1] is the prefix, ARGV[2]
 // the lock key, ARGV[3] the lock id of the caller's own request ("" for
 // none): a grant of it is returned, not published.
-const lib = `
+var lib = `
 local P, K, self = ARGV[1], ARGV[2], ARGV[3]
+local bounds = {` + boundsMS() + `}
 local q, h, m = KEYS[1], KEYS[2], KEYS[3]
 local maxBypass = 64
 local function d(n) return string.format('%d', n) end
@@ -78,6 +88,13 @@ end
 local function count(what)
 	redis.call('HINCRBY', P .. 'n', what, 1)
 end
+-- observe counts ms in the histogram hist ('w' or 'h').
+local function observe(hist, ms)
+	local i = 0
+	while i < #bounds and ms > bounds[i + 1] do i = i + 1 end
+	redis.call('HINCRBY', P .. 'n', hist .. i, 1)
+	redis.call('HINCRBY', P .. 'n', hist .. 's', ms)
+end
 local function event(what, id, tok)
 	redis.call('PUBLISH', P .. 'e', what .. '|' .. id .. '|' .. tok .. '|' .. d(t) .. '|' .. K)
 end
@@ -97,6 +114,7 @@ end
 -- unhold removes the holder x from Redis.
 local function unhold(x)
 	redis.call('HDEL', h, x.id)
+	observe('h', t - tonumber(x.since))
 	if x.owner ~= '' then redis.call('HDEL', m, 'c:' .. x.id) end
 end
 local function drop(id)
@@ -200,8 +218,12 @@ local function grant()
 		local live = alive(w.sid) and not H[w.id] and not gone[w.id] and not done[w.id]
 		if live and (not fits(w.mode) or delayed()) then return end
 		redis.call('LPOP', q)
-		redis.call('HDEL', m, 'b:' .. w.id)
-		if live then hold(w) end
+		local qt = redis.call('HGET', m, 'q:' .. w.id)
+		redis.call('HDEL', m, 'b:' .. w.id, 'q:' .. w.id)
+		if live then
+			hold(w)
+			if qt then observe('w', t - tonumber(qt)) end
+		end
 	end
 end
 -- tidy forgets an idle key.
@@ -271,6 +293,7 @@ if not tail then -- nobody waits: granted if it fits
 	end
 	if try then return {'l'} end
 	redis.call('RPUSH', q, rec)
+	redis.call('HSET', m, 'q:' .. self, d(t))
 	return {'w', wake()}
 end
 if try then
@@ -314,6 +337,7 @@ else
 		redis.call('LINSERT', q, 'BEFORE', redis.call('LINDEX', q, -at), rec)
 	end
 end
+redis.call('HSET', m, 'q:' .. self, d(t))
 grant()
 if H[self] then return mine('') end
 return {'w', wake()}
@@ -334,7 +358,7 @@ return mine(ARGV[4])
 var cancelScript = goredis.NewScript(lib + `
 done[self] = true
 redis.call('LREM', q, 0, ARGV[4])
-redis.call('HDEL', m, 'b:' .. self)
+redis.call('HDEL', m, 'b:' .. self, 'q:' .. self)
 reap()
 local x = drop(self)
 if x then event('r', self, x.tok) end
@@ -422,3 +446,12 @@ if redis.call('HEXISTS', h, self) == 0 then return 0 end
 if redis.call('HINCRBY', m, 'c:' .. self, ARGV[4]) <= 0 then redis.call('HDEL', m, 'c:' .. self) end
 return 1
 `)
+
+// boundsMS is lmx.HistogramBounds in milliseconds, as a Lua list.
+func boundsMS() string {
+	var b []string
+	for _, d := range lmx.HistogramBounds() {
+		b = append(b, strconv.FormatInt(d.Milliseconds(), 10))
+	}
+	return strings.Join(b, ", ")
+}

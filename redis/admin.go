@@ -3,6 +3,7 @@ package redis
 import (
 	"cmp"
 	"context"
+	"errors"
 	"slices"
 	"strconv"
 	"strings"
@@ -47,8 +48,7 @@ func (lk *Locker) ForceUnlock(ctx context.Context, key string) error {
 }
 
 // Inspect describes key's holders and waiters as Redis has them, after
-// removing the dead ones. Owner is never set and Count is 1; Since and
-// Expires are Redis's clock.
+// removing the dead ones. Since and Expires are Redis's clock.
 func (lk *Locker) Inspect(ctx context.Context, key string) (lmx.KeyInfo, error) {
 	if err := checkKey(key); err != nil {
 		return lmx.KeyInfo{}, err
@@ -58,21 +58,30 @@ func (lk *Locker) Inspect(ctx context.Context, key string) (lmx.KeyInfo, error) 
 		return lmx.KeyInfo{}, lk.wrap(ctx, err)
 	}
 	a, _ := v.([]any)
-	if len(a) != 4 {
+	if len(a) != 5 {
 		return lmx.KeyInfo{}, lk.wrap(ctx, errUnexpected(v))
 	}
 	ki := lmx.KeyInfo{Key: key}
 	lim, _ := a[0].(string)
 	ki.Limit, _ = strconv.Atoi(lim)
+	counts := map[string]int{}
+	ms, _ := a[4].([]any)
+	for i := 0; i+1 < len(ms); i += 2 {
+		f, _ := ms[i].(string)
+		n, _ := ms[i+1].(string)
+		if id, ok := strings.CutPrefix(f, "c:"); ok {
+			counts[id], _ = strconv.Atoi(n)
+		}
+	}
 	hs, _ := a[1].([]any)
 	for i := 0; i+1 < len(hs); i += 2 {
 		id, _ := hs[i].(string)
 		rec, _ := hs[i+1].(string)
-		f := strings.SplitN(rec, "|", 7)
-		if len(f) != 7 {
+		f := strings.SplitN(rec, "|", 8)
+		if len(f) != 8 {
 			continue
 		}
-		h := lmx.HolderInfo{Shared: f[3] == "s", Count: 1}
+		h := lmx.HolderInfo{Shared: f[3] == "s", Owner: f[7], Count: 1 + counts[id]}
 		h.ID, _ = ulid.ParseStrict(id)
 		h.Token, _ = strconv.ParseUint(f[0], 10, 64)
 		h.Since = msTime(f[5])
@@ -86,12 +95,12 @@ func (lk *Locker) Inspect(ctx context.Context, key string) (lmx.KeyInfo, error) 
 	ws, _ := a[2].([]any)
 	for _, w := range ws {
 		rec, _ := w.(string)
-		f := strings.SplitN(rec, "|", 8)
-		if len(f) != 8 {
+		f := strings.SplitN(rec, "|", 9)
+		if len(f) != 9 {
 			continue
 		}
 		p, _ := strconv.Atoi(f[6])
-		ki.Waiters = append(ki.Waiters, lmx.WaiterInfo{Priority: p, Shared: f[3] == "s"})
+		ki.Waiters = append(ki.Waiters, lmx.WaiterInfo{Owner: f[8], Priority: p, Shared: f[3] == "s"})
 	}
 	return ki, nil
 }
@@ -104,47 +113,93 @@ func msTime(s string) time.Time {
 // Stats counts the keys, holders and waiters under the Locker's prefix
 // (dead ones that no one has touched since included), by a SCAN of the
 // prefix's keys, and the grants, expiries, forced ends and lost sessions'
-// leases Redis has counted. Sessions and the histograms are not kept
-// (zero).
+// leases Redis has counted, with the histograms of how long granted
+// requests waited and ended leases were held (in Redis's clock, to the
+// millisecond). Sessions are not counted (zero).
 func (lk *Locker) Stats(ctx context.Context) (lmx.Stats, error) {
+	keys, err := lk.scan(ctx, "")
+	if err != nil {
+		return lmx.Stats{}, err
+	}
+	counts, err := lk.rdb.HGetAll(ctx, lk.pfx+"n").Result()
+	if err != nil {
+		return lmx.Stats{}, lk.wrap(ctx, err)
+	}
+	var st lmx.Stats
+	for _, k := range keys {
+		st.Keys++
+		st.Holders += k.Holders
+		st.Waiters += k.Waiters
+	}
+	n := func(f string) uint64 {
+		v, _ := strconv.ParseUint(counts[f], 10, 64)
+		return v
+	}
+	st.Grants, st.Expiries, st.Forced, st.SessionLost = n("g"), n("x"), n("f"), n("s")
+	for hist, h := range map[string]*lmx.Histogram{"w": &st.WaitTime, "h": &st.HoldTime} {
+		for i := range h.Counts {
+			h.Counts[i] = n(hist + strconv.Itoa(i))
+		}
+		h.Sum = time.Duration(n(hist+"s")) * time.Millisecond
+	}
+	return st, nil
+}
+
+var _ lmx.Lister = (*Locker)(nil)
+
+// List returns the live keys under the Locker's prefix that start with
+// prefix, sorted, at most limit of them (lmx.DefaultListLimit when limit
+// <= 0, at most lmx.MaxListLimit), by a SCAN of the prefix's keys. Like
+// Stats, it counts the dead holders and waiters no one has reaped yet.
+func (lk *Locker) List(ctx context.Context, prefix string, limit int) ([]lmx.KeyStat, error) {
+	if limit <= 0 {
+		limit = lmx.DefaultListLimit
+	}
+	limit = min(limit, lmx.MaxListLimit)
+	keys, err := lk.scan(ctx, prefix)
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(keys, func(a, b lmx.KeyStat) int { return cmp.Compare(a.Key, b.Key) })
+	return keys[:min(len(keys), limit)], nil
+}
+
+// scan returns the live keys that start with prefix: those with metadata
+// in Redis and a holder or a waiter there, in no order.
+func (lk *Locker) scan(ctx context.Context, prefix string) ([]lmx.KeyStat, error) {
 	var keys []string
 	meta := lk.pfx + "m:"
-	iter := lk.rdb.Scan(ctx, 0, escapeGlob(meta)+"*", 1000).Iterator()
+	iter := lk.rdb.Scan(ctx, 0, escapeGlob(meta+prefix)+"*", 1000).Iterator()
 	for iter.Next(ctx) {
 		keys = append(keys, strings.TrimPrefix(iter.Val(), meta))
 	}
 	if err := iter.Err(); err != nil {
-		return lmx.Stats{}, lk.wrap(ctx, err)
+		return nil, lk.wrap(ctx, err)
 	}
-	var counts *goredis.MapStringStringCmd
+	lim := make([]*goredis.StringCmd, len(keys))
 	hl := make([]*goredis.IntCmd, len(keys))
 	ql := make([]*goredis.IntCmd, len(keys))
 	_, err := lk.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
-		counts = p.HGetAll(ctx, lk.pfx+"n")
 		for i, k := range keys {
+			lim[i] = p.HGet(ctx, meta+k, "limit")
 			hl[i] = p.HLen(ctx, lk.pfx+"h:"+k)
 			ql[i] = p.LLen(ctx, lk.pfx+"q:"+k)
 		}
 		return nil
 	})
-	if err != nil {
-		return lmx.Stats{}, lk.wrap(ctx, err)
+	if err != nil && !errors.Is(err, goredis.Nil) {
+		return nil, lk.wrap(ctx, err)
 	}
-	var st lmx.Stats
-	for i := range keys {
-		h, w := int(hl[i].Val()), int(ql[i].Val())
-		if h+w > 0 {
-			st.Keys++
+	var live []lmx.KeyStat
+	for i, k := range keys {
+		ks := lmx.KeyStat{Key: k, Holders: int(hl[i].Val()), Waiters: int(ql[i].Val())}
+		if ks.Holders+ks.Waiters == 0 {
+			continue
 		}
-		st.Holders += h
-		st.Waiters += w
+		ks.Limit, _ = strconv.Atoi(lim[i].Val())
+		live = append(live, ks)
 	}
-	n := func(f string) uint64 {
-		v, _ := strconv.ParseUint(counts.Val()[f], 10, 64)
-		return v
-	}
-	st.Grants, st.Expiries, st.Forced, st.SessionLost = n("g"), n("x"), n("f"), n("s")
-	return st, nil
+	return live, nil
 }
 
 // escapeGlob escapes the characters special to a Redis MATCH pattern.

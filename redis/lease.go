@@ -2,7 +2,6 @@ package redis
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -10,37 +9,48 @@ import (
 	"github.com/lmx-go/lmx"
 )
 
-// lease is the Redis side of one lmx.Lease.
+// lease is the Redis side of one granted request, and of the lmx.Leases of
+// its owner's re-entries (see reenter).
 type lease struct {
-	lk    *Locker
-	s     *session // nil for a KeepOnDisconnect lease: no session ends it
-	id    string
-	lease *lmx.Lease
-	end   func(error) bool
+	lk     *Locker
+	s      *session // nil for a KeepOnDisconnect lease: no session ends it
+	id     string
+	owner  string // "" without Owner
+	shared bool
+	lease  *lmx.Lease
 
-	mu        sync.Mutex // guards what follows; taken after the Locker's mu
-	ttl       time.Duration
-	keepUntil time.Time
-	timer     *time.Timer // expiry
-	renew     *time.Timer // KeepAlive
+	mu    sync.Mutex         // guards what follows; taken after the Locker's mu
+	timer *time.Timer        // expiry
+	count int                // grants not undone yet: 1 plus the re-entries
+	ends  []func(error) bool // each grant's end
 }
 
-// forget takes l out of its Locker and stops its timers; it reports
-// whether l was still there.
+// forget takes l out of its Locker and stops its timer; it reports whether
+// l was still there.
 func (l *lease) forget() bool {
 	l.lk.mu.Lock()
 	here := l.lk.leases[l.id] == l
 	delete(l.lk.leases, l.id)
+	if l.owner != "" && l.lk.owned[ownedKey(l.lease.Key(), l.owner)] == l {
+		delete(l.lk.owned, ownedKey(l.lease.Key(), l.owner))
+	}
 	l.lk.mu.Unlock()
 	l.mu.Lock()
 	if l.timer != nil {
 		l.timer.Stop()
 	}
-	if l.renew != nil {
-		l.renew.Stop()
-	}
 	l.mu.Unlock()
 	return here
+}
+
+// end ends every grant of l with reason.
+func (l *lease) end(reason error) {
+	l.mu.Lock()
+	ends := l.ends
+	l.mu.Unlock()
+	for _, end := range ends {
+		end(reason)
+	}
 }
 
 // lost ends l for reason; Redis has ended it already, or will.
@@ -69,45 +79,39 @@ func (l *lease) expire() {
 	l.end(lmx.ErrExpired)
 }
 
-// keepAlive renews l by its TTL, never past its KeepAlive bound.
-func (l *lease) keepAlive() {
-	l.mu.Lock()
-	ttl := min(l.ttl, time.Until(l.keepUntil))
-	full := l.ttl
-	l.mu.Unlock()
-	if ttl <= 0 || l.lease.Err() != nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(l.lk.ctx, full/3)
-	defer cancel()
-	err := l.lease.Extend(ctx, ttl)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	switch {
-	case err != nil && !errors.Is(err, lmx.ErrNotHeld):
-		l.renew.Reset(full / 6)
-	case err == nil && ttl == full:
-		l.renew.Reset(full / 3)
-	}
-}
-
-// Unlock implements lmx.LeaseBackend.
+// Unlock implements lmx.LeaseBackend. The Unlock of one of several grants
+// of an owner only counts it down.
 func (l *lease) Unlock(ctx context.Context, _ *lmx.Lease) error {
+	l.lk.mu.Lock()
+	here := l.lk.leases[l.id] == l
+	l.lk.mu.Unlock()
+	l.mu.Lock()
+	if here && l.count > 1 {
+		l.count--
+		l.mu.Unlock()
+		l.lk.recount(ctx, l, -1)
+		return nil
+	}
+	l.mu.Unlock()
 	if !l.forget() {
 		return lmx.ErrNotHeld
 	}
 	key := l.lease.Key()
 	if ctx.Err() != nil {
-		l.lk.wg.Go(func() { l.releaseLater(key) })
+		l.lk.takeBackLater(key, l.id)
 		return ctx.Err()
 	}
 	v, err := l.lk.run(ctx, releaseScript, key, l.id, "")
 	if err != nil {
-		l.lk.wg.Go(func() { l.releaseLater(key) })
+		l.lk.takeBackLater(key, l.id)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return nil // released here; Redis drops it with the session at worst
+		// Released here, and in Redis once it answers; but whether the key
+		// was still l's until now, Redis did not say: its TTL or its
+		// session may have run out behind the link that failed.
+		l.end(fmt.Errorf("%w: Redis did not answer the release: %w", lmx.ErrSessionLost, err))
+		return l.lk.wrap(ctx, err)
 	}
 	switch v {
 	case int64(1):
@@ -118,13 +122,6 @@ func (l *lease) Unlock(ctx context.Context, _ *lmx.Lease) error {
 		l.end(l.gone())
 	}
 	return lmx.ErrNotHeld
-}
-
-// releaseLater releases l in Redis without its caller's ctx.
-func (l *lease) releaseLater(key string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	l.lk.run(ctx, releaseScript, key, l.id, "")
 }
 
 // Extend implements lmx.LeaseBackend: the lease must still be held in

@@ -24,10 +24,14 @@
 //
 // Supported options: TTL, KeepAlive, KeepOnDisconnect (a TTL lease that
 // outlives its session), Limit (semaphores), Shared, Priority (with the
-// broker's bound against starvation), NoPreempt and LockDelay(0). Owner,
-// Preempt and a positive LockDelay fail with an error matching
-// ErrUnsupported and lmx.ErrInvalidOption. *Locker implements lmx.Admin
-// and lmx.Watcher, across every Locker on the same Redis prefix.
+// broker's bound against starvation), Owner (re-entry through the same
+// Locker: an lmx.Lease of its own with the same id and token, counted),
+// LockDelay (after an expiry, a ForceUnlock or a lost session, kept in
+// Redis) and NoPreempt. Preempt fails with an error matching ErrUnsupported
+// and lmx.ErrInvalidOption: lmx gives a backend no way to close a lease's
+// Revoked channel. *Locker implements lmx.Admin, lmx.Lister and
+// lmx.Watcher, across every Locker on the same Redis prefix, and
+// lmx.MultiLocker through lmx.LockAll.
 //
 // A single Redis promises less than etcd: a failover to a replica that had
 // not yet received a grant loses it, and two holders then believe they hold
@@ -41,12 +45,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lmx-go/lmx"
@@ -120,6 +126,8 @@ type Locker struct {
 	sess    *session           // nil until a Lock needs one, or after one was lost
 	waiters map[string]*waiter // by lock id
 	leases  map[string]*lease  // by lock id
+	owned   map[string]*lease  // the leases with an Owner, by ownedKey
+	orphans map[string]orphan  // by lock id: see abandon
 	closed  bool
 }
 
@@ -128,6 +136,12 @@ type session struct {
 	id     string
 	done   chan struct{} // closed when the session ends
 	reason error         // why, set before done closes
+	alive  atomic.Int64  // until when (Unix ns) Redis keeps it at least: the last refresh it answered, sent then, plus the TTL
+}
+
+// sure reports whether Redis keeps s for margin from now at least.
+func (s *session) sure(margin time.Duration) bool {
+	return time.Until(time.Unix(0, s.alive.Load())) >= margin
 }
 
 // err is why the session ended, as a waiter of it reports it.
@@ -153,6 +167,12 @@ type grant struct {
 // New returns a Locker whose keys live under prefix in the Redis rdb talks
 // to (a plain or a failover client: not Redis Cluster). The caller keeps rdb
 // and closes it after the Locker. ctx bounds the subscription New makes.
+//
+// The Locker handles a failed request itself. A client that retries
+// commands (go-redis's default) may run a script twice when Redis ran it
+// but the reply was lost: the scripts make that harmless, but an Unlock
+// so retried reports lmx.ErrNotHeld. lmx.Open's clients do not retry
+// unless the URL sets max_retries.
 func New(ctx context.Context, rdb *goredis.Client, prefix string, opts ...Option) (*Locker, error) {
 	c := config{sessionTTL: DefaultSessionTTL}
 	for _, o := range opts {
@@ -162,7 +182,8 @@ func New(ctx context.Context, rdb *goredis.Client, prefix string, opts ...Option
 	lk := &Locker{
 		rdb: rdb, pfx: prefix, id: ulid.Make().String(), ttl: c.sessionTTL, recheck: recheck,
 		ctx: lctx, cancel: cancel,
-		waiters: map[string]*waiter{}, leases: map[string]*lease{},
+		waiters: map[string]*waiter{}, leases: map[string]*lease{}, owned: map[string]*lease{},
+		orphans: map[string]orphan{},
 	}
 	// Subscribe before anything is queued, and wait for Redis to confirm:
 	// from then on no grant of this Locker's is published unheard.
@@ -206,6 +227,9 @@ func openURL(ctx context.Context, u *url.URL) (lmx.Locker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lmx/redis: %s: %w", u.Redacted(), err)
 	}
+	if !q.Has("max_retries") {
+		o.MaxRetries = -1 // see New
+	}
 	rdb := goredis.NewClient(o)
 	lk, err := New(ctx, rdb, prefix, opts...)
 	if err != nil {
@@ -235,12 +259,8 @@ func checkKey(key string) error {
 func unsupported(r lmx.LockRequest) error {
 	var what string
 	switch {
-	case r.Owner != "":
-		what = "Owner (re-entrancy)"
 	case r.Preempt >= 0:
 		what = "Preempt"
-	case r.LockDelay > 0:
-		what = "LockDelay"
 	default:
 		return nil
 	}
@@ -256,6 +276,20 @@ func (lk *Locker) Lock(ctx context.Context, key string, opts ...lmx.LockOption) 
 // queued before it, and otherwise fails with lmx.ErrLocked.
 func (lk *Locker) TryLock(ctx context.Context, key string, opts ...lmx.LockOption) (*lmx.Lease, error) {
 	return lk.lock(ctx, key, opts, true)
+}
+
+var _ lmx.MultiLocker = (*Locker)(nil)
+
+// LockAll locks every key in keys and returns one lease for them all, as
+// lmx.LockAll does on any Locker: the keys are locked one by one in sorted
+// order, and the lease ends with any of them.
+func (lk *Locker) LockAll(ctx context.Context, keys []string, opts ...lmx.LockOption) (*lmx.Lease, error) {
+	return lmx.LockAll(ctx, lk, keys, opts...)
+}
+
+// TryLockAll is LockAll that never waits; see lmx.TryLockAll.
+func (lk *Locker) TryLockAll(ctx context.Context, keys []string, opts ...lmx.LockOption) (*lmx.Lease, error) {
+	return lmx.TryLockAll(ctx, lk, keys, opts...)
 }
 
 // Close ends the Locker: its waiters fail with lmx.ErrClosed, its leases
@@ -325,9 +359,11 @@ func (lk *Locker) session(ctx context.Context) (*session, error) {
 		return s, nil
 	}
 	s = &session{id: ulid.Make().String(), done: make(chan struct{})}
+	sent := time.Now()
 	if err := lk.rdb.Set(ctx, lk.pfx+"s:"+s.id, lk.id, lk.ttl).Err(); err != nil {
 		return nil, lk.wrap(ctx, err)
 	}
+	s.alive.Store(sent.Add(lk.ttl).UnixNano())
 	lk.mu.Lock()
 	closed = lk.closed
 	if !closed {
@@ -372,6 +408,7 @@ func (lk *Locker) refresh() {
 		switch {
 		case err == nil && ok:
 			last = sent
+			s.alive.Store(sent.Add(lk.ttl).UnixNano())
 		case err == nil:
 			lk.sessionLost(s, errors.New("the session key is gone"))
 		case time.Since(last) >= lk.ttl*2/3:
@@ -469,21 +506,26 @@ func receive(ctx context.Context, ps *goredis.PubSub, handle func(any)) {
 	}
 }
 
-// dispatch acts on one message: "g|id|token|ttl" or "e|id|why".
+// dispatch acts on one message: "g|id|token|ttl|key" or "e|id|why". A
+// grant that no Lock call waits for any more (it gave up while Redis did
+// not answer) is taken back.
 func (lk *Locker) dispatch(msg string) {
-	f := strings.Split(msg, "|")
+	f := strings.SplitN(msg, "|", 5)
 	switch {
-	case len(f) == 4 && f[0] == "g":
+	case len(f) == 5 && f[0] == "g":
 		tok, err1 := strconv.ParseUint(f[2], 10, 64)
 		ms, err2 := strconv.ParseInt(f[3], 10, 64)
 		lk.mu.Lock()
-		w := lk.waiters[f[1]]
+		w, l := lk.waiters[f[1]], lk.leases[f[1]]
 		lk.mu.Unlock()
-		if w != nil && err1 == nil && err2 == nil {
+		switch {
+		case w != nil && err1 == nil && err2 == nil:
 			select {
 			case w.granted <- grant{token: tok, ttl: time.Duration(ms) * time.Millisecond}:
 			default:
 			}
+		case w == nil && l == nil:
+			lk.abandon(f[4], f[1], "")
 		}
 	case len(f) == 3 && f[0] == "e":
 		lk.mu.Lock()
@@ -538,8 +580,10 @@ func (lk *Locker) reconnected() {
 		return // the refresh tells whether the session survived
 	}
 	for i, l := range ls {
-		if !cmds[i].Val() {
-			l.lost(l.gone())
+		// Only a lease still here is lost: one its holder took out since
+		// (an Unlock under way) is gone from Redis because it released it.
+		if !cmds[i].Val() && l.forget() {
+			l.end(l.gone())
 		}
 	}
 }
@@ -568,7 +612,7 @@ func (lk *Locker) record(id string, s *session, r lmx.LockRequest) string {
 		kod = "1"
 	}
 	return strings.Join([]string{id, s.id, lk.id, mode, strconv.FormatInt(r.TTL.Milliseconds(), 10), kod,
-		strconv.Itoa(r.Priority), r.Owner}, "|")
+		strconv.Itoa(r.Priority), strconv.FormatInt(max(r.LockDelay, 0).Milliseconds(), 10), r.Owner}, "|")
 }
 
 // reply is a script's answer about the caller's request.
@@ -625,6 +669,11 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 	s, err := lk.session(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if req.Owner != "" {
+		if l, err := lk.reenter(ctx, key, req); l != nil || err != nil {
+			return l, err
+		}
 	}
 	id := ulid.Make()
 	w := &waiter{granted: make(chan grant, 1), look: make(chan struct{}, 1)}
@@ -700,7 +749,12 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 		select {
 		case g := <-w.granted:
 			t.Stop()
-			return lk.granted(s, key, id, g.token, g.ttl, start, req)
+			if s.sure(lk.ttl / 3) {
+				return lk.granted(s, key, id, g.token, g.ttl, start, req)
+			}
+			// The session has not been refreshed for a while: Redis may
+			// have dropped it, and the grant with it, while the message
+			// was on its way. Ask Redis.
 		case <-w.look:
 		case <-t.C:
 		case <-ctx.Done():
@@ -728,31 +782,95 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 	}
 }
 
-// takeBack takes the request id back from Redis, without relying on any
-// caller's ctx: out of the queue, or, if it was granted, out of the
-// holders, handing the key on. At worst the session's end removes it.
+// takeBack takes the request id (waiter record rec, "" once granted) back
+// from Redis, without relying on any caller's ctx: out of the queue, or, if
+// it was granted, out of the holders, handing the key on. If Redis does not
+// answer, the Locker keeps trying (see abandon).
 func (lk *Locker) takeBack(key, id, rec string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	lk.run(ctx, cancelScript, key, id, rec)
+	if _, err := lk.run(ctx, cancelScript, key, id, rec); err != nil {
+		lk.abandon(key, id, rec)
+	}
+}
+
+// takeBackLater takes the lease id back from Redis in the background.
+func (lk *Locker) takeBackLater(key, id string) {
+	lk.wg.Go(func() { lk.takeBack(key, id, "") })
+}
+
+// orphan is a request or lease that its Locker gave up but Redis may still
+// have: while its session lives, nobody else would ever remove it.
+type orphan struct{ key, rec string }
+
+// abandon has the Locker take the request id back from Redis in the
+// background, until Redis has answered or the Locker closes (and deletes
+// its session, with which Redis drops what is left).
+func (lk *Locker) abandon(key, id, rec string) {
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	if lk.closed {
+		return
+	}
+	lk.orphans[id] = orphan{key: key, rec: rec}
+	if len(lk.orphans) == 1 {
+		lk.wg.Go(lk.takeBackOrphans)
+	}
+}
+
+// takeBackOrphans takes the orphans back until none is left, trying again
+// with a backoff while Redis does not answer.
+func (lk *Locker) takeBackOrphans() {
+	wait := 50 * time.Millisecond
+	for {
+		lk.mu.Lock()
+		todo := maps.Clone(lk.orphans)
+		lk.mu.Unlock()
+		failed := false
+		for id, o := range todo {
+			ctx, cancel := context.WithTimeout(lk.ctx, 2*time.Second)
+			_, err := lk.run(ctx, cancelScript, o.key, id, o.rec)
+			cancel()
+			if err != nil {
+				failed = true
+				continue
+			}
+			lk.mu.Lock()
+			delete(lk.orphans, id)
+			lk.mu.Unlock()
+		}
+		lk.mu.Lock()
+		left := len(lk.orphans)
+		lk.mu.Unlock()
+		if left == 0 {
+			return
+		}
+		if failed {
+			wait = min(2*wait, 2*time.Second)
+		}
+		select {
+		case <-lk.ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
 }
 
 // granted makes the lease of a granted request: its TTL (ttl, 0 for none)
 // runs from start, when the request that learned of the grant was sent, so
 // that the lease does not believe itself held after Redis expires it.
 func (lk *Locker) granted(s *session, key string, id ulid.ULID, token uint64, ttl time.Duration, start time.Time, req lmx.LockRequest) (*lmx.Lease, error) {
-	l := &lease{lk: lk, s: s, id: id.String(), ttl: req.TTL}
+	l := &lease{lk: lk, s: s, id: id.String(), owner: req.Owner, shared: req.Shared, count: 1}
 	if req.KeepOnDisconnect {
 		l.s = nil
 	}
 	var exp time.Time
 	if req.TTL > 0 {
 		exp = start.Add(ttl)
-		if req.KeepAlive > 0 {
-			l.keepUntil = start.Add(req.KeepAlive)
-		}
 	}
-	l.lease, l.end = lmx.NewLease(key, id, token, exp, l)
+	var end func(error) bool
+	l.lease, end = lmx.NewLease(key, id, token, exp, l)
+	l.ends = []func(error) bool{end}
 	lk.mu.Lock()
 	select {
 	case <-s.done:
@@ -764,16 +882,65 @@ func (lk *Locker) granted(s *session, key string, id ulid.ULID, token uint64, tt
 	default:
 	}
 	lk.leases[l.id] = l
-	l.mu.Lock()
-	if req.TTL > 0 {
-		l.timer = time.AfterFunc(time.Until(exp), l.expire)
-		if req.KeepAlive > 0 {
-			l.renew = time.AfterFunc(req.TTL/3, l.keepAlive)
-		}
+	if l.owner != "" {
+		lk.owned[ownedKey(key, l.owner)] = l
 	}
-	l.mu.Unlock()
+	if req.TTL > 0 {
+		l.mu.Lock()
+		l.timer = time.AfterFunc(time.Until(exp), l.expire)
+		l.mu.Unlock()
+	}
 	lk.mu.Unlock()
+	if req.KeepAlive > 0 {
+		lmx.KeepAliveLease(l.lease, req.TTL, req.KeepAlive)
+	}
 	return l.lease, nil
+}
+
+// ownedKey is the key of lk.owned for owner's lease of key.
+func ownedKey(key, owner string) string { return key + "\x00" + owner }
+
+// reenter grants key at once to req's owner if it holds key through this
+// Locker and Redis still has it: a new lmx.Lease with the same lock id and
+// token, counted by the lease it re-enters (and in Redis, for Inspect). It
+// returns nil and no error when the owner holds nothing here. An owner that
+// holds key through another Locker, a process of its own, queues like any
+// other request.
+func (lk *Locker) reenter(ctx context.Context, key string, req lmx.LockRequest) (*lmx.Lease, error) {
+	lk.mu.Lock()
+	l := lk.owned[ownedKey(key, req.Owner)]
+	lk.mu.Unlock()
+	if l == nil {
+		return nil, nil
+	}
+	if l.shared && !req.Shared {
+		return nil, fmt.Errorf("%w: owner %q holds %q shared and cannot re-enter exclusive", lmx.ErrInvalidOption, req.Owner, key)
+	}
+	v, err := lk.run(ctx, countScript, key, l.id, 1)
+	if err != nil {
+		return nil, lk.wrap(ctx, err)
+	}
+	if v != int64(1) {
+		l.lost(l.gone())
+		return nil, nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.lease.Err() != nil {
+		// Ended while Redis counted: the count goes with the holder.
+		return nil, nil
+	}
+	g, end := lmx.NewLease(key, l.lease.ID(), l.lease.Token(), l.lease.Expires(), l)
+	l.count++
+	l.ends = append(l.ends, end)
+	return g, nil
+}
+
+// recount adds delta to the re-entries Redis counts for l, for Inspect.
+func (lk *Locker) recount(ctx context.Context, l *lease, delta int) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	lk.run(ctx, countScript, l.lease.Key(), l.id, delta)
 }
 
 func errUnexpected(v any) error { return fmt.Errorf("unexpected script reply %v", v) }

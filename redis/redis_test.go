@@ -41,21 +41,19 @@ func client(t testing.TB) *goredis.Client {
 func TestConformance(t *testing.T) {
 	locktest.Run(t, func(t testing.TB) lmx.Locker { return open(t, newPrefix(), 2*time.Second) },
 		locktest.RealTime(100*time.Millisecond), // TTLs with room for a loaded machine
-		locktest.Skip("the Redis backend refuses Owner (re-entrancy), which these tests use; TestWatch covers Watch without it",
-			"Reentrant", "Inspect", "Watch"),
-		locktest.Skip("the Redis backend refuses Preempt", "PreemptReleasedInGrace", "PreemptForced", "PreemptRefused"),
-		locktest.Skip("the Redis backend refuses a positive LockDelay", "LockDelay"),
-		locktest.Skip("the Redis backend's Stats keeps no histograms", "StatsHistograms"))
+		locktest.Skip("a re-entry is an lmx.Lease of its own (same id and token): lmx.NewLease gives a backend no way to count grants of one *Lease; TestInspectOwner covers Owner and Count", "Inspect"),
+		locktest.Skip("the Redis backend refuses Preempt: lmx gives a backend no way to close a lease's Revoked channel", "PreemptReleasedInGrace", "PreemptForced", "PreemptRefused"),
+	)
 }
 
 func TestUnsupportedOptions(t *testing.T) {
 	l := open(t, newPrefix(), 2*time.Second)
-	for _, o := range []lmx.LockOption{lmx.Owner("o"), lmx.Preempt(0), lmx.LockDelay(time.Second)} {
+	for _, o := range []lmx.LockOption{lmx.Preempt(0)} {
 		_, err := l.Lock(t.Context(), "k", o)
 		assert.ErrorIs(t, err, redis.ErrUnsupported)
 		assert.ErrorIs(t, err, lmx.ErrInvalidOption)
 	}
-	// NoPreempt and LockDelay(0) ask for what the backend always does.
+	// NoPreempt asks for what the backend always does.
 	lease, err := l.Lock(t.Context(), "k", lmx.NoPreempt(), lmx.LockDelay(0))
 	require.NoError(t, err)
 	require.NoError(t, lease.Unlock(t.Context()))
@@ -107,13 +105,7 @@ func TestPrefixes(t *testing.T) {
 // ends with ErrSessionLost, the waiter of another Locker gets the key, and
 // the first Locker starts a new session for its next Lock.
 func TestSessionLost(t *testing.T) {
-	pfx := newPrefix()
-	a, b := open(t, pfx, 2*time.Second), open(t, pfx, 2*time.Second)
-	held, err := a.Lock(t.Context(), "k")
-	require.NoError(t, err)
-	ch := make(chan lockResult, 1)
-	lockAsync(t.Context(), b, ch, "w", "k")
-	waitQueued(t, a, "k", 1)
+	pfx, a, _, held, ch := contended(t, 2*time.Second, 0)
 
 	require.NoError(t, client(t).Del(t.Context(), pfx+"s:"+a.Session()).Err())
 	select {
@@ -186,4 +178,58 @@ func TestWatch(t *testing.T) {
 	cancel()
 	for range ch { // closes once the watch is cancelled
 	}
+}
+
+// Inspect shows each holder's Owner and how often it re-entered, from any
+// Locker on the prefix; the same owner through another Locker (another
+// process) queues like anyone else.
+func TestInspectOwner(t *testing.T) {
+	pfx := newPrefix()
+	a, b := open(t, pfx, 2*time.Second), open(t, pfx, 2*time.Second)
+	first, err := a.Lock(t.Context(), "i", lmx.Owner("alice"))
+	require.NoError(t, err)
+	again, err := a.Lock(t.Context(), "i", lmx.Owner("alice"))
+	require.NoError(t, err)
+	assert.Equal(t, first.ID(), again.ID())
+	assert.Equal(t, first.Token(), again.Token())
+	_, err = b.TryLock(t.Context(), "i", lmx.Owner("alice"))
+	require.ErrorIs(t, err, lmx.ErrLocked, "an owner's re-entry is for its own Locker")
+
+	count := func() int {
+		t.Helper()
+		ki, err := b.Inspect(t.Context(), "i")
+		require.NoError(t, err)
+		require.Len(t, ki.Holders, 1)
+		assert.Equal(t, "alice", ki.Holders[0].Owner)
+		return ki.Holders[0].Count
+	}
+	assert.Equal(t, 2, count())
+	require.NoError(t, again.Unlock(t.Context()))
+	assert.Equal(t, 1, count())
+	require.NoError(t, first.Unlock(t.Context()))
+	ki, err := b.Inspect(t.Context(), "i")
+	require.NoError(t, err)
+	assert.Empty(t, ki.Holders)
+}
+
+// A re-entry asks Redis: when the owner's lease is gone there (its session
+// expired before its Locker noticed), the re-entry is not granted from
+// memory, the old lease ends, and the request queues as a new one.
+func TestReenterGone(t *testing.T) {
+	pfx := newPrefix()
+	a, b := open(t, pfx, 2*time.Second), open(t, pfx, 2*time.Second)
+	old, err := a.Lock(t.Context(), "k", lmx.Owner("o"))
+	require.NoError(t, err)
+	// The holder leaves Redis with no word to its Locker, as when its
+	// session expired unnoticed, and another Locker takes the key.
+	require.NoError(t, client(t).HDel(t.Context(), pfx+"h:k", old.ID().String()).Err())
+	other, err := b.Lock(t.Context(), "k")
+	require.NoError(t, err)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	_, err = a.Lock(ctx, "k", lmx.Owner("o"))
+	require.ErrorIs(t, err, context.DeadlineExceeded, "re-entered a lease Redis no longer has")
+	require.ErrorIs(t, old.Err(), lmx.ErrLeaseLost)
+	require.NoError(t, other.Unlock(t.Context()))
 }

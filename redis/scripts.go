@@ -1,6 +1,12 @@
 package redis
 
-import goredis "github.com/redis/go-redis/v9"
+import (
+	"strconv"
+	"strings"
+
+	"github.com/lmx-go/lmx"
+	goredis "github.com/redis/go-redis/v9"
+)
 
 // The state of one lock key K under the prefix P lives in three Redis keys,
 // which every script gets as KEYS[1..3]:
@@ -8,7 +14,10 @@ import goredis "github.com/redis/go-redis/v9"
 //	P q: K   list    the waiters, in queue order; each one a waiter record
 //	P h: K   hash    the holders: lock id -> holder record
 //	P m: K   hash    "limit" -> the key's Limit; "b:" id -> how often the
-//	                 waiter id was overtaken by a higher priority. It exists
+//	                 waiter id was overtaken by a higher priority; "c:" id
+//	                 -> how often the owner of holder id re-entered it
+//	                 (Owner, counted by its Locker); "q:" id -> when the
+//	                 waiter id queued, for the WaitTime histogram. It exists
 //	                 while the key has a holder or a waiter: Stats finds the
 //	                 live keys by it.
 //
@@ -16,16 +25,21 @@ import goredis "github.com/redis/go-redis/v9"
 //
 //	P t          string  the fencing-token counter (INCR)
 //	P n          hash    what happened: g(rants), x (expiries), f(orced),
-//	                     s(ession lost)
+//	                     s(ession lost); "w" i and "h" i the counts of
+//	                     lmx.Stats's WaitTime and HoldTime histograms,
+//	                     bucket i, "ws" and "hs" their sums in ms
 //	P s: SID     string  a session, kept alive by its Locker (PEXPIRE)
-//	P c: LID     channel a Locker's messages: "g|id|token|ttl" (granted),
+//	P d: K       string  while it lives (PX), K's lock-delay: nothing is
+//	                     granted
+//	P c: LID     channel a Locker's messages: "g|id|token|ttl|K" (granted),
 //	                     "e|id|why" (ended: x expired, s session lost,
 //	                     f forced, r released)
 //	P e          channel the events, for Watch: "what|id|token|ms|key",
 //	                     what a (acquired), r (released), x, s, f as above
 //
-// A waiter record is id|sid|locker|mode|ttl|kod|priority|owner, a holder
-// record token|sid|locker|mode|expires|since|owner (expires and since in
+// A waiter record is id|sid|locker|mode|ttl|kod|priority|delay|owner, a
+// holder record token|sid|locker|mode|expires|since|delay|owner (delay its
+// LockDelay in ms, 0 for none; expires and since in
 // Redis-time milliseconds, expires 0 for none; sid "" for a lease that
 // outlives its session). The owner comes last, so that it may hold "|".
 //
@@ -38,24 +52,25 @@ import goredis "github.com/redis/go-redis/v9"
 // lib is the Lua every script starts with. ARGV[1] is the prefix, ARGV[2]
 // the lock key, ARGV[3] the lock id of the caller's own request ("" for
 // none): a grant of it is returned, not published.
-const lib = `
+var lib = `
 local P, K, self = ARGV[1], ARGV[2], ARGV[3]
+local bounds = {` + boundsMS() + `}
 local q, h, m = KEYS[1], KEYS[2], KEYS[3]
 local maxBypass = 64
 local function d(n) return string.format('%d', n) end
 local t = redis.call('TIME')
 t = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function waiter(r)
-	local id, sid, lid, mode, ttl, kod, prio, owner =
-		string.match(r, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+	local id, sid, lid, mode, ttl, kod, prio, delay, owner =
+		string.match(r, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
 	return {id = id, sid = sid, lid = lid, mode = mode, ttl = tonumber(ttl), kod = kod,
-		prio = tonumber(prio), owner = owner, rec = r}
+		prio = tonumber(prio), delay = delay, owner = owner, rec = r}
 end
 local function holder(id, r)
-	local tok, sid, lid, mode, exp, since, owner =
-		string.match(r, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+	local tok, sid, lid, mode, exp, since, delay, owner =
+		string.match(r, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
 	return {id = id, tok = tok, sid = sid, lid = lid, mode = mode, exp = tonumber(exp),
-		since = since, owner = owner}
+		since = since, delay = delay, owner = owner}
 end
 local lives = {}
 local function alive(sid)
@@ -73,6 +88,13 @@ end
 local function count(what)
 	redis.call('HINCRBY', P .. 'n', what, 1)
 end
+-- observe counts ms in the histogram hist ('w' or 'h').
+local function observe(hist, ms)
+	local i = 0
+	while i < #bounds and ms > bounds[i + 1] do i = i + 1 end
+	redis.call('HINCRBY', P .. 'n', hist .. i, 1)
+	redis.call('HINCRBY', P .. 'n', hist .. 's', ms)
+end
 local function event(what, id, tok)
 	redis.call('PUBLISH', P .. 'e', what .. '|' .. id .. '|' .. tok .. '|' .. d(t) .. '|' .. K)
 end
@@ -89,14 +111,34 @@ local function add(x)
 	H[x.id] = x
 	if x.mode == 's' then sh = sh + 1 else ex = ex + 1 end
 end
+-- unhold removes the holder x from Redis.
+local function unhold(x)
+	redis.call('HDEL', h, x.id)
+	observe('h', t - tonumber(x.since))
+	if x.owner ~= '' then redis.call('HDEL', m, 'c:' .. x.id) end
+end
 local function drop(id)
 	local x = H[id]
 	if x then
 		H[id] = nil
 		if x.mode == 's' then sh = sh - 1 else ex = ex - 1 end
-		redis.call('HDEL', h, id)
+		unhold(x)
 	end
 	return x
+end
+-- delayed tells whether the key's lock-delay runs; hush starts the
+-- lock-delay of the holder x, which ended without its holder asking.
+local dk, dl = P .. 'd:' .. K, nil
+local function delayed()
+	if dl == nil then dl = redis.call('PTTL', dk) end
+	return dl > 0
+end
+local function hush(x)
+	local ms = tonumber(x.delay)
+	if ms > 0 and not (delayed() and dl >= ms) then
+		redis.call('SET', dk, '1', 'PX', ms)
+		dl = ms
+	end
 end
 -- reap ends the dead holders and tells their Lockers; it returns how many
 -- it ended, and gone has why each one ended.
@@ -107,7 +149,8 @@ local function reap()
 		local x = holder(all[i], all[i + 1])
 		local w = why(x)
 		if w then
-			redis.call('HDEL', h, x.id)
+			unhold(x)
+			hush(x)
 			tell(x.lid, 'e|' .. x.id .. '|' .. w)
 			count(w)
 			event(w, x.id, x.tok)
@@ -147,17 +190,22 @@ local function hold(w)
 	if w.ttl > 0 then exp = t + w.ttl end
 	local sid = w.sid
 	if w.kod == '1' then sid = '' end
-	local rec = tok .. '|' .. sid .. '|' .. w.lid .. '|' .. w.mode .. '|' .. d(exp) .. '|' .. d(t) .. '|' .. w.owner
+	local rec = tok .. '|' .. sid .. '|' .. w.lid .. '|' .. w.mode .. '|' .. d(exp) .. '|' .. d(t) .. '|' ..
+		w.delay .. '|' .. w.owner
 	redis.call('HSET', h, w.id, rec)
 	add(holder(w.id, rec))
 	count('g')
 	event('a', w.id, tok)
-	if w.id ~= self then tell(w.lid, 'g|' .. w.id .. '|' .. tok .. '|' .. d(w.ttl)) end
+	if w.id ~= self then tell(w.lid, 'g|' .. w.id .. '|' .. tok .. '|' .. d(w.ttl) .. '|' .. K) end
 end
 -- grant grants the queue's head while it fits, dropping dead waiters;
 -- qempty tells that it left the queue empty (nothing queues after it).
 -- While the exclusive holders fill the limit nothing fits: it need not look.
+-- A record of a request that holds, was reaped, or is the one the script
+-- ends (done) is a stale copy, which a retried script may have queued: it
+-- is dropped, never granted again.
 local qempty = false
+local done = {}
 local function grant()
 	while true do
 		if ex > 0 and ex >= limit() then return end
@@ -167,11 +215,15 @@ local function grant()
 			return
 		end
 		local w = waiter(r)
-		local live = alive(w.sid)
-		if live and not fits(w.mode) then return end
+		local live = alive(w.sid) and not H[w.id] and not gone[w.id] and not done[w.id]
+		if live and (not fits(w.mode) or delayed()) then return end
 		redis.call('LPOP', q)
-		redis.call('HDEL', m, 'b:' .. w.id)
-		if live then hold(w) end
+		local qt = redis.call('HGET', m, 'q:' .. w.id)
+		redis.call('HDEL', m, 'b:' .. w.id, 'q:' .. w.id)
+		if live then
+			hold(w)
+			if qt then observe('w', t - tonumber(qt)) end
+		end
 	end
 end
 -- tidy forgets an idle key.
@@ -191,6 +243,7 @@ local function wake()
 		if x.exp > 0 then at(x.exp - t) end
 		if x.sid ~= '' then at(redis.call('PTTL', P .. 's:' .. x.sid)) end
 	end
+	if delayed() then at(dl) end
 	return best
 end
 -- mine returns the reply for the caller's request, whose waiter record is
@@ -218,6 +271,9 @@ local rec, lim0, try = ARGV[4], ARGV[5], ARGV[6] == '1'
 local me = waiter(rec)
 if not alive(me.sid) then return {'d'} end
 if reap() > 0 then grant() end
+-- A request that holds or waits already (the script ran before, and the
+-- client did not hear its reply) stays as it is.
+if H[self] then return mine('') end
 -- The limit is set while the key is live (tidy deletes it): a limit set
 -- with the key idle is one the reap above has just made stale. A key with
 -- holders has one: one HGET; a new key's is set with one HSETNX.
@@ -231,17 +287,18 @@ end
 lim = tonumber(lim0)
 local tail = redis.call('LINDEX', q, -1)
 if not tail then -- nobody waits: granted if it fits
-	if fits(me.mode) then
+	if fits(me.mode) and not delayed() then
 		hold(me)
 		return mine('')
 	end
 	if try then return {'l'} end
 	redis.call('RPUSH', q, rec)
+	redis.call('HSET', m, 'q:' .. self, d(t))
 	return {'w', wake()}
 end
 if try then
 	-- Granted now only if it fits and may overtake every waiter.
-	local ok = fits(me.mode)
+	local ok = fits(me.mode) and not delayed()
 	local head = redis.call('LINDEX', q, 0)
 	if ok and head then
 		local w = waiter(head)
@@ -254,6 +311,7 @@ if try then
 	hold(me)
 	return mine('')
 end
+if redis.call('LPOS', q, rec) then return {'w', wake()} end
 -- Queue behind every waiter of its priority or higher, and behind any
 -- overtaken maxBypass times; count a bypass for those it overtakes.
 local at, head, r = 0, false, tail
@@ -279,6 +337,7 @@ else
 		redis.call('LINSERT', q, 'BEFORE', redis.call('LINDEX', q, -at), rec)
 	end
 end
+redis.call('HSET', m, 'q:' .. self, d(t))
 grant()
 if H[self] then return mine('') end
 return {'w', wake()}
@@ -297,8 +356,9 @@ return mine(ARGV[4])
 // queue, or, if it was granted meanwhile, out of the holders, and hands the
 // key on.
 var cancelScript = goredis.NewScript(lib + `
-redis.call('LREM', q, 1, ARGV[4])
-redis.call('HDEL', m, 'b:' .. self)
+done[self] = true
+redis.call('LREM', q, 0, ARGV[4])
+redis.call('HDEL', m, 'b:' .. self, 'q:' .. self)
 reap()
 local x = drop(self)
 if x then event('r', self, x.tok) end
@@ -313,6 +373,7 @@ return 1
 // ended the lease, 0 when there was none, or the reason the lease had
 // already ended with ('x' or 's': reaped now).
 var releaseScript = goredis.NewScript(lib + `
+done[self] = true
 reap()
 local x = drop(self)
 local res = gone[self] or 0
@@ -320,6 +381,7 @@ if x then
 	res = 1
 	if ARGV[4] == 'r' then tell(x.lid, 'e|' .. self .. '|r') end
 	if ARGV[4] == 'x' then
+		hush(x)
 		count('x')
 		event('x', self, x.tok)
 	else
@@ -341,7 +403,7 @@ if not x then
 	return 0
 end
 redis.call('HSET', h, self, x.tok .. '|' .. x.sid .. '|' .. x.lid .. '|' .. x.mode .. '|' ..
-	d(t + tonumber(ARGV[4])) .. '|' .. x.since .. '|' .. x.owner)
+	d(t + tonumber(ARGV[4])) .. '|' .. x.since .. '|' .. x.delay .. '|' .. x.owner)
 return 1
 `)
 
@@ -351,7 +413,9 @@ var forceScript = goredis.NewScript(lib + `
 reap()
 local n = 0
 for id, x in pairs(H) do
+	done[id] = true
 	drop(id)
+	hush(x)
 	tell(x.lid, 'e|' .. id .. '|f')
 	count('f')
 	event('f', id, x.tok)
@@ -363,10 +427,31 @@ return n
 `)
 
 // viewScript reaps and grants, then returns the key's limit, its holders
-// (id, record pairs) and its waiters, and the Redis time.
+// (id, record pairs), its waiters, the Redis time and the re-entry counts
+// (field, count pairs of the metadata hash).
 var viewScript = goredis.NewScript(lib + `
 reap()
 grant()
 tidy()
-return {redis.call('HGET', m, 'limit') or '0', redis.call('HGETALL', h), redis.call('LRANGE', q, 0, -1), d(t)}
+return {redis.call('HGET', m, 'limit') or '0', redis.call('HGETALL', h), redis.call('LRANGE', q, 0, -1), d(t),
+	redis.call('HGETALL', m)}
 `)
+
+// countScript adds ARGV[4] to the re-entries of the holder self, and
+// returns 1, or 0 when self holds nothing. It reaps nothing: a dead holder
+// counted is dropped with its count by whoever reaps it.
+var countScript = goredis.NewScript(`
+local h, m, self = KEYS[2], KEYS[3], ARGV[3]
+if redis.call('HEXISTS', h, self) == 0 then return 0 end
+if redis.call('HINCRBY', m, 'c:' .. self, ARGV[4]) <= 0 then redis.call('HDEL', m, 'c:' .. self) end
+return 1
+`)
+
+// boundsMS is lmx.HistogramBounds in milliseconds, as a Lua list.
+func boundsMS() string {
+	var b []string
+	for _, d := range lmx.HistogramBounds() {
+		b = append(b, strconv.FormatInt(d.Milliseconds(), 10))
+	}
+	return strings.Join(b, ", ")
+}

@@ -79,6 +79,17 @@ func KeepAliveLease(l *Lease, ttl, max time.Duration) {
 	d.renew = time.AfterFunc(ttl/3, d.keepAlive)
 }
 
+// RevokeLease asks the holder of l, a lease made by NewLease, to make way
+// for a waiter asked with Preempt: it closes l.Revoked(), once. The rest of
+// preemption is the backend's, as the broker does it: never for a lease
+// asked with NoPreempt, and after the waiter's grace, ending l with
+// NewLease's end(ErrPreempted) and granting the waiter a newer token. It
+// panics for a lease NewLease did not make.
+func RevokeLease(l *Lease) {
+	_ = l.door.(*backendDoor)
+	l.revokeNow()
+}
+
 // keepAlive is a KeepAliveLease renewal.
 func (d *backendDoor) keepAlive() {
 	d.mu.Lock()

@@ -229,3 +229,24 @@ func TestKeepAliveStopsWhenLeaseEnds(t *testing.T) {
 		fb.mu.Unlock()
 	})
 }
+
+func TestRevokeLease(t *testing.T) {
+	l, end := lmx.NewLease("k", ulid.Make(), 1, time.Time{}, &fakeBackend{})
+	revoked := l.Revoked()
+	select {
+	case <-revoked:
+		t.Fatal("a new lease is revoked")
+	default:
+	}
+	lmx.RevokeLease(l)
+	lmx.RevokeLease(l) // once is enough; twice is no panic
+	select {
+	case <-revoked:
+	default:
+		t.Fatal("RevokeLease did not close Revoked")
+	}
+	assert.NoError(t, l.Err(), "a revoke asks; it does not end the lease")
+	end(lmx.ErrPreempted)
+	assert.ErrorIs(t, l.Err(), lmx.ErrPreempted)
+	assert.ErrorIs(t, l.Err(), lmx.ErrLeaseLost)
+}

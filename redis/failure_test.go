@@ -394,7 +394,7 @@ func TestStaleRequestNotGranted(t *testing.T) {
 			rdb := client(t)
 			lid, err := rdb.Get(t.Context(), pfx+"s:"+a.Session()).Result()
 			require.NoError(t, err)
-			rec := strings.Join([]string{held.ID().String(), a.Session(), lid, "x", "0", "0", "0", "0", ""}, "|")
+			rec := strings.Join([]string{held.ID().String(), a.Session(), lid, "x", "0", "0", "0", "0", "-1", "0", ""}, "|")
 			require.NoError(t, rdb.RPush(t.Context(), pfx+"q:k", rec).Err())
 
 			switch end {
@@ -429,7 +429,7 @@ func TestOrphanGrantTakenBack(t *testing.T) {
 	rdb := client(t)
 	lid, err := rdb.Get(t.Context(), pfx+"s:"+a.Session()).Result()
 	require.NoError(t, err)
-	rec := strings.Join([]string{ulid.Make().String(), a.Session(), lid, "x", "0", "0", "0", "0", ""}, "|")
+	rec := strings.Join([]string{ulid.Make().String(), a.Session(), lid, "x", "0", "0", "0", "0", "-1", "0", ""}, "|")
 	require.NoError(t, rdb.RPush(t.Context(), pfx+"q:k", rec).Err())
 
 	require.NoError(t, held.Unlock(t.Context())) // grants the orphan

@@ -117,3 +117,26 @@ func TestPreemptorReachesHead(t *testing.T) {
 	}
 	require.NoError(t, r.lease.Unlock(t.Context()))
 }
+
+// A preemptor that gives up ends its round: the holder it revoked keeps
+// the key past the grace, as the broker's does.
+func TestPreemptorGivesUp(t *testing.T) {
+	pfx := newPrefix()
+	a, b := open(t, pfx, 2*time.Second), open(t, pfx, 2*time.Second)
+	held, err := a.Lock(t.Context(), "k", lmx.Priority(1))
+	require.NoError(t, err)
+	const grace = 200 * time.Millisecond
+	ctx, cancel := context.WithCancel(t.Context())
+	ch := make(chan lockResult, 1)
+	lockAsync(ctx, b, ch, "w", "k", lmx.Priority(5), lmx.Preempt(grace))
+	revoked(t, held)
+	cancel()
+	require.ErrorIs(t, await(t, ch, 10*time.Second).err, context.Canceled)
+	time.Sleep(2 * grace)                  // past the deadline the round had set
+	ki, err := b.Inspect(t.Context(), "k") // reaps what is due
+	require.NoError(t, err)
+	require.Len(t, ki.Holders, 1)
+	assert.Equal(t, held.Token(), ki.Holders[0].Token)
+	require.NoError(t, held.Err())
+	require.NoError(t, held.Unlock(t.Context()))
+}

@@ -153,7 +153,8 @@ func (s *session) err() error {
 // waiter is a Lock call waiting for its grant.
 type waiter struct {
 	granted chan grant    // the message that granted it
-	look    chan struct{} // look again: the Locker reconnected
+	look    chan struct{} // look again: the Locker reconnected, or a preemption round started for it
+	revoked bool          // guarded by the Locker's mu: a revoke came before its lease was made
 }
 
 // grant is what a grant message says.
@@ -521,8 +522,13 @@ func (lk *Locker) dispatch(msg string) {
 			l.lost(reason(f[2]))
 		}
 	case len(f) == 2 && f[0] == "v":
+		// A revoke may come before the Lock call that was granted has
+		// made its lease: granted revokes that one.
 		lk.mu.Lock()
-		l := lk.leases[f[1]]
+		l, w := lk.leases[f[1]], lk.waiters[f[1]]
+		if l == nil && w != nil {
+			w.revoked = true
+		}
 		lk.mu.Unlock()
 		if l != nil {
 			l.revoke()
@@ -930,6 +936,7 @@ func (lk *Locker) granted(s *session, key string, id ulid.ULID, token uint64, tt
 	default:
 	}
 	lk.leases[l.id] = l
+	revoked := lk.waiters[l.id] != nil && lk.waiters[l.id].revoked
 	if l.owner != "" {
 		lk.owned[ownedKey(key, l.owner)] = l
 	}
@@ -939,6 +946,9 @@ func (lk *Locker) granted(s *session, key string, id ulid.ULID, token uint64, tt
 		l.mu.Unlock()
 	}
 	lk.mu.Unlock()
+	if revoked {
+		l.revoke()
+	}
 	if req.KeepAlive > 0 {
 		lmx.KeepAliveLease(l.lease, req.TTL, req.KeepAlive)
 	}
@@ -981,6 +991,11 @@ func (lk *Locker) reenter(ctx context.Context, key string, req lmx.LockRequest) 
 	g, end := lmx.NewLease(key, l.lease.ID(), l.lease.Token(), l.lease.Expires(), l)
 	l.count++
 	l.grants, l.ends = append(l.grants, g), append(l.ends, end)
+	select {
+	case <-l.lease.Revoked(): // a preemptor waits for the grant re-entered
+		lmx.RevokeLease(g)
+	default:
+	}
 	return g, nil
 }
 

@@ -25,9 +25,10 @@ import (
 //
 //	P t          string  the fencing-token counter (INCR)
 //	P n          hash    what happened: g(rants), x (expiries), f(orced),
-//	                     p(reempted), s(ession lost); "w" i and "h" i the counts of
-//	                     lmx.Stats's WaitTime and HoldTime histograms,
-//	                     bucket i, "ws" and "hs" their sums in ms
+//	                     p(reempted), s(ession lost); "w" i and "h" i
+//	                     the counts of lmx.Stats's WaitTime and HoldTime
+//	                     histograms, bucket i, "ws" and "hs" their sums
+//	                     in ms
 //	P s: SID     string  a session, kept alive by its Locker (PEXPIRE)
 //	P d: K       string  while it lives (PX), K's lock-delay: nothing is
 //	                     granted
@@ -58,8 +59,8 @@ import (
 // looks again then. The deadlines are cleared when the head leaves the
 // queue, granted or not.
 //
-// Every script first reaps the key's dead holders (expired, or whose
-// session key is gone) and then grants the queue's head while it fits: so
+// Every script first reaps the key's dead holders (expired, preempted, or
+// whose session key is gone) and then grants the queue's head while it fits: so
 // whoever next touches a key frees it from the dead and hands it on. The
 // scripts touch keys they are not given (sessions, the counter): they need
 // a single Redis, not a cluster.

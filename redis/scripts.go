@@ -60,10 +60,10 @@ import (
 // queue, granted or not.
 //
 // Every script first reaps the key's dead holders (expired, preempted, or
-// whose session key is gone) and then grants the queue's head while it fits: so
-// whoever next touches a key frees it from the dead and hands it on. The
-// scripts touch keys they are not given (sessions, the counter): they need
-// a single Redis, not a cluster.
+// whose session key is gone) and then grants the queue's head while it
+// fits: so whoever next touches a key frees it from the dead and hands it
+// on. The scripts touch keys they are not given (sessions, the counter):
+// they need a single Redis, not a cluster.
 
 // lib is the Lua every script starts with. ARGV[1] is the prefix, ARGV[2]
 // the lock key, ARGV[3] the lock id of the caller's own request ("" for

@@ -17,7 +17,8 @@ import (
 //	                 waiter id was overtaken by a higher priority; "c:" id
 //	                 -> how often the owner of holder id re-entered it
 //	                 (Owner, counted by its Locker); "q:" id -> when the
-//	                 waiter id queued, for the WaitTime histogram. It exists
+//	                 waiter id queued, for the WaitTime histogram; "P"
+//	                 once a waiter asked with Preempt queued. It exists
 //	                 while the key has a holder or a waiter: Stats finds the
 //	                 live keys by it.
 //
@@ -184,9 +185,14 @@ local function reap()
 	end
 	return n
 end
-local lim = nil
+-- lim is the key's limit, pre whether a waiter asked with Preempt has
+-- queued since the key was last idle (nil: not read yet).
+local lim, pre = nil, nil
 local function limit()
-	if not lim then lim = tonumber(redis.call('HGET', m, 'limit') or '1') end
+	if not lim then
+		local v = redis.call('HMGET', m, 'limit', 'P')
+		lim, pre = tonumber(v[1] or '1'), v[2] ~= false
+	end
 	return lim
 end
 local function fits(mode)
@@ -268,7 +274,9 @@ local function unpreempt()
 end
 -- grant grants the queue's head while it fits, dropping dead waiters;
 -- qempty tells that it left the queue empty (nothing queues after it).
--- A head that does not fit may preempt the holders (see preempt).
+-- While the exclusive holders fill the limit nothing fits: it need not
+-- look, unless a preemptor may be queued. A head that does not fit may
+-- preempt the holders (see preempt).
 -- A record of a request that holds, was reaped, or is the one the script
 -- ends (done) is a stale copy, which a retried script may have queued: it
 -- is dropped, never granted again.
@@ -276,6 +284,10 @@ local qempty = false
 local done = {}
 local function grant()
 	while true do
+		if ex > 0 and ex >= limit() then
+			if pre == nil then pre = redis.call('HEXISTS', m, 'P') == 1 end
+			if not pre then return end
+		end
 		local r = redis.call('LINDEX', q, 0)
 		if not r then
 			qempty = true
@@ -358,6 +370,9 @@ if have and have ~= lim0 then
 	redis.call('HSET', m, 'limit', lim0)
 end
 lim = tonumber(lim0)
+-- The only preemptor this script may queue is its own request.
+if me.grace >= 0 then redis.call('HSET', m, 'P', '1') end
+pre = pre or me.grace >= 0
 local tail = redis.call('LINDEX', q, -1)
 if not tail then -- nobody waits: granted if it fits
 	if fits(me.mode) and not delayed() then

@@ -77,17 +77,13 @@ func (lk *Locker) Inspect(ctx context.Context, key string) (lmx.KeyInfo, error) 
 	for i := 0; i+1 < len(hs); i += 2 {
 		id, _ := hs[i].(string)
 		rec, _ := hs[i+1].(string)
-		f := strings.SplitN(rec, "|", 8)
-		if len(f) != 8 {
+		r, ok := parseHolder(rec)
+		if !ok {
 			continue
 		}
-		h := lmx.HolderInfo{Shared: f[3] == "s", Owner: f[7], Count: 1 + counts[id]}
+		h := lmx.HolderInfo{Token: r.token, Shared: r.shared, Owner: r.owner, Count: 1 + counts[id],
+			Since: r.since, Expires: r.expires}
 		h.ID, _ = ulid.ParseStrict(id)
-		h.Token, _ = strconv.ParseUint(f[0], 10, 64)
-		h.Since = msTime(f[5])
-		if f[4] != "0" {
-			h.Expires = msTime(f[4])
-		}
 		ki.Holders = append(ki.Holders, h)
 	}
 	// HGETALL has no order; grant order is token order.
@@ -95,12 +91,12 @@ func (lk *Locker) Inspect(ctx context.Context, key string) (lmx.KeyInfo, error) 
 	ws, _ := a[2].([]any)
 	for _, w := range ws {
 		rec, _ := w.(string)
-		f := strings.SplitN(rec, "|", 9)
-		if len(f) != 9 {
+		f := strings.SplitN(rec, "|", waiterFields)
+		if len(f) != waiterFields {
 			continue
 		}
 		p, _ := strconv.Atoi(f[6])
-		ki.Waiters = append(ki.Waiters, lmx.WaiterInfo{Owner: f[8], Priority: p, Shared: f[3] == "s"})
+		ki.Waiters = append(ki.Waiters, lmx.WaiterInfo{Owner: f[10], Priority: p, Shared: f[3] == "s"})
 	}
 	return ki, nil
 }
@@ -112,10 +108,10 @@ func msTime(s string) time.Time {
 
 // Stats counts the keys, holders and waiters under the Locker's prefix
 // (dead ones that no one has touched since included), by a SCAN of the
-// prefix's keys, and the grants, expiries, forced ends and lost sessions'
-// leases Redis has counted, with the histograms of how long granted
-// requests waited and ended leases were held (in Redis's clock, to the
-// millisecond). Sessions are not counted (zero).
+// prefix's keys, and the grants, expiries, forced ends, preemptions and
+// lost sessions' leases Redis has counted, with the histograms of how long
+// granted requests waited and ended leases were held (in Redis's clock, to
+// the millisecond). Sessions are not counted (zero).
 func (lk *Locker) Stats(ctx context.Context) (lmx.Stats, error) {
 	keys, err := lk.scan(ctx, "")
 	if err != nil {
@@ -135,7 +131,7 @@ func (lk *Locker) Stats(ctx context.Context) (lmx.Stats, error) {
 		v, _ := strconv.ParseUint(counts[f], 10, 64)
 		return v
 	}
-	st.Grants, st.Expiries, st.Forced, st.SessionLost = n("g"), n("x"), n("f"), n("s")
+	st.Grants, st.Expiries, st.Forced, st.Preemptions, st.SessionLost = n("g"), n("x"), n("f"), n("p"), n("s")
 	for hist, h := range map[string]*lmx.Histogram{"w": &st.WaitTime, "h": &st.HoldTime} {
 		for i := range h.Counts {
 			h.Counts[i] = n(hist + strconv.Itoa(i))

@@ -23,7 +23,8 @@ import (
 // Redis section): each one a way a fair lock on Redis left waiters hanging.
 
 // childEnv, when set to a lmx.Open URL, makes the test binary a child that
-// locks the key "k" there, prints "held TOKEN", and waits to be killed.
+// locks the key "k" there, prints "held TOKEN", and waits to be killed; it
+// prints "revoked" if a preemptor asks it to make way.
 const childEnv = "LMX_REDIS_TEST_CHILD"
 
 func runChild() int {
@@ -39,6 +40,8 @@ func runChild() int {
 		return 1
 	}
 	fmt.Println("held", lease.Token())
+	<-lease.Revoked()
+	fmt.Println("revoked")
 	select {}
 }
 
@@ -120,10 +123,28 @@ func waitQueued(t *testing.T, a lmx.Admin, key string, n int) {
 // token is higher. Redisson's #6150, #3178, #3202.
 func TestKilledHolder(t *testing.T) {
 	pfx := newPrefix()
+	token, _, kill := holdInChild(t, pfx)
+
+	l := open(t, pfx, 2*time.Second)
+	l.SetRecheck(time.Hour) // the grant must come from the session's expiry
+	ch := make(chan lockResult, 2)
+	lockAsync(t.Context(), l, ch, "w1", "k")
+	waitQueued(t, l, "k", 1)
+	lockAsync(t.Context(), l, ch, "w2", "k")
+	waitQueued(t, l, "k", 2)
+	kill()
+	inOrder(t, ch, token, "w1", "w2")
+}
+
+// holdInChild starts a child process that holds "k" under pfx with a
+// session TTL of 1s, and returns its token, what it says next, and a kill
+// that kills it (SIGKILL) and waits for it to exit.
+func holdInChild(t *testing.T, pfx string) (token uint64, out *bufio.Reader, kill func()) {
+	t.Helper()
 	url := fmt.Sprintf("redis://%s/0?prefix=%s&session_ttl=1s", addr, pfx)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), childEnv+"="+url)
-	out, err := cmd.StdoutPipe()
+	pipe, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
 	exited := make(chan struct{})
@@ -135,24 +156,18 @@ func TestKilledHolder(t *testing.T) {
 		cmd.Process.Kill()
 		<-exited
 	})
-	line, err := bufio.NewReader(out).ReadString('\n')
+	out = bufio.NewReader(pipe)
+	line, err := out.ReadString('\n')
 	require.NoError(t, err)
 	f := strings.Fields(line)
 	require.Len(t, f, 2, "the child said %q", line)
 	require.Equal(t, "held", f[0], "the child said %q", line)
-	token, err := strconv.ParseUint(f[1], 10, 64)
+	token, err = strconv.ParseUint(f[1], 10, 64)
 	require.NoError(t, err)
-
-	l := open(t, pfx, 2*time.Second)
-	l.SetRecheck(time.Hour) // the grant must come from the session's expiry
-	ch := make(chan lockResult, 2)
-	lockAsync(t.Context(), l, ch, "w1", "k")
-	waitQueued(t, l, "k", 1)
-	lockAsync(t.Context(), l, ch, "w2", "k")
-	waitQueued(t, l, "k", 2)
-	require.NoError(t, cmd.Process.Kill())
-	<-exited
-	inOrder(t, ch, token, "w1", "w2")
+	return token, out, func() {
+		require.NoError(t, cmd.Process.Kill())
+		<-exited
+	}
 }
 
 // A waiter that waits far longer than any timeout of the backend (several
@@ -379,7 +394,7 @@ func TestStaleRequestNotGranted(t *testing.T) {
 			rdb := client(t)
 			lid, err := rdb.Get(t.Context(), pfx+"s:"+a.Session()).Result()
 			require.NoError(t, err)
-			rec := strings.Join([]string{held.ID().String(), a.Session(), lid, "x", "0", "0", "0", "0", ""}, "|")
+			rec := strings.Join([]string{held.ID().String(), a.Session(), lid, "x", "0", "0", "0", "0", "-1", "0", ""}, "|")
 			require.NoError(t, rdb.RPush(t.Context(), pfx+"q:k", rec).Err())
 
 			switch end {
@@ -414,7 +429,7 @@ func TestOrphanGrantTakenBack(t *testing.T) {
 	rdb := client(t)
 	lid, err := rdb.Get(t.Context(), pfx+"s:"+a.Session()).Result()
 	require.NoError(t, err)
-	rec := strings.Join([]string{ulid.Make().String(), a.Session(), lid, "x", "0", "0", "0", "0", ""}, "|")
+	rec := strings.Join([]string{ulid.Make().String(), a.Session(), lid, "x", "0", "0", "0", "0", "-1", "0", ""}, "|")
 	require.NoError(t, rdb.RPush(t.Context(), pfx+"q:k", rec).Err())
 
 	require.NoError(t, held.Unlock(t.Context())) // grants the orphan

@@ -19,10 +19,21 @@ type lease struct {
 	shared bool
 	lease  *lmx.Lease
 
-	mu    sync.Mutex         // guards what follows; taken after the Locker's mu
-	timer *time.Timer        // expiry
-	count int                // grants not undone yet: 1 plus the re-entries
-	ends  []func(error) bool // each grant's end
+	mu     sync.Mutex         // guards what follows; taken after the Locker's mu
+	timer  *time.Timer        // expiry
+	count  int                // grants not undone yet: 1 plus the re-entries
+	grants []*lmx.Lease       // each grant
+	ends   []func(error) bool // each grant's end
+}
+
+// revoke closes the Revoked channel of every grant of l: a preemptor waits.
+func (l *lease) revoke() {
+	l.mu.Lock()
+	grants := l.grants
+	l.mu.Unlock()
+	for _, g := range grants {
+		lmx.RevokeLease(g)
+	}
 }
 
 // forget takes l out of its Locker and stops its timer; it reports whether

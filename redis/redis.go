@@ -22,14 +22,16 @@
 // may have expired, so a dead process frees its keys within the session TTL.
 // An expiry is a release like any other: it grants the next waiter.
 //
-// Supported options: TTL, KeepAlive, KeepOnDisconnect (a TTL lease that
-// outlives its session), Limit (semaphores), Shared, Priority (with the
-// broker's bound against starvation), Owner (re-entry through the same
-// Locker: an lmx.Lease of its own with the same id and token, counted),
-// LockDelay (after an expiry, a ForceUnlock or a lost session, kept in
-// Redis) and NoPreempt. Preempt fails with an error matching ErrUnsupported
-// and lmx.ErrInvalidOption: lmx gives a backend no way to close a lease's
-// Revoked channel. *Locker implements lmx.Admin, lmx.Lister and
+// Every lock option is supported: TTL, KeepAlive, KeepOnDisconnect (a TTL
+// lease that outlives its session), Limit (semaphores), Shared, Priority
+// (with the broker's bound against starvation), Preempt and NoPreempt (as
+// the broker does them: the holders in the way of a waiter at the head of
+// its queue are revoked by a message to their Lockers, and after the grace
+// a script ends them with lmx.ErrPreempted and grants the waiter a newer
+// token; the waiter's Locker looks again at the deadline), Owner (re-entry
+// through the same Locker: an lmx.Lease of its own with the same id and
+// token, counted) and LockDelay (after an expiry, a ForceUnlock or a lost
+// session, kept in Redis). *Locker implements lmx.Admin, lmx.Lister and
 // lmx.Watcher, across every Locker on the same Redis prefix, and
 // lmx.MultiLocker through lmx.LockAll.
 //
@@ -65,10 +67,6 @@ func init() {
 		lmx.Register(s, openURL)
 	}
 }
-
-// ErrUnsupported: the Redis backend cannot honour a lock option. It is
-// always wrapped together with lmx.ErrInvalidOption.
-var ErrUnsupported = errors.New("lmx/redis: option not supported by the Redis backend")
 
 // DefaultSessionTTL is the TTL of a Locker's session unless SessionTTL says
 // otherwise: how long the keys of a Locker that Redis no longer hears stay
@@ -155,7 +153,8 @@ func (s *session) err() error {
 // waiter is a Lock call waiting for its grant.
 type waiter struct {
 	granted chan grant    // the message that granted it
-	look    chan struct{} // look again: the Locker reconnected
+	look    chan struct{} // look again: the Locker reconnected, or a preemption round started for it
+	revoked bool          // guarded by the Locker's mu: a revoke came before its lease was made
 }
 
 // grant is what a grant message says.
@@ -253,18 +252,6 @@ func checkKey(key string) error {
 		return fmt.Errorf("%w: %d bytes (1..%d)", lmx.ErrInvalidKey, len(key), lmx.DefaultMaxKeyLen)
 	}
 	return nil
-}
-
-// unsupported checks the options the backend cannot honour.
-func unsupported(r lmx.LockRequest) error {
-	var what string
-	switch {
-	case r.Preempt >= 0:
-		what = "Preempt"
-	default:
-		return nil
-	}
-	return fmt.Errorf("%w: %w: %s", lmx.ErrInvalidOption, ErrUnsupported, what)
 }
 
 // Lock waits until key is granted.
@@ -506,9 +493,9 @@ func receive(ctx context.Context, ps *goredis.PubSub, handle func(any)) {
 	}
 }
 
-// dispatch acts on one message: "g|id|token|ttl|key" or "e|id|why". A
-// grant that no Lock call waits for any more (it gave up while Redis did
-// not answer) is taken back.
+// dispatch acts on one message: "g|id|token|ttl|key", "e|id|why",
+// "v|id" or "l|id". A grant that no Lock call waits for any more (it gave
+// up while Redis did not answer) is taken back.
 func (lk *Locker) dispatch(msg string) {
 	f := strings.SplitN(msg, "|", 5)
 	switch {
@@ -534,6 +521,28 @@ func (lk *Locker) dispatch(msg string) {
 		if l != nil {
 			l.lost(reason(f[2]))
 		}
+	case len(f) == 2 && f[0] == "v":
+		// A revoke may come before the Lock call that was granted has
+		// made its lease: granted revokes that one.
+		lk.mu.Lock()
+		l, w := lk.leases[f[1]], lk.waiters[f[1]]
+		if l == nil && w != nil {
+			w.revoked = true
+		}
+		lk.mu.Unlock()
+		if l != nil {
+			l.revoke()
+		}
+	case len(f) == 2 && f[0] == "l":
+		lk.mu.Lock()
+		w := lk.waiters[f[1]]
+		lk.mu.Unlock()
+		if w != nil {
+			select {
+			case w.look <- struct{}{}:
+			default:
+			}
+		}
 	}
 }
 
@@ -546,11 +555,14 @@ func reason(why string) error {
 		return lmx.ErrForced
 	case "r":
 		return lmx.ErrReleased
+	case "p":
+		return lmx.ErrPreempted
 	}
 	return fmt.Errorf("%w: its session expired in Redis", lmx.ErrSessionLost)
 }
 
-// reconnected makes every waiter look again and checks every lease.
+// reconnected makes every waiter look again and checks every lease: one
+// gone from Redis ends, one with a preemption deadline is revoked.
 func (lk *Locker) reconnected() {
 	lk.mu.Lock()
 	for _, w := range lk.waiters {
@@ -569,21 +581,30 @@ func (lk *Locker) reconnected() {
 	}
 	ctx, cancel := context.WithTimeout(lk.ctx, 5*time.Second)
 	defer cancel()
-	cmds := make([]*goredis.BoolCmd, len(ls))
+	cmds := make([]*goredis.StringCmd, len(ls))
 	_, err := lk.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
 		for i, l := range ls {
-			cmds[i] = p.HExists(ctx, lk.pfx+"h:"+l.lease.Key(), l.id)
+			cmds[i] = p.HGet(ctx, lk.pfx+"h:"+l.lease.Key(), l.id)
 		}
 		return nil
 	})
-	if err != nil {
+	if err != nil && !errors.Is(err, goredis.Nil) {
 		return // the refresh tells whether the session survived
 	}
 	for i, l := range ls {
-		// Only a lease still here is lost: one its holder took out since
-		// (an Unlock under way) is gone from Redis because it released it.
-		if !cmds[i].Val() && l.forget() {
-			l.end(l.gone())
+		rec, err := cmds[i].Result()
+		switch {
+		case errors.Is(err, goredis.Nil):
+			// Only a lease still here is lost: one its holder took out
+			// since (an Unlock under way) is gone from Redis because it
+			// released it.
+			if l.forget() {
+				l.end(l.gone())
+			}
+		case err == nil:
+			if h, ok := parseHolder(rec); ok && h.preempt {
+				l.revoke()
+			}
 		}
 	}
 }
@@ -604,15 +625,51 @@ func (lk *Locker) wrap(ctx context.Context, err error) error {
 
 // record is the waiter record of a request (see scripts.go).
 func (lk *Locker) record(id string, s *session, r lmx.LockRequest) string {
-	mode, kod := "x", "0"
-	if r.Shared {
-		mode = "s"
+	grace := int64(-1)
+	if r.Preempt >= 0 {
+		grace = r.Preempt.Milliseconds()
 	}
-	if r.KeepOnDisconnect {
-		kod = "1"
+	return strings.Join([]string{id, s.id, lk.id, flag(r.Shared, "s", "x"), strconv.FormatInt(r.TTL.Milliseconds(), 10),
+		flag(r.KeepOnDisconnect, "1", "0"), strconv.Itoa(r.Priority),
+		strconv.FormatInt(max(r.LockDelay, 0).Milliseconds(), 10), strconv.FormatInt(grace, 10),
+		flag(r.NoPreempt, "1", "0"), r.Owner}, "|")
+}
+
+func flag(b bool, yes, no string) string {
+	if b {
+		return yes
 	}
-	return strings.Join([]string{id, s.id, lk.id, mode, strconv.FormatInt(r.TTL.Milliseconds(), 10), kod,
-		strconv.Itoa(r.Priority), strconv.FormatInt(max(r.LockDelay, 0).Milliseconds(), 10), r.Owner}, "|")
+	return no
+}
+
+// holderRecord is what the Go side reads of a holder record (see
+// scripts.go).
+type holderRecord struct {
+	token          uint64
+	shared         bool
+	since, expires time.Time // expires zero for none
+	preempt        bool      // a preemption deadline is set
+	owner          string
+}
+
+// waiterFields is how many fields a waiter record has; the last, the
+// owner, may hold "|". A holder record has as many.
+const waiterFields = 11
+
+func parseHolder(rec string) (h holderRecord, ok bool) {
+	f := strings.SplitN(rec, "|", waiterFields)
+	if len(f) != waiterFields {
+		return h, false
+	}
+	h.token, _ = strconv.ParseUint(f[0], 10, 64)
+	h.shared = f[3] == "s"
+	if f[4] != "0" {
+		h.expires = msTime(f[4])
+	}
+	h.since = msTime(f[5])
+	h.preempt = f[9] != "0"
+	h.owner = f[10]
+	return h, true
 }
 
 // reply is a script's answer about the caller's request.
@@ -658,9 +715,6 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 	}
 	req, err := lmx.ParseLockOptions(opts...)
 	if err != nil {
-		return nil, err
-	}
-	if err := unsupported(req); err != nil {
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
@@ -870,7 +924,7 @@ func (lk *Locker) granted(s *session, key string, id ulid.ULID, token uint64, tt
 	}
 	var end func(error) bool
 	l.lease, end = lmx.NewLease(key, id, token, exp, l)
-	l.ends = []func(error) bool{end}
+	l.grants, l.ends = []*lmx.Lease{l.lease}, []func(error) bool{end}
 	lk.mu.Lock()
 	select {
 	case <-s.done:
@@ -882,6 +936,7 @@ func (lk *Locker) granted(s *session, key string, id ulid.ULID, token uint64, tt
 	default:
 	}
 	lk.leases[l.id] = l
+	revoked := lk.waiters[l.id] != nil && lk.waiters[l.id].revoked
 	if l.owner != "" {
 		lk.owned[ownedKey(key, l.owner)] = l
 	}
@@ -891,6 +946,9 @@ func (lk *Locker) granted(s *session, key string, id ulid.ULID, token uint64, tt
 		l.mu.Unlock()
 	}
 	lk.mu.Unlock()
+	if revoked {
+		l.revoke()
+	}
 	if req.KeepAlive > 0 {
 		lmx.KeepAliveLease(l.lease, req.TTL, req.KeepAlive)
 	}
@@ -932,7 +990,12 @@ func (lk *Locker) reenter(ctx context.Context, key string, req lmx.LockRequest) 
 	}
 	g, end := lmx.NewLease(key, l.lease.ID(), l.lease.Token(), l.lease.Expires(), l)
 	l.count++
-	l.ends = append(l.ends, end)
+	l.grants, l.ends = append(l.grants, g), append(l.ends, end)
+	select {
+	case <-l.lease.Revoked(): // a preemptor waits for the grant re-entered
+		lmx.RevokeLease(g)
+	default:
+	}
 	return g, nil
 }
 

@@ -42,21 +42,7 @@ func TestConformance(t *testing.T) {
 	locktest.Run(t, func(t testing.TB) lmx.Locker { return open(t, newPrefix(), 2*time.Second) },
 		locktest.RealTime(100*time.Millisecond), // TTLs with room for a loaded machine
 		locktest.Skip("a re-entry is an lmx.Lease of its own (same id and token): lmx.NewLease gives a backend no way to count grants of one *Lease; TestInspectOwner covers Owner and Count", "Inspect"),
-		locktest.Skip("the Redis backend refuses Preempt: lmx gives a backend no way to close a lease's Revoked channel", "PreemptReleasedInGrace", "PreemptForced", "PreemptRefused"),
 	)
-}
-
-func TestUnsupportedOptions(t *testing.T) {
-	l := open(t, newPrefix(), 2*time.Second)
-	for _, o := range []lmx.LockOption{lmx.Preempt(0)} {
-		_, err := l.Lock(t.Context(), "k", o)
-		assert.ErrorIs(t, err, redis.ErrUnsupported)
-		assert.ErrorIs(t, err, lmx.ErrInvalidOption)
-	}
-	// NoPreempt asks for what the backend always does.
-	lease, err := l.Lock(t.Context(), "k", lmx.NoPreempt(), lmx.LockDelay(0))
-	require.NoError(t, err)
-	require.NoError(t, lease.Unlock(t.Context()))
 }
 
 // The URL forms lmx.Open takes, and the ones it refuses with a clear error.

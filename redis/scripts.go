@@ -17,7 +17,8 @@ import (
 //	                 waiter id was overtaken by a higher priority; "c:" id
 //	                 -> how often the owner of holder id re-entered it
 //	                 (Owner, counted by its Locker); "q:" id -> when the
-//	                 waiter id queued, for the WaitTime histogram. It exists
+//	                 waiter id queued, for the WaitTime histogram; "P"
+//	                 once a waiter asked with Preempt queued. It exists
 //	                 while the key has a holder or a waiter: Stats finds the
 //	                 live keys by it.
 //
@@ -25,29 +26,45 @@ import (
 //
 //	P t          string  the fencing-token counter (INCR)
 //	P n          hash    what happened: g(rants), x (expiries), f(orced),
-//	                     s(ession lost); "w" i and "h" i the counts of
-//	                     lmx.Stats's WaitTime and HoldTime histograms,
-//	                     bucket i, "ws" and "hs" their sums in ms
+//	                     p(reempted), s(ession lost); "w" i and "h" i
+//	                     the counts of lmx.Stats's WaitTime and HoldTime
+//	                     histograms, bucket i, "ws" and "hs" their sums
+//	                     in ms
 //	P s: SID     string  a session, kept alive by its Locker (PEXPIRE)
 //	P d: K       string  while it lives (PX), K's lock-delay: nothing is
 //	                     granted
 //	P c: LID     channel a Locker's messages: "g|id|token|ttl|K" (granted),
 //	                     "e|id|why" (ended: x expired, s session lost,
-//	                     f forced, r released)
+//	                     f forced, r released, p preempted), "v|id"
+//	                     (revoked: make way for a preemptor), "l|id"
+//	                     (look again: a preemption round started for the
+//	                     waiter id, whose deadline it keeps)
 //	P e          channel the events, for Watch: "what|id|token|ms|key",
-//	                     what a (acquired), r (released), x, s, f as above
+//	                     what a (acquired), r (released), x, s, f, p as
+//	                     above
 //
-// A waiter record is id|sid|locker|mode|ttl|kod|priority|delay|owner, a
-// holder record token|sid|locker|mode|expires|since|delay|owner (delay its
-// LockDelay in ms, 0 for none; expires and since in
-// Redis-time milliseconds, expires 0 for none; sid "" for a lease that
-// outlives its session). The owner comes last, so that it may hold "|".
+// A waiter record is
+// id|sid|locker|mode|ttl|kod|priority|delay|grace|np|owner, a holder record
+// token|sid|locker|mode|expires|since|delay|priority|np|preempt|owner (delay
+// its LockDelay in ms, 0 for none; grace its Preempt in ms, -1 for none; np
+// "1" for NoPreempt; expires, since and preempt in Redis-time milliseconds,
+// expires 0 for none, preempt the deadline of a preemption round, 0 for
+// none; sid "" for a lease that outlives its session). The owner comes
+// last, so that it may hold "|".
 //
-// Every script first reaps the key's dead holders (expired, or whose
-// session key is gone) and then grants the queue's head while it fits: so
-// whoever next touches a key frees it from the dead and hands it on. The
-// scripts touch keys they are not given (sessions, the counter): they need
-// a single Redis, not a cluster.
+// Preemption is the broker's: a queue's head asked with Preempt that does
+// not fit sets a deadline, its grace from now, in the holders it needs
+// gone (if none of them is NoPreempt or of its priority or higher), and
+// their Lockers are told to revoke them. A holder whose deadline passes is
+// reaped like an expired one (why "p"), by the head's own Locker, which
+// looks again then. The deadlines are cleared when the head leaves the
+// queue, granted or not.
+//
+// Every script first reaps the key's dead holders (expired, preempted, or
+// whose session key is gone) and then grants the queue's head while it
+// fits: so whoever next touches a key frees it from the dead and hands it
+// on. The scripts touch keys they are not given (sessions, the counter):
+// they need a single Redis, not a cluster.
 
 // lib is the Lua every script starts with. ARGV[1] is the prefix, ARGV[2]
 // the lock key, ARGV[3] the lock id of the caller's own request ("" for
@@ -61,16 +78,21 @@ local function d(n) return string.format('%d', n) end
 local t = redis.call('TIME')
 t = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function waiter(r)
-	local id, sid, lid, mode, ttl, kod, prio, delay, owner =
-		string.match(r, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+	local id, sid, lid, mode, ttl, kod, prio, delay, grace, np, owner = string.match(r,
+		'^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
 	return {id = id, sid = sid, lid = lid, mode = mode, ttl = tonumber(ttl), kod = kod,
-		prio = tonumber(prio), delay = delay, owner = owner, rec = r}
+		prio = tonumber(prio), delay = delay, grace = tonumber(grace), np = np, owner = owner, rec = r}
 end
 local function holder(id, r)
-	local tok, sid, lid, mode, exp, since, delay, owner =
-		string.match(r, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
+	local tok, sid, lid, mode, exp, since, delay, prio, np, pdl, owner = string.match(r,
+		'^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
 	return {id = id, tok = tok, sid = sid, lid = lid, mode = mode, exp = tonumber(exp),
-		since = since, delay = delay, owner = owner}
+		since = since, delay = delay, prio = tonumber(prio), np = np, pdl = tonumber(pdl), owner = owner}
+end
+-- hrec is the holder record of x.
+local function hrec(x)
+	return x.tok .. '|' .. x.sid .. '|' .. x.lid .. '|' .. x.mode .. '|' .. d(x.exp) .. '|' .. x.since .. '|' ..
+		x.delay .. '|' .. d(x.prio) .. '|' .. x.np .. '|' .. d(x.pdl) .. '|' .. x.owner
 end
 local lives = {}
 local function alive(sid)
@@ -102,6 +124,7 @@ end
 local function why(x)
 	if x.exp > 0 and x.exp <= t then return 'x' end
 	if not alive(x.sid) then return 's' end
+	if x.pdl > 0 and x.pdl <= t then return 'p' end
 	return nil
 end
 -- H are the live holders by id once reap has run, ex and sh how many hold
@@ -150,7 +173,7 @@ local function reap()
 		local w = why(x)
 		if w then
 			unhold(x)
-			hush(x)
+			if w ~= 'p' then hush(x) end
 			tell(x.lid, 'e|' .. x.id .. '|' .. w)
 			count(w)
 			event(w, x.id, x.tok)
@@ -162,9 +185,14 @@ local function reap()
 	end
 	return n
 end
-local lim = nil
+-- lim is the key's limit, pre whether a waiter asked with Preempt has
+-- queued since the key was last idle (nil: not read yet).
+local lim, pre = nil, nil
 local function limit()
-	if not lim then lim = tonumber(redis.call('HGET', m, 'limit') or '1') end
+	if not lim then
+		local v = redis.call('HMGET', m, 'limit', 'P')
+		lim, pre = tonumber(v[1] or '1'), v[2] ~= false
+	end
 	return lim
 end
 local function fits(mode)
@@ -190,17 +218,65 @@ local function hold(w)
 	if w.ttl > 0 then exp = t + w.ttl end
 	local sid = w.sid
 	if w.kod == '1' then sid = '' end
-	local rec = tok .. '|' .. sid .. '|' .. w.lid .. '|' .. w.mode .. '|' .. d(exp) .. '|' .. d(t) .. '|' ..
-		w.delay .. '|' .. w.owner
-	redis.call('HSET', h, w.id, rec)
-	add(holder(w.id, rec))
+	local x = {id = w.id, tok = tok, sid = sid, lid = w.lid, mode = w.mode, exp = exp, since = d(t),
+		delay = w.delay, prio = w.prio, np = w.np, pdl = 0, owner = w.owner}
+	redis.call('HSET', h, w.id, hrec(x))
+	add(x)
 	count('g')
 	event('a', w.id, tok)
 	if w.id ~= self then tell(w.lid, 'g|' .. w.id .. '|' .. tok .. '|' .. d(w.ttl) .. '|' .. K) end
 end
+-- preempt starts a round of preemption for the queue's head w, which does
+-- not fit, if it asked for one: the holders in its way, fewest and lowest
+-- in priority first (among equals, the newest), get a deadline, unless one
+-- of them may not be preempted. Those that have one keep it. A round that
+-- starts tells w's Locker to look again, unless w is the caller's own.
+local function preempt(w)
+	if w.grace < 0 then return end
+	local shv, exv = {}, {}
+	for _, x in pairs(H) do
+		if x.mode == 's' then table.insert(shv, x) else table.insert(exv, x) end
+	end
+	local need = exv
+	if w.mode ~= 's' then
+		need = shv
+		local excess = #exv - limit() + 1
+		if excess > 0 then
+			table.sort(exv, function(a, b)
+				if a.prio ~= b.prio then return a.prio < b.prio end
+				return tonumber(a.tok) > tonumber(b.tok)
+			end)
+			for i = 1, excess do table.insert(need, exv[i]) end
+		end
+	end
+	for _, x in ipairs(need) do
+		if x.np == '1' or x.prio >= w.prio then return end
+	end
+	local started = false
+	for _, x in ipairs(need) do
+		if x.pdl == 0 then
+			x.pdl = t + w.grace
+			redis.call('HSET', h, x.id, hrec(x))
+			tell(x.lid, 'v|' .. x.id)
+			started = true
+		end
+	end
+	if started and w.id ~= self then tell(w.lid, 'l|' .. w.id) end
+end
+-- unpreempt ends the round of preemption of a head that left the queue.
+local function unpreempt()
+	for id, x in pairs(H) do
+		if x.pdl > 0 then
+			x.pdl = 0
+			redis.call('HSET', h, id, hrec(x))
+		end
+	end
+end
 -- grant grants the queue's head while it fits, dropping dead waiters;
 -- qempty tells that it left the queue empty (nothing queues after it).
--- While the exclusive holders fill the limit nothing fits: it need not look.
+-- While the exclusive holders fill the limit nothing fits: it need not
+-- look, unless a preemptor may be queued. A head that does not fit may
+-- preempt the holders (see preempt).
 -- A record of a request that holds, was reaped, or is the one the script
 -- ends (done) is a stale copy, which a retried script may have queued: it
 -- is dropped, never granted again.
@@ -208,7 +284,10 @@ local qempty = false
 local done = {}
 local function grant()
 	while true do
-		if ex > 0 and ex >= limit() then return end
+		if ex > 0 and ex >= limit() then
+			if pre == nil then pre = redis.call('HEXISTS', m, 'P') == 1 end
+			if not pre then return end
+		end
 		local r = redis.call('LINDEX', q, 0)
 		if not r then
 			qempty = true
@@ -216,10 +295,15 @@ local function grant()
 		end
 		local w = waiter(r)
 		local live = alive(w.sid) and not H[w.id] and not gone[w.id] and not done[w.id]
-		if live and (not fits(w.mode) or delayed()) then return end
+		if live and not fits(w.mode) then
+			preempt(w)
+			return
+		end
+		if live and delayed() then return end
 		redis.call('LPOP', q)
 		local qt = redis.call('HGET', m, 'q:' .. w.id)
 		redis.call('HDEL', m, 'b:' .. w.id, 'q:' .. w.id)
+		if w.grace >= 0 then unpreempt() end
 		if live then
 			hold(w)
 			if qt then observe('w', t - tonumber(qt)) end
@@ -241,6 +325,7 @@ local function wake()
 	end
 	for _, x in pairs(H) do
 		if x.exp > 0 then at(x.exp - t) end
+		if x.pdl > 0 then at(x.pdl - t) end
 		if x.sid ~= '' then at(redis.call('PTTL', P .. 's:' .. x.sid)) end
 	end
 	if delayed() then at(dl) end
@@ -285,6 +370,9 @@ if have and have ~= lim0 then
 	redis.call('HSET', m, 'limit', lim0)
 end
 lim = tonumber(lim0)
+-- The only preemptor this script may queue is its own request.
+if me.grace >= 0 then redis.call('HSET', m, 'P', '1') end
+pre = pre or me.grace >= 0
 local tail = redis.call('LINDEX', q, -1)
 if not tail then -- nobody waits: granted if it fits
 	if fits(me.mode) and not delayed() then
@@ -294,6 +382,7 @@ if not tail then -- nobody waits: granted if it fits
 	if try then return {'l'} end
 	redis.call('RPUSH', q, rec)
 	redis.call('HSET', m, 'q:' .. self, d(t))
+	preempt(me)
 	return {'w', wake()}
 end
 if try then
@@ -357,9 +446,11 @@ return mine(ARGV[4])
 // key on.
 var cancelScript = goredis.NewScript(lib + `
 done[self] = true
+local head = ARGV[4] ~= '' and redis.call('LINDEX', q, 0) == ARGV[4]
 redis.call('LREM', q, 0, ARGV[4])
 redis.call('HDEL', m, 'b:' .. self, 'q:' .. self)
 reap()
+if head and waiter(ARGV[4]).grace >= 0 then unpreempt() end
 local x = drop(self)
 if x then event('r', self, x.tok) end
 grant()
@@ -402,8 +493,8 @@ if not x then
 	tidy()
 	return 0
 end
-redis.call('HSET', h, self, x.tok .. '|' .. x.sid .. '|' .. x.lid .. '|' .. x.mode .. '|' ..
-	d(t + tonumber(ARGV[4])) .. '|' .. x.since .. '|' .. x.delay .. '|' .. x.owner)
+x.exp = t + tonumber(ARGV[4])
+redis.call('HSET', h, self, hrec(x))
 return 1
 `)
 

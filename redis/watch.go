@@ -17,7 +17,7 @@ var _ lmx.Watcher = (*Locker)(nil)
 // eventTypes maps the scripts' names of events to their types.
 var eventTypes = map[string]lmx.EventType{
 	"a": lmx.EventAcquired, "r": lmx.EventReleased, "x": lmx.EventExpired,
-	"f": lmx.EventForced, "s": lmx.EventSessionLost,
+	"f": lmx.EventForced, "s": lmx.EventSessionLost, "p": lmx.EventPreempted,
 }
 
 // Watch streams the events of keys starting with prefix, from every Locker

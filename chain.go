@@ -1,10 +1,6 @@
 package lmx
 
-import (
-	"slices"
-
-	"github.com/oklog/ulid/v2"
-)
+import "slices"
 
 // Hand-offs inside a session: the broker's half (shard and entry, first)
 // and the client's half (clientConn, below), kept side by side because
@@ -52,13 +48,9 @@ import (
 // Stopped of a Stop), under one hold of cc.mu: the broker, reading them in
 // that order, grants exactly the Lock the client handed the key to.
 
-// A chainHook is a leaseHook that takes hand-offs: the native session. The
-// table names waiters and asks for Stops only through it.
-type chainHook interface {
-	leaseHook
-	named(l *Lease, pred ulid.ULID)
-	stop(key string) uint32
-}
+// chains implements leaseHook: the native session takes hand-offs (named
+// and stop, in session.go, tell its client).
+func (s *session) chains() bool { return true }
 
 // chainable reports whether the waiter l may be named to its session.
 func (l *Lease) chainable() bool {
@@ -69,11 +61,7 @@ func (l *Lease) chainable() bool {
 // right behind the holder and those named already.
 func (sh *shard) nameLocked(e *entry) {
 	h := e.holders.head
-	if h == nil || e.limit != 1 || e.stop != 0 || h.shared || h.owner() != "" {
-		return
-	}
-	s, ok := h.hook.(chainHook)
-	if !ok {
+	if h == nil || e.limit != 1 || e.stop != 0 || h.shared || h.owner() != "" || h.hook == nil || !h.hook.chains() {
 		return
 	}
 	pred, w := h, e.waiters.head
@@ -86,7 +74,7 @@ func (sh *shard) nameLocked(e *entry) {
 		w.token = sh.b.tokens.Add(1)
 		w.id = sh.newIDLocked(sh.now(w))
 		e.chain = w
-		s.named(w, pred.id)
+		h.hook.named(w, pred.id)
 	}
 }
 
@@ -107,7 +95,7 @@ func (e *entry) unqueue(l *Lease) {
 // on, unless it has been asked already.
 func (sh *shard) stopLocked(e *entry) {
 	if e.stop == 0 {
-		e.stop = e.chain.hook.(chainHook).stop(e.key)
+		e.stop = e.chain.hook.stop(e.key)
 	}
 }
 

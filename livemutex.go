@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/oklog/ulid/v2"
 )
 
 // The live-mutex door: the NDJSON protocol of the live-mutex Node package
@@ -78,6 +80,7 @@ func (b *Broker) ServeLiveMutexConn(nc net.Conn) {
 // table call is made holding it.
 type lmConn struct {
 	conn
+	lmNoChain
 
 	mu          sync.Mutex
 	leases      map[string]*Lease   // held, by live-mutex lock id; guarded by mu
@@ -395,8 +398,16 @@ func (c *lmConn) granted(l *Lease, _ uint32) {
 		FencingToken: l.token, FencingTokenString: strconv.FormatUint(l.token, 10)})
 }
 
-// revoked implements leaseHook: live-mutex has no preemption to tell of.
-func (c *lmConn) revoked(*Lease) {}
+// lmNoChain holds the leaseHook methods that the live-mutex door's hooks
+// (lmConn and lmMany) share: live-mutex has no preemption to tell of, and
+// its clients take no hand-offs, so the table names none of their waiters
+// and asks them for no Stop.
+type lmNoChain struct{}
+
+func (lmNoChain) revoked(*Lease)          {}
+func (lmNoChain) chains() bool            { return false }
+func (lmNoChain) named(*Lease, ulid.ULID) {}
+func (lmNoChain) stop(string) uint32      { return 0 }
 
 // ended implements leaseHook. live-mutex tells a holder nothing when its
 // lock is lost; a later unlock of it succeeds, as there.

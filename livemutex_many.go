@@ -22,6 +22,7 @@ const lmMaxManyKeys = 64
 // waits for a queued key's grant; the client hears of the grant only once
 // it holds them all. It is the leaseHook of its keys' leases, its parts.
 type lmMany struct {
+	lmNoChain
 	c      *lmConn
 	id     string   // the request's uuid, and the lock's lockUuid
 	keys   []string // canonical order
@@ -257,9 +258,6 @@ func (m *lmMany) granted(l *Lease, _ uint32) {
 		m.ready <- struct{}{} // take waits for one part at a time
 	}
 }
-
-// revoked implements leaseHook: live-mutex has no preemption to tell of.
-func (m *lmMany) revoked(*Lease) {}
 
 // ended implements leaseHook. A part of a granted lock that ends without
 // release-many (expiry, force unlock, unlock of its key by lockUuid) ends

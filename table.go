@@ -77,11 +77,19 @@ func (sh *shard) init(b *Broker) {
 // leaseHook is told, under the shard's mu, when a lease asked with it is
 // granted and when it ends: how a network session learns of grants and
 // losses in order, with no goroutine per waiter. It must not block.
+//
+// Through chains, named and stop the table hands keys off inside a session
+// (see chain.go): a hook whose chains reports false (the live-mutex door's,
+// which embed lmNoChain) never has a waiter named, nor a Stop asked of it.
 type leaseHook interface {
 	queued(l *Lease, reqID uint32)
 	granted(l *Lease, reqID uint32)
 	revoked(l *Lease)
 	ended(l *Lease, reason error)
+
+	chains() bool
+	named(l *Lease, pred ulid.ULID)
+	stop(key string) uint32
 }
 
 // acquire grants key to a request with options r, or waits for it when wait

@@ -76,7 +76,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"net/url"
 	"slices"
 	"strconv"
@@ -86,6 +85,7 @@ import (
 	"time"
 
 	"github.com/lmx-go/lmx"
+	"github.com/lmx-go/lmx/internal/orphans"
 	"github.com/oklog/ulid/v2"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -792,40 +792,11 @@ func (s *session) freeSlotLocked(queue string, n int) {
 }
 
 // deleteOrphans deletes the keys of lk.orphans until none is left, trying
-// again every 100ms to 2s while etcd does not answer.
+// again with a backoff while etcd does not answer.
 func (lk *Locker) deleteOrphans() {
-	wait := 100 * time.Millisecond
-	for {
-		lk.mu.Lock()
-		keys := maps.Clone(lk.orphans)
-		lk.mu.Unlock()
-		failed := false
-		for k, o := range keys {
-			ctx, cancel := context.WithTimeout(lk.ctx, 2*time.Second)
-			err := lk.deleteRequest(ctx, k, o.rev)
-			cancel()
-			lk.mu.Lock()
-			if err == nil && lk.orphans[k] == o {
-				delete(lk.orphans, k)
-			}
-			lk.mu.Unlock()
-			failed = failed || err != nil
-		}
-		lk.mu.Lock()
-		left := len(lk.orphans)
-		lk.mu.Unlock()
-		if left == 0 {
-			return
-		}
-		if failed {
-			wait = min(2*wait, 2*time.Second)
-		}
-		select {
-		case <-lk.ctx.Done():
-			return
-		case <-time.After(wait):
-		}
-	}
+	orphans.TakeBack(lk.ctx, &lk.mu, &lk.orphans, func(ctx context.Context, k string, o orphan) error {
+		return lk.deleteRequest(ctx, k, o.rev)
+	})
 }
 
 // reenter grants key at once to req's owner if it holds key through this

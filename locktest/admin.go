@@ -93,10 +93,7 @@ func testIdleKeysFreed(e *env) {
 }
 
 func testList(e *env) {
-	lister, ok := e.l.(lmx.Lister)
-	if !ok {
-		e.Skip("the door does not implement lmx.Lister")
-	}
+	lister := need[lmx.Lister](e)
 	e.lock("ls/b")
 	e.lock("ls/a", lmx.Limit(3))
 	e.lock("ls/a", lmx.Limit(3))

@@ -5,6 +5,7 @@ package locktest
 
 import (
 	"context"
+	"reflect"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -30,9 +31,18 @@ func newEnv(t *testing.T, l lmx.Locker, unit time.Duration, bubble bool) *env {
 
 func (e *env) needAdmin() {
 	e.Helper()
-	if e.admin == nil {
-		e.Skip("the door does not implement lmx.Admin")
+	need[lmx.Admin](e)
+}
+
+// need returns the door as a T, or skips the test, saying so, when the
+// door does not implement T.
+func need[T any](e *env) T {
+	e.Helper()
+	v, ok := e.l.(T)
+	if !ok {
+		e.Skipf("the door does not implement %v", reflect.TypeFor[T]())
 	}
+	return v
 }
 
 func (e *env) lock(key string, opts ...lmx.LockOption) *lmx.Lease {

@@ -13,17 +13,8 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func (e *env) multi() lmx.MultiLocker {
-	e.Helper()
-	m, ok := e.l.(lmx.MultiLocker)
-	if !ok {
-		e.Skip("the door does not implement lmx.MultiLocker")
-	}
-	return m
-}
-
 func testLockAll(e *env) {
-	m := e.multi()
+	m := need[lmx.MultiLocker](e)
 	l, err := m.LockAll(e.Context(), []string{"m/b", "m/a", "m/b", "m/c"})
 	require.NoError(e, err)
 	parts := l.Parts()
@@ -58,7 +49,7 @@ func testLockAll(e *env) {
 
 func testLockAllWaits(e *env) {
 	e.needAdmin()
-	m := e.multi()
+	m := need[lmx.MultiLocker](e)
 	held := e.lock("m/b")
 	done := make(chan result, 1)
 	go func() {
@@ -85,7 +76,7 @@ func testLockAllWaits(e *env) {
 
 func testLockAllPartLost(e *env) {
 	e.needAdmin()
-	l, err := e.multi().LockAll(e.Context(), []string{"p/a", "p/b", "p/c"}, lmx.TTL(400*e.unit))
+	l, err := need[lmx.MultiLocker](e).LockAll(e.Context(), []string{"p/a", "p/b", "p/c"}, lmx.TTL(400*e.unit))
 	require.NoError(e, err)
 	assert.Equal(e, l.Parts()[0].Expires(), l.Expires())
 	require.NoError(e, e.admin.ForceUnlock(e.Context(), "p/b"))
@@ -104,7 +95,7 @@ func testLockAllPartLost(e *env) {
 // deadlocks (in a bubble, a deadlock panics) and never grants a key twice.
 func testLockAllRandom(e *env) {
 	const workers, rounds, nkeys = 50, 8, 10
-	m := e.multi() // skips here, not in a worker, without MultiLocker
+	m := need[lmx.MultiLocker](e) // skips here, not in a worker, without MultiLocker
 	var inside [nkeys]atomic.Int32
 	var overlaps atomic.Int32
 	errs := make(chan error, workers)

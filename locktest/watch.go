@@ -11,15 +11,6 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func (e *env) watcher() lmx.Watcher {
-	e.Helper()
-	w, ok := e.l.(lmx.Watcher)
-	if !ok {
-		e.Skip("the door does not implement lmx.Watcher")
-	}
-	return w
-}
-
 // nextEvent returns the next event, failing the test after a long while.
 func (e *env) nextEvent(ch <-chan lmx.Event) lmx.Event {
 	e.Helper()
@@ -36,7 +27,7 @@ func (e *env) nextEvent(ch <-chan lmx.Event) lmx.Event {
 func testWatch(e *env) {
 	e.needAdmin()
 	ctx, cancel := context.WithCancel(e.Context())
-	ch, err := e.watcher().Watch(ctx, "w/")
+	ch, err := need[lmx.Watcher](e).Watch(ctx, "w/")
 	require.NoError(e, err)
 
 	l := e.lock("w/a", lmx.Owner("alice"))
@@ -72,7 +63,7 @@ func testWatch(e *env) {
 // A watcher that does not read misses events instead of slowing the table,
 // and learns how many it missed: every event is delivered or counted.
 func testWatchLagged(e *env) {
-	ch, err := e.watcher().Watch(e.Context(), "lag/")
+	ch, err := need[lmx.Watcher](e).Watch(e.Context(), "lag/")
 	require.NoError(e, err)
 	const cycles = 2 * lmx.DefaultWatchBuffer
 	for range cycles {

@@ -47,7 +47,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"math/rand/v2"
 	"net"
 	"net/url"
@@ -58,6 +57,7 @@ import (
 	"time"
 
 	"github.com/lmx-go/lmx"
+	"github.com/lmx-go/lmx/internal/orphans"
 	"github.com/oklog/ulid/v2"
 	goredis "github.com/redis/go-redis/v9"
 )
@@ -875,39 +875,10 @@ func (lk *Locker) abandon(key, id, rec string) {
 // takeBackOrphans takes the orphans back until none is left, trying again
 // with a backoff while Redis does not answer.
 func (lk *Locker) takeBackOrphans() {
-	wait := 50 * time.Millisecond
-	for {
-		lk.mu.Lock()
-		todo := maps.Clone(lk.orphans)
-		lk.mu.Unlock()
-		failed := false
-		for id, o := range todo {
-			ctx, cancel := context.WithTimeout(lk.ctx, 2*time.Second)
-			_, err := lk.run(ctx, cancelScript, o.key, id, o.rec)
-			cancel()
-			if err != nil {
-				failed = true
-				continue
-			}
-			lk.mu.Lock()
-			delete(lk.orphans, id)
-			lk.mu.Unlock()
-		}
-		lk.mu.Lock()
-		left := len(lk.orphans)
-		lk.mu.Unlock()
-		if left == 0 {
-			return
-		}
-		if failed {
-			wait = min(2*wait, 2*time.Second)
-		}
-		select {
-		case <-lk.ctx.Done():
-			return
-		case <-time.After(wait):
-		}
-	}
+	orphans.TakeBack(lk.ctx, &lk.mu, &lk.orphans, func(ctx context.Context, id string, o orphan) error {
+		_, err := lk.run(ctx, cancelScript, o.key, id, o.rec)
+		return err
+	})
 }
 
 // granted makes the lease of a granted request: its TTL (ttl, 0 for none)

@@ -4,7 +4,6 @@
 package chaostest
 
 import (
-	"flag"
 	"fmt"
 	"net/url"
 	"os"
@@ -13,16 +12,9 @@ import (
 
 	"github.com/lmx-go/lmx/etcd/internal/etcdtest"
 	"github.com/lmx-go/lmx/internal/chaos"
-	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 	"go.etcd.io/etcd/server/v3/embed"
 
 	_ "github.com/lmx-go/lmx/etcd" // etcd:// for lmx.Open
-)
-
-var (
-	duration = flag.Duration("chaos.duration", 20*time.Second, "how long TestChaosEtcd injects faults")
-	seed     = flag.Uint64("chaos.seed", 1, "TestChaosEtcd's seed; 0 picks one at random")
 )
 
 // sessionTTL is the etcd sessions' TTL: etcd counts lease TTLs in whole
@@ -50,32 +42,13 @@ func startEtcd(dir, addr, peer string) (func(), error) {
 // No double grant, no overlap on clean keys, tokens in order and keys free
 // after the faults, through the etcd backend, while workers are killed,
 // their connections to etcd cut and stalled past the session TTL, leases
-// expire and are forced, and etcd itself is killed and restarted.
+// expire and are forced, and etcd itself is killed and restarted. The
+// -chaos.duration (20 s by default) and -chaos.seed flags work as for the
+// broker's TestChaos.
 func TestChaosEtcd(t *testing.T) {
-	s := *seed
-	if s == 0 {
-		s = uint64(time.Now().UnixNano())
-	}
-	exe, err := os.Executable()
-	require.NoError(t, err)
-	dir, err := os.MkdirTemp("", "chaos")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	srv := &chaos.Server{
+	chaos.RunTest(t, &chaos.Server{
 		Role:           "etcd",
 		URL:            func(addr string) string { return fmt.Sprintf("etcd://%s/chaos/?session_ttl=%v", addr, sessionTTL) },
 		SessionTimeout: sessionTTL,
-	}
-	sum, err := chaos.Run(t.Context(), chaos.Config{Duration: *duration, Seed: s, Dir: dir, Exe: exe, Log: testLog{t}, Server: srv})
-	require.NoError(t, err)
-	t.Log(sum)
-	assert.False(t, sum.Failed(), "violations (replay with -chaos.seed=%d):\n%v", s, sum)
-	assert.Positive(t, sum.Cycles)
-}
-
-type testLog struct{ t *testing.T }
-
-func (l testLog) Write(p []byte) (int, error) {
-	l.t.Log(string(p))
-	return len(p), nil
+	}, 20*time.Second)
 }

@@ -1,7 +1,6 @@
 package chaos
 
 import (
-	"flag"
 	"os"
 	"strconv"
 	"strings"
@@ -10,11 +9,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-)
-
-var (
-	duration = flag.Duration("chaos.duration", time.Minute, "how long TestChaos injects faults")
-	seed     = flag.Uint64("chaos.seed", 1, "TestChaos's seed; 0 picks one at random")
 )
 
 // TestMain runs the binary as the harness's broker or worker when the
@@ -26,48 +20,20 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// run runs the harness for d with seed and skip, and logs its summary.
-func run(t *testing.T, d time.Duration, seed uint64, skip string) Summary {
-	t.Helper()
-	exe, err := os.Executable()
-	require.NoError(t, err)
-	dir, err := os.MkdirTemp("", "chaos")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	s, err := Run(t.Context(), Config{Duration: d, Seed: seed, Skip: skip, Dir: dir, Exe: exe, Log: testLog{t}})
-	require.NoError(t, err)
-	t.Log(s)
-	return s
-}
-
-type testLog struct{ t *testing.T }
-
-func (l testLog) Write(p []byte) (int, error) {
-	l.t.Log(string(p))
-	return len(p), nil
-}
-
 // No double grant, no overlap on clean keys, tokens in order, Unlock's
 // contract kept, and the broker back to idle and to its baseline, while
 // workers are killed, connections cut and stalled, leases expire, are
 // forced and preempted, and the broker is killed and restarted. Replay a
-// run with -chaos.seed; make it longer with -chaos.duration.
+// run with -chaos.seed; make it longer with -chaos.duration (a minute by
+// default).
 func TestChaos(t *testing.T) {
-	s := *seed
-	if s == 0 {
-		s = uint64(time.Now().UnixNano())
-	}
-	t.Logf("chaos: seed %d, %v of faults", s, *duration)
-	sum := run(t, *duration, s, "")
-	assert.False(t, sum.Failed(), "violations (replay with -chaos.seed=%d):\n%v", s, sum)
-	assert.Positive(t, sum.Cycles)
-	assert.Positive(t, sum.Kills+sum.Cuts+sum.Stalls+sum.Forces, "no fault was injected")
+	RunTest(t, nil, time.Minute)
 }
 
 // The negative control: a worker that enters a clean key without locking
 // it must make the checker report the overlap.
 func TestChaosNegativeControl(t *testing.T) {
-	sum := run(t, 3*time.Second, 7, "clean/a")
+	sum := runTest(t, Config{Duration: 3 * time.Second, Seed: 7, Skip: "clean/a"})
 	assert.Positive(t, sum.Violations[CleanOverlap], "the checker missed a worker that skips the lock:\n%v", sum)
 }
 

@@ -5,7 +5,6 @@
 package chaostest
 
 import (
-	"flag"
 	"fmt"
 	"os"
 	"runtime"
@@ -14,15 +13,8 @@ import (
 
 	"github.com/lmx-go/lmx/internal/chaos"
 	"github.com/lmx-go/lmx/redis/internal/redistest"
-	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 
 	_ "github.com/lmx-go/lmx/redis" // redis:// for lmx.Open
-)
-
-var (
-	duration = flag.Duration("chaos.duration", 20*time.Second, "how long TestChaosRedis injects faults")
-	seed     = flag.Uint64("chaos.seed", 1, "TestChaosRedis's seed; 0 picks one at random")
 )
 
 // sessionTTL is the Lockers' session TTL.
@@ -53,34 +45,15 @@ func startRedis(dir, addr, _ string) (func(), error) {
 // No double grant, no overlap on clean keys, tokens in order and keys free
 // after the faults, through the Redis backend, while workers are killed,
 // their connections to Redis cut and stalled past the session TTL, leases
-// expire and are forced, and Redis itself is killed and restarted.
+// expire and are forced, and Redis itself is killed and restarted. The
+// -chaos.duration (20 s by default) and -chaos.seed flags work as for the
+// broker's TestChaos.
 func TestChaosRedis(t *testing.T) {
-	s := *seed
-	if s == 0 {
-		s = uint64(time.Now().UnixNano())
-	}
-	exe, err := os.Executable()
-	require.NoError(t, err)
-	dir, err := os.MkdirTemp("", "chaos")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	srv := &chaos.Server{
+	chaos.RunTest(t, &chaos.Server{
 		Role: "redis",
 		URL: func(addr string) string {
 			return fmt.Sprintf("redis://%s/0?prefix=chaos:&session_ttl=%v", addr, sessionTTL)
 		},
 		SessionTimeout: sessionTTL,
-	}
-	sum, err := chaos.Run(t.Context(), chaos.Config{Duration: *duration, Seed: s, Dir: dir, Exe: exe, Log: testLog{t}, Server: srv})
-	require.NoError(t, err)
-	t.Log(sum)
-	assert.False(t, sum.Failed(), "violations (replay with -chaos.seed=%d):\n%v", s, sum)
-	assert.Positive(t, sum.Cycles)
-}
-
-type testLog struct{ t *testing.T }
-
-func (l testLog) Write(p []byte) (int, error) {
-	l.t.Log(string(p))
-	return len(p), nil
+	}, 20*time.Second)
 }

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/lmx-go/lmx"
+	"github.com/lmx-go/lmx/internal/orphans"
+	"github.com/oklog/ulid/v2"
 )
 
 // lease is the Redis side of one granted request, and of the lmx.Leases of
@@ -162,4 +164,145 @@ func (l *lease) Extend(ctx context.Context, _ *lmx.Lease, ttl time.Duration) (ti
 		l.timer.Reset(time.Until(exp))
 	}
 	return exp, nil
+}
+
+// takeBack takes the request id (waiter record rec, "" once granted) back
+// from Redis, without relying on any caller's ctx: out of the queue, or, if
+// it was granted, out of the holders, handing the key on. If Redis does not
+// answer, the Locker keeps trying (see abandon).
+func (lk *Locker) takeBack(key, id, rec string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := lk.run(ctx, cancelScript, key, id, rec); err != nil {
+		lk.abandon(key, id, rec)
+	}
+}
+
+// takeBackLater takes the lease id back from Redis in the background.
+func (lk *Locker) takeBackLater(key, id string) {
+	lk.wg.Go(func() { lk.takeBack(key, id, "") })
+}
+
+// orphan is a request or lease that its Locker gave up but Redis may still
+// have: while its session lives, nobody else would ever remove it.
+type orphan struct{ key, rec string }
+
+// abandon has the Locker take the request id back from Redis in the
+// background, until Redis has answered or the Locker closes (and deletes
+// its session, with which Redis drops what is left).
+func (lk *Locker) abandon(key, id, rec string) {
+	lk.mu.Lock()
+	defer lk.mu.Unlock()
+	if lk.closed {
+		return
+	}
+	lk.orphans[id] = orphan{key: key, rec: rec}
+	if len(lk.orphans) == 1 {
+		lk.wg.Go(lk.takeBackOrphans)
+	}
+}
+
+// takeBackOrphans takes the orphans back until none is left, trying again
+// with a backoff while Redis does not answer.
+func (lk *Locker) takeBackOrphans() {
+	orphans.TakeBack(lk.ctx, &lk.mu, &lk.orphans, func(ctx context.Context, id string, o orphan) error {
+		_, err := lk.run(ctx, cancelScript, o.key, id, o.rec)
+		return err
+	})
+}
+
+// granted makes the lease of a granted request: its TTL (ttl, 0 for none)
+// runs from start, when the request that learned of the grant was sent, so
+// that the lease does not believe itself held after Redis expires it.
+func (lk *Locker) granted(s *session, key string, id ulid.ULID, token uint64, ttl time.Duration, start time.Time, req lmx.LockRequest) (*lmx.Lease, error) {
+	l := &lease{lk: lk, s: s, id: id.String(), owner: req.Owner, shared: req.Shared, count: 1}
+	if req.KeepOnDisconnect {
+		l.s = nil
+	}
+	var exp time.Time
+	if req.TTL > 0 {
+		exp = start.Add(ttl)
+	}
+	var end func(error) bool
+	l.lease, end = lmx.NewLease(key, id, token, exp, l)
+	l.grants, l.ends = []*lmx.Lease{l.lease}, []func(error) bool{end}
+	lk.mu.Lock()
+	select {
+	case <-s.done:
+		if l.s != nil {
+			lk.mu.Unlock()
+			lk.takeBack(key, l.id, "")
+			return nil, s.err()
+		}
+	default:
+	}
+	lk.leases[l.id] = l
+	revoked := lk.waiters[l.id] != nil && lk.waiters[l.id].revoked
+	if l.owner != "" {
+		lk.owned[ownedKey(key, l.owner)] = l
+	}
+	if req.TTL > 0 {
+		l.mu.Lock()
+		l.timer = time.AfterFunc(time.Until(exp), l.expire)
+		l.mu.Unlock()
+	}
+	lk.mu.Unlock()
+	if revoked {
+		l.revoke()
+	}
+	if req.KeepAlive > 0 {
+		lmx.KeepAliveLease(l.lease, req.TTL, req.KeepAlive)
+	}
+	return l.lease, nil
+}
+
+// ownedKey is the key of lk.owned for owner's lease of key.
+func ownedKey(key, owner string) string { return key + "\x00" + owner }
+
+// reenter grants key at once to req's owner if it holds key through this
+// Locker and Redis still has it: a new lmx.Lease with the same lock id and
+// token, counted by the lease it re-enters (and in Redis, for Inspect). It
+// returns nil and no error when the owner holds nothing here. An owner that
+// holds key through another Locker, a process of its own, queues like any
+// other request.
+func (lk *Locker) reenter(ctx context.Context, key string, req lmx.LockRequest) (*lmx.Lease, error) {
+	lk.mu.Lock()
+	l := lk.owned[ownedKey(key, req.Owner)]
+	lk.mu.Unlock()
+	if l == nil {
+		return nil, nil
+	}
+	if l.shared && !req.Shared {
+		return nil, fmt.Errorf("%w: owner %q holds %q shared and cannot re-enter exclusive", lmx.ErrInvalidOption, req.Owner, key)
+	}
+	v, err := lk.run(ctx, countScript, key, l.id, 1)
+	if err != nil {
+		return nil, lk.wrap(ctx, err)
+	}
+	if v != int64(1) {
+		l.lost(l.gone())
+		return nil, nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.lease.Err() != nil {
+		// Ended while Redis counted: the count goes with the holder.
+		return nil, nil
+	}
+	g, end := lmx.NewLease(key, l.lease.ID(), l.lease.Token(), l.lease.Expires(), l)
+	l.count++
+	l.grants, l.ends = append(l.grants, g), append(l.ends, end)
+	select {
+	case <-l.lease.Revoked(): // a preemptor waits for the grant re-entered
+		lmx.RevokeLease(g)
+	default:
+	}
+	return g, nil
+}
+
+// recount adds delta to the re-entries Redis counts for l, for Inspect.
+func (lk *Locker) recount(ctx context.Context, l *lease, delta int) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	lk.run(ctx, countScript, l.lease.Key(), l.id, delta)
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"io"
 	"runtime"
 	"strconv"
 	"strings"
@@ -115,15 +114,7 @@ func TestOversizedFrameErrorLostWhileWriterBusy(t *testing.T) {
 		writeRaw(t, nc, header(opLock, 0, 0, 2, 1<<20))
 		synctest.Wait() // the broker has answered, as it does, and closed
 
-		var got []wireFrame
-		for {
-			f, err := tryReadFrame(nc)
-			if err != nil {
-				require.ErrorIs(t, err, io.EOF)
-				break
-			}
-			got = append(got, f)
-		}
+		got := readUntilClosed(t, nc)
 		found := false
 		for _, f := range got {
 			found = found || f.op == opError && f.code == codeProtocol && f.id == 2
@@ -328,15 +319,7 @@ func TestShutdownAnswersLostWhileWriterBusy(t *testing.T) {
 		go func() { shut <- b.Shutdown(ctx) }()
 		synctest.Wait()
 
-		var got []wireFrame
-		for {
-			f, err := tryReadFrame(nc)
-			if err != nil {
-				require.ErrorIs(t, err, io.EOF)
-				break
-			}
-			got = append(got, f)
-		}
+		got := readUntilClosed(t, nc)
 		require.NoError(t, <-shut)
 		found := false
 		for _, f := range got {

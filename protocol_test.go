@@ -133,6 +133,20 @@ func readFrame(t *testing.T, nc net.Conn) wireFrame {
 	return f
 }
 
+// readUntilClosed reads frames until the broker closes the connection.
+func readUntilClosed(t *testing.T, nc net.Conn) []wireFrame {
+	t.Helper()
+	var got []wireFrame
+	for {
+		f, err := tryReadFrame(nc)
+		if err != nil {
+			require.ErrorIs(t, err, io.EOF)
+			return got
+		}
+		got = append(got, f)
+	}
+}
+
 // requireErrorFrame checks that f is an Error frame with code answering
 // request id, and returns its message.
 func requireErrorFrame(t *testing.T, f wireFrame, code uint16, id uint32) string {

@@ -9,16 +9,18 @@ import (
 // A conn is what every connection the broker serves has, whatever protocol
 // it speaks (the native session, session.go; live-mutex, livemutex.go): its
 // outbox, the writer that flushes what table hooks add between the reader's
-// batches, its place among the broker's sessions, so that Shutdown and
-// Close end it, and the run that ties them together.
+// batches (a goroutine started when a frame waits for it and ended when the
+// outbox is empty, so that an idle connection keeps only its reader), its
+// place among the broker's sessions, so that Shutdown and Close end it, and
+// the run that ties them together.
 type conn struct {
 	b    *Broker
 	nc   net.Conn
 	p    protocol // the protocol spoken
 	what string   // names the connection in the log: "session"
 	out  outbox
-	kick chan struct{} // wakes the writer for frames the reader will not flush
-	done chan struct{} // closed when the reader has finished
+
+	writerRuns atomic.Bool // a writer goroutine runs
 
 	// handling is set while the reader handles a batch it will flush itself,
 	// so that hooks firing meanwhile need not wake the writer.
@@ -44,8 +46,6 @@ type protocol interface {
 func (c *conn) init(b *Broker, nc net.Conn, p protocol, what string) {
 	c.b, c.nc, c.p, c.what = b, nc, p, what
 	c.out = outbox{nc: nc, timeout: b.cfg.sessionTimeout}
-	c.kick = make(chan struct{}, 1)
-	c.done = make(chan struct{})
 }
 
 // serve runs c in the background, or closes its connection if the broker
@@ -56,8 +56,8 @@ func (c *conn) serve() {
 	}
 }
 
-// run admits the peer, runs the writer, reads until the connection fails
-// and settles what the connection held.
+// run admits the peer, reads until the connection fails and settles what
+// the connection held.
 func (c *conn) run() {
 	defer c.nc.Close()
 	log, err := c.p.open(c.b.cfg.logger.With("remote", c.nc.RemoteAddr().String()))
@@ -66,9 +66,7 @@ func (c *conn) run() {
 		return
 	}
 	defer c.b.srv.removeSession(c)
-	c.b.srv.g.start(c.writer)
 	err = c.p.read()
-	close(c.done)
 	c.b.srv.ends.ended(c.b.cfg.logger, log, c.what, err, c.p.end())
 }
 
@@ -76,13 +74,15 @@ func (c *conn) run() {
 // has as many as it takes.
 func (c *conn) register() error { return c.b.srv.addSession(c, c.b.cfg.maxSessions) }
 
-// writer writes what hooks add while the reader is not handling a batch.
+// writer writes what hooks add while the reader is not handling a batch,
+// until the outbox is empty.
 func (c *conn) writer() {
 	for {
-		select {
-		case <-c.kick:
-			c.out.flush()
-		case <-c.done:
+		c.out.flush()
+		c.writerRuns.Store(false)
+		// A frame added before the Store found the writer running and
+		// started none: write it.
+		if !c.out.waiting() || !c.writerRuns.CompareAndSwap(false, true) {
 			return
 		}
 	}
@@ -102,11 +102,12 @@ func (c *conn) push(f func([]byte) []byte) {
 	}
 }
 
-// wake has the writer flush.
+// wake has a writer flush: it starts one unless one runs. Table hooks call
+// it under the locks of LOCKORDER.md's levels 1-4: starting a goroutine
+// does not block.
 func (c *conn) wake() {
-	select {
-	case c.kick <- struct{}{}:
-	default:
+	if c.writerRuns.CompareAndSwap(false, true) && !c.b.srv.g.start(c.writer) {
+		c.writerRuns.Store(false) // the broker is closing: Shutdown drains the outbox
 	}
 }
 

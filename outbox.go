@@ -122,6 +122,13 @@ func (o *outbox) drain() error {
 	}
 }
 
+// waiting reports whether the outbox holds frames that nobody is writing.
+func (o *outbox) waiting() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return len(o.buf) > 0 && !o.writing && o.err == nil
+}
+
 // failure returns the error that killed the outbox.
 func (o *outbox) failure() error {
 	o.mu.Lock()

@@ -50,12 +50,11 @@ func NewLease(key string, id ulid.ULID, token uint64, expires time.Time, b Lease
 
 // backendDoor is the door of a lease made by NewLease.
 type backendDoor struct {
-	b    LeaseBackend
-	l    *Lease
-	once sync.Once
+	b LeaseBackend
+	l *Lease
 
 	mu        sync.Mutex
-	ended     bool          // guarded by mu
+	ended     bool          // guarded by mu; set by the first end
 	renew     *time.Timer   // KeepAlive's, or nil; guarded by mu
 	ttl       time.Duration // KeepAlive's renewal; guarded by mu
 	keepUntil time.Time     // KeepAlive's bound; guarded by mu
@@ -121,18 +120,19 @@ func (d *backendDoor) end(reason error) bool {
 	if !errors.Is(reason, ErrReleased) && !errors.Is(reason, ErrLeaseLost) {
 		reason = lost(reason)
 	}
-	first := false
-	d.once.Do(func() {
-		first = true
-		d.mu.Lock()
-		d.ended = true
-		if d.renew != nil {
-			d.renew.Stop()
-		}
-		d.mu.Unlock()
-		d.l.end(reason)
-	})
-	return first
+	// The lease ends under mu, so that a later end returns only once it
+	// has ended: its caller may read why at once.
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ended {
+		return false
+	}
+	d.ended = true
+	if d.renew != nil {
+		d.renew.Stop()
+	}
+	d.l.end(reason)
+	return true
 }
 
 // unlock implements door.

@@ -11,7 +11,9 @@
 // preemption, a lost session) may overlap another holder, since they
 // cannot know at once, or enter after their key's next grant; their Unlock
 // then fails, and the overlap is no violation. On the clean keys, which no
-// fault but a broker restart touches, any overlap at all is one.
+// fault but a broker restart touches, any overlap at all is one, but for
+// an overlap with a holder whose session was lost while its worker or the
+// broker was starved of CPU (see stall.go): that one is counted apart.
 package chaos
 
 import (
@@ -20,6 +22,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Kind says how many holders a key admits.
@@ -88,6 +91,10 @@ type Checker struct {
 	released   map[string]int // holds released, by worker
 	violations map[string]int
 	examples   []string // the first few violations, described
+	timeout    time.Duration
+	stalls     map[string][]interval // by worker, and "broker": see Stalled
+	lost       []*overlap            // clean overlaps a lost session may excuse: see Settle
+	starvedN   int                   // clean overlaps excused by Settle
 }
 
 type keyState struct {
@@ -109,6 +116,8 @@ type holder struct {
 	floor   uint64     // its token must be above this: see Enter
 	outcome Outcome    // "" until reported
 	pend    []*overlap // overlaps that wait for this holder's outcome
+	entered time.Time  // when its Enter arrived
+	ended   time.Time  // when its outcome arrived
 }
 
 // An overlap is a holder that entered while others were inside: a
@@ -118,12 +127,16 @@ type overlap struct {
 	who      *holder
 	with     []*holder
 	need     int
-	reported bool
+	reported bool // or left to Settle
+	epoch    int  // the broker's epoch when it was resolved
 }
 
-// NewChecker returns a checker of keys.
-func NewChecker(keys []KeySpec) *Checker {
+// NewChecker returns a checker of keys locked through a broker whose
+// session timeout is timeout.
+func NewChecker(keys []KeySpec, timeout time.Duration) *Checker {
 	c := &Checker{
+		timeout:    timeout,
+		stalls:     make(map[string][]interval),
 		keys:       make(map[string]*keyState),
 		holders:    make(map[int]*holder),
 		byWorker:   make(map[string]map[int]*holder),
@@ -147,7 +160,7 @@ func (c *Checker) Enter(worker, key string, token uint64, shared bool) (int, err
 		return 0, fmt.Errorf("chaos: unknown key %q", key)
 	}
 	c.next++
-	h := &holder{id: c.next, worker: worker, key: k, token: token, shared: shared, epoch: c.epoch}
+	h := &holder{id: c.next, worker: worker, key: k, token: token, shared: shared, epoch: c.epoch, entered: time.Now()}
 	c.holders[h.id] = h
 	if c.byWorker[worker] == nil {
 		c.byWorker[worker] = make(map[int]*holder)
@@ -223,7 +236,7 @@ func (c *Checker) finish(h *holder, o Outcome) {
 	delete(h.key.present, h.id)
 	delete(c.holders, h.id)
 	delete(c.byWorker[h.worker], h.id)
-	h.outcome = o
+	h.outcome, h.ended = o, time.Now()
 	c.outcomes[o]++
 	if (o == Released || o == BadRelease) && h.token <= h.floor {
 		c.violate(TokenOrder, "%s held %s with token %d, not above %d released before it entered", h.worker, h.key.spec.Name, h.token, h.floor)
@@ -246,25 +259,46 @@ func (c *Checker) finish(h *holder, o Outcome) {
 }
 
 // resolve reports ov once its holder and need of the holders it
-// overlapped are known to have held the key through it.
+// overlapped are known to have held the key through it. A clean overlap
+// that needs a holder whose session was lost waits for Settle.
 func (c *Checker) resolve(ov *overlap) {
-	if ov.reported || !ov.who.heldThrough(ov.kind == CleanOverlap, c.epoch) {
+	if ov.reported || !ov.held(c.epoch, nil) {
 		return
+	}
+	ov.reported, ov.epoch = true, c.epoch
+	if ov.kind == CleanOverlap && !ov.held(c.epoch, func(h *holder) bool { return h.outcome == Lost }) {
+		c.lost = append(c.lost, ov)
+		return
+	}
+	c.report(ov)
+}
+
+// held reports whether ov's holder and need of the holders it overlapped
+// held the key through it, with the broker restarted epoch times, counting
+// none that excused says had lost it (excused may be nil).
+func (ov *overlap) held(epoch int, excused func(*holder) bool) bool {
+	through := func(h *holder) bool {
+		return h.heldThrough(ov.kind == CleanOverlap, epoch) && (excused == nil || !excused(h))
+	}
+	if !through(ov.who) {
+		return false
 	}
 	held := 0
 	for _, o := range ov.with {
-		if o.heldThrough(ov.kind == CleanOverlap, c.epoch) {
+		if through(o) {
 			held++
 		}
 	}
-	if held >= ov.need {
-		ov.reported = true
-		var names []string
-		for _, o := range ov.with {
-			names = append(names, fmt.Sprintf("%s(token %d, %s)", o.worker, o.token, orPending(o.outcome)))
-		}
-		c.violate(ov.kind, "%s entered %s (token %d, %s) beside %s", ov.who.worker, ov.who.key.spec.Name, ov.who.token, ov.who.outcome, strings.Join(names, ", "))
+	return held >= ov.need
+}
+
+// report counts ov as a violation.
+func (c *Checker) report(ov *overlap) {
+	var names []string
+	for _, o := range ov.with {
+		names = append(names, fmt.Sprintf("%s(token %d, %s)", o.worker, o.token, orPending(o.outcome)))
 	}
+	c.violate(ov.kind, "%s entered %s (token %d, %s) beside %s", ov.who.worker, ov.who.key.spec.Name, ov.who.token, ov.who.outcome, strings.Join(names, ", "))
 }
 
 func orPending(o Outcome) Outcome {
@@ -275,9 +309,10 @@ func orPending(o Outcome) Outcome {
 }
 
 // heldThrough reports whether the holder's lease was held by the broker
-// while a later holder entered beside it: its Unlock succeeded. On a clean
-// key, nothing but a broker restart excuses a holder: any outcome but a
-// lost session across a restart counts as held.
+// while a later holder entered beside it, with the broker restarted epoch
+// times: its Unlock succeeded. On a clean key, nothing but a broker
+// restart excuses a holder here: any outcome but a lost session across a
+// restart counts as held.
 func (h *holder) heldThrough(clean bool, epoch int) bool {
 	switch {
 	case h.outcome == Released, h.outcome == BadRelease:
@@ -286,6 +321,32 @@ func (h *holder) heldThrough(clean bool, epoch int) bool {
 		return false
 	}
 	return !(h.outcome == Lost && epoch > h.epoch)
+}
+
+// Settle decides the clean overlaps that need a holder whose session was
+// lost to be violations: each is one unless every such holder it needs was
+// starved (see starved); those it counts apart (see Starved). A stall's
+// report may arrive after the outcome it explains, so the harness settles
+// once its workers and broker have stopped.
+func (c *Checker) Settle() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, ov := range c.lost {
+		if ov.held(ov.epoch, c.starved) {
+			c.report(ov)
+		} else {
+			c.starvedN++
+		}
+	}
+	c.lost = nil
+}
+
+// Starved returns how many clean overlaps Settle excused: their holder's
+// session was lost while its worker or the broker was starved of CPU.
+func (c *Checker) Starved() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.starvedN
 }
 
 // WorkerKilled records that worker was killed: its holders never unlock.

@@ -259,7 +259,8 @@ type worker struct {
 	rng  *rand.Rand
 }
 
-// run does hold cycles until ctx ends; an error is the checker's line failing.
+// run does hold cycles until ctx ends; an error is the checker's line
+// failing, or the preemptor's options refused.
 func (w *worker) run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		if err := w.cycle(ctx); err != nil {
@@ -270,6 +271,8 @@ func (w *worker) run(ctx context.Context) error {
 }
 
 // cycle locks a key, enters, holds, exits and unlocks, telling the checker.
+// An error is the checker's line failing, or the preemptor's options
+// refused.
 func (w *worker) cycle(ctx context.Context) error {
 	s := w.spec
 	k := s.Keys[w.rng.IntN(len(s.Keys))]
@@ -309,6 +312,9 @@ func (w *worker) cycle(ctx context.Context) error {
 		return w.r.unlocked(id, Released)
 	}
 	token, unlock, err := w.lock(ctx, k, opts)
+	if err != nil && s.Preempt > 0 && errors.Is(err, lmx.ErrInvalidOption) {
+		return fmt.Errorf("a Lock with Priority and Preempt: %w", err) // the harness found them taken
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			time.Sleep(5 * time.Millisecond) // the session is lost, or the broker restarts

@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -30,8 +31,9 @@ type Config struct {
 // A Server is what the workers lock through when it is not lmx's own
 // broker: a process running a ServerRole given to Main, which the workers
 // and the harness reach with lmx.Open. Its workers are the native ones but
-// for those the live-mutex door and preemption need; its health is not
-// checked.
+// for the live-mutex door's, and the preemptor's only if the server's
+// Lockers take lmx.Priority and lmx.Preempt (see Summary.Preemptor); its
+// health is not checked.
 type Server struct {
 	Role           string                   // the role's name in Main's map
 	URL            func(addr string) string // what lmx.Open takes for the server at TCP address addr
@@ -70,9 +72,13 @@ type Summary struct {
 	Stalls   int // stalls of the proxy, each longer than the session timeout
 	Forces   int // ForceUnlock calls
 	Restarts int // broker kills with a restart
-	Starved  int // clean overlaps of a holder whose session its worker's or the broker's stalls lost: see Checker.Settle
-	Outcomes map[Outcome]int
-	Released map[string]int // holds released, by worker
+	// Preemptor says the preemptor worker ran: always on lmx's broker; on
+	// a Server, unless a Lock with Priority and Preempt, tried first, was
+	// refused as an invalid option (etcd refuses them).
+	Preemptor bool
+	Starved   int // clean overlaps of a holder whose session its worker's or the broker's stalls lost: see Checker.Settle
+	Outcomes  map[Outcome]int
+	Released  map[string]int // holds released, by worker
 	// Violations counts each kind; Examples describes the first few.
 	Violations map[string]int
 	Examples   []string
@@ -94,8 +100,8 @@ func (s Summary) Failed() bool {
 func (s Summary) String() string {
 	var b strings.Builder
 	o := s.Outcomes
-	fmt.Fprintf(&b, "chaos seed %d, %v of faults: cycles %d, kills %d, cuts %d, stalls %d, expiries %d, forced %d (of %d ForceUnlocks), preempted %d, sessions lost %d (clean ones to stalls %d), broker restarts %d\n",
-		s.Seed, s.Duration, s.Cycles, s.Kills, s.Cuts, s.Stalls, o[Expired], o[Forced], s.Forces, o[Preempted], o[Lost], s.Starved, s.Restarts)
+	fmt.Fprintf(&b, "chaos seed %d, %v of faults: cycles %d, kills %d, cuts %d, stalls %d, expiries %d, forced %d (of %d ForceUnlocks), preempted %d (preemptor %s), sessions lost %d (clean ones to stalls %d), broker restarts %d\n",
+		s.Seed, s.Duration, s.Cycles, s.Kills, s.Cuts, s.Stalls, o[Expired], o[Forced], s.Forces, o[Preempted], onOff(s.Preemptor), o[Lost], s.Starved, s.Restarts)
 	b.WriteString("released by worker:")
 	for _, w := range slices.Sorted(maps.Keys(s.Released)) {
 		fmt.Fprintf(&b, " %s %d", w, s.Released[w])
@@ -108,6 +114,13 @@ func (s Summary) String() string {
 		b.WriteString("\n  " + e)
 	}
 	return b.String()
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
 }
 
 type harness struct {
@@ -178,6 +191,9 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 			p.stop(5 * time.Second)
 		}
 	}()
+	if h.sum.Preemptor, err = h.preempts(ctx); err != nil {
+		return h.sum, err
+	}
 	specs, hot := h.workerSpecs(d)
 	killable, err := h.startWorkers(specs)
 	if err != nil {
@@ -292,14 +308,35 @@ func (h *harness) workerSpecs(d doors) (specs []*workerSpec, hot []KeySpec) {
 		{Name: "killed-shared", Addr: d.direct, Goroutines: 3, Keys: hot, Hold: time.Millisecond, TTL: baseTTL},
 	}
 	if h.cfg.Server == nil {
-		specs = append(specs,
-			&workerSpec{Name: "clean-livemutex", Addr: h.lm, LiveMutex: true, Goroutines: 2, Keys: lmKeys, Hold: time.Millisecond},
-			&workerSpec{Name: "preemptor", Addr: d.direct, Goroutines: 1, Keys: hot, Hold: 2 * time.Millisecond, Preempt: preemptGrace})
+		specs = append(specs, &workerSpec{Name: "clean-livemutex", Addr: h.lm, LiveMutex: true, Goroutines: 2, Keys: lmKeys, Hold: time.Millisecond})
+	}
+	if h.sum.Preemptor {
+		specs = append(specs, &workerSpec{Name: "preemptor", Addr: d.direct, Goroutines: 1, Keys: hot, Hold: 2 * time.Millisecond, Preempt: preemptGrace})
 	}
 	if h.cfg.Skip != "" {
 		specs = append(specs, &workerSpec{Name: "skipper", Addr: d.direct, Goroutines: 2, Keys: clean, Hold: time.Millisecond, Skip: h.cfg.Skip})
 	}
 	return specs, hot
+}
+
+// preempts reports whether the broker or server takes the preemptor's
+// lock options: lmx's broker does; a server is asked with a Lock, refused
+// as an invalid option if it does not.
+func (h *harness) preempts(ctx context.Context) (bool, error) {
+	if h.cfg.Server == nil {
+		return true, nil
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	l, err := h.admin.Lock(pctx, "probe/preempt", lmx.Priority(10), lmx.Preempt(preemptGrace))
+	switch {
+	case errors.Is(err, lmx.ErrInvalidOption):
+		h.logf("chaos: no preemptor: %v", err)
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("a Lock with Priority and Preempt: %w", err)
+	}
+	return true, l.Unlock(pctx)
 }
 
 // startWorkers starts the workers of specs and returns the names of those

@@ -38,11 +38,23 @@ func TestChaosNegativeControl(t *testing.T) {
 	assert.Positive(t, sum.Violations[CleanOverlap], "the checker missed a worker that skips the lock:\n%v", sum)
 }
 
+// The starvation control: a clean worker stopped past the session timeout
+// loses its session while it holds or is granted a clean key, and the
+// key's next holder enters beside it. Its own stall watch tells the
+// checker, which must count that hold apart, as lost to starvation, not as
+// a clean-overlap.
+func TestChaosStarvationControl(t *testing.T) {
+	sum := runTest(t, Config{Duration: 6 * time.Second, Seed: 7, Freeze: "clean-handoff"})
+	assert.Zero(t, sum.Violations[CleanOverlap], "a stopped worker's lost session counted as a clean-overlap:\n%v", sum)
+	assert.Positive(t, sum.Starved, "no clean hold lost to the stops was counted:\n%v", sum)
+}
+
 // The checker's rules, each case a script of reports as workers send them
 // ("#n" stands for the holder id the n-th Enter got; "stall w d" is a
 // stall of d that w reports as it ends; "restart" and "kill w" are the
 // harness's; "sleep d" lets d pass), the violations it must count and the
-// clean overlaps it must excuse as starved. The session timeout is 500ms.
+// holds of clean keys it must excuse as starved. The session timeout is
+// 500ms.
 func TestCheckerRules(t *testing.T) {
 	for _, tc := range checkerCases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -54,7 +66,7 @@ func TestCheckerRules(t *testing.T) {
 				for _, k := range Kinds {
 					assert.Equal(t, tc.want[k], got[k], k)
 				}
-				assert.Equal(t, tc.starved, c.Starved(), "clean overlaps excused as starved")
+				assert.Equal(t, tc.starved, c.Starved(), "clean holds excused as starved")
 			})
 		})
 	}
@@ -136,6 +148,9 @@ var checkerCases = []struct {
 	}, nil, 0},
 	{"a clean key's holder lost while its worker stalled", []string{
 		"E w1 clean/a 10 0", "sleep 400ms", "stall w1 400ms", "E w2 clean/a 11 0", "U #1 lost", "U #2 released",
+	}, nil, 1},
+	{"a clean key's holder lost while its worker stalled, overlapped twice", []string{
+		"E w1 clean/a 10 0", "sleep 400ms", "stall w1 400ms", "E w2 clean/a 11 0", "U #2 released", "E w3 clean/a 12 0", "U #3 released", "U #1 lost",
 	}, nil, 1},
 	{"a clean key's holder lost while the broker stalled, reported after", []string{
 		"E w1 clean/a 10 0", "sleep 400ms", "E w2 clean/a 11 0", "U #1 lost", "U #2 released", "stall broker 400ms",

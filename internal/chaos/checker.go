@@ -80,21 +80,21 @@ var Kinds = []string{DoubleGrant, OverLimit, CleanOverlap, TokenOrder, RestartTo
 // concurrent use; each runs whole under one lock, so that the order in
 // which reports take effect is the order in which they arrived.
 type Checker struct {
-	mu         sync.Mutex
-	keys       map[string]*keyState
-	holders    map[int]*holder
-	byWorker   map[string]map[int]*holder
-	next       int
-	epoch      int    // broker incarnations ended so far
-	maxToken   uint64 // the largest token seen
-	outcomes   map[Outcome]int
-	released   map[string]int // holds released, by worker
-	violations map[string]int
-	examples   []string // the first few violations, described
-	timeout    time.Duration
-	stalls     map[string][]interval // by worker, and "broker": see Stalled
-	lost       []*overlap            // clean overlaps a lost session may excuse: see Settle
-	starvedN   int                   // clean overlaps excused by Settle
+	mu           sync.Mutex
+	keys         map[string]*keyState
+	holders      map[int]*holder
+	byWorker     map[string]map[int]*holder
+	next         int
+	epoch        int    // broker incarnations ended so far
+	maxToken     uint64 // the largest token seen
+	outcomes     map[Outcome]int
+	released     map[string]int // holds released, by worker
+	violations   map[string]int
+	examples     []string // the first few violations, described
+	timeout      time.Duration
+	stalls       map[string][]interval // by worker, and "broker": see Stalled
+	lost         []*overlap            // clean overlaps a lost session may excuse: see Settle
+	starvedHolds map[int]bool          // the holders Settle excused, by id
 }
 
 type keyState struct {
@@ -135,14 +135,15 @@ type overlap struct {
 // session timeout is timeout.
 func NewChecker(keys []KeySpec, timeout time.Duration) *Checker {
 	c := &Checker{
-		timeout:    timeout,
-		stalls:     make(map[string][]interval),
-		keys:       make(map[string]*keyState),
-		holders:    make(map[int]*holder),
-		byWorker:   make(map[string]map[int]*holder),
-		outcomes:   make(map[Outcome]int),
-		released:   make(map[string]int),
-		violations: make(map[string]int),
+		timeout:      timeout,
+		stalls:       make(map[string][]interval),
+		starvedHolds: make(map[int]bool),
+		keys:         make(map[string]*keyState),
+		holders:      make(map[int]*holder),
+		byWorker:     make(map[string]map[int]*holder),
+		outcomes:     make(map[Outcome]int),
+		released:     make(map[string]int),
+		violations:   make(map[string]int),
 	}
 	for _, k := range keys {
 		c.keys[k.Name] = &keyState{spec: k, present: make(map[int]*holder)}
@@ -323,30 +324,36 @@ func (h *holder) heldThrough(clean bool, epoch int) bool {
 	return !(h.outcome == Lost && epoch > h.epoch)
 }
 
-// Settle decides the clean overlaps that need a holder whose session was
-// lost to be violations: each is one unless every such holder it needs was
-// starved (see starved); those it counts apart (see Starved). A stall's
-// report may arrive after the outcome it explains, so the harness settles
-// once its workers and broker have stopped.
+// Settle decides the clean overlaps left to it, those that are violations
+// only if the holders whose sessions were lost count as held: each is one
+// unless, counting none of those that starved excuses (see starved), too
+// few holders are left; the holders it excused it counts apart (see
+// Starved). A stall's report may arrive after the outcome it explains, so
+// the harness settles once its workers and broker have stopped.
 func (c *Checker) Settle() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, ov := range c.lost {
 		if ov.held(ov.epoch, c.starved) {
 			c.report(ov)
-		} else {
-			c.starvedN++
+			continue
+		}
+		for _, h := range append([]*holder{ov.who}, ov.with...) {
+			if c.starved(h) {
+				c.starvedHolds[h.id] = true
+			}
 		}
 	}
 	c.lost = nil
 }
 
-// Starved returns how many clean overlaps Settle excused: their holder's
-// session was lost while its worker or the broker was starved of CPU.
+// Starved returns how many holds of clean keys Settle excused: each lost
+// its session while its worker or the broker was starved of CPU, and
+// another holder entered beside it.
 func (c *Checker) Starved() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.starvedN
+	return len(c.starvedHolds)
 }
 
 // WorkerKilled records that worker was killed: its holders never unlock.
@@ -401,6 +408,19 @@ func (c *Checker) inside(key string) []uint64 {
 		tokens = append(tokens, h.token)
 	}
 	return tokens
+}
+
+// insideClean reports whether a holder of worker is inside a clean key's
+// critical section.
+func (c *Checker) insideClean(worker string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, h := range c.byWorker[worker] {
+		if _, in := h.key.present[h.id]; in && h.key.spec.Clean {
+			return true
+		}
+	}
+	return false
 }
 
 // keyCycles returns each key's count of holds released.

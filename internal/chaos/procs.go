@@ -88,6 +88,14 @@ func (p *proc) kill() {
 	<-p.exited
 }
 
+// freeze stops p (SIGSTOP) for d, as a starved process would be, and
+// lets it go on.
+func (p *proc) freeze(d time.Duration) {
+	p.cmd.Process.Signal(syscall.SIGSTOP)
+	time.Sleep(d)
+	p.cmd.Process.Signal(syscall.SIGCONT)
+}
+
 // stop asks p to stop by closing its stdin, and waits up to d for it.
 func (p *proc) stop(d time.Duration) bool {
 	p.stdin.Close()

@@ -22,6 +22,7 @@ type Config struct {
 	Duration time.Duration // how long faults are injected
 	Seed     uint64        // the fault schedule's and the workers' seed
 	Skip     string        // the negative control: a worker enters this clean key without a lock
+	Freeze   string        // the starvation control: this clean worker, found inside a clean key, is stopped (SIGSTOP) for 3/2 of the session timeout, then let go for a half
 	Dir      string        // where the sockets go; short, for the 108-byte limit
 	Exe      string        // the binary whose Main runs the roles
 	Log      io.Writer     // progress, a line every few seconds; nil for none
@@ -100,7 +101,7 @@ func (s Summary) Failed() bool {
 func (s Summary) String() string {
 	var b strings.Builder
 	o := s.Outcomes
-	fmt.Fprintf(&b, "chaos seed %d, %v of faults: cycles %d, kills %d, cuts %d, stalls %d, expiries %d, forced %d (of %d ForceUnlocks), preempted %d (preemptor %s), sessions lost %d (clean ones to stalls %d), broker restarts %d\n",
+	fmt.Fprintf(&b, "chaos seed %d, %v of faults: cycles %d, kills %d, cuts %d, stalls %d, expiries %d, forced %d (of %d ForceUnlocks), preempted %d (preemptor %s), sessions lost %d (clean holds to starvation %d), broker restarts %d\n",
 		s.Seed, s.Duration, s.Cycles, s.Kills, s.Cuts, s.Stalls, o[Expired], o[Forced], s.Forces, o[Preempted], onOff(s.Preemptor), o[Lost], s.Starved, s.Restarts)
 	b.WriteString("released by worker:")
 	for _, w := range slices.Sorted(maps.Keys(s.Released)) {
@@ -360,7 +361,7 @@ func (h *harness) faults(ctx context.Context, killable []string, hot []KeySpec) 
 	start := time.Now()
 	end := start.Add(h.cfg.Duration)
 	var stalledUntil time.Time
-	lastRestart := start
+	lastRestart, nextFreeze := start, start
 	nextLog := start.Add(10 * time.Second)
 	for at := start; ; {
 		at = at.Add(time.Duration(h.rng.ExpFloat64() * float64(10*time.Millisecond)))
@@ -379,6 +380,10 @@ func (h *harness) faults(ctx context.Context, killable []string, hot []KeySpec) 
 			return err
 		}
 		h.checkWorkers()
+		if h.cfg.Freeze != "" && now.After(nextFreeze) && h.checker.insideClean(h.cfg.Freeze) {
+			h.procs[h.cfg.Freeze].freeze(3 * h.timeout / 2)
+			nextFreeze = time.Now().Add(h.timeout / 2)
+		}
 		switch {
 		case kind < 600: // ForceUnlock of a key the faults may touch
 			fctx, cancel := context.WithTimeout(ctx, time.Second)

@@ -77,7 +77,7 @@ type Summary struct {
 	// a Server, unless a Lock with Priority and Preempt, tried first, was
 	// refused as an invalid option (etcd refuses them).
 	Preemptor bool
-	Starved   int // clean overlaps of a holder whose session its worker's or the broker's stalls lost: see Checker.Settle
+	Starved   int // holds of clean keys overlapped after their sessions were lost to CPU starvation: see Checker.Settle
 	Outcomes  map[Outcome]int
 	Released  map[string]int // holds released, by worker
 	// Violations counts each kind; Examples describes the first few.
@@ -165,6 +165,9 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		return h.sum, err
 	}
 	defer stopChecker()
+	if err := h.pickPorts(); err != nil {
+		return h.sum, err
+	}
 	if err := h.startBroker(); err != nil {
 		return h.sum, err
 	}
@@ -236,8 +239,7 @@ func newHarness(cfg Config) *harness {
 	return h
 }
 
-// serveChecker serves the checker on its socket, picks the broker's TCP
-// addresses, and returns how to stop serving.
+// serveChecker serves the checker on its socket and returns how to stop.
 func (h *harness) serveChecker() (stop func(), err error) {
 	cl, err := net.Listen("unix", h.checkerPath)
 	if err != nil {
@@ -246,20 +248,23 @@ func (h *harness) serveChecker() (stop func(), err error) {
 	var serving sync.WaitGroup
 	serving.Add(1)
 	go serveChecker(cl, h.checker, &serving)
-	stop = func() {
+	return func() {
 		cl.Close()
 		serving.Wait()
-	}
+	}, nil
+}
+
+// pickPorts picks the broker's TCP addresses: free ports of 127.0.0.1.
+func (h *harness) pickPorts() error {
 	for _, a := range []*string{&h.tcp, &h.peer} {
 		port, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
-			stop()
-			return nil, err
+			return err
 		}
 		*a = port.Addr().String()
 		port.Close()
 	}
-	return stop, nil
+	return nil
 }
 
 // doors are the addresses the workers lock through: the broker's Unix

@@ -63,8 +63,6 @@ type command struct {
 	run     func(c *cli, cmd *command, args []string) error
 }
 
-var commands []*command // in the order of the help; see init in help.go
-
 func commandNames() []string {
 	names := make([]string, len(commands))
 	for i, cmd := range commands {

@@ -2,12 +2,13 @@ package main
 
 import "context"
 
-func init() {
-	commands = []*command{
-		{
-			name: "start", args: "[FLAGS]", summary: "run a broker until SIGINT or SIGTERM",
-			run: cmdStart,
-			help: `Runs a broker, listening at each --listen URL, until SIGINT or SIGTERM;
+// commands are lmx's subcommands, in the order of the help, with their
+// help texts.
+var commands = []*command{
+	{
+		name: "start", args: "[FLAGS]", summary: "run a broker until SIGINT or SIGTERM",
+		run: cmdStart,
+		help: `Runs a broker, listening at each --listen URL, until SIGINT or SIGTERM;
 then it shuts down gracefully: it stops accepting, answers queued requests,
 ends the sessions (releasing their leases) and exits 0. A second signal, or
 --shutdown-timeout running out, closes it at once and exits 1.
@@ -35,11 +36,11 @@ Every flag can also be set by its environment variable, shown below:
 LMX_BROKER_ and the flag's name, never a client's LMX_ variable. A flag on the
 command line wins.
 `,
-		},
-		{
-			name: "acquire", args: "KEY [FLAGS]", summary: "take a lock that outlives the command; print its id and token",
-			run: cmdAcquire,
-			help: `Takes the lock KEY and prints its lock id and fencing token. The lock stays
+	},
+	{
+		name: "acquire", args: "KEY [FLAGS]", summary: "take a lock that outlives the command; print its id and token",
+		run: cmdAcquire,
+		help: `Takes the lock KEY and prints its lock id and fencing token. The lock stays
 held after acquire exits, until its TTL runs out (--ttl, 30s by default) or
 someone releases it with 'lmx release KEY ID'.
 
@@ -53,30 +54,30 @@ with --wait D it waits up to D and then fails with exit code 4, and with
   lmx extend deploy "$id" --ttl 10m    # renew it, from any process
   lmx release deploy "$id"
 `,
-		},
-		{
-			name: "extend", args: "KEY ID [FLAGS]", summary: "renew a lease by its id, from anywhere",
-			run: cmdExtend,
-			help: `Sets the lease of KEY whose lock id is ID to expire --ttl from now (30s by
+	},
+	{
+		name: "extend", args: "KEY ID [FLAGS]", summary: "renew a lease by its id, from anywhere",
+		run: cmdExtend,
+		help: `Sets the lease of KEY whose lock id is ID to expire --ttl from now (30s by
 default), wherever it was taken, and prints the new expiry. A wrong or
 stale id changes nothing and is an error (exit code 1).
 `,
-		},
-		{
-			name: "release", args: "KEY ID | KEY --force", summary: "release a lock by its id, or every lease of a key",
-			run: cmdRelease,
-			help: `Releases the lease of KEY whose lock id is ID, wherever it was taken. A
+	},
+	{
+		name: "release", args: "KEY ID | KEY --force", summary: "release a lock by its id, or every lease of a key",
+		run: cmdRelease,
+		help: `Releases the lease of KEY whose lock id is ID, wherever it was taken. A
 wrong or stale id changes nothing and is an error (exit code 1).
 
 With --force, ends every lease of KEY, whoever holds it: their holders see
 them lost (a running 'lmx run' kills its command and exits 6), and the key
 passes to its waiters.
 `,
-		},
-		{
-			name: "run", args: "KEY [FLAGS] -- CMD [ARGS...]", summary: "hold a lock while a command runs (flock(1) across machines)",
-			run: cmdRun,
-			help: `Waits for the lock KEY, runs CMD with it held, releases it when CMD exits,
+	},
+	{
+		name: "run", args: "KEY [FLAGS] -- CMD [ARGS...]", summary: "hold a lock while a command runs (flock(1) across machines)",
+		run: cmdRun,
+		help: `Waits for the lock KEY, runs CMD with it held, releases it when CMD exits,
 and exits with CMD's exit status. Two 'lmx run' of one key, on any machines
 that reach the broker, never run their commands at once.
 
@@ -100,72 +101,71 @@ Since CMD's own exit status passes through, a CMD exiting with 3 or 4 could
 be taken for a lock not taken: --conflict-exit-code N (as flock -E) makes
 lmx run exit N instead when the lock is held (--try) or the wait runs out.
 `,
-		},
-		{
-			name: "ls", args: "[PREFIX] [FLAGS]", summary: "list the keys held or awaited",
-			run: cmdLs,
-			help: `Lists the keys that start with PREFIX and have a holder or a waiter, sorted,
+	},
+	{
+		name: "ls", args: "[PREFIX] [FLAGS]", summary: "list the keys held or awaited",
+		run: cmdLs,
+		help: `Lists the keys that start with PREFIX and have a holder or a waiter, sorted,
 with their holders, waiters and limit.
 `,
-		},
-		{
-			name: "inspect", args: "KEY [FLAGS]", summary: "show a key's holders and waiters",
-			run: cmdInspect,
-			help: `Shows KEY's holders (lock id, token, owner, mode, since, expiry), in grant
+	},
+	{
+		name: "inspect", args: "KEY [FLAGS]", summary: "show a key's holders and waiters",
+		run: cmdInspect,
+		help: `Shows KEY's holders (lock id, token, owner, mode, since, expiry), in grant
 order, and its waiters, in the order they will be granted.
 `,
-		},
-		{
-			name: "watch", args: "[PREFIX] [FLAGS]", summary: "print lock events as they happen",
-			run: cmdWatch,
-			help: `Prints one line per event of the keys that start with PREFIX (every key
+	},
+	{
+		name: "watch", args: "[PREFIX] [FLAGS]", summary: "print lock events as they happen",
+		run: cmdWatch,
+		help: `Prints one line per event of the keys that start with PREFIX (every key
 without one): acquired, released, expired, preempted, forced, session-lost,
 closed, and lagged when events were dropped because the output fell behind.
 It runs until interrupted (exit 0), or until the connection to the broker is
 lost (exit 5).
 `,
-		},
-		{
-			name: "ping", args: "[FLAGS]", summary: "connect to the broker and time a round trip",
-			run: cmdPing,
-			help: `Connects to the broker and makes a round trip, and prints the address that
+	},
+	{
+		name: "ping", args: "[FLAGS]", summary: "connect to the broker and time a round trip",
+		run: cmdPing,
+		help: `Connects to the broker and makes a round trip, and prints the address that
 answered and how long each took.
 `,
-		},
-		{
-			name: "stats", args: "[FLAGS]", summary: "show the broker's counts",
-			run: cmdStats,
-			help: `Shows what the broker holds now (keys, holders, waiters, sessions), what it
+	},
+	{
+		name: "stats", args: "[FLAGS]", summary: "show the broker's counts",
+		run: cmdStats,
+		help: `Shows what the broker holds now (keys, holders, waiters, sessions), what it
 has done since it started (grants, expiries, forced, preemptions, leases
 lost with their session), and wait- and hold-time histograms.
 `,
-		},
-		{
-			name: "healthcheck", args: "[FLAGS]", summary: "ask a broker's /healthz, for a container's HEALTHCHECK",
-			run: cmdHealthcheck,
-			help: `Asks the /healthz that 'lmx start --metrics HOST:PORT' serves, and exits 0
+	},
+	{
+		name: "healthcheck", args: "[FLAGS]", summary: "ask a broker's /healthz, for a container's HEALTHCHECK",
+		run: cmdHealthcheck,
+		help: `Asks the /healthz that 'lmx start --metrics HOST:PORT' serves, and exits 0
 if the broker serves, else 1, as Docker's HEALTHCHECK expects. It reads
 $LMX_BROKER_METRICS, as start does, so that in a container configured by
 that variable it needs no flag.
 `,
-		},
-		{
-			name: "version", args: "[FLAGS]", summary: "say which release of lmx this is",
-			run: cmdVersion,
-			help: `Prints the version of lmx and of the library it is built with, the Go
+	},
+	{
+		name: "version", args: "[FLAGS]", summary: "say which release of lmx this is",
+		run: cmdVersion,
+		help: `Prints the version of lmx and of the library it is built with, the Go
 release that built it and, built from a checkout, the commit: all from the
 build info the Go toolchain records in the binary.
 `,
-		},
-		{
-			name: "demo", args: "", summary: "show the broker at work, in-process and over a Unix socket",
-			run: cmdDemo,
-			help: `Shows the broker at work: FIFO hand-off, a semaphore, a TTL expiring, a
+	},
+	{
+		name: "demo", args: "", summary: "show the broker at work, in-process and over a Unix socket",
+		run: cmdDemo,
+		help: `Shows the broker at work: FIFO hand-off, a semaphore, a TTL expiring, a
 fence refusing a stale holder, and a client on a Unix socket sharing the
 table.
 `,
-		},
-	}
+	},
 }
 
 func cmdDemo(c *cli, cmd *command, args []string) error {

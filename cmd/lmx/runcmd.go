@@ -24,6 +24,32 @@ const (
 )
 
 func cmdRun(c *cli, cmd *command, args []string) error {
+	r, err := parseRun(c, cmd, args)
+	if err != nil {
+		return err
+	}
+	cl, l, err := takeForRun(c, r)
+	if cl != nil {
+		defer cl.Close()
+	}
+	if err != nil {
+		return err
+	}
+	return runHolding(c, r, l)
+}
+
+// runArgs is what lmx run's arguments ask for.
+type runArgs struct {
+	key     string
+	command []string // CMD and its arguments
+	try     bool
+	lf      *lockFlags
+	cf      *connFlags
+	opts    []lmx.LockOption
+}
+
+// parseRun parses lmx run's arguments.
+func parseRun(c *cli, cmd *command, args []string) (*runArgs, error) {
 	f := c.newFlags(cmd)
 	ttl := f.Duration("ttl", 0, "the lease ends by itself this long after it is granted, even while the command runs (default: none, held as long as lmx run lives)")
 	keepAlive := f.Bool("keepalive", false, "have the broker renew the TTL while the command runs, when half of it is left (--ttl defaults to 30s then)")
@@ -33,24 +59,23 @@ func cmdRun(c *cli, cmd *command, args []string) error {
 	cf := addConnFlags(f)
 	pos, command, err := f.parse(args, 1)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if len(pos) == 0 {
-		return usageErrorf("KEY is missing")
+		return nil, usageErrorf("KEY is missing")
 	}
-	key := pos[0]
 	if len(command) == 0 {
-		return usageErrorf("the command is missing: lmx run KEY -- CMD ARGS...")
+		return nil, usageErrorf("the command is missing: lmx run KEY -- CMD ARGS...")
 	}
 	if *ttl < 0 {
-		return usageErrorf("--ttl must not be negative")
+		return nil, usageErrorf("--ttl must not be negative")
 	}
 	if *try && lf.wait != 0 {
-		return usageErrorf("--try and --wait do not go together")
+		return nil, usageErrorf("--try and --wait do not go together")
 	}
 	opts, err := lf.options()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if *keepAlive && *ttl == 0 {
 		*ttl = keepAliveTTL
@@ -61,8 +86,14 @@ func cmdRun(c *cli, cmd *command, args []string) error {
 	if *keepAlive {
 		opts = append(opts, lmx.KeepAlive(keepAliveMax))
 	}
+	return &runArgs{key: pos[0], command: command, try: *try, lf: lf, cf: cf, opts: opts}, nil
+}
 
-	// Until the command starts, a signal cuts the wait short.
+// takeForRun connects and takes r's lock, returning the client if it
+// connected. Until the command starts, a signal cuts the wait short: the
+// lock, if granted, is released, and the error's exit code is the
+// signal's, as a shell's would be.
+func takeForRun(c *cli, r *runArgs) (*lmx.Client, *lmx.Lease, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	stopWatch, watching := make(chan struct{}), make(chan struct{})
@@ -75,27 +106,27 @@ func cmdRun(c *cli, cmd *command, args []string) error {
 		case <-stopWatch:
 		}
 	}()
-	cl, l, err := connectAndTake(ctx, c, cf, key, *try, lf, opts)
+	cl, l, err := connectAndTake(ctx, c, r.cf, r.key, r.try, r.lf, r.opts)
 	close(stopWatch)
 	<-watching
-	if cl != nil {
-		defer cl.Close()
-	}
 	if caught != nil {
 		if l != nil {
 			unlock(l)
 		}
-		return withCode(128+signalNumber(caught), fmt.Errorf("%w by %s before the command started", errInterrupted, signalName(caught)))
+		return cl, nil, withCode(128+signalNumber(caught), fmt.Errorf("%w by %s before the command started", errInterrupted, signalName(caught)))
 	}
-	if err != nil {
-		return err
-	}
+	return cl, l, err
+}
 
-	child := exec.Command(command[0], command[1:]...)
+// runHolding runs r's command with l held, passing it the signals lmx run
+// receives; it kills the command's process group if l is lost, releases l
+// once the command exits, and returns the command's exit status.
+func runHolding(c *cli, r *runArgs, l *lmx.Lease) error {
+	child := exec.Command(r.command[0], r.command[1:]...)
 	child.Stdin, child.Stdout, child.Stderr = c.stdin, c.stdout, c.stderr
 	restore := inGroup(child, c.stdin)
 	child.Env = append(c.environ(),
-		"LMX_LOCK_KEY="+key,
+		"LMX_LOCK_KEY="+r.key,
 		"LMX_LOCK_ID="+l.ID().String(),
 		"LMX_LOCK_TOKEN="+strconv.FormatUint(l.Token(), 10))
 	if err := child.Start(); err != nil {
@@ -109,6 +140,7 @@ func cmdRun(c *cli, cmd *command, args []string) error {
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- child.Wait() }()
+	var err error
 	for {
 		select {
 		case sig := <-c.signals:
@@ -118,7 +150,7 @@ func cmdRun(c *cli, cmd *command, args []string) error {
 			killGroup(child.Process)
 			<-exited
 			restore()
-			return withCode(exitLeaseLost, fmt.Errorf("the lock on %s was lost while the command ran (%v); the command and its process group were killed", key, l.Err()))
+			return withCode(exitLeaseLost, fmt.Errorf("the lock on %s was lost while the command ran (%v); the command and its process group were killed", r.key, l.Err()))
 		case err = <-exited:
 		}
 		break
@@ -127,7 +159,7 @@ func cmdRun(c *cli, cmd *command, args []string) error {
 	// What CMD left running in its group goes on: a daemon it started is its
 	// business, as under flock(1).
 	if lost := l.Err(); lost != nil {
-		return withCode(exitLeaseLost, fmt.Errorf("the lock on %s was lost while the command ran (%v)", key, lost))
+		return withCode(exitLeaseLost, fmt.Errorf("the lock on %s was lost while the command ran (%v)", r.key, lost))
 	}
 	unlock(l)
 	return exitStatus(err)

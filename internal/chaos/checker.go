@@ -11,7 +11,9 @@
 // preemption, a lost session) may overlap another holder, since they
 // cannot know at once, or enter after their key's next grant; their Unlock
 // then fails, and the overlap is no violation. On the clean keys, which no
-// fault but a broker restart touches, any overlap at all is one.
+// fault but a broker restart touches, any overlap at all is one, but for
+// an overlap with a holder whose session was lost while its worker or the
+// broker was starved of CPU (see stall.go): that one is counted apart.
 package chaos
 
 import (
@@ -20,6 +22,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Kind says how many holders a key admits.
@@ -77,17 +80,21 @@ var Kinds = []string{DoubleGrant, OverLimit, CleanOverlap, TokenOrder, RestartTo
 // concurrent use; each runs whole under one lock, so that the order in
 // which reports take effect is the order in which they arrived.
 type Checker struct {
-	mu         sync.Mutex
-	keys       map[string]*keyState
-	holders    map[int]*holder
-	byWorker   map[string]map[int]*holder
-	next       int
-	epoch      int    // broker incarnations ended so far
-	maxToken   uint64 // the largest token seen
-	outcomes   map[Outcome]int
-	released   map[string]int // holds released, by worker
-	violations map[string]int
-	examples   []string // the first few violations, described
+	mu           sync.Mutex
+	keys         map[string]*keyState
+	holders      map[int]*holder
+	byWorker     map[string]map[int]*holder
+	next         int
+	epoch        int    // broker incarnations ended so far
+	maxToken     uint64 // the largest token seen
+	outcomes     map[Outcome]int
+	released     map[string]int // holds released, by worker
+	violations   map[string]int
+	examples     []string // the first few violations, described
+	timeout      time.Duration
+	stalls       map[string][]interval // by worker, and "broker": see Stalled
+	lost         []*overlap            // clean overlaps a lost session may excuse: see Settle
+	starvedHolds map[int]bool          // the holders Settle excused, by id
 }
 
 type keyState struct {
@@ -109,6 +116,8 @@ type holder struct {
 	floor   uint64     // its token must be above this: see Enter
 	outcome Outcome    // "" until reported
 	pend    []*overlap // overlaps that wait for this holder's outcome
+	entered time.Time  // when its Enter arrived
+	ended   time.Time  // when its outcome arrived
 }
 
 // An overlap is a holder that entered while others were inside: a
@@ -118,18 +127,23 @@ type overlap struct {
 	who      *holder
 	with     []*holder
 	need     int
-	reported bool
+	reported bool // or left to Settle
+	epoch    int  // the broker's epoch when it was resolved
 }
 
-// NewChecker returns a checker of keys.
-func NewChecker(keys []KeySpec) *Checker {
+// NewChecker returns a checker of keys locked through a broker whose
+// session timeout is timeout.
+func NewChecker(keys []KeySpec, timeout time.Duration) *Checker {
 	c := &Checker{
-		keys:       make(map[string]*keyState),
-		holders:    make(map[int]*holder),
-		byWorker:   make(map[string]map[int]*holder),
-		outcomes:   make(map[Outcome]int),
-		released:   make(map[string]int),
-		violations: make(map[string]int),
+		timeout:      timeout,
+		stalls:       make(map[string][]interval),
+		starvedHolds: make(map[int]bool),
+		keys:         make(map[string]*keyState),
+		holders:      make(map[int]*holder),
+		byWorker:     make(map[string]map[int]*holder),
+		outcomes:     make(map[Outcome]int),
+		released:     make(map[string]int),
+		violations:   make(map[string]int),
 	}
 	for _, k := range keys {
 		c.keys[k.Name] = &keyState{spec: k, present: make(map[int]*holder)}
@@ -147,7 +161,7 @@ func (c *Checker) Enter(worker, key string, token uint64, shared bool) (int, err
 		return 0, fmt.Errorf("chaos: unknown key %q", key)
 	}
 	c.next++
-	h := &holder{id: c.next, worker: worker, key: k, token: token, shared: shared, epoch: c.epoch}
+	h := &holder{id: c.next, worker: worker, key: k, token: token, shared: shared, epoch: c.epoch, entered: time.Now()}
 	c.holders[h.id] = h
 	if c.byWorker[worker] == nil {
 		c.byWorker[worker] = make(map[int]*holder)
@@ -223,7 +237,7 @@ func (c *Checker) finish(h *holder, o Outcome) {
 	delete(h.key.present, h.id)
 	delete(c.holders, h.id)
 	delete(c.byWorker[h.worker], h.id)
-	h.outcome = o
+	h.outcome, h.ended = o, time.Now()
 	c.outcomes[o]++
 	if (o == Released || o == BadRelease) && h.token <= h.floor {
 		c.violate(TokenOrder, "%s held %s with token %d, not above %d released before it entered", h.worker, h.key.spec.Name, h.token, h.floor)
@@ -246,25 +260,46 @@ func (c *Checker) finish(h *holder, o Outcome) {
 }
 
 // resolve reports ov once its holder and need of the holders it
-// overlapped are known to have held the key through it.
+// overlapped are known to have held the key through it. A clean overlap
+// that needs a holder whose session was lost waits for Settle.
 func (c *Checker) resolve(ov *overlap) {
-	if ov.reported || !ov.who.heldThrough(ov.kind == CleanOverlap, c.epoch) {
+	if ov.reported || !ov.held(c.epoch, nil) {
 		return
+	}
+	ov.reported, ov.epoch = true, c.epoch
+	if ov.kind == CleanOverlap && !ov.held(c.epoch, func(h *holder) bool { return h.outcome == Lost }) {
+		c.lost = append(c.lost, ov)
+		return
+	}
+	c.report(ov)
+}
+
+// held reports whether ov's holder and need of the holders it overlapped
+// held the key through it, with the broker restarted epoch times, counting
+// none that excused says had lost it (excused may be nil).
+func (ov *overlap) held(epoch int, excused func(*holder) bool) bool {
+	through := func(h *holder) bool {
+		return h.heldThrough(ov.kind == CleanOverlap, epoch) && (excused == nil || !excused(h))
+	}
+	if !through(ov.who) {
+		return false
 	}
 	held := 0
 	for _, o := range ov.with {
-		if o.heldThrough(ov.kind == CleanOverlap, c.epoch) {
+		if through(o) {
 			held++
 		}
 	}
-	if held >= ov.need {
-		ov.reported = true
-		var names []string
-		for _, o := range ov.with {
-			names = append(names, fmt.Sprintf("%s(token %d, %s)", o.worker, o.token, orPending(o.outcome)))
-		}
-		c.violate(ov.kind, "%s entered %s (token %d, %s) beside %s", ov.who.worker, ov.who.key.spec.Name, ov.who.token, ov.who.outcome, strings.Join(names, ", "))
+	return held >= ov.need
+}
+
+// report counts ov as a violation.
+func (c *Checker) report(ov *overlap) {
+	var names []string
+	for _, o := range ov.with {
+		names = append(names, fmt.Sprintf("%s(token %d, %s)", o.worker, o.token, orPending(o.outcome)))
 	}
+	c.violate(ov.kind, "%s entered %s (token %d, %s) beside %s", ov.who.worker, ov.who.key.spec.Name, ov.who.token, ov.who.outcome, strings.Join(names, ", "))
 }
 
 func orPending(o Outcome) Outcome {
@@ -275,9 +310,10 @@ func orPending(o Outcome) Outcome {
 }
 
 // heldThrough reports whether the holder's lease was held by the broker
-// while a later holder entered beside it: its Unlock succeeded. On a clean
-// key, nothing but a broker restart excuses a holder: any outcome but a
-// lost session across a restart counts as held.
+// while a later holder entered beside it, with the broker restarted epoch
+// times: its Unlock succeeded. On a clean key, nothing but a broker
+// restart excuses a holder here: any outcome but a lost session across a
+// restart counts as held.
 func (h *holder) heldThrough(clean bool, epoch int) bool {
 	switch {
 	case h.outcome == Released, h.outcome == BadRelease:
@@ -286,6 +322,38 @@ func (h *holder) heldThrough(clean bool, epoch int) bool {
 		return false
 	}
 	return !(h.outcome == Lost && epoch > h.epoch)
+}
+
+// Settle decides the clean overlaps left to it, those that are violations
+// only if the holders whose sessions were lost count as held: each is one
+// unless, counting none of those that starved excuses (see starved), too
+// few holders are left; the holders it excused it counts apart (see
+// Starved). A stall's report may arrive after the outcome it explains, so
+// the harness settles once its workers and broker have stopped.
+func (c *Checker) Settle() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, ov := range c.lost {
+		if ov.held(ov.epoch, c.starved) {
+			c.report(ov)
+			continue
+		}
+		for _, h := range append([]*holder{ov.who}, ov.with...) {
+			if c.starved(h) {
+				c.starvedHolds[h.id] = true
+			}
+		}
+	}
+	c.lost = nil
+}
+
+// Starved returns how many holds of clean keys Settle excused: each lost
+// its session while its worker or the broker was starved of CPU, and
+// another holder entered beside it.
+func (c *Checker) Starved() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.starvedHolds)
 }
 
 // WorkerKilled records that worker was killed: its holders never unlock.
@@ -340,6 +408,19 @@ func (c *Checker) inside(key string) []uint64 {
 		tokens = append(tokens, h.token)
 	}
 	return tokens
+}
+
+// insideClean reports whether a holder of worker is inside a clean key's
+// critical section.
+func (c *Checker) insideClean(worker string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, h := range c.byWorker[worker] {
+		if _, in := h.key.present[h.id]; in && h.key.spec.Clean {
+			return true
+		}
+	}
+	return false
 }
 
 // keyCycles returns each key's count of holds released.

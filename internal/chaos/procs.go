@@ -88,6 +88,14 @@ func (p *proc) kill() {
 	<-p.exited
 }
 
+// freeze stops p (SIGSTOP) for d, as a starved process would be, and
+// lets it go on.
+func (p *proc) freeze(d time.Duration) {
+	p.cmd.Process.Signal(syscall.SIGSTOP)
+	time.Sleep(d)
+	p.cmd.Process.Signal(syscall.SIGCONT)
+}
+
 // stop asks p to stop by closing its stdin, and waits up to d for it.
 func (p *proc) stop(d time.Duration) bool {
 	p.stdin.Close()
@@ -102,10 +110,10 @@ func (p *proc) stop(d time.Duration) bool {
 
 // startBroker starts the broker and waits until it listens.
 func (h *harness) startBroker() error {
-	var spec any = brokerSpec{Unix: h.unix, TCP: h.tcp, LiveMutex: h.lm, Heartbeat: heartbeat, Timeout: sessionTimeout}
+	var spec any = brokerSpec{Unix: h.unix, TCP: h.tcp, LiveMutex: h.lm, Checker: h.checkerPath, Heartbeat: heartbeat, Timeout: sessionTimeout}
 	role := "broker"
 	if srv := h.cfg.Server; srv != nil {
-		spec, role = serverSpec{Role: srv.Role, Dir: filepath.Join(h.cfg.Dir, "server"), Addr: h.tcp, Peer: h.peer}, "server"
+		spec, role = serverSpec{Role: srv.Role, Dir: filepath.Join(h.cfg.Dir, "server"), Addr: h.tcp, Peer: h.peer, Checker: h.checkerPath}, "server"
 	}
 	p, err := h.start(role, spec)
 	if err != nil {

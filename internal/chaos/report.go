@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // The workers report to the checker over a Unix socket, one line a report
@@ -17,6 +18,7 @@ import (
 //	E worker key token shared  →  holder id
 //	X id                       →  ok
 //	U id outcome               →  ok
+//	S who end d                →  ok   (a stall: see Stalled; end in Unix ns, d in ns)
 //
 // An answer starting with "!" is an error.
 
@@ -72,6 +74,13 @@ func answer(c *Checker, f []string) string {
 		var id int
 		if id, err = strconv.Atoi(f[1]); err == nil {
 			err = c.Unlocked(id, Outcome(f[2]))
+		}
+	case len(f) == 4 && f[0] == "S":
+		var end, d int64
+		if end, err = strconv.ParseInt(f[2], 10, 64); err == nil {
+			if d, err = strconv.ParseInt(f[3], 10, 64); err == nil {
+				c.Stalled(f[1], time.Unix(0, end), time.Duration(d))
+			}
 		}
 	default:
 		err = fmt.Errorf("malformed report %q", strings.Join(f, " "))
@@ -131,6 +140,11 @@ func (r *reporter) exit(id int) error {
 
 func (r *reporter) unlocked(id int, o Outcome) error {
 	_, err := r.ask("U %d %s", id, o)
+	return err
+}
+
+func (r *reporter) stalled(end time.Time, d time.Duration) error {
+	_, err := r.ask("S %s %d %d", r.worker, end.UnixNano(), int64(d))
 	return err
 }
 

@@ -68,6 +68,7 @@ func Main(servers map[string]ServerRole) (ran bool, code int) {
 
 type brokerSpec struct {
 	Unix, TCP, LiveMutex string // LiveMutex: the live-mutex door's Unix socket
+	Checker              string // the checker's socket, for the stall watch
 	Heartbeat, Timeout   time.Duration
 }
 
@@ -86,13 +87,24 @@ func runBroker(s brokerSpec) error {
 	if _, err := b.ListenLiveMutex("unix", s.LiveMutex); err != nil {
 		return err
 	}
-	serveHealth()
+	serveHealth(s.Checker)
 	return nil
 }
 
 // serveHealth prints "ready" and the process's health (see selfHealth),
-// and its health again on each line read from stdin, until stdin closes.
-func serveHealth() {
+// and its health again on each line read from stdin, until stdin closes;
+// meanwhile it reports the process's stalls to the checker at checker (see
+// watchStalls).
+func serveHealth(checker string) {
+	ctx, stop := context.WithCancel(context.Background())
+	var watch sync.WaitGroup
+	defer watch.Wait()
+	defer stop()
+	watch.Go(func() {
+		if err := watchStalls(ctx, checker, brokerName); err != nil {
+			fmt.Fprintf(os.Stderr, "chaos: the stall watch failed: %v\n", err)
+		}
+	})
 	fmt.Printf("ready %s\n", selfHealth())
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
@@ -102,6 +114,7 @@ func serveHealth() {
 
 type serverSpec struct {
 	Role, Dir, Addr, Peer string
+	Checker               string // the checker's socket, for the stall watch
 }
 
 // runServer runs a server other than lmx's broker until stdin closes.
@@ -114,7 +127,7 @@ func runServer(role ServerRole, s serverSpec) error {
 		return err
 	}
 	defer stop()
-	serveHealth()
+	serveHealth(s.Checker)
 	return nil
 }
 
@@ -150,7 +163,7 @@ type workerSpec struct {
 }
 
 // runWorker locks the spec's keys on its goroutines until stdin closes,
-// telling the checker of each hold.
+// telling the checker of each hold and of the process's stalls.
 func runWorker(s workerSpec) error {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
@@ -158,23 +171,7 @@ func runWorker(s workerSpec) error {
 		bufio.NewScanner(os.Stdin).Scan() // EOF: the harness says stop
 		stop()
 	}()
-	dial := func() (lmx.Locker, error) {
-		for {
-			dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			var c lmx.Locker
-			var err error
-			if strings.HasPrefix(s.Addr, "unix://") || strings.HasPrefix(s.Addr, "tcp://") {
-				c, err = lmx.Dial(dctx, s.Addr, lmx.WithReconnectBackoff(5*time.Millisecond, 200*time.Millisecond))
-			} else {
-				c, err = lmx.Open(dctx, s.Addr)
-			}
-			cancel()
-			if err == nil || ctx.Err() != nil {
-				return c, err
-			}
-			time.Sleep(20 * time.Millisecond) // the broker may be restarting
-		}
-	}
+	dial := func() (lmx.Locker, error) { return s.dial(ctx) }
 	var shared lmx.Locker
 	if !s.PerClient && !s.LiveMutex {
 		c, err := dial()
@@ -185,7 +182,13 @@ func runWorker(s workerSpec) error {
 		shared = c
 	}
 	var wg sync.WaitGroup
-	errs := make(chan error, s.Goroutines)
+	errs := make(chan error, s.Goroutines+1)
+	wg.Go(func() {
+		if err := watchStalls(ctx, s.Checker, s.Name); err != nil && ctx.Err() == nil {
+			errs <- err
+			stop()
+		}
+	})
 	for g := range s.Goroutines {
 		wg.Add(1)
 		go func() {
@@ -228,6 +231,26 @@ func runWorker(s workerSpec) error {
 	return errors.Join(all...)
 }
 
+// dial opens a Locker on the spec's address, trying again until it opens
+// or ctx ends: the broker may be restarting.
+func (s *workerSpec) dial(ctx context.Context) (lmx.Locker, error) {
+	for {
+		dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		var c lmx.Locker
+		var err error
+		if strings.HasPrefix(s.Addr, "unix://") || strings.HasPrefix(s.Addr, "tcp://") {
+			c, err = lmx.Dial(dctx, s.Addr, lmx.WithReconnectBackoff(5*time.Millisecond, 200*time.Millisecond))
+		} else {
+			c, err = lmx.Open(dctx, s.Addr)
+		}
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			return c, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 type worker struct {
 	spec *workerSpec
 	c    lmx.Locker // on the native door, or any lmx.Open takes
@@ -236,7 +259,8 @@ type worker struct {
 	rng  *rand.Rand
 }
 
-// run does hold cycles until ctx ends; an error is the checker's line failing.
+// run does hold cycles until ctx ends; an error is the checker's line
+// failing, or the preemptor's options refused.
 func (w *worker) run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		if err := w.cycle(ctx); err != nil {
@@ -247,6 +271,8 @@ func (w *worker) run(ctx context.Context) error {
 }
 
 // cycle locks a key, enters, holds, exits and unlocks, telling the checker.
+// An error is the checker's line failing, or the preemptor's options
+// refused.
 func (w *worker) cycle(ctx context.Context) error {
 	s := w.spec
 	k := s.Keys[w.rng.IntN(len(s.Keys))]
@@ -286,6 +312,9 @@ func (w *worker) cycle(ctx context.Context) error {
 		return w.r.unlocked(id, Released)
 	}
 	token, unlock, err := w.lock(ctx, k, opts)
+	if err != nil && s.Preempt > 0 && errors.Is(err, lmx.ErrInvalidOption) {
+		return fmt.Errorf("a Lock with Priority and Preempt: %w", err) // the harness found them taken
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			time.Sleep(5 * time.Millisecond) // the session is lost, or the broker restarts

@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -21,6 +22,7 @@ type Config struct {
 	Duration time.Duration // how long faults are injected
 	Seed     uint64        // the fault schedule's and the workers' seed
 	Skip     string        // the negative control: a worker enters this clean key without a lock
+	Freeze   string        // the starvation control: this clean worker, found inside a clean key, is stopped (SIGSTOP) for 3/2 of the session timeout, then let go for a half
 	Dir      string        // where the sockets go; short, for the 108-byte limit
 	Exe      string        // the binary whose Main runs the roles
 	Log      io.Writer     // progress, a line every few seconds; nil for none
@@ -30,8 +32,9 @@ type Config struct {
 // A Server is what the workers lock through when it is not lmx's own
 // broker: a process running a ServerRole given to Main, which the workers
 // and the harness reach with lmx.Open. Its workers are the native ones but
-// for those the live-mutex door and preemption need; its health is not
-// checked.
+// for the live-mutex door's, and the preemptor's only if the server's
+// Lockers take lmx.Priority and lmx.Preempt (see Summary.Preemptor); its
+// health is not checked.
 type Server struct {
 	Role           string                   // the role's name in Main's map
 	URL            func(addr string) string // what lmx.Open takes for the server at TCP address addr
@@ -70,8 +73,13 @@ type Summary struct {
 	Stalls   int // stalls of the proxy, each longer than the session timeout
 	Forces   int // ForceUnlock calls
 	Restarts int // broker kills with a restart
-	Outcomes map[Outcome]int
-	Released map[string]int // holds released, by worker
+	// Preemptor says the preemptor worker ran: always on lmx's broker; on
+	// a Server, unless a Lock with Priority and Preempt, tried first, was
+	// refused as an invalid option (etcd refuses them).
+	Preemptor bool
+	Starved   int // holds of clean keys overlapped after their sessions were lost to CPU starvation: see Checker.Settle
+	Outcomes  map[Outcome]int
+	Released  map[string]int // holds released, by worker
 	// Violations counts each kind; Examples describes the first few.
 	Violations map[string]int
 	Examples   []string
@@ -93,8 +101,8 @@ func (s Summary) Failed() bool {
 func (s Summary) String() string {
 	var b strings.Builder
 	o := s.Outcomes
-	fmt.Fprintf(&b, "chaos seed %d, %v of faults: cycles %d, kills %d, cuts %d, stalls %d, expiries %d, forced %d (of %d ForceUnlocks), preempted %d, sessions lost %d, broker restarts %d\n",
-		s.Seed, s.Duration, s.Cycles, s.Kills, s.Cuts, s.Stalls, o[Expired], o[Forced], s.Forces, o[Preempted], o[Lost], s.Restarts)
+	fmt.Fprintf(&b, "chaos seed %d, %v of faults: cycles %d, kills %d, cuts %d, stalls %d, expiries %d, forced %d (of %d ForceUnlocks), preempted %d (preemptor %s), sessions lost %d (clean holds to starvation %d), broker restarts %d\n",
+		s.Seed, s.Duration, s.Cycles, s.Kills, s.Cuts, s.Stalls, o[Expired], o[Forced], s.Forces, o[Preempted], onOff(s.Preemptor), o[Lost], s.Starved, s.Restarts)
 	b.WriteString("released by worker:")
 	for _, w := range slices.Sorted(maps.Keys(s.Released)) {
 		fmt.Fprintf(&b, " %s %d", w, s.Released[w])
@@ -109,23 +117,31 @@ func (s Summary) String() string {
 	return b.String()
 }
 
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
+}
+
 type harness struct {
-	cfg     Config
-	checker *Checker
-	rng     *rand.Rand
-	unix    string // the broker's native door
-	tcp     string // the same, on TCP; or the server's address
-	peer    string // a second TCP address, for a server that needs one
-	lm      string // the broker's live-mutex door
-	proxy   *proxy
-	broker  *proc
-	base    health        // the first broker's, before any client came
-	timeout time.Duration // the broker's session timeout
-	admin   adminLocker
-	workers map[string]*workerSpec
-	procs   map[string]*proc
-	sum     Summary
-	starts  int
+	cfg         Config
+	checker     *Checker
+	rng         *rand.Rand
+	unix        string // the broker's native door
+	tcp         string // the same, on TCP; or the server's address
+	peer        string // a second TCP address, for a server that needs one
+	lm          string // the broker's live-mutex door
+	checkerPath string // the checker's socket
+	proxy       *proxy
+	broker      *proc
+	base        health        // the first broker's, before any client came
+	timeout     time.Duration // the broker's session timeout
+	admin       adminLocker
+	workers     map[string]*workerSpec
+	procs       map[string]*proc
+	sum         Summary
+	starts      int
 }
 
 func (h *harness) logf(format string, args ...any) {
@@ -143,39 +159,14 @@ type adminLocker interface {
 // Run runs the chaos harness as cfg says and returns what it counted. An
 // error is the harness failing, not lmx.
 func Run(ctx context.Context, cfg Config) (Summary, error) {
-	h := &harness{
-		cfg:     cfg,
-		checker: NewChecker(Keys),
-		rng:     rand.New(rand.NewPCG(cfg.Seed, 0x6c6d78)),
-		unix:    filepath.Join(cfg.Dir, "b.sock"),
-		lm:      filepath.Join(cfg.Dir, "lm.sock"),
-		workers: make(map[string]*workerSpec),
-		procs:   make(map[string]*proc),
-		sum:     Summary{Seed: cfg.Seed, Duration: cfg.Duration},
-	}
-	cl, err := net.Listen("unix", filepath.Join(cfg.Dir, "c.sock"))
+	h := newHarness(cfg)
+	stopChecker, err := h.serveChecker()
 	if err != nil {
 		return h.sum, err
 	}
-	var serving sync.WaitGroup
-	serving.Add(1)
-	go serveChecker(cl, h.checker, &serving)
-	defer func() {
-		cl.Close()
-		serving.Wait()
-	}()
-	for _, a := range []*string{&h.tcp, &h.peer} {
-		port, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return h.sum, err
-		}
-		*a = port.Addr().String()
-		port.Close()
-	}
-	h.timeout = sessionTimeout
-	native := cfg.Server == nil
-	if !native {
-		h.timeout = cfg.Server.SessionTimeout
+	defer stopChecker()
+	if err := h.pickPorts(); err != nil {
+		return h.sum, err
 	}
 	if err := h.startBroker(); err != nil {
 		return h.sum, err
@@ -189,13 +180,7 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		return h.sum, err
 	}
 	defer h.proxy.close()
-	direct, tcp, proxied := "unix://"+h.unix, "tcp://"+h.tcp, "tcp://"+h.proxy.addr()
-	if native {
-		h.admin, err = lmx.Dial(ctx, direct, lmx.WithReconnectBackoff(5*time.Millisecond, 100*time.Millisecond))
-	} else {
-		direct, tcp, proxied = cfg.Server.URL(h.tcp), cfg.Server.URL(h.tcp), cfg.Server.URL(h.proxy.addr())
-		h.admin, err = openAdmin(ctx, direct)
-	}
+	d, err := h.openDoors(ctx)
 	if err != nil {
 		return h.sum, err
 	}
@@ -205,8 +190,105 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 			h.admin.Close()
 		}
 	}()
+	defer func() {
+		for _, p := range h.procs {
+			p.stop(5 * time.Second)
+		}
+	}()
+	if h.sum.Preemptor, err = h.preempts(ctx); err != nil {
+		return h.sum, err
+	}
+	specs, hot := h.workerSpecs(d)
+	killable, err := h.startWorkers(specs)
+	if err != nil {
+		return h.sum, err
+	}
+	if err := h.faults(ctx, killable, hot); err != nil {
+		return h.sum, err
+	}
+	err = h.liveness(ctx)
+	adminOpen = false
+	h.admin.Close()
+	if err == nil && cfg.Server == nil {
+		h.brokerBack()
+	}
+	// The broker's last stalls are reported once it has stopped.
+	h.broker.stop(5 * time.Second)
+	h.broker = nil
+	h.finish()
+	return h.sum, err
+}
 
-	var clean, hot, lmKeys []KeySpec
+// newHarness returns the harness of cfg, with the addresses of its broker.
+func newHarness(cfg Config) *harness {
+	h := &harness{
+		cfg:         cfg,
+		rng:         rand.New(rand.NewPCG(cfg.Seed, 0x6c6d78)),
+		unix:        filepath.Join(cfg.Dir, "b.sock"),
+		lm:          filepath.Join(cfg.Dir, "lm.sock"),
+		checkerPath: filepath.Join(cfg.Dir, "c.sock"),
+		timeout:     sessionTimeout,
+		workers:     make(map[string]*workerSpec),
+		procs:       make(map[string]*proc),
+		sum:         Summary{Seed: cfg.Seed, Duration: cfg.Duration},
+	}
+	if cfg.Server != nil {
+		h.timeout = cfg.Server.SessionTimeout
+	}
+	h.checker = NewChecker(Keys, h.timeout)
+	return h
+}
+
+// serveChecker serves the checker on its socket and returns how to stop.
+func (h *harness) serveChecker() (stop func(), err error) {
+	cl, err := net.Listen("unix", h.checkerPath)
+	if err != nil {
+		return nil, err
+	}
+	var serving sync.WaitGroup
+	serving.Add(1)
+	go serveChecker(cl, h.checker, &serving)
+	return func() {
+		cl.Close()
+		serving.Wait()
+	}, nil
+}
+
+// pickPorts picks the broker's TCP addresses: free ports of 127.0.0.1.
+func (h *harness) pickPorts() error {
+	for _, a := range []*string{&h.tcp, &h.peer} {
+		port, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		*a = port.Addr().String()
+		port.Close()
+	}
+	return nil
+}
+
+// doors are the addresses the workers lock through: the broker's Unix
+// socket (or the server), its TCP port, and the proxy in front of it.
+type doors struct{ direct, tcp, proxied string }
+
+// openDoors returns the workers' addresses and opens the harness's own
+// Locker, h.admin, on the direct one.
+func (h *harness) openDoors(ctx context.Context) (doors, error) {
+	var err error
+	if srv := h.cfg.Server; srv != nil {
+		d := doors{srv.URL(h.tcp), srv.URL(h.tcp), srv.URL(h.proxy.addr())}
+		h.admin, err = openAdmin(ctx, d.direct)
+		return d, err
+	}
+	d := doors{"unix://" + h.unix, "tcp://" + h.tcp, "tcp://" + h.proxy.addr()}
+	h.admin, err = lmx.Dial(ctx, d.direct, lmx.WithReconnectBackoff(5*time.Millisecond, 100*time.Millisecond))
+	return d, err
+}
+
+// workerSpecs returns the run's workers, locking through d, and the keys
+// the faults touch.
+func (h *harness) workerSpecs(d doors) (specs []*workerSpec, hot []KeySpec) {
+	var clean, lmKeys []KeySpec
 	for _, k := range Keys {
 		switch {
 		case !k.Clean:
@@ -219,55 +301,64 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		}
 	}
 	all := append(append([]KeySpec(nil), clean...), hot...)
-	checkerPath := filepath.Join(cfg.Dir, "c.sock")
-	specs := []*workerSpec{
+	specs = []*workerSpec{
 		// Never killed nor proxied: the clean keys' holders.
-		{Name: "clean-shared", Addr: direct, Goroutines: 4, Keys: all, Hold: time.Millisecond},
-		{Name: "clean-per", Addr: tcp, PerClient: true, Goroutines: 3, Keys: all, Hold: time.Millisecond},
+		{Name: "clean-shared", Addr: d.direct, Goroutines: 4, Keys: all, Hold: time.Millisecond},
+		{Name: "clean-per", Addr: d.tcp, PerClient: true, Goroutines: 3, Keys: all, Hold: time.Millisecond},
 		// Many goroutines of one Client on few keys: hand-offs inside the
 		// session all the time.
-		{Name: "clean-handoff", Addr: direct, Goroutines: 6, Keys: []KeySpec{Keys[0], Keys[1], Keys[4]}, Hold: 200 * time.Microsecond},
+		{Name: "clean-handoff", Addr: d.direct, Goroutines: 6, Keys: []KeySpec{Keys[0], Keys[1], Keys[4]}, Hold: 200 * time.Microsecond},
 		// Killed, proxied, with TTLs and preemption.
-		{Name: "proxied-shared", Addr: proxied, Goroutines: 4, Keys: hot, Hold: time.Millisecond, TTL: baseTTL},
-		{Name: "proxied-per", Addr: proxied, PerClient: true, Goroutines: 2, Keys: hot, Hold: time.Millisecond, TTL: baseTTL},
-		{Name: "killed-shared", Addr: direct, Goroutines: 3, Keys: hot, Hold: time.Millisecond, TTL: baseTTL},
+		{Name: "proxied-shared", Addr: d.proxied, Goroutines: 4, Keys: hot, Hold: time.Millisecond, TTL: baseTTL},
+		{Name: "proxied-per", Addr: d.proxied, PerClient: true, Goroutines: 2, Keys: hot, Hold: time.Millisecond, TTL: baseTTL},
+		{Name: "killed-shared", Addr: d.direct, Goroutines: 3, Keys: hot, Hold: time.Millisecond, TTL: baseTTL},
 	}
-	if native {
-		specs = append(specs,
-			&workerSpec{Name: "clean-livemutex", Addr: h.lm, LiveMutex: true, Goroutines: 2, Keys: lmKeys, Hold: time.Millisecond},
-			&workerSpec{Name: "preemptor", Addr: direct, Goroutines: 1, Keys: hot, Hold: 2 * time.Millisecond, Preempt: preemptGrace})
+	if h.cfg.Server == nil {
+		specs = append(specs, &workerSpec{Name: "clean-livemutex", Addr: h.lm, LiveMutex: true, Goroutines: 2, Keys: lmKeys, Hold: time.Millisecond})
 	}
-	if cfg.Skip != "" {
-		specs = append(specs, &workerSpec{Name: "skipper", Addr: direct, Goroutines: 2, Keys: clean, Hold: time.Millisecond, Skip: cfg.Skip})
+	if h.sum.Preemptor {
+		specs = append(specs, &workerSpec{Name: "preemptor", Addr: d.direct, Goroutines: 1, Keys: hot, Hold: 2 * time.Millisecond, Preempt: preemptGrace})
 	}
-	var killable []string
+	if h.cfg.Skip != "" {
+		specs = append(specs, &workerSpec{Name: "skipper", Addr: d.direct, Goroutines: 2, Keys: clean, Hold: time.Millisecond, Skip: h.cfg.Skip})
+	}
+	return specs, hot
+}
+
+// preempts reports whether the broker or server takes the preemptor's
+// lock options: lmx's broker does; a server is asked with a Lock, refused
+// as an invalid option if it does not.
+func (h *harness) preempts(ctx context.Context) (bool, error) {
+	if h.cfg.Server == nil {
+		return true, nil
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	l, err := h.admin.Lock(pctx, "probe/preempt", lmx.Priority(10), lmx.Preempt(preemptGrace))
+	switch {
+	case errors.Is(err, lmx.ErrInvalidOption):
+		h.logf("chaos: no preemptor: %v", err)
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("a Lock with Priority and Preempt: %w", err)
+	}
+	return true, l.Unlock(pctx)
+}
+
+// startWorkers starts the workers of specs and returns the names of those
+// the faults may kill.
+func (h *harness) startWorkers(specs []*workerSpec) (killable []string, err error) {
 	for _, s := range specs {
-		s.Checker = checkerPath
+		s.Checker = h.checkerPath
 		h.workers[s.Name] = s
 		if !strings.HasPrefix(s.Name, "clean") && s.Name != "skipper" {
 			killable = append(killable, s.Name)
 		}
 		if err := h.startWorker(s); err != nil {
-			return h.sum, err
+			return nil, err
 		}
 	}
-	defer func() {
-		for _, p := range h.procs {
-			p.stop(5 * time.Second)
-		}
-	}()
-
-	if err := h.faults(ctx, killable, hot); err != nil {
-		return h.sum, err
-	}
-	err = h.liveness(ctx)
-	adminOpen = false
-	h.admin.Close()
-	if err == nil && native {
-		h.brokerBack()
-	}
-	h.finish()
-	return h.sum, err
+	return killable, nil
 }
 
 // faults injects faults on the seeded schedule for the run's duration.
@@ -275,7 +366,7 @@ func (h *harness) faults(ctx context.Context, killable []string, hot []KeySpec) 
 	start := time.Now()
 	end := start.Add(h.cfg.Duration)
 	var stalledUntil time.Time
-	lastRestart := start
+	lastRestart, nextFreeze := start, start
 	nextLog := start.Add(10 * time.Second)
 	for at := start; ; {
 		at = at.Add(time.Duration(h.rng.ExpFloat64() * float64(10*time.Millisecond)))
@@ -294,6 +385,10 @@ func (h *harness) faults(ctx context.Context, killable []string, hot []KeySpec) 
 			return err
 		}
 		h.checkWorkers()
+		if h.cfg.Freeze != "" && now.After(nextFreeze) && h.checker.insideClean(h.cfg.Freeze) {
+			h.procs[h.cfg.Freeze].freeze(3 * h.timeout / 2)
+			nextFreeze = time.Now().Add(h.timeout / 2)
+		}
 		switch {
 		case kind < 600: // ForceUnlock of a key the faults may touch
 			fctx, cancel := context.WithTimeout(ctx, time.Second)
@@ -414,6 +509,7 @@ const (
 func (h *harness) summary() Summary {
 	s := h.sum
 	s.Outcomes, s.Released, s.Violations, s.Examples = h.checker.Counts()
+	s.Starved = h.checker.Starved()
 	s.Cycles = 0
 	for o, n := range s.Outcomes {
 		if o != Killed {
@@ -423,7 +519,12 @@ func (h *harness) summary() Summary {
 	return s
 }
 
-func (h *harness) finish() { h.sum = h.summary() }
+// finish settles the checker's excuses (see Checker.Settle), once the
+// workers and the broker have stopped, and takes the final counts.
+func (h *harness) finish() {
+	h.checker.Settle()
+	h.sum = h.summary()
+}
 
 // openAdmin opens url with lmx.Open, for the harness's own calls.
 func openAdmin(ctx context.Context, url string) (adminLocker, error) {

@@ -18,8 +18,9 @@ var (
 // flag is 0), with the -chaos.seed flag's seed (one at random when it is
 // 0). It logs the seed first and the summary last, and fails t when the
 // harness fails, when the run found a violation (naming the seed that
-// replays it), or when it counted no cycle or injected no fault. The test
-// binary's TestMain must call Main first.
+// replays it), when it counted no cycle or injected no fault, or when its
+// preemptor ran and preempted nothing. The test binary's TestMain must call
+// Main first.
 func RunTest(t *testing.T, srv *Server, def time.Duration) Summary {
 	t.Helper()
 	d, seed := *durationFlag, *seedFlag
@@ -39,6 +40,9 @@ func RunTest(t *testing.T, srv *Server, def time.Duration) Summary {
 	}
 	if sum.Kills+sum.Cuts+sum.Stalls+sum.Forces == 0 {
 		t.Error("no fault was injected")
+	}
+	if sum.Preemptor && sum.Outcomes[Preempted] == 0 {
+		t.Error("the preemptor ran, yet no lease was preempted")
 	}
 	return sum
 }

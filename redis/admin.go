@@ -117,10 +117,16 @@ func (lk *Locker) Stats(ctx context.Context) (lmx.Stats, error) {
 	if err != nil {
 		return lmx.Stats{}, err
 	}
-	counts, err := lk.rdb.HGetAll(ctx, lk.pfx+"n").Result()
-	if err != nil {
+	var countsCmd *goredis.MapStringStringCmd
+	var tokenCmd *goredis.StringCmd
+	_, err = lk.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		countsCmd, tokenCmd = p.HGetAll(ctx, lk.pfx+"n"), p.Get(ctx, lk.pfx+"t")
+		return nil
+	})
+	if err != nil && !errors.Is(err, goredis.Nil) {
 		return lmx.Stats{}, lk.wrap(ctx, err)
 	}
+	counts := countsCmd.Val()
 	var st lmx.Stats
 	for _, k := range keys {
 		st.Keys++
@@ -131,7 +137,10 @@ func (lk *Locker) Stats(ctx context.Context) (lmx.Stats, error) {
 		v, _ := strconv.ParseUint(counts[f], 10, 64)
 		return v
 	}
-	st.Grants, st.Expiries, st.Forced, st.Preemptions, st.SessionLost = n("g"), n("x"), n("f"), n("p"), n("s")
+	if tok, err := strconv.ParseUint(tokenCmd.Val(), 10, 64); err == nil {
+		st.Grants = tok - n("g0") // a token per grant
+	}
+	st.Expiries, st.Forced, st.Preemptions, st.SessionLost = n("x"), n("f"), n("p"), n("s")
 	for hist, h := range map[string]*lmx.Histogram{"w": &st.WaitTime, "h": &st.HoldTime} {
 		for i := range h.Counts {
 			h.Counts[i] = n(hist + strconv.Itoa(i))

@@ -9,11 +9,11 @@ import (
 
 // The Lua the scripts share (see scripts.go for the keys and records).
 
-// pre is the Lua every script starts with: what the scripts' fast paths
+// prologue is the Lua every script starts with: what the scripts' fast paths
 // need before lib. ARGV[1] is the prefix, ARGV[2] the lock key, ARGV[3] the
 // lock id of the caller's own request ("" for none): a grant of it is
 // returned, not published.
-var pre = `
+var prologue = `
 local P, K, self = ARGV[1], ARGV[2], ARGV[3]
 local q, h, m = KEYS[1], KEYS[2], KEYS[3]
 local function d(n) return string.format('%d', n) end

@@ -61,8 +61,8 @@ import goredis "github.com/redis/go-redis/v9"
 // fits: so whoever next touches a key frees it from the dead and hands it
 // on. The fast paths of acquireScript and releaseScript skip this where
 // there is nothing to reap: an idle key, and a lease that is its key's
-// only holder. The scripts touch keys they are not given (sessions, the counter):
-// they need a single Redis, not a cluster.
+// only holder. The scripts touch keys they are not given (sessions, the
+// counter): they need a single Redis, not a cluster.
 
 // acquireScript queues a request and grants what fits. ARGV[4] is its
 // waiter record, ARGV[5] its Limit, ARGV[6] "1" for a TryLock. It returns
@@ -73,7 +73,7 @@ import goredis "github.com/redis/go-redis/v9"
 // Its fast path grants a key that is idle (no holder, dead or alive, no
 // waiter, no lock-delay) to a request whose session lives, before lib is
 // even defined: any request fits an idle key, and its limit is the key's.
-var acquireScript = goredis.NewScript(pre + `
+var acquireScript = goredis.NewScript(prologue + `
 local rec, lim0, try = ARGV[4], ARGV[5], ARGV[6] == '1'
 local rest = string.sub(rec, #self + 2)
 local sid, ttl = string.match(rest, '^([^|]*)|[^|]*|[^|]*|([^|]*)|')
@@ -169,7 +169,7 @@ return {'w', wake()}
 
 // pokeScript reaps and grants, then reports on the caller's request, whose
 // waiter record is ARGV[4]: what a waiter does when it looks again.
-var pokeScript = goredis.NewScript(pre + lib + `
+var pokeScript = goredis.NewScript(prologue + lib + `
 reap()
 grant()
 tidy()
@@ -179,7 +179,7 @@ return mine(ARGV[4])
 // cancelScript takes back a request, waiter record ARGV[4]: out of the
 // queue, or, if it was granted meanwhile, out of the holders, and hands the
 // key on.
-var cancelScript = goredis.NewScript(pre + lib + `
+var cancelScript = goredis.NewScript(prologue + lib + `
 done[self] = true
 local head = ARGV[4] ~= '' and redis.call('LINDEX', q, 0) == ARGV[4]
 redis.call('LREM', q, 0, ARGV[4])
@@ -204,7 +204,7 @@ return 1
 // other fits beside it, and it was granted once the dead ones were reaped.
 // While it lives, it ends with no reap, and with no grant when nobody
 // waits.
-var releaseScript = goredis.NewScript(pre + `
+var releaseScript = goredis.NewScript(prologue + `
 -- freed is the queue's head once the fast path has ended the lease.
 local freed = false
 if ARGV[4] == '' and ARGV[5] == '1' then
@@ -252,7 +252,7 @@ return res
 
 // extendScript makes the lease self expire ARGV[4] ms from now. It returns
 // 1, or 0 when the lease is not held.
-var extendScript = goredis.NewScript(pre + lib + `
+var extendScript = goredis.NewScript(prologue + lib + `
 if reap() > 0 then grant() end
 local x = H[self]
 if not x then
@@ -266,7 +266,7 @@ return 1
 
 // forceScript ends every lease of the key, telling their Lockers, and
 // returns how many there were.
-var forceScript = goredis.NewScript(pre + lib + `
+var forceScript = goredis.NewScript(prologue + lib + `
 reap()
 local n = 0
 for id, x in pairs(H) do
@@ -286,7 +286,7 @@ return n
 // viewScript reaps and grants, then returns the key's limit, its holders
 // (id, record pairs), its waiters, the Redis time and the re-entry counts
 // (field, count pairs of the metadata hash).
-var viewScript = goredis.NewScript(pre + lib + `
+var viewScript = goredis.NewScript(prologue + lib + `
 reap()
 grant()
 tidy()

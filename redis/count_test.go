@@ -138,7 +138,8 @@ func TestHandOffCost(t *testing.T) {
 		assert.NoError(t, err)
 		got <- l
 	}()
-	for cb.n.Load() == sentB { // until the queueing script has answered
+	for deadline := time.Now().Add(10 * time.Second); cb.n.Load() == sentB; { // until the queueing script has answered
+		require.True(t, time.Now().Before(deadline), "the waiter's script did not answer")
 		time.Sleep(time.Millisecond)
 	}
 	queued := calls(t, admin)
@@ -160,9 +161,10 @@ func TestHandOffCost(t *testing.T) {
 }
 
 // maxQueue and maxHandOff are how many commands queueing a Lock and a
-// release that grants it run in Redis.
+// release that grants it run in Redis (10 and 21 before the release's fast
+// path).
 const maxQueue, maxHandOff = 10, 20
 
 // maxUncontended is how many commands an uncontended Lock and Unlock run
-// in Redis together.
+// in Redis together (19 before the fast paths: 10 and 9).
 const maxUncontended = 16

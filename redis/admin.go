@@ -107,21 +107,40 @@ func msTime(s string) time.Time {
 }
 
 // Stats counts the keys, holders and waiters under the Locker's prefix
-// (dead ones that no one has touched since included), by a SCAN of the
-// prefix's keys, and the grants, expiries, forced ends, preemptions and
-// lost sessions' leases Redis has counted, with the histograms of how long
-// granted requests waited and ended leases were held (in Redis's clock, to
-// the millisecond). Sessions are not counted (zero).
+// (dead ones that no one has touched since included) and the live
+// sessions (a Locker has one from its first Lock until its Close or the
+// session's loss), by a SCAN of the prefix's keys, and the grants,
+// expiries, forced ends, preemptions and lost sessions' leases Redis has
+// counted, with the histograms of how long granted requests waited and
+// ended leases were held (in Redis's clock, to the millisecond).
 func (lk *Locker) Stats(ctx context.Context) (lmx.Stats, error) {
-	keys, err := lk.scan(ctx, "")
+	names, err := lk.scanNames(ctx, escapeGlob(lk.pfx)+"*")
 	if err != nil {
 		return lmx.Stats{}, err
 	}
-	counts, err := lk.rdb.HGetAll(ctx, lk.pfx+"n").Result()
+	var st lmx.Stats
+	var meta []string
+	for _, k := range names {
+		if m, ok := strings.CutPrefix(k, lk.pfx+"m:"); ok {
+			meta = append(meta, m)
+		} else if strings.HasPrefix(k, lk.pfx+"s:") && len(k) == len(lk.pfx)+2+ulid.EncodedSize {
+			st.Sessions++
+		}
+	}
+	keys, err := lk.live(ctx, meta)
 	if err != nil {
+		return lmx.Stats{}, err
+	}
+	var countsCmd *goredis.MapStringStringCmd
+	var tokenCmd *goredis.StringCmd
+	_, err = lk.rdb.Pipelined(ctx, func(p goredis.Pipeliner) error {
+		countsCmd, tokenCmd = p.HGetAll(ctx, lk.pfx+"n"), p.Get(ctx, lk.pfx+"t")
+		return nil
+	})
+	if err != nil && !errors.Is(err, goredis.Nil) {
 		return lmx.Stats{}, lk.wrap(ctx, err)
 	}
-	var st lmx.Stats
+	counts := countsCmd.Val()
 	for _, k := range keys {
 		st.Keys++
 		st.Holders += k.Holders
@@ -131,7 +150,10 @@ func (lk *Locker) Stats(ctx context.Context) (lmx.Stats, error) {
 		v, _ := strconv.ParseUint(counts[f], 10, 64)
 		return v
 	}
-	st.Grants, st.Expiries, st.Forced, st.Preemptions, st.SessionLost = n("g"), n("x"), n("f"), n("p"), n("s")
+	if tok, err := strconv.ParseUint(tokenCmd.Val(), 10, 64); err == nil {
+		st.Grants = tok - n("g0") // a token per grant
+	}
+	st.Expiries, st.Forced, st.Preemptions, st.SessionLost = n("x"), n("f"), n("p"), n("s")
 	for hist, h := range map[string]*lmx.Histogram{"w": &st.WaitTime, "h": &st.HoldTime} {
 		for i := range h.Counts {
 			h.Counts[i] = n(hist + strconv.Itoa(i))
@@ -152,7 +174,15 @@ func (lk *Locker) List(ctx context.Context, prefix string, limit int) ([]lmx.Key
 		limit = lmx.DefaultListLimit
 	}
 	limit = min(limit, lmx.MaxListLimit)
-	keys, err := lk.scan(ctx, prefix)
+	meta := lk.pfx + "m:"
+	names, err := lk.scanNames(ctx, escapeGlob(meta+prefix)+"*")
+	if err != nil {
+		return nil, err
+	}
+	for i, n := range names {
+		names[i] = strings.TrimPrefix(n, meta)
+	}
+	keys, err := lk.live(ctx, names)
 	if err != nil {
 		return nil, err
 	}
@@ -160,18 +190,23 @@ func (lk *Locker) List(ctx context.Context, prefix string, limit int) ([]lmx.Key
 	return keys[:min(len(keys), limit)], nil
 }
 
-// scan returns the live keys that start with prefix: those with metadata
-// in Redis and a holder or a waiter there, in no order.
-func (lk *Locker) scan(ctx context.Context, prefix string) ([]lmx.KeyStat, error) {
-	var keys []string
-	meta := lk.pfx + "m:"
-	iter := lk.rdb.Scan(ctx, 0, escapeGlob(meta+prefix)+"*", 1000).Iterator()
+// scanNames returns the Redis keys that match pattern, by a SCAN.
+func (lk *Locker) scanNames(ctx context.Context, pattern string) ([]string, error) {
+	var names []string
+	iter := lk.rdb.Scan(ctx, 0, pattern, 1000).Iterator()
 	for iter.Next(ctx) {
-		keys = append(keys, strings.TrimPrefix(iter.Val(), meta))
+		names = append(names, iter.Val())
 	}
 	if err := iter.Err(); err != nil {
 		return nil, lk.wrap(ctx, err)
 	}
+	return names, nil
+}
+
+// live returns those of keys, lock keys with metadata in Redis, that have
+// a holder or a waiter there, in no order.
+func (lk *Locker) live(ctx context.Context, keys []string) ([]lmx.KeyStat, error) {
+	meta := lk.pfx + "m:"
 	lim := make([]*goredis.StringCmd, len(keys))
 	hl := make([]*goredis.IntCmd, len(keys))
 	ql := make([]*goredis.IntCmd, len(keys))

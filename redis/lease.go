@@ -19,6 +19,7 @@ type lease struct {
 	id     string
 	owner  string // "" without Owner
 	shared bool
+	sole   bool // exclusive with Limit 1: the key's only holder
 	lease  *lmx.Lease
 
 	mu     sync.Mutex         // guards what follows; taken after the Locker's mu
@@ -114,7 +115,7 @@ func (l *lease) Unlock(ctx context.Context, _ *lmx.Lease) error {
 		l.lk.takeBackLater(key, l.id)
 		return ctx.Err()
 	}
-	v, err := l.lk.run(ctx, releaseScript, key, l.id, "")
+	v, err := l.lk.run(ctx, releaseScript, key, l.id, "", flag(l.sole, "1", "0"))
 	if err != nil {
 		l.lk.takeBackLater(key, l.id)
 		if ctx.Err() != nil {
@@ -215,7 +216,8 @@ func (lk *Locker) takeBackOrphans() {
 // runs from start, when the request that learned of the grant was sent, so
 // that the lease does not believe itself held after Redis expires it.
 func (lk *Locker) granted(s *session, key string, id ulid.ULID, token uint64, ttl time.Duration, start time.Time, req lmx.LockRequest) (*lmx.Lease, error) {
-	l := &lease{lk: lk, s: s, id: id.String(), owner: req.Owner, shared: req.Shared, count: 1}
+	l := &lease{lk: lk, s: s, id: id.String(), owner: req.Owner, shared: req.Shared, sole: !req.Shared && req.Limit == 1,
+		count: 1}
 	if req.KeepOnDisconnect {
 		l.s = nil
 	}

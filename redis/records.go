@@ -43,23 +43,23 @@ type holderRecord struct {
 	owner          string
 }
 
-// waiterFields is how many fields a waiter record has; the last, the
-// owner, may hold "|". A holder record has as many.
-const waiterFields = 11
+// waiterFields is how many fields a waiter record has, holderFields a
+// holder record; the last, the owner, may hold "|".
+const waiterFields, holderFields = 11, 14
 
 func parseHolder(rec string) (h holderRecord, ok bool) {
-	f := strings.SplitN(rec, "|", waiterFields)
-	if len(f) != waiterFields {
+	f := strings.SplitN(rec, "|", holderFields)
+	if len(f) != holderFields {
 		return h, false
 	}
 	h.token, _ = strconv.ParseUint(f[0], 10, 64)
-	h.shared = f[3] == "s"
-	if f[4] != "0" {
-		h.expires = msTime(f[4])
+	if f[1] != "0" {
+		h.expires = msTime(f[1])
 	}
-	h.since = msTime(f[5])
-	h.preempt = f[9] != "0"
-	h.owner = f[10]
+	h.since = msTime(f[2])
+	h.preempt = f[3] != "0"
+	h.shared = f[6] == "s"
+	h.owner = f[13]
 	return h, true
 }
 

@@ -45,9 +45,7 @@ package redis
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/url"
 	"sync"
 	"time"
@@ -324,109 +322,15 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 			return l, err
 		}
 	}
-	id := ulid.Make()
-	w := &waiter{granted: make(chan grant, 1), look: make(chan struct{}, 1)}
-	lk.mu.Lock()
-	if lk.closed {
-		lk.mu.Unlock()
+	r := &request{lk: lk, key: key, id: ulid.Make(), req: req, s: s,
+		w: &waiter{granted: make(chan grant, 1), look: make(chan struct{}, 1)}}
+	if !lk.enter(r) {
 		return nil, lmx.ErrClosed
 	}
-	lk.waiters[id.String()] = w
-	lk.calls.Add(1)
-	lk.mu.Unlock()
-	defer func() {
-		lk.mu.Lock()
-		delete(lk.waiters, id.String())
-		lk.mu.Unlock()
-		lk.calls.Done()
-	}()
-	tryArg := "0"
-	if try {
-		tryArg = "1"
+	defer lk.leave(r)
+	rep, err := r.acquire(ctx, try)
+	if err != nil {
+		return nil, err
 	}
-	var rec string
-	var start time.Time
-	var r reply
-	for attempt := 0; ; attempt++ {
-		rec = lk.record(id.String(), s, req)
-		// Not ctx: a script cut short may still run, and leave the request
-		// queued; its outcome is needed to take it back.
-		start = time.Now()
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		v, err := lk.run(sctx, acquireScript, key, id.String(), rec, req.Limit, tryArg)
-		cancel()
-		if err == nil {
-			r, err = parseReply(v)
-		}
-		if err != nil {
-			lk.takeBack(key, id.String(), rec)
-			return nil, lk.wrap(ctx, err)
-		}
-		if r.kind != "d" || attempt > 0 {
-			break
-		}
-		// The session expired (or Redis lost it) before the refresh
-		// noticed: start another.
-		lk.sessionLost(s, errors.New("the session key is gone"))
-		if s, err = lk.session(ctx); err != nil {
-			return nil, err
-		}
-	}
-	for {
-		switch r.kind {
-		case "g":
-			return lk.granted(s, key, id, r.token, time.Duration(r.ms)*time.Millisecond, start, req)
-		case "l":
-			return nil, lmx.ErrLocked
-		case "m":
-			return nil, fmt.Errorf("%w: key %q has Limit(%d), asked %d", lmx.ErrLimitMismatch, key, r.ms, req.Limit)
-		case "n", "d":
-			return nil, fmt.Errorf("%w: the request is no longer queued in Redis", lmx.ErrSessionLost)
-		}
-		if err := ctx.Err(); err != nil {
-			lk.takeBack(key, id.String(), rec)
-			return nil, err
-		}
-		// Wait for the grant's message. Look again when a holder may end
-		// on its own (a little after, so that Redis's clock has passed
-		// it), and now and then against a lost message.
-		wait := lk.recheck/2 + rand.N(lk.recheck)
-		if r.ms >= 0 {
-			wait = min(wait, time.Duration(r.ms+2)*time.Millisecond)
-		}
-		t := time.NewTimer(wait)
-		select {
-		case g := <-w.granted:
-			t.Stop()
-			if s.sure(lk.ttl / 3) {
-				return lk.granted(s, key, id, g.token, g.ttl, start, req)
-			}
-			// The session has not been refreshed for a while: Redis may
-			// have dropped it, and the grant with it, while the message
-			// was on its way. Ask Redis.
-		case <-w.look:
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			lk.takeBack(key, id.String(), rec)
-			return nil, ctx.Err()
-		case <-s.done:
-			t.Stop()
-			lk.takeBack(key, id.String(), rec)
-			return nil, s.err()
-		}
-		t.Stop()
-		start = time.Now()
-		sctx, cancel := context.WithTimeout(lk.ctx, 10*time.Second)
-		v, err := lk.run(sctx, pokeScript, key, id.String(), rec)
-		cancel()
-		if err == nil {
-			r, err = parseReply(v)
-		}
-		if err != nil {
-			// Redis is out of reach: wait on; the session tells whether
-			// the request survives it.
-			r = reply{kind: "w", ms: -1}
-		}
-	}
+	return r.await(ctx, rep)
 }

@@ -113,6 +113,28 @@ func TestSessionLost(t *testing.T) {
 	assert.Equal(t, uint64(3), st.Grants)
 }
 
+// Stats counts the live sessions under the prefix: a Locker's from its
+// first Lock until it closes.
+func TestStatsSessions(t *testing.T) {
+	pfx := newPrefix()
+	a, b, idle := open(t, pfx, 2*time.Second), open(t, pfx, 2*time.Second), open(t, pfx, 2*time.Second)
+	sessions := func() int {
+		t.Helper()
+		st, err := idle.Stats(t.Context())
+		require.NoError(t, err)
+		return st.Sessions
+	}
+	assert.Equal(t, 0, sessions())
+	for _, l := range []*redis.Locker{a, b} {
+		lease, err := l.Lock(t.Context(), "k")
+		require.NoError(t, err)
+		require.NoError(t, lease.Unlock(t.Context()))
+	}
+	assert.Equal(t, 2, sessions())
+	require.NoError(t, a.Close())
+	assert.Equal(t, 1, sessions())
+}
+
 // Watch streams the events of every Locker on the prefix, for the keys under
 // the watched one: acquired, then released, expired, forced or session-lost.
 func TestWatch(t *testing.T) {

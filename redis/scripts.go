@@ -1,12 +1,6 @@
 package redis
 
-import (
-	"strconv"
-	"strings"
-
-	"github.com/lmx-go/lmx"
-	goredis "github.com/redis/go-redis/v9"
-)
+import goredis "github.com/redis/go-redis/v9"
 
 // The state of one lock key K under the prefix P lives in three Redis keys,
 // which every script gets as KEYS[1..3]:
@@ -24,9 +18,10 @@ import (
 //
 // and, shared by all keys of the prefix,
 //
-//	P t          string  the fencing-token counter (INCR)
-//	P n          hash    what happened: g(rants), x (expiries), f(orced),
-//	                     p(reempted), s(ession lost); "w" i and "h" i
+//	P t          string  the fencing-token counter (INCR): one per grant
+//	P n          hash    what happened: "g0" the counter's start less one
+//	                     (so the grants are P t less g0), x (expiries),
+//	                     f(orced), p(reempted), s(ession lost); "w" i and "h" i
 //	                     the counts of lmx.Stats's WaitTime and HoldTime
 //	                     histograms, bucket i, "ws" and "hs" their sums
 //	                     in ms
@@ -44,13 +39,14 @@ import (
 //	                     above
 //
 // A waiter record is
-// id|sid|locker|mode|ttl|kod|priority|delay|grace|np|owner, a holder record
-// token|sid|locker|mode|expires|since|delay|priority|np|preempt|owner (delay
-// its LockDelay in ms, 0 for none; grace its Preempt in ms, -1 for none; np
-// "1" for NoPreempt; expires, since and preempt in Redis-time milliseconds,
-// expires 0 for none, preempt the deadline of a preemption round, 0 for
-// none; sid "" for a lease that outlives its session). The owner comes
-// last, so that it may hold "|".
+// id|sid|locker|mode|ttl|kod|priority|delay|grace|np|owner (delay its
+// LockDelay in ms, 0 for none; grace its Preempt in ms, -1 for none; kod
+// and np "1" for KeepOnDisconnect and NoPreempt). A holder record is
+// token|expires|since|preempt| followed by its waiter record without the
+// id (expires, since and preempt in Redis-time milliseconds, expires 0 for
+// none, preempt the deadline of a preemption round, 0 for none): a grant
+// copies the request's fields as they are. A holder with kod "1" outlives
+// its session. The owner comes last, so that it may hold "|".
 //
 // Preemption is the broker's: a queue's head asked with Preempt that does
 // not fit sets a deadline, its grace from now, in the holders it needs
@@ -63,298 +59,37 @@ import (
 // Every script first reaps the key's dead holders (expired, preempted, or
 // whose session key is gone) and then grants the queue's head while it
 // fits: so whoever next touches a key frees it from the dead and hands it
-// on. The scripts touch keys they are not given (sessions, the counter):
-// they need a single Redis, not a cluster.
-
-// lib is the Lua every script starts with. ARGV[1] is the prefix, ARGV[2]
-// the lock key, ARGV[3] the lock id of the caller's own request ("" for
-// none): a grant of it is returned, not published.
-var lib = `
-local P, K, self = ARGV[1], ARGV[2], ARGV[3]
-local bounds = {` + boundsMS() + `}
-local q, h, m = KEYS[1], KEYS[2], KEYS[3]
-local maxBypass = 64
-local function d(n) return string.format('%d', n) end
-local t = redis.call('TIME')
-t = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function waiter(r)
-	local id, sid, lid, mode, ttl, kod, prio, delay, grace, np, owner = string.match(r,
-		'^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
-	return {id = id, sid = sid, lid = lid, mode = mode, ttl = tonumber(ttl), kod = kod,
-		prio = tonumber(prio), delay = delay, grace = tonumber(grace), np = np, owner = owner, rec = r}
-end
-local function holder(id, r)
-	local tok, sid, lid, mode, exp, since, delay, prio, np, pdl, owner = string.match(r,
-		'^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
-	return {id = id, tok = tok, sid = sid, lid = lid, mode = mode, exp = tonumber(exp),
-		since = since, delay = delay, prio = tonumber(prio), np = np, pdl = tonumber(pdl), owner = owner}
-end
--- hrec is the holder record of x.
-local function hrec(x)
-	return x.tok .. '|' .. x.sid .. '|' .. x.lid .. '|' .. x.mode .. '|' .. d(x.exp) .. '|' .. x.since .. '|' ..
-		x.delay .. '|' .. d(x.prio) .. '|' .. x.np .. '|' .. d(x.pdl) .. '|' .. x.owner
-end
-local lives = {}
-local function alive(sid)
-	if sid == '' then return true end
-	local a = lives[sid]
-	if a == nil then
-		a = redis.call('EXISTS', P .. 's:' .. sid) == 1
-		lives[sid] = a
-	end
-	return a
-end
-local function tell(lid, msg)
-	redis.call('PUBLISH', P .. 'c:' .. lid, msg)
-end
-local function count(what)
-	redis.call('HINCRBY', P .. 'n', what, 1)
-end
--- observe counts ms in the histogram hist ('w' or 'h').
-local function observe(hist, ms)
-	local i = 0
-	while i < #bounds and ms > bounds[i + 1] do i = i + 1 end
-	redis.call('HINCRBY', P .. 'n', hist .. i, 1)
-	redis.call('HINCRBY', P .. 'n', hist .. 's', ms)
-end
-local function event(what, id, tok)
-	redis.call('PUBLISH', P .. 'e', what .. '|' .. id .. '|' .. tok .. '|' .. d(t) .. '|' .. K)
-end
--- why returns why the holder x has ended, or nil while it holds.
-local function why(x)
-	if x.exp > 0 and x.exp <= t then return 'x' end
-	if not alive(x.sid) then return 's' end
-	if x.pdl > 0 and x.pdl <= t then return 'p' end
-	return nil
-end
--- H are the live holders by id once reap has run, ex and sh how many hold
--- exclusive and shared.
-local H, ex, sh = {}, 0, 0
-local function add(x)
-	H[x.id] = x
-	if x.mode == 's' then sh = sh + 1 else ex = ex + 1 end
-end
--- unhold removes the holder x from Redis.
-local function unhold(x)
-	redis.call('HDEL', h, x.id)
-	observe('h', t - tonumber(x.since))
-	if x.owner ~= '' then redis.call('HDEL', m, 'c:' .. x.id) end
-end
-local function drop(id)
-	local x = H[id]
-	if x then
-		H[id] = nil
-		if x.mode == 's' then sh = sh - 1 else ex = ex - 1 end
-		unhold(x)
-	end
-	return x
-end
--- delayed tells whether the key's lock-delay runs; hush starts the
--- lock-delay of the holder x, which ended without its holder asking.
-local dk, dl = P .. 'd:' .. K, nil
-local function delayed()
-	if dl == nil then dl = redis.call('PTTL', dk) end
-	return dl > 0
-end
-local function hush(x)
-	local ms = tonumber(x.delay)
-	if ms > 0 and not (delayed() and dl >= ms) then
-		redis.call('SET', dk, '1', 'PX', ms)
-		dl = ms
-	end
-end
--- reap ends the dead holders and tells their Lockers; it returns how many
--- it ended, and gone has why each one ended.
-local gone = {}
-local function reap()
-	local all, n = redis.call('HGETALL', h), 0
-	for i = 1, #all, 2 do
-		local x = holder(all[i], all[i + 1])
-		local w = why(x)
-		if w then
-			unhold(x)
-			if w ~= 'p' then hush(x) end
-			tell(x.lid, 'e|' .. x.id .. '|' .. w)
-			count(w)
-			event(w, x.id, x.tok)
-			gone[x.id] = w
-			n = n + 1
-		else
-			add(x)
-		end
-	end
-	return n
-end
--- lim is the key's limit, pre whether a waiter asked with Preempt has
--- queued since the key was last idle (nil: not read yet).
-local lim, pre = nil, nil
-local function limit()
-	if not lim then
-		local v = redis.call('HMGET', m, 'limit', 'P')
-		lim, pre = tonumber(v[1] or '1'), v[2] ~= false
-	end
-	return lim
-end
-local function fits(mode)
-	if mode == 's' then return ex == 0 end
-	return sh == 0 and ex < limit()
-end
-local function token()
-	local v = redis.call('INCR', P .. 't')
-	if v == 1 then
-		-- A new counter (a new Redis, or one that lost its data) starts
-		-- at the time in microseconds, so that tokens keep increasing.
-		local tm = redis.call('TIME')
-		v = tonumber(tm[1]) * 1000000 + tonumber(tm[2])
-		redis.call('SET', P .. 't', d(v))
-	end
-	return v
-end
--- hold makes the request w a holder and tells its Locker, unless it is the
--- caller's own.
-local function hold(w)
-	local tok = d(token())
-	local exp = 0
-	if w.ttl > 0 then exp = t + w.ttl end
-	local sid = w.sid
-	if w.kod == '1' then sid = '' end
-	local x = {id = w.id, tok = tok, sid = sid, lid = w.lid, mode = w.mode, exp = exp, since = d(t),
-		delay = w.delay, prio = w.prio, np = w.np, pdl = 0, owner = w.owner}
-	redis.call('HSET', h, w.id, hrec(x))
-	add(x)
-	count('g')
-	event('a', w.id, tok)
-	if w.id ~= self then tell(w.lid, 'g|' .. w.id .. '|' .. tok .. '|' .. d(w.ttl) .. '|' .. K) end
-end
--- preempt starts a round of preemption for the queue's head w, which does
--- not fit, if it asked for one: the holders in its way, fewest and lowest
--- in priority first (among equals, the newest), get a deadline, unless one
--- of them may not be preempted. Those that have one keep it. A round that
--- starts tells w's Locker to look again, unless w is the caller's own.
-local function preempt(w)
-	if w.grace < 0 then return end
-	local shv, exv = {}, {}
-	for _, x in pairs(H) do
-		if x.mode == 's' then table.insert(shv, x) else table.insert(exv, x) end
-	end
-	local need = exv
-	if w.mode ~= 's' then
-		need = shv
-		local excess = #exv - limit() + 1
-		if excess > 0 then
-			table.sort(exv, function(a, b)
-				if a.prio ~= b.prio then return a.prio < b.prio end
-				return tonumber(a.tok) > tonumber(b.tok)
-			end)
-			for i = 1, excess do table.insert(need, exv[i]) end
-		end
-	end
-	for _, x in ipairs(need) do
-		if x.np == '1' or x.prio >= w.prio then return end
-	end
-	local started = false
-	for _, x in ipairs(need) do
-		if x.pdl == 0 then
-			x.pdl = t + w.grace
-			redis.call('HSET', h, x.id, hrec(x))
-			tell(x.lid, 'v|' .. x.id)
-			started = true
-		end
-	end
-	if started and w.id ~= self then tell(w.lid, 'l|' .. w.id) end
-end
--- unpreempt ends the round of preemption of a head that left the queue.
-local function unpreempt()
-	for id, x in pairs(H) do
-		if x.pdl > 0 then
-			x.pdl = 0
-			redis.call('HSET', h, id, hrec(x))
-		end
-	end
-end
--- grant grants the queue's head while it fits, dropping dead waiters;
--- qempty tells that it left the queue empty (nothing queues after it).
--- While the exclusive holders fill the limit nothing fits: it need not
--- look, unless a preemptor may be queued. A head that does not fit may
--- preempt the holders (see preempt).
--- A record of a request that holds, was reaped, or is the one the script
--- ends (done) is a stale copy, which a retried script may have queued: it
--- is dropped, never granted again.
-local qempty = false
-local done = {}
-local function grant()
-	while true do
-		if ex > 0 and ex >= limit() then
-			if pre == nil then pre = redis.call('HEXISTS', m, 'P') == 1 end
-			if not pre then return end
-		end
-		local r = redis.call('LINDEX', q, 0)
-		if not r then
-			qempty = true
-			return
-		end
-		local w = waiter(r)
-		local live = alive(w.sid) and not H[w.id] and not gone[w.id] and not done[w.id]
-		if live and not fits(w.mode) then
-			preempt(w)
-			return
-		end
-		if live and delayed() then return end
-		redis.call('LPOP', q)
-		local qt = redis.call('HGET', m, 'q:' .. w.id)
-		redis.call('HDEL', m, 'b:' .. w.id, 'q:' .. w.id)
-		if w.grace >= 0 then unpreempt() end
-		if live then
-			hold(w)
-			if qt then observe('w', t - tonumber(qt)) end
-		end
-	end
-end
--- tidy forgets an idle key.
-local function tidy()
-	if next(H) == nil and (qempty or redis.call('EXISTS', q) == 0) then
-		redis.call('DEL', m)
-	end
-end
--- wake returns in how many ms a holder may end on its own (its TTL or its
--- session's), -1 if none may: when a waiter looks again.
-local function wake()
-	local best = -1
-	local function at(ms)
-		if ms >= 0 and (best < 0 or ms < best) then best = ms end
-	end
-	for _, x in pairs(H) do
-		if x.exp > 0 then at(x.exp - t) end
-		if x.pdl > 0 then at(x.pdl - t) end
-		if x.sid ~= '' then at(redis.call('PTTL', P .. 's:' .. x.sid)) end
-	end
-	if delayed() then at(dl) end
-	return best
-end
--- mine returns the reply for the caller's request, whose waiter record is
--- rec ('' if it is known not to wait): {'g', token, ms left (0: no TTL)}
--- when it holds, {'w', wake} while it waits, {'n'} when it is gone.
-local function mine(rec)
-	local x = H[self]
-	if x then
-		local left = 0
-		if x.exp > 0 then left = x.exp - t end
-		return {'g', x.tok, left}
-	end
-	if rec ~= '' and redis.call('LPOS', q, rec) then return {'w', wake()} end
-	return {'n'}
-end
-`
+// on. The fast paths of acquireScript and releaseScript skip this where
+// there is nothing to reap: an idle key, and a lease that is its key's
+// only holder. The scripts touch keys they are not given (sessions, the
+// counter): they need a single Redis, not a cluster.
 
 // acquireScript queues a request and grants what fits. ARGV[4] is its
 // waiter record, ARGV[5] its Limit, ARGV[6] "1" for a TryLock. It returns
 // mine's reply, {'l'} when a TryLock found the key locked, {'m', limit}
 // when the key lives with another Limit, or {'d'} when the request's
 // session is dead.
-var acquireScript = goredis.NewScript(lib + `
+//
+// Its fast path grants a key that is idle (no holder, dead or alive, no
+// waiter, no lock-delay) to a request whose session lives, before lib is
+// even defined: any request fits an idle key, and its limit is the key's.
+var acquireScript = goredis.NewScript(prologue + `
 local rec, lim0, try = ARGV[4], ARGV[5], ARGV[6] == '1'
+local rest = string.sub(rec, #self + 2)
+local sid, ttl = string.match(rest, '^([^|]*)|[^|]*|[^|]*|([^|]*)|')
+local sl = redis.call('PTTL', P .. 's:' .. sid)
+if sl ~= -2 and redis.call('EXISTS', q, h, P .. 'd:' .. K) == 0 then
+	local tok, exp = token(), 0
+	if ttl ~= '0' then exp = t + tonumber(ttl) end
+	redis.call('HSET', m, 'limit', lim0)
+	redis.call('HSET', h, self, tok .. '|' .. d(exp) .. '|' .. d(t) .. '|0|' .. rest)
+	event('a', self, tok)
+	return {'g', tok, ttl}
+end
+` + lib + `
+lives[sid] = sl
+if sl == -2 then return {'d'} end
 local me = waiter(rec)
-if not alive(me.sid) then return {'d'} end
 if reap() > 0 then grant() end
 -- A request that holds or waits already (the script ran before, and the
 -- client did not hear its reply) stays as it is.
@@ -400,7 +135,7 @@ if try then
 	hold(me)
 	return mine('')
 end
-if redis.call('LPOS', q, rec) then return {'w', wake()} end
+if redis.call('HEXISTS', m, 'q:' .. self) == 1 then return {'w', wake()} end
 -- Queue behind every waiter of its priority or higher, and behind any
 -- overtaken maxBypass times; count a bypass for those it overtakes.
 local at, head, r = 0, false, tail
@@ -434,7 +169,7 @@ return {'w', wake()}
 
 // pokeScript reaps and grants, then reports on the caller's request, whose
 // waiter record is ARGV[4]: what a waiter does when it looks again.
-var pokeScript = goredis.NewScript(lib + `
+var pokeScript = goredis.NewScript(prologue + lib + `
 reap()
 grant()
 tidy()
@@ -444,7 +179,7 @@ return mine(ARGV[4])
 // cancelScript takes back a request, waiter record ARGV[4]: out of the
 // queue, or, if it was granted meanwhile, out of the holders, and hands the
 // key on.
-var cancelScript = goredis.NewScript(lib + `
+var cancelScript = goredis.NewScript(prologue + lib + `
 done[self] = true
 local head = ARGV[4] ~= '' and redis.call('LINDEX', q, 0) == ARGV[4]
 redis.call('LREM', q, 0, ARGV[4])
@@ -463,8 +198,39 @@ return 1
 // Locker's TTL timer ran out: counted, not told). It returns 1 when it
 // ended the lease, 0 when there was none, or the reason the lease had
 // already ended with ('x' or 's': reaped now).
-var releaseScript = goredis.NewScript(lib + `
+//
+// Its fast path is its own Locker's Unlock (ARGV[4] "") of an exclusive
+// lease of Limit 1 (ARGV[5] "1"), which is then the key's only holder: no
+// other fits beside it, and it was granted once the dead ones were reaped.
+// While it lives, it ends with no reap, and with no grant when nobody
+// waits.
+var releaseScript = goredis.NewScript(prologue + `
+-- freed is the queue's head once the fast path has ended the lease.
+local freed = false
+if ARGV[4] == '' and ARGV[5] == '1' then
+	local r = redis.call('HGET', h, self)
+	local x = r and holder(self, r)
+	if x and (x.exp == 0 or x.exp > t) and (x.pdl == 0 or x.pdl > t) and
+		(x.kod == '1' or redis.call('EXISTS', P .. 's:' .. x.sid) == 1) then
+		redis.call('HDEL', h, self)
+		observe('h', t - tonumber(x.since))
+		event('r', self, x.tok)
+		freed = redis.call('LINDEX', q, 0)
+		if not freed then
+			redis.call('DEL', m)
+			return 1
+		end
+		if x.owner ~= '' then redis.call('HDEL', m, 'c:' .. self) end
+	end
+end
+` + lib + `
 done[self] = true
+if freed then
+	first = freed
+	grant()
+	tidy()
+	return 1
+end
 reap()
 local x = drop(self)
 local res = gone[self] or 0
@@ -486,7 +252,7 @@ return res
 
 // extendScript makes the lease self expire ARGV[4] ms from now. It returns
 // 1, or 0 when the lease is not held.
-var extendScript = goredis.NewScript(lib + `
+var extendScript = goredis.NewScript(prologue + lib + `
 if reap() > 0 then grant() end
 local x = H[self]
 if not x then
@@ -500,7 +266,7 @@ return 1
 
 // forceScript ends every lease of the key, telling their Lockers, and
 // returns how many there were.
-var forceScript = goredis.NewScript(lib + `
+var forceScript = goredis.NewScript(prologue + lib + `
 reap()
 local n = 0
 for id, x in pairs(H) do
@@ -520,7 +286,7 @@ return n
 // viewScript reaps and grants, then returns the key's limit, its holders
 // (id, record pairs), its waiters, the Redis time and the re-entry counts
 // (field, count pairs of the metadata hash).
-var viewScript = goredis.NewScript(lib + `
+var viewScript = goredis.NewScript(prologue + lib + `
 reap()
 grant()
 tidy()
@@ -537,12 +303,3 @@ if redis.call('HEXISTS', h, self) == 0 then return 0 end
 if redis.call('HINCRBY', m, 'c:' .. self, ARGV[4]) <= 0 then redis.call('HDEL', m, 'c:' .. self) end
 return 1
 `)
-
-// boundsMS is lmx.HistogramBounds in milliseconds, as a Lua list.
-func boundsMS() string {
-	var b []string
-	for _, d := range lmx.HistogramBounds() {
-		b = append(b, strconv.FormatInt(d.Milliseconds(), 10))
-	}
-	return strings.Join(b, ", ")
-}

@@ -21,34 +21,53 @@ type Lease struct {
 	token uint64
 	door  door // where Unlock and Extend go
 
-	// Broker state, guarded by the shard's mu (see shard).
-	e         *entry // the key's entry while waiting or held, else nil
+	// Broker state, guarded by the shard's mu (see shard). A lease is 128
+	// bytes: what only some leases need is in x, so that a million held
+	// locks do not pay for it.
+	e         *entry // the key's entry while waiting or held with one, else nil
 	prev      *Lease // neighbours in e.waiters or e.holders
 	next      *Lease
 	state     leaseState
 	shared    bool
-	keep      bool   // KeepOnDisconnect
-	noPreempt bool   // NoPreempt
-	count     int32  // grants held by the owner (re-entrancy)
-	reqID     uint32 // the network request a waiter answers
-	prio      int32
+	keep      bool          // KeepOnDisconnect
+	noPreempt bool          // NoPreempt
+	count     int32         // grants held by the owner (re-entrancy); a client's, guarded by its conn's mu
 	x         *leaseExtra   // what few leases need; nil for most
-	hook      leaseHook     // told of grant and end; nil in-process
-	ready     chan struct{} // a waiter's wake-up; sent once on grant or failure
+	ready     chan struct{} // an in-process waiter's wake-up; sent once on grant or failure
 
 	// ttl is nil for a lease that never had an expiry. It and its expires
 	// are written holding both mu and, for a broker's lease, the shard's mu.
 	ttl *ttlState
 
-	mu     sync.Mutex // guards the fields below; taken after the shard's mu
+	mu  sync.Mutex    // guards sig; taken after the shard's mu
+	sig *leaseSignals // nil until asked for or ended
+}
+
+// leaseSignals is what a lease tells its holder: Done, Revoked and Err.
+// Guarded by the lease's mu. A lease nobody asked Done or Revoked of ends
+// with one of the shared ends below, so that its end allocates nothing; a
+// shared end is never written.
+type leaseSignals struct {
 	done   chan struct{}
 	revoke chan struct{} // see Revoked
 	err    error         // why the lease ended, or why a wait failed
+	shared bool          // one of sharedEnds: copy it before a write
 }
+
+// sharedEnds are the ends of the leases nobody asked Done or Revoked of,
+// one for each of the table's reasons.
+var sharedEnds = func() []*leaseSignals {
+	var ends []*leaseSignals
+	for _, err := range []error{ErrReleased, errExpired, errForced, errClosed, errSessionLost, errPreempted, ErrClosed} {
+		ends = append(ends, &leaseSignals{done: closedChan, err: err, shared: true})
+	}
+	return ends
+}()
 
 // leaseExtra holds what only some of a broker's leases need, so that the
 // others do not pay for it. Guarded by the shard's mu.
 type leaseExtra struct {
+	hook      leaseHook     // told of grant and end: a network session's lease
 	owner     string        // asked with Owner
 	preempt   *preemption   // a waiter asked with Preempt
 	lockDelay time.Duration // asked with LockDelay, else -1 (none asked)
@@ -57,8 +76,18 @@ type leaseExtra struct {
 	// field holds its token already), then when the lease it was named for
 	// was granted (its id has the time it was named); else 0.
 	at       int64
-	bypassed int32 // a waiter's count of later requests granted first
-	named    bool  // a waiter named to its session (see chain.go)
+	reqID    uint32 // the network request a waiter answers
+	bypassed int32  // a waiter's count of later requests granted first
+	prio     int32  // asked with Priority
+	named    bool   // a waiter named to its session (see chain.go)
+}
+
+// hook returns the leaseHook l was asked with, or nil in-process.
+func (l *Lease) hook() leaseHook {
+	if l.x == nil {
+		return nil
+	}
+	return l.x.hook
 }
 
 // owner returns who asked for the lease, or "".
@@ -67,6 +96,14 @@ func (l *Lease) owner() string {
 		return ""
 	}
 	return l.x.owner
+}
+
+// prio returns the priority l was asked with.
+func (l *Lease) prio() int32 {
+	if l.x == nil {
+		return 0
+	}
+	return l.x.prio
 }
 
 // isNamed reports whether the waiter l is named to its session.
@@ -152,10 +189,10 @@ func (l *Lease) Expires() time.Time {
 func (l *Lease) Done() <-chan struct{} {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.done == nil {
-		l.done = make(chan struct{})
+	if l.sig == nil || l.sig.done == nil {
+		l.signalsLocked().done = make(chan struct{})
 	}
-	return l.done
+	return l.sig.done
 }
 
 // Revoked returns a channel that is closed when a higher-priority waiter
@@ -165,27 +202,43 @@ func (l *Lease) Done() <-chan struct{} {
 func (l *Lease) Revoked() <-chan struct{} {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.revoke == nil {
-		l.revoke = make(chan struct{})
+	s := l.signalsLocked()
+	if s.revoke == nil {
+		s.revoke = make(chan struct{})
 	}
-	return l.revoke
+	return s.revoke
 }
 
 // revokeNow closes Revoked's channel, once.
 func (l *Lease) revokeNow() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	switch l.revoke {
+	s := l.signalsLocked()
+	switch s.revoke {
 	case nil:
-		l.revoke = closedChan
+		s.revoke = closedChan
 	case closedChan:
 	default:
 		select {
-		case <-l.revoke:
+		case <-s.revoke:
 		default:
-			close(l.revoke)
+			close(s.revoke)
 		}
 	}
+}
+
+// signalsLocked returns l's own leaseSignals, making them, or copying a
+// shared end, if need be. The caller holds l.mu.
+func (l *Lease) signalsLocked() *leaseSignals {
+	switch {
+	case l.sig == nil:
+		l.sig = new(leaseSignals)
+	case l.sig.shared:
+		s := *l.sig
+		s.shared = false
+		l.sig = &s
+	}
+	return l.sig
 }
 
 // Err returns nil while the lease is held, and then why it ended: ErrReleased
@@ -194,7 +247,10 @@ func (l *Lease) revokeNow() {
 func (l *Lease) Err() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.err
+	if l.sig == nil {
+		return nil
+	}
+	return l.sig.err
 }
 
 // Unlock gives the lease up, and the key passes to the next waiter. For a
@@ -220,13 +276,22 @@ func (l *Lease) Extend(ctx context.Context, ttl time.Duration) error {
 // end records why the lease ended and closes Done.
 func (l *Lease) end(reason error) {
 	l.mu.Lock()
-	l.err = reason
-	if l.done == nil {
-		l.done = closedChan
-	} else {
-		close(l.done)
+	defer l.mu.Unlock()
+	if l.sig == nil {
+		for _, s := range sharedEnds {
+			if s.err == reason {
+				l.sig = s
+				return
+			}
+		}
 	}
-	l.mu.Unlock()
+	s := l.signalsLocked()
+	s.err = reason
+	if s.done == nil {
+		s.done = closedChan
+	} else {
+		close(s.done)
+	}
 }
 
 // setExpires moves the expiry, giving the lease a ttlState if it had none;

@@ -218,7 +218,7 @@ func (e *entry) idle() bool { return e.holders.n == 0 && e.waiters.n == 0 && e.d
 // network session, or in-process when nil), or nil.
 func (e *entry) heldBy(owner string, hook leaseHook) *Lease {
 	for h := e.holders.head; h != nil; h = h.next {
-		if h.owner() == owner && h.hook == hook {
+		if h.owner() == owner && h.hook() == hook {
 			return h
 		}
 	}
@@ -250,7 +250,7 @@ func (e *entry) info() KeyInfo {
 		})
 	}
 	for w := e.waiters.head; w != nil; w = w.next {
-		ki.Waiters = append(ki.Waiters, WaiterInfo{Owner: w.owner(), Priority: int(w.prio), Shared: w.shared})
+		ki.Waiters = append(ki.Waiters, WaiterInfo{Owner: w.owner(), Priority: int(w.prio()), Shared: w.shared})
 	}
 	return ki
 }

@@ -122,9 +122,15 @@ func (sh *shard) acquire(ctx context.Context, key string, r *request, wait bool)
 // without a hook, through its ready channel.
 func (sh *shard) begin(key string, r *request, wait bool, hook leaseHook, reqID uint32) (l *Lease, queued bool, err error) {
 	// Allocate before locking, to keep the critical section short.
-	l = &Lease{key: key, door: sh, shared: r.shared, prio: int32(r.priority), keep: r.keepOnDisconnect, noPreempt: r.noPreempt, hook: hook}
+	l = &Lease{key: key, door: sh, shared: r.shared, keep: r.keepOnDisconnect, noPreempt: r.noPreempt}
+	if hook != nil {
+		l.extra().hook = hook
+	}
 	if r.ttl > 0 {
 		l.ttl = &ttlState{ttl: r.ttl, keepAlive: r.keepAlive}
+	}
+	if r.priority != 0 {
+		l.extra().prio = int32(r.priority)
 	}
 	if r.owner != "" {
 		l.extra().owner = r.owner
@@ -179,15 +185,16 @@ func (sh *shard) begin(key string, r *request, wait bool, hook leaseHook, reqID 
 	// A waiter has no token yet: until its grant, or its naming (see
 	// chain.go), the field holds when it queued, for the wait-time
 	// histogram.
-	l.e, l.state, l.reqID, l.token = e, stateWaiting, reqID, uint64(sh.now(l))
+	l.e, l.state, l.token = e, stateWaiting, uint64(sh.now(l))
 	if hook == nil {
 		l.ready = sh.b.readies.Get().(chan struct{})
 	} else {
+		l.x.reqID = reqID
 		hook.queued(l, reqID)
 	}
 	e.waiters.insert(l)
 	sh.st.waiters++
-	if p := l.prev; p != nil && p.isNamed() && p.prio < l.prio {
+	if p := l.prev; p != nil && p.isNamed() && p.prio() < l.prio() {
 		sh.stopLocked(e) // l would overtake waiters named to a client
 	} else if hook != nil {
 		sh.nameLocked(e) // l may follow its session's lease or named waiters
@@ -286,7 +293,7 @@ func (sh *shard) shrinkLocked() {
 // trip a read costs nothing: the cached clock's ticks wake threads, which
 // costs the network door more than the reads (see msClock).
 func (sh *shard) now(l *Lease) int64 {
-	if l.hook == nil {
+	if l.hook() == nil {
 		return sh.b.clock.now()
 	}
 	return time.Now().UnixMilli()
@@ -324,8 +331,8 @@ func (sh *shard) grantNextLocked(e *entry) {
 		now := sh.now(w)
 		sh.st.wait.observe(time.Duration(now-w.queued()) * time.Millisecond)
 		sh.grantLocked(e, w, now)
-		if w.hook != nil {
-			w.hook.granted(w, w.reqID)
+		if hook := w.hook(); hook != nil {
+			hook.granted(w, w.x.reqID)
 		} else {
 			w.ready <- struct{}{}
 		}
@@ -354,8 +361,8 @@ func (sh *shard) dropLocked(l *Lease, reason error) {
 	// grant before the grantee: whatever the holder does next comes after it
 	// in every watch.
 	sh.emitLocked(eventType(reason), l)
-	if l.hook != nil && l != sh.asked {
-		l.hook.ended(l, reason)
+	if hook := l.hook(); hook != nil && l != sh.asked {
+		hook.ended(l, reason)
 	}
 	l.end(reason)
 }
@@ -402,7 +409,7 @@ func (sh *shard) release(key string, id ulid.ULID, by leaseHook) (ended bool, er
 	if l == nil {
 		return false, ErrNotHeld
 	}
-	if by != nil && l.hook == by {
+	if by != nil && l.hook() == by {
 		sh.asked = l
 	}
 	sh.releaseLocked(l)
@@ -497,7 +504,7 @@ func (sh *shard) dequeue(l *Lease) bool {
 func (sh *shard) sessionEnded(l *Lease, hook leaseHook) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if l.hook != hook {
+	if l.hook() != hook {
 		return
 	}
 	switch l.state {
@@ -505,7 +512,7 @@ func (sh *shard) sessionEnded(l *Lease, hook leaseHook) {
 		sh.dequeueLocked(l)
 	case stateHeld:
 		if l.keep {
-			l.hook = nil
+			l.x.hook = nil
 			sh.stopKeepAliveLocked(l, time.Now())
 			return
 		}

@@ -296,12 +296,15 @@ func (l *Lease) end(reason error) {
 
 // setExpires moves the expiry, giving the lease a ttlState if it had none;
 // for a broker's lease, the caller holds the shard's mu.
-func (l *Lease) setExpires(t time.Time) {
+func (l *Lease) setExpires(t time.Time) { l.setExpiresAt(nanos(t)) }
+
+// setExpiresAt is setExpires of a time in nanoseconds since epoch.
+func (l *Lease) setExpiresAt(n int64) {
 	l.mu.Lock()
 	if l.ttl == nil {
 		l.ttl = new(ttlState)
 	}
-	l.ttl.expires = t
+	l.ttl.expires = n
 	l.mu.Unlock()
 }
 
@@ -311,7 +314,7 @@ func (l *Lease) expiresLocked() time.Time {
 	if l.ttl == nil {
 		return time.Time{}
 	}
-	return l.ttl.expires
+	return timeAt(l.ttl.expires)
 }
 
 // notHeld is the error for a lease that is not held: ErrNotHeld, wrapped with

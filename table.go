@@ -219,7 +219,7 @@ func (sh *shard) grantLocked(e *entry, l *Lease, now int64) {
 		l.id = sh.newIDLocked(now)
 	}
 	if l.ttl != nil {
-		sh.startTTLLocked(l, time.Now())
+		sh.startTTLLocked(l, monoNow())
 	}
 	sh.st.holders++
 	sh.st.grants++
@@ -430,7 +430,7 @@ func (sh *shard) sessionEnded(l *Lease, hook leaseHook) {
 	case stateHeld:
 		if l.keep {
 			l.x.hook = nil
-			sh.stopKeepAliveLocked(l, time.Now())
+			sh.stopKeepAliveLocked(l, monoNow())
 			return
 		}
 		sh.st.sessionLost++

@@ -56,7 +56,10 @@ func newLease(key string, sh *shard, r *request, hook leaseHook) *Lease {
 // the entry, or else the lease granted (l, or the one re-entered) or the
 // error.
 func (sh *shard) entryLocked(l *Lease, r *request, hook leaseHook, reqID uint32, wait bool) (e *entry, h *Lease, err error) {
-	v := sh.keys[l.key]
+	v := sh.idle // locking the idle key again needs no lookup
+	if v == nil || v.key != l.key {
+		v = sh.keys[l.key]
+	}
 	switch {
 	case (v == nil || v == sh.idle && v.e == nil) && r.limit == 1:
 		sh.holdAloneLocked(v, l) // nobody else has the key

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -39,19 +40,21 @@ type Lease struct {
 	// are written holding both mu and, for a broker's lease, the shard's mu.
 	ttl *ttlState
 
-	mu  sync.Mutex    // guards sig; taken after the shard's mu
-	sig *leaseSignals // nil until asked for or ended
+	mu  sync.Mutex // guards ttl (see above); taken after the shard's mu
+	sig atomic.Pointer[leaseSignals]
 }
 
-// leaseSignals is what a lease tells its holder: Done, Revoked and Err.
-// Guarded by the lease's mu. A lease nobody asked Done or Revoked of ends
-// with one of the shared ends below, so that its end allocates nothing; a
-// shared end is never written.
+// leaseSignals is what a lease tells its holder: Done, Revoked and Err;
+// l.sig is nil until one is asked for or the lease ends. A leaseSignals is
+// never written once l.sig points at it: each change swaps in a new one
+// (compare-and-swap), so that neither reading them nor ending a lease takes
+// a lock. A lease nobody asked Done or Revoked of ends with one of
+// sharedEnds, so that its end allocates nothing.
 type leaseSignals struct {
-	done   chan struct{}
-	revoke chan struct{} // see Revoked
-	err    error         // why the lease ended, or why a wait failed
-	shared bool          // one of sharedEnds: copy it before a write
+	done    chan struct{} // made by Done, or closedChan once ended
+	revoke  chan struct{} // made by Revoked, or closedChan once revoked
+	revoked bool          // revoke is closed
+	err     error         // why the lease ended, or why a wait failed
 }
 
 // sharedEnds are the ends of the leases nobody asked Done or Revoked of,
@@ -59,10 +62,19 @@ type leaseSignals struct {
 var sharedEnds = func() []*leaseSignals {
 	var ends []*leaseSignals
 	for _, err := range []error{ErrReleased, errExpired, errForced, errClosed, errSessionLost, errPreempted, ErrClosed} {
-		ends = append(ends, &leaseSignals{done: closedChan, err: err, shared: true})
+		ends = append(ends, &leaseSignals{done: closedChan, err: err})
 	}
 	return ends
 }()
+
+// with returns a copy of s, or new signals when s is nil, for a change.
+func (s *leaseSignals) with() *leaseSignals {
+	if s == nil {
+		return new(leaseSignals)
+	}
+	c := *s
+	return &c
+}
 
 // leaseExtra holds what only some of a broker's leases need, so that the
 // others do not pay for it. Guarded by the shard's mu.
@@ -187,12 +199,17 @@ func (l *Lease) Expires() time.Time {
 
 // Done returns a channel that is closed when the lease ends, for any reason.
 func (l *Lease) Done() <-chan struct{} {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.sig == nil || l.sig.done == nil {
-		l.signalsLocked().done = make(chan struct{})
+	for {
+		old := l.sig.Load()
+		if old != nil && old.done != nil {
+			return old.done
+		}
+		s := old.with()
+		s.done = make(chan struct{})
+		if l.sig.CompareAndSwap(old, s) {
+			return s.done
+		}
 	}
-	return l.sig.done
 }
 
 // Revoked returns a channel that is closed when a higher-priority waiter
@@ -200,57 +217,48 @@ func (l *Lease) Done() <-chan struct{} {
 // within the waiter's grace period, or the broker ends the lease with
 // ErrPreempted. It is never closed for a lease asked with NoPreempt.
 func (l *Lease) Revoked() <-chan struct{} {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	s := l.signalsLocked()
-	if s.revoke == nil {
+	for {
+		old := l.sig.Load()
+		if old != nil && old.revoke != nil {
+			return old.revoke
+		}
+		s := old.with()
 		s.revoke = make(chan struct{})
-	}
-	return s.revoke
-}
-
-// revokeNow closes Revoked's channel, once.
-func (l *Lease) revokeNow() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	s := l.signalsLocked()
-	switch s.revoke {
-	case nil:
-		s.revoke = closedChan
-	case closedChan:
-	default:
-		select {
-		case <-s.revoke:
-		default:
-			close(s.revoke)
+		if l.sig.CompareAndSwap(old, s) {
+			return s.revoke
 		}
 	}
 }
 
-// signalsLocked returns l's own leaseSignals, making them, or copying a
-// shared end, if need be. The caller holds l.mu.
-func (l *Lease) signalsLocked() *leaseSignals {
-	switch {
-	case l.sig == nil:
-		l.sig = new(leaseSignals)
-	case l.sig.shared:
-		s := *l.sig
-		s.shared = false
-		l.sig = &s
+// revokeNow closes Revoked's channel, once.
+func (l *Lease) revokeNow() {
+	for {
+		old := l.sig.Load()
+		if old != nil && old.revoked {
+			return
+		}
+		s := old.with()
+		s.revoked = true
+		if s.revoke == nil {
+			s.revoke = closedChan
+		}
+		if l.sig.CompareAndSwap(old, s) {
+			if s.revoke != closedChan {
+				close(s.revoke)
+			}
+			return
+		}
 	}
-	return l.sig
 }
 
 // Err returns nil while the lease is held, and then why it ended: ErrReleased
 // after Unlock or Release, or an error matching ErrLeaseLost and its reason
 // (ErrExpired, ErrPreempted, ErrSessionLost, ErrForced, ErrClosed).
 func (l *Lease) Err() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.sig == nil {
-		return nil
+	if s := l.sig.Load(); s != nil {
+		return s.err
 	}
-	return l.sig.err
+	return nil
 }
 
 // Unlock gives the lease up, and the key passes to the next waiter. For a
@@ -275,23 +283,37 @@ func (l *Lease) Extend(ctx context.Context, ttl time.Duration) error {
 
 // end records why the lease ended and closes Done.
 func (l *Lease) end(reason error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.sig == nil {
-		for _, s := range sharedEnds {
-			if s.err == reason {
-				l.sig = s
-				return
+	for {
+		old := l.sig.Load()
+		s := sharedEnd(old, reason)
+		if s == nil {
+			s = old.with()
+			s.err = reason
+			if s.done == nil {
+				s.done = closedChan
 			}
 		}
+		if l.sig.CompareAndSwap(old, s) {
+			if old != nil && old.done != nil {
+				close(old.done)
+			}
+			return
+		}
 	}
-	s := l.signalsLocked()
-	s.err = reason
-	if s.done == nil {
-		s.done = closedChan
-	} else {
-		close(s.done)
+}
+
+// sharedEnd returns the shared end for reason of a lease whose signals
+// are old, or nil if it needs one of its own.
+func sharedEnd(old *leaseSignals, reason error) *leaseSignals {
+	if old != nil {
+		return nil
 	}
+	for _, s := range sharedEnds {
+		if s.err == reason {
+			return s
+		}
+	}
+	return nil
 }
 
 // setExpires moves the expiry, giving the lease a ttlState if it had none;

@@ -15,7 +15,7 @@ import (
 
 // ttlState is the TTL of a lease, guarded by the shard's mu; a client's
 // lease has no shard, and its expires and heard are guarded by its mu. It
-// is 48 bytes: its times are nanoseconds since epoch (see now and nanos),
+// is 48 bytes: its times are nanoseconds since epoch (see there),
 // and when the shard's timer must look at the lease is worked out (wake),
 // not kept.
 type ttlState struct {

@@ -42,7 +42,7 @@ func NewLease(key string, id ulid.ULID, token uint64, expires time.Time, b Lease
 	d := &backendDoor{b: b}
 	l = &Lease{key: key, id: id, token: token, door: d, count: 1, state: stateHeld}
 	if !expires.IsZero() {
-		l.ttl = &ttlState{expires: expires}
+		l.ttl = &ttlState{expires: nanos(expires)}
 	}
 	d.l = l
 	return l, d.end

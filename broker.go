@@ -110,13 +110,7 @@ func (b *Broker) Inspect(ctx context.Context, key string) (KeyInfo, error) {
 	if err := b.check(key); err != nil {
 		return KeyInfo{}, err
 	}
-	sh := b.shardFor(key)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if e := sh.liveLocked(key); e != nil {
-		return e.info(), nil
-	}
-	return KeyInfo{Key: key}, nil
+	return b.shardFor(key).inspect(key), nil
 }
 
 // List returns the live keys that start with prefix, sorted, at most limit
@@ -128,14 +122,7 @@ func (b *Broker) List(ctx context.Context, prefix string, limit int) ([]KeyStat,
 	limit = listLimit(limit)
 	var keys []KeyStat
 	for i := range b.shards {
-		sh := &b.shards[i]
-		sh.mu.Lock()
-		for k, e := range sh.keys {
-			if e != sh.idle && strings.HasPrefix(k, prefix) {
-				keys = append(keys, KeyStat{Key: k, Limit: int(e.limit), Holders: e.holders.n, Waiters: e.waiters.n})
-			}
-		}
-		sh.mu.Unlock()
+		keys = b.shards[i].list(keys, prefix)
 	}
 	slices.SortFunc(keys, func(a, b KeyStat) int { return strings.Compare(a.Key, b.Key) })
 	return keys[:min(len(keys), limit)], nil

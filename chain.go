@@ -61,20 +61,20 @@ func (l *Lease) chainable() bool {
 // right behind the holder and those named already.
 func (sh *shard) nameLocked(e *entry) {
 	h := e.holders.head
-	if h == nil || e.limit != 1 || e.stop != 0 || h.shared || h.owner() != "" || h.hook == nil || !h.hook.chains() {
+	if h == nil || e.limit != 1 || e.stop != 0 || h.shared || h.owner() != "" || h.hook() == nil || !h.hook().chains() {
 		return
 	}
 	pred, w := h, e.waiters.head
 	if e.chain != nil {
 		pred, w = e.chain, e.chain.next
 	}
-	for ; w != nil && w.hook == h.hook && w.chainable(); pred, w = w, w.next {
+	for ; w != nil && w.hook() == h.hook() && w.chainable(); pred, w = w, w.next {
 		x := w.extra()
 		x.named, x.at = true, int64(w.token) // the token held when it queued
 		w.token = sh.b.tokens.Add(1)
 		w.id = sh.newIDLocked(sh.now(w))
 		e.chain = w
-		h.hook.named(w, pred.id)
+		h.hook().named(w, pred.id)
 	}
 }
 
@@ -95,7 +95,7 @@ func (e *entry) unqueue(l *Lease) {
 // on, unless it has been asked already.
 func (sh *shard) stopLocked(e *entry) {
 	if e.stop == 0 {
-		e.stop = e.chain.hook.stop(e.key)
+		e.stop = e.chain.hook().stop(e.key)
 	}
 }
 
@@ -106,7 +106,7 @@ func (sh *shard) stopped(key string, s leaseHook, seq uint32) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	e := sh.liveLocked(key)
-	if e == nil || e.stop == 0 || e.stop != seq || e.chain.hook != s {
+	if e == nil || e.stop == 0 || e.stop != seq || e.chain.hook() != s {
 		return // the names ran out first
 	}
 	var named []*Lease

@@ -412,10 +412,7 @@ func (cc *clientConn) granted(cl *call, p []byte) (l *Lease, lost, bad error) {
 	if !exp.IsZero() {
 		// The broker renews a KeepAlive lease; Expires projects its renewals
 		// up to the bound it keeps: grant time, exp less the TTL, plus max.
-		l.ttl = &ttlState{expires: exp, ttl: cl.ttl, heard: time.Now()}
-		if cl.keepAlive > 0 {
-			l.ttl.keepAlive, l.ttl.keepUntil = cl.keepAlive, exp.Add(cl.keepAlive-cl.ttl)
-		}
+		l.ttl = clientTTL(exp, cl.ttl, cl.keepAlive, time.Now())
 	}
 	cc.leases[id] = l
 	return l, nil, nil

@@ -14,14 +14,18 @@ type delay struct {
 
 // delayLocked starts, or lengthens, the lock-delay of e after l ended for
 // reason: only an end the holder did not choose (expiry, lost session,
-// ForceUnlock) delays the key.
-func (sh *shard) delayLocked(e *entry, l *Lease, reason error) {
+// ForceUnlock) delays the key. It returns the key's entry, which it makes
+// if l held the key alone (e nil): the delay needs one.
+func (sh *shard) delayLocked(e *entry, l *Lease, reason error) *entry {
 	d := sh.b.cfg.lockDelay
 	if l.x != nil && l.x.lockDelay >= 0 {
 		d = l.x.lockDelay
 	}
 	if d <= 0 || !(errors.Is(reason, ErrExpired) || errors.Is(reason, ErrSessionLost) || errors.Is(reason, ErrForced)) {
-		return
+		return e
+	}
+	if e == nil {
+		e = sh.newEntryLocked(l.key, 1)
 	}
 	until := time.Now().Add(d)
 	switch {
@@ -32,6 +36,7 @@ func (sh *shard) delayLocked(e *entry, l *Lease, reason error) {
 		e.delay.until = until
 		e.delay.timer.Reset(d)
 	}
+	return e
 }
 
 // endDelay lifts e's lock-delay and hands the key on.

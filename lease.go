@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -21,34 +22,64 @@ type Lease struct {
 	token uint64
 	door  door // where Unlock and Extend go
 
-	// Broker state, guarded by the shard's mu (see shard).
-	e         *entry // the key's entry while waiting or held, else nil
+	// Broker state, guarded by the shard's mu (see shard). A lease is 128
+	// bytes: what only some leases need is in x, so that a million held
+	// locks do not pay for it.
+	e         *entry // the key's entry while waiting or held with one, else nil
 	prev      *Lease // neighbours in e.waiters or e.holders
 	next      *Lease
 	state     leaseState
 	shared    bool
-	keep      bool   // KeepOnDisconnect
-	noPreempt bool   // NoPreempt
-	count     int32  // grants held by the owner (re-entrancy)
-	reqID     uint32 // the network request a waiter answers
-	prio      int32
+	keep      bool          // KeepOnDisconnect
+	noPreempt bool          // NoPreempt
+	count     int32         // grants held by the owner (re-entrancy); a client's, guarded by its conn's mu
 	x         *leaseExtra   // what few leases need; nil for most
-	hook      leaseHook     // told of grant and end; nil in-process
-	ready     chan struct{} // a waiter's wake-up; sent once on grant or failure
+	ready     chan struct{} // an in-process waiter's wake-up; sent once on grant or failure
 
 	// ttl is nil for a lease that never had an expiry. It and its expires
 	// are written holding both mu and, for a broker's lease, the shard's mu.
 	ttl *ttlState
 
-	mu     sync.Mutex // guards the fields below; taken after the shard's mu
-	done   chan struct{}
-	revoke chan struct{} // see Revoked
-	err    error         // why the lease ended, or why a wait failed
+	mu  sync.Mutex // guards ttl (see above); taken after the shard's mu
+	sig atomic.Pointer[leaseSignals]
+}
+
+// leaseSignals is what a lease tells its holder: Done, Revoked and Err;
+// l.sig is nil until one is asked for or the lease ends. A leaseSignals is
+// never written once l.sig points at it: each change swaps in a new one
+// (compare-and-swap), so that neither reading them nor ending a lease takes
+// a lock. A lease nobody asked Done or Revoked of ends with one of
+// sharedEnds, so that its end allocates nothing.
+type leaseSignals struct {
+	done    chan struct{} // made by Done, or closedChan once ended
+	revoke  chan struct{} // made by Revoked, or closedChan once revoked
+	revoked bool          // revoke is closed
+	err     error         // why the lease ended, or why a wait failed
+}
+
+// sharedEnds are the ends of the leases nobody asked Done or Revoked of,
+// one for each of the table's reasons.
+var sharedEnds = func() []*leaseSignals {
+	var ends []*leaseSignals
+	for _, err := range []error{ErrReleased, errExpired, errForced, errClosed, errSessionLost, errPreempted, ErrClosed} {
+		ends = append(ends, &leaseSignals{done: closedChan, err: err})
+	}
+	return ends
+}()
+
+// with returns a copy of s, or new signals when s is nil, for a change.
+func (s *leaseSignals) with() *leaseSignals {
+	if s == nil {
+		return new(leaseSignals)
+	}
+	c := *s
+	return &c
 }
 
 // leaseExtra holds what only some of a broker's leases need, so that the
 // others do not pay for it. Guarded by the shard's mu.
 type leaseExtra struct {
+	hook      leaseHook     // told of grant and end: a network session's lease
 	owner     string        // asked with Owner
 	preempt   *preemption   // a waiter asked with Preempt
 	lockDelay time.Duration // asked with LockDelay, else -1 (none asked)
@@ -57,8 +88,18 @@ type leaseExtra struct {
 	// field holds its token already), then when the lease it was named for
 	// was granted (its id has the time it was named); else 0.
 	at       int64
-	bypassed int32 // a waiter's count of later requests granted first
-	named    bool  // a waiter named to its session (see chain.go)
+	reqID    uint32 // the network request a waiter answers
+	bypassed int32  // a waiter's count of later requests granted first
+	prio     int32  // asked with Priority
+	named    bool   // a waiter named to its session (see chain.go)
+}
+
+// hook returns the leaseHook l was asked with, or nil in-process.
+func (l *Lease) hook() leaseHook {
+	if l.x == nil {
+		return nil
+	}
+	return l.x.hook
 }
 
 // owner returns who asked for the lease, or "".
@@ -67,6 +108,14 @@ func (l *Lease) owner() string {
 		return ""
 	}
 	return l.x.owner
+}
+
+// prio returns the priority l was asked with.
+func (l *Lease) prio() int32 {
+	if l.x == nil {
+		return 0
+	}
+	return l.x.prio
 }
 
 // isNamed reports whether the waiter l is named to its session.
@@ -150,12 +199,17 @@ func (l *Lease) Expires() time.Time {
 
 // Done returns a channel that is closed when the lease ends, for any reason.
 func (l *Lease) Done() <-chan struct{} {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.done == nil {
-		l.done = make(chan struct{})
+	for {
+		old := l.sig.Load()
+		if old != nil && old.done != nil {
+			return old.done
+		}
+		s := old.with()
+		s.done = make(chan struct{})
+		if l.sig.CompareAndSwap(old, s) {
+			return s.done
+		}
 	}
-	return l.done
 }
 
 // Revoked returns a channel that is closed when a higher-priority waiter
@@ -163,27 +217,36 @@ func (l *Lease) Done() <-chan struct{} {
 // within the waiter's grace period, or the broker ends the lease with
 // ErrPreempted. It is never closed for a lease asked with NoPreempt.
 func (l *Lease) Revoked() <-chan struct{} {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.revoke == nil {
-		l.revoke = make(chan struct{})
+	for {
+		old := l.sig.Load()
+		if old != nil && old.revoke != nil {
+			return old.revoke
+		}
+		s := old.with()
+		s.revoke = make(chan struct{})
+		if l.sig.CompareAndSwap(old, s) {
+			return s.revoke
+		}
 	}
-	return l.revoke
 }
 
 // revokeNow closes Revoked's channel, once.
 func (l *Lease) revokeNow() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	switch l.revoke {
-	case nil:
-		l.revoke = closedChan
-	case closedChan:
-	default:
-		select {
-		case <-l.revoke:
-		default:
-			close(l.revoke)
+	for {
+		old := l.sig.Load()
+		if old != nil && old.revoked {
+			return
+		}
+		s := old.with()
+		s.revoked = true
+		if s.revoke == nil {
+			s.revoke = closedChan
+		}
+		if l.sig.CompareAndSwap(old, s) {
+			if s.revoke != closedChan {
+				close(s.revoke)
+			}
+			return
 		}
 	}
 }
@@ -192,9 +255,10 @@ func (l *Lease) revokeNow() {
 // after Unlock or Release, or an error matching ErrLeaseLost and its reason
 // (ErrExpired, ErrPreempted, ErrSessionLost, ErrForced, ErrClosed).
 func (l *Lease) Err() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.err
+	if s := l.sig.Load(); s != nil {
+		return s.err
+	}
+	return nil
 }
 
 // Unlock gives the lease up, and the key passes to the next waiter. For a
@@ -219,24 +283,50 @@ func (l *Lease) Extend(ctx context.Context, ttl time.Duration) error {
 
 // end records why the lease ended and closes Done.
 func (l *Lease) end(reason error) {
-	l.mu.Lock()
-	l.err = reason
-	if l.done == nil {
-		l.done = closedChan
-	} else {
-		close(l.done)
+	for {
+		old := l.sig.Load()
+		s := sharedEnd(old, reason)
+		if s == nil {
+			s = old.with()
+			s.err = reason
+			if s.done == nil {
+				s.done = closedChan
+			}
+		}
+		if l.sig.CompareAndSwap(old, s) {
+			if old != nil && old.done != nil {
+				close(old.done)
+			}
+			return
+		}
 	}
-	l.mu.Unlock()
+}
+
+// sharedEnd returns the shared end for reason of a lease whose signals
+// are old, or nil if it needs one of its own.
+func sharedEnd(old *leaseSignals, reason error) *leaseSignals {
+	if old != nil {
+		return nil
+	}
+	for _, s := range sharedEnds {
+		if s.err == reason {
+			return s
+		}
+	}
+	return nil
 }
 
 // setExpires moves the expiry, giving the lease a ttlState if it had none;
 // for a broker's lease, the caller holds the shard's mu.
-func (l *Lease) setExpires(t time.Time) {
+func (l *Lease) setExpires(t time.Time) { l.setExpiresAt(nanos(t)) }
+
+// setExpiresAt is setExpires of a time in nanoseconds since epoch.
+func (l *Lease) setExpiresAt(n int64) {
 	l.mu.Lock()
 	if l.ttl == nil {
 		l.ttl = new(ttlState)
 	}
-	l.ttl.expires = t
+	l.ttl.expires = n
 	l.mu.Unlock()
 }
 
@@ -246,7 +336,7 @@ func (l *Lease) expiresLocked() time.Time {
 	if l.ttl == nil {
 		return time.Time{}
 	}
-	return l.ttl.expires
+	return timeAt(l.ttl.expires)
 }
 
 // notHeld is the error for a lease that is not held: ErrNotHeld, wrapped with

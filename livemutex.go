@@ -381,7 +381,7 @@ func (c *lmConn) queued(l *Lease, _ uint32) {
 	}
 	id := lmLockID(l)
 	c.waits[id] = l
-	c.push(&lmLock{UUID: id, Key: l.key, Type: "lock", LockRequestCount: l.e.waiters.n})
+	c.push(&lmLock{UUID: id, Key: l.key, Type: "lock", LockRequestCount: l.waitersLocked()})
 }
 
 // granted implements leaseHook.
@@ -394,7 +394,7 @@ func (c *lmConn) granted(l *Lease, _ uint32) {
 	id := lmLockID(l)
 	delete(c.waits, id)
 	c.leases[id] = l
-	c.push(&lmLock{UUID: id, Key: l.key, Type: "lock", Acquired: true, LockRequestCount: l.e.waiters.n,
+	c.push(&lmLock{UUID: id, Key: l.key, Type: "lock", Acquired: true, LockRequestCount: l.waitersLocked(),
 		FencingToken: l.token, FencingTokenString: strconv.FormatUint(l.token, 10)})
 }
 

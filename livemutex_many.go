@@ -241,7 +241,7 @@ func (m *lmMany) queued(l *Lease, _ uint32) {
 		return // take's ctx is done: it dequeues l
 	}
 	m.waiting = l
-	n := l.e.waiters.n
+	n := l.waitersLocked()
 	rep := m.answer()
 	rep.ContendedKey, rep.LockRequestCount = l.key, &n
 	c.push(&rep)

@@ -3,6 +3,7 @@ package lmx
 import (
 	"context"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -186,8 +187,8 @@ func (h *Histogram) Count() uint64 {
 	return n
 }
 
-// entry is the state of one live key. It exists while the key has a holder
-// or a waiter and is recycled when it has neither. Guarded by its shard's mu.
+// entry is the state of one live key that has more than its holder (see
+// shard). It is recycled once idle. Guarded by its shard's mu.
 type entry struct {
 	key     string
 	limit   int32     // exclusive holders admitted at once, fixed at creation
@@ -198,6 +199,7 @@ type entry struct {
 	waiters leaseList // ordered by priority, then arrival
 	delay   *delay    // a lock-delay in force, or nil
 	chain   *Lease    // the last waiter named to the holder's session, or nil (see chain.go)
+	anchor  Lease     // what the shard's keys holds for the key: no lease, its key and e only
 }
 
 // fits reports whether l could hold the key alongside the present holders.
@@ -218,7 +220,7 @@ func (e *entry) idle() bool { return e.holders.n == 0 && e.waiters.n == 0 && e.d
 // network session, or in-process when nil), or nil.
 func (e *entry) heldBy(owner string, hook leaseHook) *Lease {
 	for h := e.holders.head; h != nil; h = h.next {
-		if h.owner() == owner && h.hook == hook {
+		if h.owner() == owner && h.hook() == hook {
 			return h
 		}
 	}
@@ -239,18 +241,62 @@ func (e *entry) heldWithID(id ulid.ULID) *Lease {
 func (e *entry) info() KeyInfo {
 	ki := KeyInfo{Key: e.key, Limit: int(e.limit)}
 	for h := e.holders.head; h != nil; h = h.next {
-		ki.Holders = append(ki.Holders, HolderInfo{
-			ID:      h.id,
-			Token:   h.token,
-			Owner:   h.owner(),
-			Shared:  h.shared,
-			Count:   int(h.count),
-			Since:   time.UnixMilli(h.granted()),
-			Expires: h.expiresLocked(),
-		})
+		ki.Holders = append(ki.Holders, h.info())
 	}
 	for w := e.waiters.head; w != nil; w = w.next {
-		ki.Waiters = append(ki.Waiters, WaiterInfo{Owner: w.owner(), Priority: int(w.prio), Shared: w.shared})
+		ki.Waiters = append(ki.Waiters, WaiterInfo{Owner: w.owner(), Priority: int(w.prio()), Shared: w.shared})
 	}
 	return ki
+}
+
+// info describes the held lease l for Inspect.
+func (l *Lease) info() HolderInfo {
+	return HolderInfo{
+		ID:      l.id,
+		Token:   l.token,
+		Owner:   l.owner(),
+		Shared:  l.shared,
+		Count:   int(l.count),
+		Since:   time.UnixMilli(l.granted()),
+		Expires: l.expiresLocked(),
+	}
+}
+
+// waitersLocked returns how many wait for the key of l, which is held or
+// waiting; the caller holds the shard's mu.
+func (l *Lease) waitersLocked() int {
+	if l.e == nil {
+		return 0
+	}
+	return l.e.waiters.n
+}
+
+// inspect describes key for Inspect.
+func (sh *shard) inspect(key string) KeyInfo {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	switch lone, e := sh.lookupLocked(key); {
+	case e != nil:
+		return e.info()
+	case lone != nil:
+		return KeyInfo{Key: key, Limit: 1, Holders: []HolderInfo{lone.info()}}
+	}
+	return KeyInfo{Key: key}
+}
+
+// list appends to keys the live keys of the shard that start with prefix.
+func (sh *shard) list(keys []KeyStat, prefix string) []KeyStat {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	for k, v := range sh.keys {
+		switch {
+		case v == sh.idle || !strings.HasPrefix(k, prefix):
+		case v.e == nil:
+			keys = append(keys, KeyStat{Key: k, Limit: 1, Holders: 1})
+		default:
+			e := v.e
+			keys = append(keys, KeyStat{Key: k, Limit: int(e.limit), Holders: e.holders.n, Waiters: e.waiters.n})
+		}
+	}
+	return keys
 }

@@ -41,8 +41,8 @@ func (sh *shard) maybePreemptLocked(e *entry) {
 	p.victims = victims
 	for _, v := range victims {
 		v.revokeNow()
-		if v.hook != nil {
-			v.hook.revoked(v)
+		if hook := v.hook(); hook != nil {
+			hook.revoked(v)
 		}
 	}
 	time.AfterFunc(p.grace, func() { sh.b.bg.run(func() { sh.preemptDue(w) }) })
@@ -67,12 +67,12 @@ func (e *entry) victims(w *Lease) []*Lease {
 		if excess := len(excl) - int(e.limit) + 1; excess > 0 {
 			// The lowest priorities go first; among equals, the newest.
 			slices.Reverse(excl)
-			slices.SortStableFunc(excl, func(a, b *Lease) int { return int(a.prio) - int(b.prio) })
+			slices.SortStableFunc(excl, func(a, b *Lease) int { return int(a.prio()) - int(b.prio()) })
 			need = append(need, excl[:excess]...)
 		}
 	}
 	for _, v := range need {
-		if v.noPreempt || v.prio >= w.prio {
+		if v.noPreempt || v.prio() >= w.prio() {
 			return nil
 		}
 	}

@@ -27,7 +27,7 @@ func (q *leaseList) pushBack(l *Lease) {
 // priorities costs O(1).
 func (q *leaseList) insert(l *Lease) {
 	at := q.tail
-	for at != nil && at.prio < l.prio && !at.bypassedMax() && !at.isNamed() {
+	for at != nil && at.prio() < l.prio() && !at.bypassedMax() && !at.isNamed() {
 		at = at.prev
 	}
 	if at == q.tail {
@@ -43,7 +43,7 @@ func (q *leaseList) insert(l *Lease) {
 // each counts as a bypass, up to maxBypass.
 func (q *leaseList) requeue(l *Lease) {
 	at := q.head
-	for at != nil && at.prio > l.prio && !l.bypassedMax() {
+	for at != nil && at.prio() > l.prio() && !l.bypassedMax() {
 		l.extra().bypassed++
 		at = at.next
 	}
@@ -73,7 +73,7 @@ func (q *leaseList) after(at, l *Lease) {
 // mayOvertake reports whether l may be granted ahead of every waiter.
 func (q *leaseList) mayOvertake(l *Lease) bool {
 	h := q.head
-	return h == nil || h.prio < l.prio && !h.bypassedMax() && !h.isNamed()
+	return h == nil || h.prio() < l.prio() && !h.bypassedMax() && !h.isNamed()
 }
 
 // overtaken counts one bypass for from and every waiter behind it.

@@ -388,7 +388,7 @@ func (s *session) named(l *Lease, pred ulid.ULID) {
 	if s.over {
 		return
 	}
-	reqID, m := l.reqID, nextMsg{pred: pred, id: l.id, token: l.token}
+	reqID, m := l.x.reqID, nextMsg{pred: pred, id: l.id, token: l.token}
 	s.push(func(b []byte) []byte { return appendNext(b, reqID, m) })
 }
 

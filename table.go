@@ -4,7 +4,6 @@ import (
 	"context"
 	crand "crypto/rand"
 	"encoding/binary"
-	"fmt"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -15,39 +14,30 @@ import (
 // numShards splits the table so that unrelated keys rarely share a mutex.
 const numShards = 64
 
-// maxFree bounds the recycled entries a shard keeps, so that a burst of keys
-// does not pin memory once it has passed.
-const maxFree = 32
-
-// A Go map never shrinks: a shard whose map held a burst of keys keeps their
-// slots after they are gone (about 50 MiB for 10^6 keys). So a shard rebuilds
-// its map once the live keys fall to shrinkRatio of the most it held since
-// the last rebuild. Each rebuild copies at most 1/shrinkRatio of the
-// deletions since the last, so it costs O(1) a deletion, and a shard whose
-// number of keys stays near a steady level never rebuilds. Maps of fewer
-// than shrinkMin keys are not worth it.
-const (
-	shrinkRatio = 8
-	shrinkMin   = 1024
-)
-
 // A shard owns the keys that hash to it. Its mu guards every field below, the
 // entries in keys and the broker state of their leases (see Lease). Nothing
 // blocks and no user code runs while mu is held.
+//
+// A key costs its map slot and its holder's Lease, and no more while it has
+// one holder and nothing else: keys holds that lease itself. A key gets an
+// entry when a second party comes (a waiter, another shared holder), when
+// its limit is not 1, or for a lock-delay, and keeps it until it is idle;
+// keys then holds the entry's anchor.
 type shard struct {
 	b    *Broker
 	mu   sync.Mutex
-	keys map[string]*entry
-	peak int // the most keys since keys was made
+	keys map[string]*Lease // a lone holder (e nil), or an entry's anchor
+	peak int               // the most keys since keys was made
 	free []*entry
 	rng  *rand.ChaCha8 // lock ids
 	st   counters
 
-	// idle is the last entry to have gone idle, left in keys so that locking
-	// its key again, the commonest pattern, costs no map write. At most one
-	// per shard: idle keys still cost next to nothing. Inspect and Stats do
-	// not see it.
-	idle *entry
+	// idle is what keys holds for the last key to have gone idle: the lease
+	// that held it alone, or its entry's anchor. It is left in keys so that
+	// locking the key again, the commonest pattern, costs no map insert. At
+	// most one per shard: idle keys still cost next to nothing. Inspect and
+	// Stats do not see it.
+	idle *Lease
 
 	// asked is the lease that release ends at the request of its own
 	// session, which learns of the end from the answer and so is not told
@@ -70,7 +60,7 @@ func (sh *shard) init(b *Broker) {
 	var seed [32]byte
 	crand.Read(seed[:]) // never fails (crypto/rand's contract since Go 1.24)
 	sh.b = b
-	sh.keys = make(map[string]*entry)
+	sh.keys = make(map[string]*Lease)
 	sh.rng = rand.NewChaCha8(seed)
 }
 
@@ -121,44 +111,20 @@ func (sh *shard) acquire(ctx context.Context, key string, r *request, wait bool)
 // granted later: through hook, which is also told of immediate grants, or,
 // without a hook, through its ready channel.
 func (sh *shard) begin(key string, r *request, wait bool, hook leaseHook, reqID uint32) (l *Lease, queued bool, err error) {
-	// Allocate before locking, to keep the critical section short.
-	l = &Lease{key: key, door: sh, shared: r.shared, prio: int32(r.priority), keep: r.keepOnDisconnect, noPreempt: r.noPreempt, hook: hook}
-	if r.ttl > 0 {
-		l.ttl = &ttlState{ttl: r.ttl, keepAlive: r.keepAlive}
-	}
-	if r.owner != "" {
-		l.extra().owner = r.owner
-	}
-	if r.preempt >= 0 {
-		l.extra().preempt = &preemption{grace: r.preempt}
-	}
-	if r.lockDelay >= 0 {
-		l.extra().lockDelay = r.lockDelay
-	}
+	l = newLease(key, sh, r, hook) // before locking, to keep the critical section short
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	if sh.b.closed.Load() {
 		return nil, false, ErrClosed
 	}
-	e := sh.keys[key]
-	switch {
-	case e == nil:
-		e = sh.newEntryLocked(key, r.limit)
-	case e == sh.idle:
-		sh.idle, e.limit = nil, int32(r.limit)
-	case int(e.limit) != r.limit && !r.ownLimit:
-		return nil, false, fmt.Errorf("%w: key %q has limit %d, asked %d", ErrLimitMismatch, key, e.limit, r.limit)
+	e, h, err := sh.entryLocked(l, r, hook, reqID, wait)
+	if e == nil {
+		return h, false, err
 	}
 	if r.owner != "" {
 		if h := e.heldBy(r.owner, hook); h != nil {
-			if h.shared && !r.shared {
-				return nil, false, fmt.Errorf("%w: owner %q holds %q shared and cannot re-enter exclusive", ErrInvalidOption, r.owner, key)
-			}
-			h.count++
-			if hook != nil {
-				hook.granted(h, reqID)
-			}
-			return h, false, nil
+			h, err := sh.reenterLocked(h, r, hook, reqID)
+			return h, false, err
 		}
 	}
 	// A request goes straight to the head of the queue only past waiters of
@@ -179,15 +145,16 @@ func (sh *shard) begin(key string, r *request, wait bool, hook leaseHook, reqID 
 	// A waiter has no token yet: until its grant, or its naming (see
 	// chain.go), the field holds when it queued, for the wait-time
 	// histogram.
-	l.e, l.state, l.reqID, l.token = e, stateWaiting, reqID, uint64(sh.now(l))
+	l.e, l.state, l.token = e, stateWaiting, uint64(sh.now(l))
 	if hook == nil {
 		l.ready = sh.b.readies.Get().(chan struct{})
 	} else {
+		l.x.reqID = reqID
 		hook.queued(l, reqID)
 	}
 	e.waiters.insert(l)
 	sh.st.waiters++
-	if p := l.prev; p != nil && p.isNamed() && p.prio < l.prio {
+	if p := l.prev; p != nil && p.isNamed() && p.prio() < l.prio() {
 		sh.stopLocked(e) // l would overtake waiters named to a client
 	} else if hook != nil {
 		sh.nameLocked(e) // l may follow its session's lease or named waiters
@@ -226,81 +193,25 @@ func (sh *shard) dequeueLocked(l *Lease) {
 	sh.freeIfIdleLocked(e)
 }
 
-// liveLocked returns the entry of key if it has a holder or a waiter.
-func (sh *shard) liveLocked(key string) *entry {
-	if e := sh.keys[key]; e != sh.idle {
-		return e
-	}
-	return nil
-}
-
-// newEntryLocked creates the entry of key.
-func (sh *shard) newEntryLocked(key string, limit int) *entry {
-	var e *entry
-	if n := len(sh.free); n > 0 {
-		e = sh.free[n-1]
-		sh.free = sh.free[:n-1]
-	} else {
-		e = new(entry)
-	}
-	e.key, e.limit = key, int32(limit)
-	sh.keys[key] = e
-	sh.peak = max(sh.peak, len(sh.keys))
-	return e
-}
-
-// freeIfIdleLocked drops e from the table once it has no holder and no
-// waiter; it keeps the last such entry as the shard's idle one instead.
-func (sh *shard) freeIfIdleLocked(e *entry) {
-	if !e.idle() || e == sh.idle {
-		return
-	}
-	e, sh.idle = sh.idle, e
-	if e == nil {
-		return
-	}
-	delete(sh.keys, e.key)
-	if len(sh.free) < maxFree {
-		*e = entry{}
-		sh.free = append(sh.free, e)
-	}
-	if sh.peak >= shrinkMin && len(sh.keys) <= sh.peak/shrinkRatio && !sh.b.closed.Load() {
-		sh.shrinkLocked()
-	}
-}
-
-// shrinkLocked rebuilds the shard's map at the size it needs now, so that
-// the memory of a burst of keys that have gone is given back. Not while the
-// broker closes: closeLocked is ranging over the map.
-func (sh *shard) shrinkLocked() {
-	keys := make(map[string]*entry, len(sh.keys))
-	for k, e := range sh.keys {
-		keys[k] = e
-	}
-	sh.keys, sh.peak = keys, len(keys)
-}
-
 // now returns the time, in unix milliseconds, of an event of l: the
 // broker's cached clock for an in-process lease, whose grant costs less than
 // a clock read, and the clock itself for a session's, beside whose round
 // trip a read costs nothing: the cached clock's ticks wake threads, which
 // costs the network door more than the reads (see msClock).
 func (sh *shard) now(l *Lease) int64 {
-	if l.hook == nil {
+	if l.hook() == nil {
 		return sh.b.clock.now()
 	}
 	return time.Now().UnixMilli()
 }
 
-// grantLocked makes l a holder of e at now, in unix milliseconds.
+// grantLocked makes l a holder of e, or of its key alone when e is nil, at
+// now, in unix milliseconds.
 func (sh *shard) grantLocked(e *entry, l *Lease, now int64) {
-	if l.shared {
-		e.shared++
-	} else {
-		e.excl++
+	if e != nil {
+		sh.joinLocked(e, l)
 	}
-	e.holders.pushBack(l)
-	l.e, l.state, l.count = e, stateHeld, 1
+	l.state, l.count = stateHeld, 1
 	if l.isNamed() { // it keeps the id and token it was named with
 		l.x.named, l.x.at = false, now
 	} else {
@@ -308,7 +219,7 @@ func (sh *shard) grantLocked(e *entry, l *Lease, now int64) {
 		l.id = sh.newIDLocked(now)
 	}
 	if l.ttl != nil {
-		sh.startTTLLocked(l, time.Now())
+		sh.startTTLLocked(l, monoNow())
 	}
 	sh.st.holders++
 	sh.st.grants++
@@ -324,8 +235,8 @@ func (sh *shard) grantNextLocked(e *entry) {
 		now := sh.now(w)
 		sh.st.wait.observe(time.Duration(now-w.queued()) * time.Millisecond)
 		sh.grantLocked(e, w, now)
-		if w.hook != nil {
-			w.hook.granted(w, w.reqID)
+		if hook := w.hook(); hook != nil {
+			hook.granted(w, w.x.reqID)
 		} else {
 			w.ready <- struct{}{}
 		}
@@ -334,18 +245,22 @@ func (sh *shard) grantNextLocked(e *entry) {
 	sh.maybePreemptLocked(e)
 }
 
-// dropLocked ends the held lease l for reason without granting its successor.
-func (sh *shard) dropLocked(l *Lease, reason error) {
+// dropLocked ends the held lease l for reason without granting its
+// successor, and returns the key's entry: nil if l held the key alone and
+// no lock-delay follows, in which case the key is idle.
+func (sh *shard) dropLocked(l *Lease, reason error) *entry {
 	e := l.e
-	e.holders.remove(l)
-	if l.shared {
-		e.shared--
-	} else {
-		e.excl--
+	if e != nil {
+		e.holders.remove(l)
+		if l.shared {
+			e.shared--
+		} else {
+			e.excl--
+		}
 	}
 	sh.st.holders--
 	sh.st.hold.observe(time.Duration(sh.now(l)-l.granted()) * time.Millisecond)
-	sh.delayLocked(e, l, reason)
+	e = sh.delayLocked(e, l, reason)
 	l.e, l.state = nil, stateEnded
 	if l.ttl != nil {
 		sh.unscheduleLocked(l)
@@ -354,18 +269,22 @@ func (sh *shard) dropLocked(l *Lease, reason error) {
 	// grant before the grantee: whatever the holder does next comes after it
 	// in every watch.
 	sh.emitLocked(eventType(reason), l)
-	if l.hook != nil && l != sh.asked {
-		l.hook.ended(l, reason)
+	if hook := l.hook(); hook != nil && l != sh.asked {
+		hook.ended(l, reason)
 	}
 	l.end(reason)
+	if e == nil {
+		sh.idleLocked(l)
+	}
+	return e
 }
 
 // endLocked ends the held lease l for reason and hands the key on.
 func (sh *shard) endLocked(l *Lease, reason error) {
-	e := l.e
-	sh.dropLocked(l, reason)
-	sh.grantNextLocked(e)
-	sh.freeIfIdleLocked(e)
+	if e := sh.dropLocked(l, reason); e != nil {
+		sh.grantNextLocked(e)
+		sh.freeIfIdleLocked(e)
+	}
 }
 
 // releaseLocked undoes one grant of the held lease l.
@@ -394,15 +313,11 @@ func (sh *shard) unlock(_ context.Context, l *Lease) error {
 func (sh *shard) release(key string, id ulid.ULID, by leaseHook) (ended bool, err error) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	e := sh.liveLocked(key)
-	if e == nil {
-		return false, ErrNotHeld
-	}
-	l := e.heldWithID(id)
+	l := sh.heldLocked(key, id)
 	if l == nil {
 		return false, ErrNotHeld
 	}
-	if by != nil && l.hook == by {
+	if by != nil && l.hook() == by {
 		sh.asked = l
 	}
 	sh.releaseLocked(l)
@@ -414,7 +329,12 @@ func (sh *shard) release(key string, id ulid.ULID, by leaseHook) (ended bool, er
 func (sh *shard) forceUnlock(key string) error {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	e := sh.liveLocked(key)
+	lone, e := sh.lookupLocked(key)
+	if lone != nil {
+		sh.st.forced++
+		sh.endLocked(lone, errForced)
+		return nil
+	}
 	if e == nil || e.holders.n == 0 {
 		return ErrNotHeld
 	}
@@ -432,7 +352,14 @@ func (sh *shard) forceUnlock(key string) error {
 // closeLocked ends every lease and fails every waiter of the shard.
 func (sh *shard) closeLocked() {
 	sh.stopTimerLocked()
-	for _, e := range sh.keys {
+	for _, v := range sh.keys {
+		e := v.e
+		if e == nil {
+			if v.state == stateHeld {
+				sh.dropLocked(v, errClosed) // no lock-delay: the key is idle
+			}
+			continue
+		}
 		for h := e.holders.head; h != nil; {
 			next := h.next
 			sh.dropLocked(h, errClosed)
@@ -473,10 +400,7 @@ var (
 func (sh *shard) leaseByID(key string, id ulid.ULID) *Lease {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if e := sh.liveLocked(key); e != nil {
-		return e.heldWithID(id)
-	}
-	return nil
+	return sh.heldLocked(key, id)
 }
 
 // dequeue takes the waiting lease l out of its queue, and reports false if l
@@ -497,7 +421,7 @@ func (sh *shard) dequeue(l *Lease) bool {
 func (sh *shard) sessionEnded(l *Lease, hook leaseHook) {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if l.hook != hook {
+	if l.hook() != hook {
 		return
 	}
 	switch l.state {
@@ -505,8 +429,8 @@ func (sh *shard) sessionEnded(l *Lease, hook leaseHook) {
 		sh.dequeueLocked(l)
 	case stateHeld:
 		if l.keep {
-			l.hook = nil
-			sh.stopKeepAliveLocked(l, time.Now())
+			l.x.hook = nil
+			sh.stopKeepAliveLocked(l, monoNow())
 			return
 		}
 		sh.st.sessionLost++

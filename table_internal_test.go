@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"testing/synctest"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -49,4 +51,68 @@ func TestBurstOfKeysIsGivenBack(t *testing.T) {
 	l, err := b.Lock(ctx, "burst/0")
 	require.NoError(t, err)
 	require.NoError(t, l.Unlock(ctx))
+}
+
+// A key held by one lease and nothing else costs no entry: the shard's map
+// holds the lease. A second party gives it one, which goes once the key is
+// idle; Inspect, List and ForceUnlock see a lone holder as any other.
+func TestLoneHolderHasNoEntry(t *testing.T) {
+	synctest.Test(t, testLoneHolder)
+}
+
+func testLoneHolder(t *testing.T) {
+	ctx := context.Background()
+	b := NewBroker()
+	defer b.Close()
+	sh := b.shardFor("k")
+	keyOf := func() (*Lease, *entry) {
+		sh.mu.Lock()
+		defer sh.mu.Unlock()
+		v := sh.keys["k"]
+		return v, v.e
+	}
+	l, err := b.Lock(ctx, "k")
+	require.NoError(t, err)
+	v, e := keyOf()
+	require.Same(t, l, v)
+	require.Nil(t, e)
+	_, err = b.TryLock(ctx, "k")
+	require.ErrorIs(t, err, ErrLocked)
+	_, err = b.TryLock(ctx, "k", Limit(2))
+	require.ErrorIs(t, err, ErrLimitMismatch)
+	_, e = keyOf()
+	require.Nil(t, e, "a failed TryLock made an entry")
+	ki, err := b.Inspect(ctx, "k")
+	require.NoError(t, err)
+	require.Equal(t, KeyInfo{Key: "k", Limit: 1, Holders: []HolderInfo{{ID: l.ID(), Token: l.Token(), Count: 1, Since: time.UnixMilli(int64(l.ID().Time()))}}}, ki)
+	ks, err := b.List(ctx, "", 0)
+	require.NoError(t, err)
+	require.Equal(t, []KeyStat{{Key: "k", Limit: 1, Holders: 1}}, ks)
+
+	got := make(chan *Lease)
+	go func() {
+		w, err := b.Lock(ctx, "k")
+		assert.NoError(t, err)
+		got <- w
+	}()
+	synctest.Wait()
+	_, e = keyOf()
+	require.True(t, e != nil && e.waiters.n == 1 && e.holders.head == l, "a waiter did not give the key an entry")
+	require.NoError(t, l.Unlock(ctx))
+	w := <-got
+	require.Greater(t, w.Token(), l.Token())
+	require.NoError(t, b.ForceUnlock(ctx, "k"))
+	require.ErrorIs(t, w.Err(), ErrForced)
+	v, _ = keyOf()
+	require.Same(t, sh.idle, v, "the idle entry stays as the shard's idle key")
+
+	l, err = b.Lock(ctx, "k") // the idle entry serves
+	require.NoError(t, err)
+	require.NoError(t, b.ForceUnlock(ctx, "k"))
+	require.ErrorIs(t, l.Err(), ErrForced)
+	l, err = b.Lock(ctx, "lone", LockDelay(time.Hour))
+	require.NoError(t, err)
+	require.NoError(t, b.ForceUnlock(ctx, "lone"))
+	_, err = b.TryLock(ctx, "lone")
+	require.ErrorIs(t, err, ErrLocked, "a lone holder's lock-delay did not hold")
 }

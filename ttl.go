@@ -14,29 +14,62 @@ import (
 // under the shard's lock. A shard with no TTL lease has no timer pending.
 
 // ttlState is the TTL of a lease, guarded by the shard's mu; a client's
-// lease has no shard, and its expires and heard are guarded by its mu.
+// lease has no shard, and its expires and heard are guarded by its mu. It
+// is 48 bytes: its times are nanoseconds since epoch (see there),
+// and when the shard's timer must look at the lease is worked out (wake),
+// not kept.
 type ttlState struct {
-	expires   time.Time     // see Lease.ttl
+	expires   int64         // see Lease.ttl
 	ttl       time.Duration // asked with TTL; KeepAlive renews by this much
 	keepAlive time.Duration // asked with KeepAlive, or 0
-	keepUntil time.Time     // grant + keepAlive: no renewal past it
-	wake      time.Time     // when the shard's timer must look at the lease
-	index     int           // in the shard's deadlines, -1 when not in
-	heard     time.Time     // a client's lease: when the broker told it expires
+	keepUntil int64         // grant + keepAlive: no renewal past it; with keepAlive only
+	heard     int64         // a client's lease: when the broker told it expires; else 0
+	index     int32         // in the shard's deadlines, -1 when not in
 }
 
-// deadlines is a min-heap of TTL leases by wake time.
+// epoch is the origin of the TTL times. A broker reads its own (monoNow)
+// on the monotonic clock, so that a step of the wall clock moves no
+// expiry; the times a lease is given (a client's from its broker, a
+// backend's) are read on the wall clock (nanos), as they come. Inside a
+// testing/synctest bubble, whose times have no monotonic reading, both are
+// wall-clock time.
+var epoch = time.Now()
+
+// monoNow returns the time now, in nanoseconds since epoch.
+func monoNow() int64 { return int64(time.Since(epoch)) }
+
+// nanos returns t, in nanoseconds since epoch on the wall clock.
+func nanos(t time.Time) int64 { return int64(t.Round(0).Sub(epoch)) }
+
+// timeAt is the time n nanoseconds after epoch, on the wall clock.
+func timeAt(n int64) time.Time { return epoch.Add(time.Duration(n)).Round(0) }
+
+// renews reports whether KeepAlive still renews the lease at n.
+func (t *ttlState) renews(n int64) bool { return t.keepAlive > 0 && n < t.keepUntil }
+
+// wake returns when the shard's timer must look at the lease: half the TTL
+// before expiry while KeepAlive still renews, so that a kept-alive lease
+// never looks expired, else at expiry.
+func (t *ttlState) wake() int64 {
+	if t.renews(t.expires) {
+		return t.expires - int64(t.ttl/2)
+	}
+	return t.expires
+}
+
+// deadlines is a min-heap of TTL leases by wake time. A lease's place is
+// fixed (heap.Fix) whenever what its wake depends on changes.
 type deadlines []*Lease
 
 func (d deadlines) Len() int           { return len(d) }
-func (d deadlines) Less(i, j int) bool { return d[i].ttl.wake.Before(d[j].ttl.wake) }
+func (d deadlines) Less(i, j int) bool { return d[i].ttl.wake() < d[j].ttl.wake() }
 func (d deadlines) Swap(i, j int) {
 	d[i], d[j] = d[j], d[i]
-	d[i].ttl.index, d[j].ttl.index = i, j
+	d[i].ttl.index, d[j].ttl.index = int32(i), int32(j)
 }
 func (d *deadlines) Push(x any) {
 	l := x.(*Lease)
-	l.ttl.index = len(*d)
+	l.ttl.index = int32(len(*d))
 	*d = append(*d, l)
 }
 func (d *deadlines) Pop() any {
@@ -49,29 +82,22 @@ func (d *deadlines) Pop() any {
 }
 
 // startTTLLocked starts the TTL of l, granted at now.
-func (sh *shard) startTTLLocked(l *Lease, now time.Time) {
+func (sh *shard) startTTLLocked(l *Lease, now int64) {
 	t := l.ttl
-	l.setExpires(now.Add(t.ttl))
+	l.setExpiresAt(now + int64(t.ttl))
 	if t.keepAlive > 0 {
-		t.keepUntil = now.Add(t.keepAlive)
+		t.keepUntil = now + int64(t.keepAlive)
 	}
 	t.index = -1
 	sh.scheduleLocked(l, now)
 }
 
-// scheduleLocked (re)places l in the heap at its next wake time: half the TTL
-// before expiry while KeepAlive still renews, so a kept-alive lease never
-// looks expired, else at expiry.
-func (sh *shard) scheduleLocked(l *Lease, now time.Time) {
-	t := l.ttl
-	t.wake = t.expires
-	if t.expires.Before(t.keepUntil) {
-		t.wake = t.expires.Add(-t.ttl / 2)
-	}
-	if t.index < 0 {
+// scheduleLocked (re)places l in the heap at its wake time.
+func (sh *shard) scheduleLocked(l *Lease, now int64) {
+	if t := l.ttl; t.index < 0 {
 		heap.Push(&sh.deadlines, l)
 	} else {
-		heap.Fix(&sh.deadlines, t.index)
+		heap.Fix(&sh.deadlines, int(t.index))
 	}
 	if sh.deadlines[0] == l {
 		sh.armLocked(now)
@@ -82,7 +108,7 @@ func (sh *shard) scheduleLocked(l *Lease, now time.Time) {
 // nothing, and re-arms itself for the new earliest.
 func (sh *shard) unscheduleLocked(l *Lease) {
 	if l.ttl.index >= 0 {
-		heap.Remove(&sh.deadlines, l.ttl.index)
+		heap.Remove(&sh.deadlines, int(l.ttl.index))
 	}
 	// Give back the array of a burst of TTL leases that have gone, as
 	// shrinkLocked does the map's slots.
@@ -92,8 +118,8 @@ func (sh *shard) unscheduleLocked(l *Lease) {
 }
 
 // armLocked sets the shard's timer for the earliest wake.
-func (sh *shard) armLocked(now time.Time) {
-	d := sh.deadlines[0].ttl.wake.Sub(now)
+func (sh *shard) armLocked(now int64) {
+	d := time.Duration(sh.deadlines[0].ttl.wake() - now)
 	if sh.timer == nil {
 		sh.timer = time.AfterFunc(d, func() { sh.b.bg.run(sh.onTimer) })
 	} else {
@@ -107,24 +133,20 @@ func (sh *shard) armLocked(now time.Time) {
 func (sh *shard) onTimer() {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	now := time.Now()
+	now := monoNow()
 	for len(sh.deadlines) > 0 {
 		l := sh.deadlines[0]
 		t := l.ttl
-		if t.wake.After(now) {
+		if t.wake() > now {
 			sh.armLocked(now)
 			return
 		}
-		if now.Before(t.keepUntil) {
-			exp := now.Add(t.ttl)
-			if exp.After(t.keepUntil) {
-				exp = t.keepUntil
-			}
-			if exp.After(t.expires) {
-				l.setExpires(exp)
+		if t.renews(now) {
+			if exp := min(now+int64(t.ttl), t.keepUntil); exp > t.expires {
+				l.setExpiresAt(exp)
 			}
 		}
-		if now.Before(t.expires) {
+		if now < t.expires {
 			sh.scheduleLocked(l, now)
 			continue
 		}
@@ -135,9 +157,12 @@ func (sh *shard) onTimer() {
 
 // stopKeepAliveLocked ends the renewals of l, whose holder is gone: a lease
 // kept after its session ended renews no more, and expires at its TTL.
-func (sh *shard) stopKeepAliveLocked(l *Lease, now time.Time) {
-	if t := l.ttl; t != nil && now.Before(t.keepUntil) {
+func (sh *shard) stopKeepAliveLocked(l *Lease, now int64) {
+	if t := l.ttl; t != nil && t.renews(now) {
 		t.keepUntil = now
+		if t.index >= 0 {
+			heap.Fix(&sh.deadlines, int(t.index)) // its wake moved
+		}
 	}
 }
 
@@ -147,28 +172,34 @@ func (sh *shard) stopKeepAliveLocked(l *Lease, now time.Time) {
 // renewals from the expiry it last heard: the first when half a TTL is left
 // (at once, if less was left when it heard), each next one half a TTL
 // later, each making the lease expire a TTL after it, never past keepUntil.
+// The client reads all of these on the wall clock, as the broker's frames
+// give them.
 func (t *ttlState) expiry(now time.Time) time.Time {
-	e, half := t.expires, t.ttl/2
-	if t.heard.IsZero() || !e.Before(t.keepUntil) || half <= 0 {
-		return e
+	e, half := t.expires, int64(t.ttl/2)
+	if t.heard == 0 || !t.renews(e) || half <= 0 {
+		return timeAt(e)
 	}
-	first := e.Add(-half)
-	if first.Before(t.heard) {
-		first = t.heard
+	first := max(e-half, t.heard)
+	n := nanos(now)
+	if n < first {
+		return timeAt(e)
 	}
-	if now.Before(first) {
-		return e
+	e = max(e, first+int64(t.ttl))
+	if since := n - (e - half); since >= 0 {
+		e += half * (since/half + 1)
 	}
-	if r := first.Add(t.ttl); r.After(e) {
-		e = r
+	return timeAt(min(e, t.keepUntil))
+}
+
+// clientTTL is the TTL of a client's lease granted with expiry exp, heard
+// at now, asked with ttl and keepAlive: the broker renews it until the
+// grant plus keepAlive, that is exp less ttl plus keepAlive.
+func clientTTL(exp time.Time, ttl, keepAlive time.Duration, now time.Time) *ttlState {
+	t := &ttlState{expires: nanos(exp), ttl: ttl, heard: nanos(now)}
+	if keepAlive > 0 {
+		t.keepAlive, t.keepUntil = keepAlive, t.expires+int64(keepAlive-ttl)
 	}
-	if since := now.Sub(e.Add(-half)); since >= 0 {
-		e = e.Add(half * (since/half + 1))
-	}
-	if e.After(t.keepUntil) {
-		return t.keepUntil
-	}
-	return e
+	return t
 }
 
 // heardExpiry records exp, the expiry the broker gave a client's lease
@@ -178,7 +209,7 @@ func (l *Lease) heardExpiry(exp, now time.Time) {
 	if l.ttl == nil {
 		l.ttl = new(ttlState)
 	}
-	l.ttl.expires, l.ttl.heard = exp, now
+	l.ttl.expires, l.ttl.heard = nanos(exp), nanos(now)
 	l.mu.Unlock()
 }
 
@@ -189,7 +220,7 @@ func (sh *shard) extend(_ context.Context, l *Lease, ttl time.Duration) error {
 	if l.state != stateHeld {
 		return l.notHeld()
 	}
-	now := time.Now()
+	now := monoNow()
 	if l.ttl == nil {
 		t := &ttlState{ttl: ttl}
 		l.mu.Lock()
@@ -198,7 +229,7 @@ func (sh *shard) extend(_ context.Context, l *Lease, ttl time.Duration) error {
 		sh.startTTLLocked(l, now)
 		return nil
 	}
-	l.setExpires(now.Add(ttl))
+	l.setExpiresAt(now + int64(ttl))
 	sh.scheduleLocked(l, now)
 	return nil
 }

@@ -48,6 +48,9 @@ type Event struct {
 
 // eventType maps the reason a lease ended to its event type.
 func eventType(reason error) EventType {
+	if reason == ErrReleased { // the commonest, at the cost of one comparison
+		return EventReleased
+	}
 	switch reasonCode(reason) {
 	case reasonReleased:
 		return EventReleased

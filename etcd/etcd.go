@@ -15,9 +15,15 @@
 // key in its index until it compacts, and a read of a queue walks every
 // name the queue ever had, so names that grew with every request would make
 // a busy key slower by the hour on an etcd that is not compacted. Every
-// write to a request's key compares its create revision, so that an
-// operation about a request that ended never touches the next one on the
-// same name.
+// write to a request's key compares its create revision, or the revision
+// of the last write its Locker made, so that an operation about a request
+// that ended never touches the next one on the same name.
+//
+// An uncontended Lock and Unlock cost etcd what concurrency.Mutex's do: a
+// Lock is one transaction that writes the request alone when it finds the
+// queue empty, and otherwise writes it and reads the queue's first request
+// and the one before it; an Unlock is one deletion that compares the key's
+// last write.
 //
 // A Locker hears only about its own requests. A waiter watches the one
 // request before it (a semaphore's first waiter, its holders), so a release

@@ -9,3 +9,13 @@ func SetExpiring(f func()) {
 	}
 	expiring.Store(&f)
 }
+
+// SetGranting makes f run in each grant before it writes its key; nil
+// removes it.
+func SetGranting(f func()) {
+	if f == nil {
+		granting.Store(nil)
+		return
+	}
+	granting.Store(&f)
+}

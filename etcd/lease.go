@@ -2,6 +2,7 @@ package etcd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -48,15 +49,24 @@ func (lk *Locker) granted(s *session, key, queue string, me waiter, req lmx.Lock
 		exp = time.Now().Add(req.TTL)
 	}
 	var end func(error) bool
+	if h := granting.Load(); h != nil {
+		(*h)()
+	}
 	// Before anything of l compares the key's last write with l's.
 	switch {
 	case req.KeepOnDisconnect:
-		if err := l.keep(req.TTL); err != nil {
+		err := l.keep(req.TTL)
+		if errors.Is(err, errGone) {
+			return nil, lk.gone(s, me)
+		}
+		if err != nil {
 			lk.abandon(s, me.key, me.rev)
 			return nil, err
 		}
 	case me.limit > 1:
-		l.touch()
+		if !l.touch() {
+			return nil, lk.gone(s, me)
+		}
 	}
 	l.lease, end = lmx.NewLease(key, me.id, uint64(me.rev), exp, l)
 	l.ends = []func(error) bool{end}
@@ -85,8 +95,9 @@ func (lk *Locker) granted(s *session, key, queue string, me waiter, req lmx.Lock
 
 // touch writes the key of l, a semaphore's, again as it is, to tell the
 // request behind it that it may be the first waiter (keep's write does so
-// too).
-func (l *lease) touch() {
+// too). It reports false when the key is not l's request any more: it went
+// with the session, or a Release or ForceUnlock took it as it was granted.
+func (l *lease) touch() bool {
 	ctx, cancel := context.WithTimeout(l.lk.ctx, 5*time.Second)
 	defer cancel()
 	resp, err := l.lk.cli.Txn(ctx).
@@ -94,6 +105,7 @@ func (l *lease) touch() {
 		Then(clientv3.OpPut(l.etcdKey, encodeValue(l.me), clientv3.WithIgnoreLease())).
 		Commit()
 	l.wrote(resp, err)
+	return err != nil || resp.Succeeded
 }
 
 // lease is the etcd side of one granted request: of its lmx.Lease, and of
@@ -139,7 +151,8 @@ func (l *lease) end(reason error) {
 
 // keep gives l's key an etcd lease of its own, of ttl rounded up to a
 // second, so that it outlives the session until about its TTL: this is
-// KeepOnDisconnect. While it waited, the request went with the session.
+// KeepOnDisconnect. It fails with errGone when the key is not l's request
+// any more.
 func (l *lease) keep(ttl time.Duration) error {
 	ctx, cancel := context.WithTimeout(l.lk.ctx, time.Duration(l.lk.ttl)*time.Second)
 	defer cancel()
@@ -155,7 +168,7 @@ func (l *lease) keep(ttl time.Duration) error {
 	case err != nil:
 		return l.lk.wrap(ctx, err)
 	case !resp.Succeeded:
-		return fmt.Errorf("%w: the key went as it was granted", lmx.ErrSessionLost)
+		return errGone
 	}
 	l.kept = true
 	l.mu.Lock()
@@ -272,6 +285,11 @@ func (l *lease) expire() {
 		l.lk.abandon(l.s, l.etcdKey, l.rev)
 	}
 }
+
+// granting, if set, is called by a grant before it writes its key (a
+// semaphore's, or KeepOnDisconnect's): a test's window onto a ForceUnlock
+// that takes the key as it is granted.
+var granting atomic.Pointer[func()]
 
 // expiring, if set, is called by an expiry once it has taken its lease out
 // of the session and before it deletes the key: a test's window onto the

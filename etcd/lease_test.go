@@ -199,3 +199,21 @@ func waitWaiters(t *testing.T, lk *etcd.Locker, key string, n int) {
 	}
 	t.Fatalf("key %q has %d waiters, want %d", key, got, n)
 }
+
+// A ForceUnlock that takes a key as it is granted, before the grant writes
+// it (a semaphore's, to wake the request behind; KeepOnDisconnect's, to
+// give it an etcd lease of its own), fails the Lock with the reason,
+// rather than returning a lease whose key went.
+func TestForcedAsGranted(t *testing.T) {
+	lk := newLocker(t)
+	t.Cleanup(func() { etcd.SetGranting(nil) })
+	for _, opts := range [][]lmx.LockOption{{lmx.Limit(2)}, {lmx.KeepOnDisconnect(), lmx.TTL(5 * time.Second)}} {
+		etcd.SetGranting(func() { require.NoError(t, lk.ForceUnlock(t.Context(), "k")) })
+		l, err := lk.Lock(t.Context(), "k", opts...)
+		etcd.SetGranting(nil)
+		require.Nil(t, l)
+		require.ErrorIs(t, err, lmx.ErrLeaseLost)
+		require.ErrorIs(t, err, lmx.ErrForced)
+		assertFree(t, lk, "k")
+	}
+}

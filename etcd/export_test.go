@@ -19,3 +19,13 @@ func SetGranting(f func()) {
 	}
 	granting.Store(&f)
 }
+
+// SetHearing makes f run for each word of an inbox once it is handled; nil
+// removes it.
+func SetHearing(f func()) {
+	if f == nil {
+		hearing.Store(nil)
+		return
+	}
+	hearing.Store(&f)
+}

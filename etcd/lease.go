@@ -77,6 +77,12 @@ func (lk *Locker) granted(s *session, key, queue string, me waiter, req lmx.Lock
 		return nil, s.err()
 	default:
 	}
+	if _, ok := s.early[l.inboxKey()]; ok {
+		// A Release or ForceUnlock took the key as it was granted, and
+		// its word came first.
+		lk.mu.Unlock()
+		return nil, lk.gone(s, me)
+	}
 	s.leases[me.key] = l
 	if l.owner != "" {
 		s.owned[queue+l.owner] = l
@@ -379,6 +385,7 @@ func (l *lease) Extend(ctx context.Context, _ *lmx.Lease, ttl time.Duration) (ti
 		return time.Time{}, l.lk.wrap(ctx, err)
 	}
 	if !resp.Succeeded {
+		l.lk.forget(l.s, l.inboxKey())
 		if l.take() {
 			l.end(why(resp.Responses[0].GetResponseDeleteRange().PrevKvs))
 		}

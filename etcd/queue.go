@@ -121,10 +121,12 @@ func (lk *Locker) gone(s *session, me waiter) error {
 // word takes from s's inbox the word about its request etcdKey created at
 // rev, and returns why the request's key went: ErrSessionLost without one.
 func (lk *Locker) word(ctx context.Context, s *session, etcdKey string, rev int64) (reason, err error) {
-	resp, err := lk.cli.Delete(ctx, inboxKey(lk.pfx, s.hex, etcdKey, rev), clientv3.WithPrevKV())
+	key := inboxKey(lk.pfx, s.hex, etcdKey, rev)
+	resp, err := lk.cli.Delete(ctx, key, clientv3.WithPrevKV())
 	if err != nil {
 		return nil, lk.wrap(ctx, err)
 	}
+	lk.forget(s, key)
 	return why(resp.PrevKvs), nil
 }
 

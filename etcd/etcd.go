@@ -32,7 +32,10 @@
 // nothing: its session's keepalive tells it when etcd drops its keys, and
 // Release and ForceUnlock of another Locker write a word into the inbox
 // of the holder's session (PREFIX "\x00i/" SESSION "/" ...) in the same
-// transaction that deletes its key, which one watch per session hears.
+// transaction that deletes its key, which one watch per session hears. A
+// key taken so while it is being granted fails its Lock with
+// lmx.ErrLeaseLost and the reason, whether the word comes before the lease
+// is made or the grant's own write finds the key gone.
 //
 // Supported options: TTL, KeepAlive, Limit (semaphores), Shared (without
 // Limit), Owner, KeepOnDisconnect, LockDelay and NoPreempt (nothing is ever

@@ -112,6 +112,30 @@ func (k *keyLog) released() {
 	k.mu.Unlock()
 }
 
+// clusterLocker opens a Locker under pfx through a client of the members
+// at eps, both closed at the end of t.
+func clusterLocker(t *testing.T, pfx string, eps ...string) *etcd.Locker {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second})
+	require.NoError(t, err)
+	t.Cleanup(func() { cli.Close() })
+	lk, err := etcd.New(t.Context(), cli, pfx, etcd.SessionTTL(10*time.Second))
+	require.NoError(t, err)
+	t.Cleanup(func() { lk.Close() })
+	return lk
+}
+
+// lockOnce locks key through w, logs and counts the grant, and unlocks.
+func lockOnce(ctx context.Context, t *testing.T, w *etcd.Locker, key string, log *keyLog, granted *atomic.Int64, round string) {
+	l, err := w.Lock(ctx, key)
+	if !assert.NoError(t, err, "%s: waiter of %q", round, key) {
+		return
+	}
+	log.granted(t, l)
+	granted.Add(1)
+	log.released()
+	assert.NoError(t, l.Unlock(ctx), "%s: waiter of %q", round, key)
+}
+
 // Locks held and waiters queued on several keys live through the loss of
 // the etcd leader and its return: no key is granted twice, tokens keep
 // increasing, every waiter is granted, and a Locker whose member went away
@@ -125,18 +149,9 @@ func TestClusterLeaderLoss(t *testing.T) {
 	follower := (lead + 1) % 3
 	all := []string{c.endpoint(0), c.endpoint(1), c.endpoint(2)}
 	pfx := fmt.Sprintf("cluster/%d", prefixes.Add(1))
-	open := func(eps ...string) *etcd.Locker {
-		cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second})
-		require.NoError(t, err)
-		t.Cleanup(func() { cli.Close() })
-		lk, err := etcd.New(t.Context(), cli, pfx, etcd.SessionTTL(10*time.Second))
-		require.NoError(t, err)
-		t.Cleanup(func() { lk.Close() })
-		return lk
-	}
 	// The holder of k0 talks to the leader first, the follower next.
-	holders := []*etcd.Locker{open(c.endpoint(lead), c.endpoint(follower)), open(all...), open(all...)}
-	waiters := []*etcd.Locker{open(all...), open(all...)}
+	holders := []*etcd.Locker{clusterLocker(t, pfx, c.endpoint(lead), c.endpoint(follower)), clusterLocker(t, pfx, all...), clusterLocker(t, pfx, all...)}
+	waiters := []*etcd.Locker{clusterLocker(t, pfx, all...), clusterLocker(t, pfx, all...)}
 	keys := []string{"k0", "k1", "k2"}
 	logs := map[string]*keyLog{}
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
@@ -155,16 +170,7 @@ func TestClusterLeaderLoss(t *testing.T) {
 	waitAll := func(round string) {
 		for _, k := range keys {
 			for _, w := range waiters {
-				wg.Go(func() {
-					l, err := w.Lock(ctx, k)
-					if !assert.NoError(t, err, "%s: waiter of %q", round, k) {
-						return
-					}
-					logs[k].granted(t, l)
-					granted.Add(1)
-					logs[k].released()
-					assert.NoError(t, l.Unlock(ctx), "%s: waiter of %q", round, k)
-				})
+				wg.Go(func() { lockOnce(ctx, t, w, k, logs[k], &granted, round) })
 			}
 		}
 	}

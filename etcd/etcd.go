@@ -15,9 +15,15 @@
 // key in its index until it compacts, and a read of a queue walks every
 // name the queue ever had, so names that grew with every request would make
 // a busy key slower by the hour on an etcd that is not compacted. Every
-// write to a request's key compares its create revision, so that an
-// operation about a request that ended never touches the next one on the
-// same name.
+// write to a request's key compares its create revision, or the revision
+// of the last write its Locker made, so that an operation about a request
+// that ended never touches the next one on the same name.
+//
+// An uncontended Lock and Unlock cost etcd what concurrency.Mutex's do: a
+// Lock is one transaction that writes the request alone when it finds the
+// queue empty, and otherwise writes it and reads the queue's first request
+// and the one before it; an Unlock is one deletion that compares the key's
+// last write.
 //
 // A Locker hears only about its own requests. A waiter watches the one
 // request before it (a semaphore's first waiter, its holders), so a release
@@ -26,7 +32,10 @@
 // nothing: its session's keepalive tells it when etcd drops its keys, and
 // Release and ForceUnlock of another Locker write a word into the inbox
 // of the holder's session (PREFIX "\x00i/" SESSION "/" ...) in the same
-// transaction that deletes its key, which one watch per session hears.
+// transaction that deletes its key, which one watch per session hears. A
+// key taken so while it is being granted fails its Lock with
+// lmx.ErrLeaseLost and the reason, whether the word comes before the lease
+// is made or the grant's own write finds the key gone.
 //
 // Supported options: TTL, KeepAlive, Limit (semaphores), Shared (without
 // Limit), Owner, KeepOnDisconnect, LockDelay and NoPreempt (nothing is ever
@@ -77,14 +86,11 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/lmx-go/lmx"
-	"github.com/oklog/ulid/v2"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -264,135 +270,4 @@ func unsupported(r lmx.LockRequest) error {
 		return nil
 	}
 	return fmt.Errorf("%w: %w: %s", lmx.ErrInvalidOption, ErrUnsupported, what)
-}
-
-func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, try bool) (*lmx.Lease, error) {
-	queue, err := lk.queueOf(key)
-	if err != nil {
-		return nil, err
-	}
-	req, err := lmx.ParseLockOptions(opts...)
-	if err != nil {
-		return nil, err
-	}
-	if err := unsupported(req); err != nil {
-		return nil, err
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if req.Owner != "" {
-		if l, err := lk.reenter(ctx, key, queue, req); l != nil || err != nil {
-			return l, err
-		}
-	}
-	me := waiter{id: ulid.Make(), limit: req.Limit, shared: req.Shared, owner: req.Owner, delay: max(0, req.LockDelay)}
-	var s *session
-	var resp *clientv3.TxnResponse
-	slot := -1 // me's slot of s, while this call owns it
-	defer func() {
-		if slot >= 0 {
-			lk.freeSlot(s, queue, slot)
-		}
-	}()
-	for attempt := 0; ; {
-		if s, err = lk.session(ctx); err != nil {
-			return nil, err
-		}
-		slot = lk.takeSlot(s, queue)
-		me.key, me.sess, me.lease = queue+s.hex+"."+strconv.Itoa(slot), s.hex, s.id
-		// Not ctx: a Put cut short may still land after the Delete that
-		// would undo it, and leave the key held. An etcd that does not
-		// answer for as long as a session lives has lost the session.
-		pctx, cancel := context.WithTimeout(lk.ctx, time.Duration(lk.ttl)*time.Second)
-		resp, err = lk.cli.Txn(pctx).
-			If(clientv3.Compare(clientv3.CreateRevision(me.key), "=", 0)).
-			Then(
-				clientv3.OpPut(me.key, encodeValue(me), clientv3.WithLease(s.id)),
-				clientv3.OpGet(queue, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(1)),
-				clientv3.OpGet(queue, newest(me, 2)...), // me, then the requests before me
-			).Commit()
-		cancel()
-		switch {
-		case err == nil && resp.Succeeded:
-		case err == nil:
-			// The name is still taken: by a lock-delay's marker, or by a
-			// request etcd did not delete when asked. It stays out of use
-			// until this call returns, and the next slot is tried.
-			defer lk.freeSlot(s, queue, slot)
-			continue
-		case errors.Is(err, rpctypes.ErrLeaseNotFound) && attempt == 0:
-			// The session ended before its keepalive noticed: start another.
-			attempt++
-			lk.freeSlot(s, queue, slot)
-			slot = -1
-			lk.sessionLost(s)
-			continue
-		default:
-			// Whether the Put landed, etcd did not say: the name is deleted
-			// whatever request it holds, so its slot stays in use while s
-			// lives, and no later request of s can be on it.
-			lk.abandon(s, me.key, 0)
-			slot = -1
-			return nil, lk.wrap(ctx, err)
-		}
-		break
-	}
-	me.rev = resp.Header.Revision
-	if err := ctx.Err(); err != nil {
-		lk.abandon(s, me.key, me.rev) // ctx ended while the txn ran on lk.ctx
-		return nil, err
-	}
-	if first := resp.Responses[1].GetResponseRange().Kvs; len(first) == 1 {
-		if f := decode(first[0]); f.limit != me.limit {
-			lk.abandon(s, me.key, me.rev)
-			return nil, fmt.Errorf("%w: key %q has Limit(%d), asked %d", lmx.ErrLimitMismatch, key, f.limit, me.limit)
-		}
-	}
-	// me is the newest request of the txn's read: none is created after it
-	// at its own revision. The first decision holds at me.rev.
-	lower, rev := decodeLower(resp.Responses[2].GetResponseRange().Kvs[1:]), me.rev
-	w := newWaits(lk, s, me.limit == 1)
-	defer w.stop()
-	for {
-		// Every decision is made on a read that found me's own key still
-		// queued (the txn that wrote it, or lower): a key that went, with
-		// its session's etcd lease behind a link that stalled, is never
-		// granted, whatever woke its waiter.
-		d := decide(me, lower)
-		if d.granted {
-			l, err := lk.granted(s, key, queue, me, req, slot)
-			if err == nil {
-				slot = -1 // the lease's now
-			}
-			return l, err
-		}
-		if try {
-			lk.abandon(s, me.key, me.rev)
-			return nil, lmx.ErrLocked
-		}
-		// Each target is watched from when its watch was made: a watch made
-		// after rev leaves a gap, and the queue is read again once it runs.
-		from, err := w.watch(ctx, d.targets)
-		if err == nil && from <= rev {
-			select {
-			case <-w.wake:
-				from = w.seen()
-			case <-ctx.Done():
-				err = ctx.Err()
-			case <-s.done:
-				return nil, s.err()
-			}
-		}
-		if err == nil {
-			lower, rev, err = lk.lower(ctx, queue, me, from)
-		}
-		switch {
-		case errors.Is(err, errGone):
-			return nil, lk.gone(s, me)
-		case err != nil:
-			lk.abandon(s, me.key, me.rev)
-			return nil, lk.wrap(ctx, err)
-		}
-	}
 }

@@ -9,3 +9,23 @@ func SetExpiring(f func()) {
 	}
 	expiring.Store(&f)
 }
+
+// SetGranting makes f run in each grant before it writes its key; nil
+// removes it.
+func SetGranting(f func()) {
+	if f == nil {
+		granting.Store(nil)
+		return
+	}
+	granting.Store(&f)
+}
+
+// SetHearing makes f run for each word of an inbox once it is handled; nil
+// removes it.
+func SetHearing(f func()) {
+	if f == nil {
+		hearing.Store(nil)
+		return
+	}
+	hearing.Store(&f)
+}

@@ -2,6 +2,7 @@ package etcd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -42,16 +43,29 @@ func (lk *Locker) reenter(ctx context.Context, key, queue string, req lmx.LockRe
 // granted makes the lease of a granted request.
 func (lk *Locker) granted(s *session, key, queue string, me waiter, req lmx.LockRequest, slot int) (*lmx.Lease, error) {
 	l := &lease{lk: lk, s: s, etcdKey: me.key, queue: queue, slot: slot, rev: me.rev, owner: req.Owner, shared: me.shared, count: 1,
-		gone: make(chan struct{}), me: me, leaseID: s.id}
+		gone: make(chan struct{}), me: me, leaseID: s.id, mod: me.rev}
 	var exp time.Time
 	if req.TTL > 0 {
 		exp = time.Now().Add(req.TTL)
 	}
 	var end func(error) bool
-	if req.KeepOnDisconnect {
-		if err := l.keep(req.TTL); err != nil {
+	if h := granting.Load(); h != nil {
+		(*h)()
+	}
+	// Before anything of l compares the key's last write with l's.
+	switch {
+	case req.KeepOnDisconnect:
+		err := l.keep(req.TTL)
+		if errors.Is(err, errGone) {
+			return nil, lk.gone(s, me)
+		}
+		if err != nil {
 			lk.abandon(s, me.key, me.rev)
 			return nil, err
+		}
+	case me.limit > 1:
+		if !l.touch() {
+			return nil, lk.gone(s, me)
 		}
 	}
 	l.lease, end = lmx.NewLease(key, me.id, uint64(me.rev), exp, l)
@@ -62,6 +76,12 @@ func (lk *Locker) granted(s *session, key, queue string, me waiter, req lmx.Lock
 		lk.mu.Unlock()
 		return nil, s.err()
 	default:
+	}
+	if _, ok := s.early[l.inboxKey()]; ok {
+		// A Release or ForceUnlock took the key as it was granted, and
+		// its word came first.
+		lk.mu.Unlock()
+		return nil, lk.gone(s, me)
 	}
 	s.leases[me.key] = l
 	if l.owner != "" {
@@ -76,16 +96,22 @@ func (lk *Locker) granted(s *session, key, queue string, me waiter, req lmx.Lock
 	if req.KeepAlive > 0 {
 		lmx.KeepAliveLease(l.lease, req.TTL, req.KeepAlive)
 	}
-	if me.limit > 1 && !req.KeepOnDisconnect { // keep wrote the key already
-		// Tell the request behind this one that it may be the first waiter.
-		ctx, cancel := context.WithTimeout(lk.ctx, 5*time.Second)
-		lk.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.CreateRevision(me.key), "=", me.rev)).
-			Then(clientv3.OpPut(me.key, encodeValue(me), clientv3.WithIgnoreLease())).
-			Commit()
-		cancel()
-	}
 	return l.lease, nil
+}
+
+// touch writes the key of l, a semaphore's, again as it is, to tell the
+// request behind it that it may be the first waiter (keep's write does so
+// too). It reports false when the key is not l's request any more: it went
+// with the session, or a Release or ForceUnlock took it as it was granted.
+func (l *lease) touch() bool {
+	ctx, cancel := context.WithTimeout(l.lk.ctx, 5*time.Second)
+	defer cancel()
+	resp, err := l.lk.cli.Txn(ctx).
+		If(l.mine()...).
+		Then(clientv3.OpPut(l.etcdKey, encodeValue(l.me), clientv3.WithIgnoreLease())).
+		Commit()
+	l.wrote(resp, err)
+	return err != nil || resp.Succeeded
 }
 
 // lease is the etcd side of one granted request: of its lmx.Lease, and of
@@ -112,6 +138,7 @@ type lease struct {
 	mu      sync.Mutex
 	timer   *time.Timer      // expiry
 	leaseID clientv3.LeaseID // the etcd lease of the key: while it is l's, l holds
+	mod     int64            // the revision of l's last write of the key; 0: unknown
 }
 
 // end ends every grant of l with reason.
@@ -130,7 +157,8 @@ func (l *lease) end(reason error) {
 
 // keep gives l's key an etcd lease of its own, of ttl rounded up to a
 // second, so that it outlives the session until about its TTL: this is
-// KeepOnDisconnect. While it waited, the request went with the session.
+// KeepOnDisconnect. It fails with errGone when the key is not l's request
+// any more.
 func (l *lease) keep(ttl time.Duration) error {
 	ctx, cancel := context.WithTimeout(l.lk.ctx, time.Duration(l.lk.ttl)*time.Second)
 	defer cancel()
@@ -139,27 +167,45 @@ func (l *lease) keep(ttl time.Duration) error {
 		return l.lk.wrap(ctx, err)
 	}
 	resp, err := l.lk.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(l.etcdKey), "=", l.rev)).
+		If(l.mine()...).
 		Then(clientv3.OpPut(l.etcdKey, "", clientv3.WithIgnoreValue(), clientv3.WithLease(g.ID))).
 		Commit()
 	switch {
 	case err != nil:
 		return l.lk.wrap(ctx, err)
 	case !resp.Succeeded:
-		return fmt.Errorf("%w: the key went as it was granted", lmx.ErrSessionLost)
+		return errGone
 	}
 	l.kept = true
 	l.mu.Lock()
-	l.leaseID = g.ID
+	l.leaseID, l.mod = g.ID, resp.Header.Revision
 	l.mu.Unlock()
 	return nil
 }
 
+// wrote records the revision of a write of l's key made if mine: after an
+// error, whether it landed is unknown.
+func (l *lease) wrote(resp *clientv3.TxnResponse, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case err != nil:
+		l.mod = 0
+	case resp.Succeeded:
+		l.mod = resp.Header.Revision
+	}
+}
+
 // mine is the condition that l's key is still l's request, not gone nor
-// turned into a lock-delay's marker, nor a later request on the same name.
+// turned into a lock-delay's marker, nor a later request on the same name:
+// that its last write is l's own, one read of the key for etcd, or when
+// that write's revision is unknown, its create revision and etcd lease.
 func (l *lease) mine() []clientv3.Cmp {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.mod != 0 {
+		return []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(l.etcdKey), "=", l.mod)}
+	}
 	return []clientv3.Cmp{
 		clientv3.Compare(clientv3.CreateRevision(l.etcdKey), "=", l.rev),
 		clientv3.Compare(clientv3.LeaseValue(l.etcdKey), "=", l.leaseID),
@@ -246,6 +292,11 @@ func (l *lease) expire() {
 	}
 }
 
+// granting, if set, is called by a grant before it writes its key (a
+// semaphore's, or KeepOnDisconnect's): a test's window onto a ForceUnlock
+// that takes the key as it is granted.
+var granting atomic.Pointer[func()]
+
 // expiring, if set, is called by an expiry once it has taken its lease out
 // of the session and before it deletes the key: a test's window onto the
 // race of an Unlock with the expiry.
@@ -272,11 +323,7 @@ func (l *lease) Unlock(ctx context.Context, _ *lmx.Lease) error {
 		l.lk.wg.Go(func() { l.lk.abandon(l.s, l.etcdKey, l.rev) })
 		return ctx.Err()
 	}
-	word := clientv3.OpDelete(l.inboxKey(), clientv3.WithPrevKV())
-	resp, err := l.lk.cli.Txn(ctx).If(l.mine()...).
-		Then(clientv3.OpDelete(l.etcdKey), word).
-		Else(word).
-		Commit()
+	resp, err := l.lk.cli.Txn(ctx).If(l.mine()...).Then(clientv3.OpDelete(l.etcdKey)).Commit()
 	if err != nil {
 		l.lk.wg.Go(func() { l.lk.abandon(l.s, l.etcdKey, l.rev) })
 		if ctx.Err() != nil {
@@ -290,8 +337,14 @@ func (l *lease) Unlock(ctx context.Context, _ *lmx.Lease) error {
 		return l.lk.wrap(ctx, err)
 	}
 	if !resp.Succeeded {
-		// Release, ForceUnlock or the end of the session took the key first.
-		l.end(why(resp.Responses[0].GetResponseDeleteRange().PrevKvs))
+		// Release, ForceUnlock or the end of the session took the key
+		// first: the word it left in the inbox says which. A key that is
+		// still l's has none, so the release itself reads no inbox.
+		reason, err := l.lk.word(ctx, l.s, l.etcdKey, l.rev)
+		if err != nil {
+			reason = lmx.ErrSessionLost
+		}
+		l.end(reason)
 		return lmx.ErrNotHeld
 	}
 	l.released()
@@ -326,9 +379,13 @@ func (l *lease) Extend(ctx context.Context, _ *lmx.Lease, ttl time.Duration) (ti
 		Else(clientv3.OpDelete(l.inboxKey(), clientv3.WithPrevKV())).
 		Commit()
 	if err != nil {
+		if kept != 0 {
+			l.wrote(nil, err) // the new etcd lease may be the key's now
+		}
 		return time.Time{}, l.lk.wrap(ctx, err)
 	}
 	if !resp.Succeeded {
+		l.lk.forget(l.s, l.inboxKey())
 		if l.take() {
 			l.end(why(resp.Responses[0].GetResponseDeleteRange().PrevKvs))
 		}
@@ -339,7 +396,7 @@ func (l *lease) Extend(ctx context.Context, _ *lmx.Lease, ttl time.Duration) (ti
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if kept != 0 {
-		l.leaseID = kept
+		l.leaseID, l.mod = kept, resp.Header.Revision
 	}
 	if l.ended() {
 		return time.Time{}, lmx.ErrNotHeld

@@ -199,3 +199,36 @@ func waitWaiters(t *testing.T, lk *etcd.Locker, key string, n int) {
 	}
 	t.Fatalf("key %q has %d waiters, want %d", key, got, n)
 }
+
+// A ForceUnlock that takes a key as it is granted, and whose word comes
+// before the grant's lease is made, fails the Lock with the reason rather
+// than returning a lease whose key went: a mutex's grant finds the word its
+// inbox heard, a semaphore's finds its key gone as it writes it to wake
+// the request behind, KeepOnDisconnect's as it gives it an etcd lease.
+func TestForcedAsGranted(t *testing.T) {
+	lk := newLocker(t)
+	heard := make(chan struct{}, 1)
+	etcd.SetHearing(func() {
+		select {
+		case heard <- struct{}{}:
+		default:
+		}
+	})
+	t.Cleanup(func() { etcd.SetGranting(nil); etcd.SetHearing(nil) })
+	for _, opts := range [][]lmx.LockOption{nil, {lmx.Limit(2)}, {lmx.KeepOnDisconnect(), lmx.TTL(5 * time.Second)}} {
+		etcd.SetGranting(func() {
+			require.NoError(t, lk.ForceUnlock(t.Context(), "k"))
+			select {
+			case <-heard:
+			case <-time.After(10 * time.Second):
+				t.Error("the inbox did not hear the ForceUnlock's word")
+			}
+		})
+		l, err := lk.Lock(t.Context(), "k", opts...)
+		etcd.SetGranting(nil)
+		require.Nil(t, l, "options %d", len(opts))
+		require.ErrorIs(t, err, lmx.ErrLeaseLost)
+		require.ErrorIs(t, err, lmx.ErrForced)
+		assertFree(t, lk, "k")
+	}
+}

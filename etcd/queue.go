@@ -111,11 +111,23 @@ func (lk *Locker) gone(s *session, me waiter) error {
 	}
 	ctx, cancel := context.WithTimeout(lk.ctx, 5*time.Second)
 	defer cancel()
-	resp, err := lk.cli.Delete(ctx, inboxKey(lk.pfx, s.hex, me.key, me.rev), clientv3.WithPrevKV())
+	reason, err := lk.word(ctx, s, me.key, me.rev)
 	if err != nil {
-		return lk.wrap(ctx, err)
+		return err
 	}
-	return fmt.Errorf("%w: %w: as it was granted", lmx.ErrLeaseLost, why(resp.PrevKvs))
+	return fmt.Errorf("%w: %w: as it was granted", lmx.ErrLeaseLost, reason)
+}
+
+// word takes from s's inbox the word about its request etcdKey created at
+// rev, and returns why the request's key went: ErrSessionLost without one.
+func (lk *Locker) word(ctx context.Context, s *session, etcdKey string, rev int64) (reason, err error) {
+	key := inboxKey(lk.pfx, s.hex, etcdKey, rev)
+	resp, err := lk.cli.Delete(ctx, key, clientv3.WithPrevKV())
+	if err != nil {
+		return nil, lk.wrap(ctx, err)
+	}
+	lk.forget(s, key)
+	return why(resp.PrevKvs), nil
 }
 
 // lower reads the requests of queue created before me, in create order, at

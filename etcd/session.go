@@ -31,6 +31,7 @@ type session struct {
 	leases map[string]*lease
 	owned  map[string]*lease  // the leases asked with Owner, by queue and owner
 	slots  map[string][]bool  // by queue, the slots in use (guarded by lk.mu)
+	early  map[string]string  // words heard before their lease was made, by inbox key (guarded by lk.mu)
 	stop   context.CancelFunc // stops the inbox watch
 }
 
@@ -93,7 +94,7 @@ func (lk *Locker) session(ctx context.Context) (*session, error) {
 	}
 	sctx, scancel := context.WithCancel(lk.ctx)
 	s := &session{id: g.ID, hex: strconv.FormatInt(int64(g.ID), 16), done: make(chan struct{}),
-		leases: map[string]*lease{}, owned: map[string]*lease{}, slots: map[string][]bool{}, stop: scancel}
+		leases: map[string]*lease{}, owned: map[string]*lease{}, slots: map[string][]bool{}, early: map[string]string{}, stop: scancel}
 	lk.sess = s
 	lk.wg.Go(func() {
 		for range ka {

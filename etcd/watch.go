@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lmx-go/lmx"
@@ -108,19 +109,27 @@ func (lk *Locker) watchInbox(ctx context.Context, s *session, from int64) {
 }
 
 // heard ends the lease that a word of s's inbox is about, if s still has
-// it, and then deletes the word. A lease that is not there any more is
-// being ended by its Unlock or Extend, which read and delete the word
-// themselves. The word of an expiry, which s wrote itself, is only
-// deleted.
+// it, and then deletes the word. A lease that is not there is being made
+// by its Lock, which finds the word in s.early, or ended by its Unlock or
+// Extend: they read and delete the word themselves. The word of an
+// expiry, which s wrote itself, is only deleted.
 func (lk *Locker) heard(ctx context.Context, s *session, pfx string, kv *mvccpb.KeyValue) {
+	defer func() {
+		if h := hearing.Load(); h != nil {
+			(*h)()
+		}
+	}()
 	etcdKey, rev, ok := parseInbox(lk.pfx, strings.TrimPrefix(string(kv.Key), pfx))
 	if !ok {
 		return
 	}
+	word := string(kv.Value)
 	lk.mu.Lock()
 	l := s.leases[etcdKey]
+	if l == nil && word != whyExpired {
+		s.early[string(kv.Key)] = word
+	}
 	lk.mu.Unlock()
-	word := string(kv.Value)
 	switch {
 	case word == whyExpired: // the expiry's own word, for watchers
 	case l == nil || l.rev != rev || !l.take():
@@ -132,6 +141,18 @@ func (lk *Locker) heard(ctx context.Context, s *session, pfx string, kv *mvccpb.
 	lk.cli.Delete(dctx, string(kv.Key))
 	cancel()
 }
+
+// forget drops what s.early keeps of the word at inboxKey, once the word
+// is read.
+func (lk *Locker) forget(s *session, inboxKey string) {
+	lk.mu.Lock()
+	delete(s.early, inboxKey)
+	lk.mu.Unlock()
+}
+
+// hearing, if set, is called by each word heard once it is handled: a
+// test's window onto a word that comes before its lease is made.
+var hearing atomic.Pointer[func()]
 
 // waits are the watches of one waiting request: one per key that its grant
 // waits on, each from when it was made.

@@ -312,7 +312,7 @@ func TestLiveMutexAcquireManyTTL(t *testing.T) {
 func TestLiveMutexAcquireManyHammer(t *testing.T) {
 	b := lmBroker(t, nil)
 	const conns, rounds, nkeys = 6, 40, 5
-	var inside [nkeys]atomic.Int32
+	inside := make([]atomic.Int32, nkeys)
 	errs := make(chan error, conns)
 	for w := range conns {
 		c1, c2 := net.Pipe()
@@ -324,66 +324,11 @@ func TestLiveMutexAcquireManyHammer(t *testing.T) {
 				enc, dec := json.NewEncoder(c1), json.NewDecoder(c1)
 				rng := rand.New(rand.NewPCG(uint64(w), 1))
 				for i := range rounds {
-					var keys []int
-					for k := range nkeys {
-						if rng.IntN(2) == 0 {
-							keys = append(keys, k)
-						}
-					}
-					if len(keys) == 0 {
-						keys = []int{rng.IntN(nkeys)}
-					}
-					names := make([]string, len(keys))
-					for j, k := range keys {
-						names[j] = fmt.Sprintf("h%d", k)
-					}
-					rng.Shuffle(len(names), func(i, j int) { names[i], names[j] = names[j], names[i] })
+					keys := hammerKeys(rng, nkeys)
 					id := fmt.Sprintf("w%d-%d", w, i)
-					single := len(names) == 1 && w%2 == 0
-					var req map[string]any
-					if single {
-						req = map[string]any{"type": "lock", "uuid": id, "key": names[0], "ttl": nil}
-					} else {
-						req = map[string]any{"type": "acquire-many", "uuid": id, "keys": names, "ttl": nil}
-					}
-					if err := enc.Encode(req); err != nil {
+					single := len(keys) == 1 && w%2 == 0
+					if err := hammerOnce(enc, dec, rng, id, keys, single, inside); err != nil {
 						return err
-					}
-					for {
-						var m map[string]any
-						if err := dec.Decode(&m); err != nil {
-							return err
-						}
-						if m["error"] != nil {
-							return fmt.Errorf("%s: %v", id, m["error"])
-						}
-						if m["acquired"] == true {
-							break
-						}
-					}
-					for _, k := range keys {
-						if n := inside[k].Add(1); n != 1 {
-							return fmt.Errorf("%s: key h%d held %d times", id, k, n)
-						}
-					}
-					runtime.Gosched()
-					for _, k := range keys {
-						inside[k].Add(-1)
-					}
-					if single {
-						req = map[string]any{"type": "unlock", "uuid": "u" + id, "key": names[0], "_uuid": id}
-					} else {
-						req = map[string]any{"type": "release-many", "uuid": "u" + id, "lockUuid": id}
-					}
-					if err := enc.Encode(req); err != nil {
-						return err
-					}
-					var m map[string]any
-					if err := dec.Decode(&m); err != nil {
-						return err
-					}
-					if m["unlocked"] != true && m["released"] != true {
-						return fmt.Errorf("%s: release: %v", id, m)
 					}
 				}
 				return nil
@@ -396,4 +341,72 @@ func TestLiveMutexAcquireManyHammer(t *testing.T) {
 	for k := range nkeys {
 		assert.Empty(t, holders(t, b, fmt.Sprintf("h%d", k)))
 	}
+}
+
+// hammerKeys picks a random non-empty subset of the keys 0..n-1.
+func hammerKeys(rng *rand.Rand, n int) []int {
+	var keys []int
+	for k := range n {
+		if rng.IntN(2) == 0 {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) == 0 {
+		keys = []int{rng.IntN(n)}
+	}
+	return keys
+}
+
+// hammerOnce takes keys (named h0, h1, ... and asked in a shuffled order)
+// with an acquire-many, or with a lock when single, checks that no other
+// connection holds any of them while it does, and releases them.
+func hammerOnce(enc *json.Encoder, dec *json.Decoder, rng *rand.Rand, id string, keys []int, single bool, inside []atomic.Int32) error {
+	names := make([]string, len(keys))
+	for j, k := range keys {
+		names[j] = fmt.Sprintf("h%d", k)
+	}
+	rng.Shuffle(len(names), func(i, j int) { names[i], names[j] = names[j], names[i] })
+	req := map[string]any{"type": "acquire-many", "uuid": id, "keys": names, "ttl": nil}
+	if single {
+		req = map[string]any{"type": "lock", "uuid": id, "key": names[0], "ttl": nil}
+	}
+	if err := enc.Encode(req); err != nil {
+		return err
+	}
+	for {
+		var m map[string]any
+		if err := dec.Decode(&m); err != nil {
+			return err
+		}
+		if m["error"] != nil {
+			return fmt.Errorf("%s: %v", id, m["error"])
+		}
+		if m["acquired"] == true {
+			break
+		}
+	}
+	for _, k := range keys {
+		if n := inside[k].Add(1); n != 1 {
+			return fmt.Errorf("%s: key h%d held %d times", id, k, n)
+		}
+	}
+	runtime.Gosched()
+	for _, k := range keys {
+		inside[k].Add(-1)
+	}
+	req = map[string]any{"type": "release-many", "uuid": "u" + id, "lockUuid": id}
+	if single {
+		req = map[string]any{"type": "unlock", "uuid": "u" + id, "key": names[0], "_uuid": id}
+	}
+	if err := enc.Encode(req); err != nil {
+		return err
+	}
+	var m map[string]any
+	if err := dec.Decode(&m); err != nil {
+		return err
+	}
+	if m["unlocked"] != true && m["released"] != true {
+		return fmt.Errorf("%s: release: %v", id, m)
+	}
+	return nil
 }

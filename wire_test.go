@@ -400,7 +400,14 @@ func checkSession(t *testing.T, data []byte, cut int) {
 		require.True(t, found, "no Error frame (code 8, id %d) for a frame of %d bytes; answers: %v", over.id, over.length, summarize(frames))
 	}
 
-	// A new connection is served, whatever became of this one.
+	checkServesNewConn(t, b)
+	nc.Close()
+	<-done
+}
+
+// checkServesNewConn checks that b serves a new connection, whatever became
+// of the one fuzzed before it.
+func checkServesNewConn(t *testing.T, b *Broker) {
 	dial := func(context.Context, string, string) (net.Conn, error) {
 		c1, c2 := net.Pipe()
 		b.ServeConn(c2)
@@ -414,9 +421,6 @@ func checkSession(t *testing.T, data []byte, cut int) {
 	l, err := c.Lock(ctx, "fuzz-check/"+ulid.Make().String())
 	require.NoError(t, err)
 	require.NoError(t, l.Unlock(ctx))
-
-	nc.Close()
-	<-done
 }
 
 // readRawFrame reads one frame, refusing one longer than a broker may send.

@@ -109,20 +109,39 @@ func take(ctx context.Context, cl *lmx.Client, key string, try bool, lf *lockFla
 	return l, err
 }
 
+// parseKey parses the args of a command that takes one positional
+// argument, a key, and returns it.
+func (f *cmdFlags) parseKey(args []string) (string, error) {
+	pos, err := f.parseArgs(args, 1)
+	if err != nil {
+		return "", err
+	}
+	if len(pos) == 0 {
+		return "", usageErrorf("KEY is missing")
+	}
+	return pos[0], nil
+}
+
+// parsePrefix parses the args of a command that takes one optional
+// positional argument, a key prefix, and returns it ("" when not given).
+func (f *cmdFlags) parsePrefix(args []string) (string, error) {
+	pos, err := f.parseArgs(args, 1)
+	if err != nil || len(pos) == 0 {
+		return "", err
+	}
+	return pos[0], nil
+}
+
 func cmdAcquire(c *cli, cmd *command, args []string) error {
 	cc := c.clientFlags(cmd, "print a JSON object")
 	ttl := cc.Duration("ttl", defaultAcquireTTL, "the lease ends by itself this long after it is granted, unless released first")
 	lf := addLockFlags(cc.cmdFlags)
 	cc.Var(&lf.wait, "wait", "wait up to `D` for the lock, or forever (default 0: fail at once, with exit code 3, if it is held)")
 	quiet := cc.Bool("q", false, "print only the lock id")
-	pos, err := cc.parseArgs(args, 1)
+	key, err := cc.parseKey(args)
 	if err != nil {
 		return err
 	}
-	if len(pos) == 0 {
-		return usageErrorf("KEY is missing")
-	}
-	key := pos[0]
 	if *ttl <= 0 {
 		return usageErrorf("--ttl must be positive: a lock that outlives acquire ends by its TTL if nobody releases it")
 	}
@@ -268,13 +287,9 @@ func cmdExtend(c *cli, cmd *command, args []string) error {
 func cmdLs(c *cli, cmd *command, args []string) error {
 	cc := c.clientFlags(cmd, "print a JSON object per key, one per line")
 	n := cc.Int("max", lmx.DefaultListLimit, fmt.Sprintf("list at most N keys (at most %d)", lmx.MaxListLimit))
-	pos, err := cc.parseArgs(args, 1)
+	prefix, err := cc.parsePrefix(args)
 	if err != nil {
 		return err
-	}
-	prefix := ""
-	if len(pos) == 1 {
-		prefix = pos[0]
 	}
 	if *n < 1 {
 		return usageErrorf("--max must be positive")
@@ -301,14 +316,10 @@ func cmdLs(c *cli, cmd *command, args []string) error {
 
 func cmdInspect(c *cli, cmd *command, args []string) error {
 	cc := c.clientFlags(cmd, "print a JSON object")
-	pos, err := cc.parseArgs(args, 1)
+	key, err := cc.parseKey(args)
 	if err != nil {
 		return err
 	}
-	if len(pos) == 0 {
-		return usageErrorf("KEY is missing")
-	}
-	key := pos[0]
 	ctx, cl, _, err := cc.connect()
 	if err != nil {
 		return err
@@ -326,13 +337,9 @@ func cmdInspect(c *cli, cmd *command, args []string) error {
 
 func cmdWatch(c *cli, cmd *command, args []string) error {
 	cc := c.clientFlags(cmd, "print a JSON object per event, one per line")
-	pos, err := cc.parseArgs(args, 1)
+	prefix, err := cc.parsePrefix(args)
 	if err != nil {
 		return err
-	}
-	prefix := ""
-	if len(pos) == 1 {
-		prefix = pos[0]
 	}
 	ctx, cl, addr, err := cc.connect()
 	if err != nil {

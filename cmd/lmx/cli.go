@@ -350,6 +350,19 @@ scan:
 	return pos, rest, nil
 }
 
+// parseArgs parses the args of a command that runs no command of its own,
+// refusing more than most positional arguments.
+func (f *cmdFlags) parseArgs(args []string, most int) ([]string, error) {
+	pos, _, err := f.parse(args, -1)
+	if err != nil {
+		return nil, err
+	}
+	if len(pos) > most {
+		return nil, usageErrorf("unexpected argument %q", pos[most])
+	}
+	return pos, nil
+}
+
 // unknownFlag is the error of a flag the command does not have: the one it
 // probably meant, or the flags it has.
 func (f *cmdFlags) unknownFlag(name string) error {

@@ -58,6 +58,45 @@ func TestParseInterspersed(t *testing.T) {
 	assert.Equal(t, exitUsage, exitCode(err))
 }
 
+// TestParsePositional pins what parseArgs, parseKey and parsePrefix return
+// and refuse: the messages the client commands print.
+func TestParsePositional(t *testing.T) {
+	c, _, _ := testCLI(nil)
+	parse := map[string]func(f *cmdFlags, args []string) (string, error){
+		"none": func(f *cmdFlags, args []string) (string, error) {
+			_, err := f.parseArgs(args, 0)
+			return "", err
+		},
+		"key":    (*cmdFlags).parseKey,
+		"prefix": (*cmdFlags).parsePrefix,
+	}
+	for _, tt := range []struct {
+		parser string
+		args   []string
+		want   string // the argument returned, or the usage error
+	}{
+		{"none", nil, ""},
+		{"none", []string{"--json"}, ""},
+		{"none", []string{"a", "b"}, `unexpected argument "a"`},
+		{"key", []string{"k"}, "k"},
+		{"key", []string{"--json", "--", "-k"}, "-k"},
+		{"key", nil, "KEY is missing"},
+		{"key", []string{"k", "x"}, `unexpected argument "x"`},
+		{"prefix", nil, ""},
+		{"prefix", []string{"p/"}, "p/"},
+		{"prefix", []string{"p/", "q/"}, `unexpected argument "q/"`},
+	} {
+		f := c.newFlags(&command{name: "x"})
+		f.Bool("json", false, "")
+		got, err := parse[tt.parser](f, tt.args)
+		if err != nil {
+			assert.Equal(t, exitUsage, exitCode(err), "%s %q", tt.parser, tt.args)
+			got = err.Error()
+		}
+		assert.Equal(t, tt.want, got, "%s %q", tt.parser, tt.args)
+	}
+}
+
 func TestParseHelp(t *testing.T) {
 	c, out, _ := testCLI(nil)
 	f := c.newFlags(&command{name: "x", args: "KEY", help: "Does x.\n"})

@@ -109,30 +109,36 @@ func take(ctx context.Context, cl *lmx.Client, key string, try bool, lf *lockFla
 	return l, err
 }
 
-// oneKey checks that the positional arguments are exactly one key.
-func oneKey(pos []string) (string, error) {
-	switch len(pos) {
-	case 0:
-		return "", usageErrorf("KEY is missing")
-	case 1:
-		return pos[0], nil
+// parseKey parses the args of a command that takes one positional
+// argument, a key, and returns it.
+func (f *cmdFlags) parseKey(args []string) (string, error) {
+	pos, err := f.parseArgs(args, 1)
+	if err != nil {
+		return "", err
 	}
-	return "", usageErrorf("unexpected argument %q", pos[1])
+	if len(pos) == 0 {
+		return "", usageErrorf("KEY is missing")
+	}
+	return pos[0], nil
+}
+
+// parsePrefix parses the args of a command that takes one optional
+// positional argument, a key prefix, and returns it ("" when not given).
+func (f *cmdFlags) parsePrefix(args []string) (string, error) {
+	pos, err := f.parseArgs(args, 1)
+	if err != nil || len(pos) == 0 {
+		return "", err
+	}
+	return pos[0], nil
 }
 
 func cmdAcquire(c *cli, cmd *command, args []string) error {
-	f := c.newFlags(cmd)
-	ttl := f.Duration("ttl", defaultAcquireTTL, "the lease ends by itself this long after it is granted, unless released first")
-	lf := addLockFlags(f)
-	f.Var(&lf.wait, "wait", "wait up to `D` for the lock, or forever (default 0: fail at once, with exit code 3, if it is held)")
-	quiet := f.Bool("q", false, "print only the lock id")
-	jsonOut := f.Bool("json", false, "print a JSON object")
-	cf := addConnFlags(f)
-	pos, _, err := f.parse(args, -1)
-	if err != nil {
-		return err
-	}
-	key, err := oneKey(pos)
+	cc := c.clientFlags(cmd, "print a JSON object")
+	ttl := cc.Duration("ttl", defaultAcquireTTL, "the lease ends by itself this long after it is granted, unless released first")
+	lf := addLockFlags(cc.cmdFlags)
+	cc.Var(&lf.wait, "wait", "wait up to `D` for the lock, or forever (default 0: fail at once, with exit code 3, if it is held)")
+	quiet := cc.Bool("q", false, "print only the lock id")
+	key, err := cc.parseKey(args)
 	if err != nil {
 		return err
 	}
@@ -145,20 +151,18 @@ func cmdAcquire(c *cli, cmd *command, args []string) error {
 	}
 	opts = append(opts, lmx.TTL(*ttl), lmx.KeepOnDisconnect())
 
-	ctx, cancel := c.interruptible()
-	defer cancel()
-	cl, _, err := c.connect(ctx, cf)
+	ctx, cl, _, err := cc.connect()
 	if err != nil {
 		return err
 	}
-	defer cl.Close() // the lease stays: KeepOnDisconnect
+	defer cc.close() // the lease stays: KeepOnDisconnect
 	l, err := take(ctx, cl, key, lf.wait == 0, lf, opts)
 	if err != nil {
 		return err
 	}
 	out := leaseOut{Key: key, ID: l.ID().String(), Token: l.Token(), Expires: jsonTime(l.Expires())}
 	switch {
-	case *jsonOut:
+	case *cc.jsonOut:
 		return printJSON(c.stdout, out)
 	case *quiet:
 		_, err = fmt.Fprintln(c.stdout, out.ID)
@@ -170,11 +174,9 @@ func cmdAcquire(c *cli, cmd *command, args []string) error {
 }
 
 func cmdRelease(c *cli, cmd *command, args []string) error {
-	f := c.newFlags(cmd)
-	force := f.Bool("force", false, "end every lease of KEY, whoever holds it (ForceUnlock)")
-	jsonOut := f.Bool("json", false, "print a JSON object")
-	cf := addConnFlags(f)
-	pos, _, err := f.parse(args, -1)
+	cc := c.clientFlags(cmd, "print a JSON object")
+	force := cc.Bool("force", false, "end every lease of KEY, whoever holds it (ForceUnlock)")
+	pos, _, err := cc.parse(args, -1) // not parseArgs: --force with an ID has its own message
 	if err != nil {
 		return err
 	}
@@ -197,13 +199,11 @@ func cmdRelease(c *cli, cmd *command, args []string) error {
 			return err
 		}
 	}
-	ctx, cancel := c.interruptible()
-	defer cancel()
-	cl, _, err := c.connect(ctx, cf)
+	ctx, cl, _, err := cc.connect()
 	if err != nil {
 		return err
 	}
-	defer cl.Close()
+	defer cc.close()
 	out := releaseOut{Key: key}
 	if *force {
 		err = cl.ForceUnlock(ctx, key)
@@ -221,7 +221,7 @@ func cmdRelease(c *cli, cmd *command, args []string) error {
 	if err != nil {
 		return err
 	}
-	if *jsonOut {
+	if *cc.jsonOut {
 		return printJSON(c.stdout, out)
 	}
 	if *force {
@@ -245,21 +245,17 @@ func parseID(s string) (ulid.ULID, error) {
 const exampleID = "01KBVZ3W5R8Q2M0XJ4T6N7PAYC"
 
 func cmdExtend(c *cli, cmd *command, args []string) error {
-	f := c.newFlags(cmd)
-	ttl := f.Duration("ttl", defaultAcquireTTL, "the lease ends by itself this long from now, unless extended or released first")
-	jsonOut := f.Bool("json", false, "print a JSON object")
-	cf := addConnFlags(f)
-	pos, _, err := f.parse(args, -1)
+	cc := c.clientFlags(cmd, "print a JSON object")
+	ttl := cc.Duration("ttl", defaultAcquireTTL, "the lease ends by itself this long from now, unless extended or released first")
+	pos, err := cc.parseArgs(args, 2)
 	if err != nil {
 		return err
 	}
-	switch {
-	case len(pos) == 0:
+	switch len(pos) {
+	case 0:
 		return usageErrorf("KEY is missing")
-	case len(pos) == 1:
+	case 1:
 		return usageErrorf("the lock ID is missing: lmx extend KEY ID --ttl D")
-	case len(pos) > 2:
-		return usageErrorf("unexpected argument %q", pos[2])
 	}
 	key := pos[0]
 	id, err := parseID(pos[1])
@@ -269,13 +265,11 @@ func cmdExtend(c *cli, cmd *command, args []string) error {
 	if *ttl <= 0 {
 		return usageErrorf("--ttl must be positive")
 	}
-	ctx, cancel := c.interruptible()
-	defer cancel()
-	cl, _, err := c.connect(ctx, cf)
+	ctx, cl, _, err := cc.connect()
 	if err != nil {
 		return err
 	}
-	defer cl.Close()
+	defer cc.close()
 	exp, err := cl.Extend(ctx, key, id, *ttl)
 	if errors.Is(err, lmx.ErrNotHeld) {
 		return fmt.Errorf("%s is not held with id %s", key, id)
@@ -283,7 +277,7 @@ func cmdExtend(c *cli, cmd *command, args []string) error {
 	if err != nil {
 		return err
 	}
-	if *jsonOut {
+	if *cc.jsonOut {
 		return printJSON(c.stdout, leaseOut{Key: key, ID: id.String(), Expires: jsonTime(exp)})
 	}
 	_, err = fmt.Fprintf(c.stdout, "extended %s %s\nexpires  %s\n", key, id, humanTime(exp))
@@ -291,36 +285,25 @@ func cmdExtend(c *cli, cmd *command, args []string) error {
 }
 
 func cmdLs(c *cli, cmd *command, args []string) error {
-	f := c.newFlags(cmd)
-	n := f.Int("max", lmx.DefaultListLimit, fmt.Sprintf("list at most N keys (at most %d)", lmx.MaxListLimit))
-	jsonOut := f.Bool("json", false, "print a JSON object per key, one per line")
-	cf := addConnFlags(f)
-	pos, _, err := f.parse(args, -1)
+	cc := c.clientFlags(cmd, "print a JSON object per key, one per line")
+	n := cc.Int("max", lmx.DefaultListLimit, fmt.Sprintf("list at most N keys (at most %d)", lmx.MaxListLimit))
+	prefix, err := cc.parsePrefix(args)
 	if err != nil {
 		return err
-	}
-	if len(pos) > 1 {
-		return usageErrorf("unexpected argument %q", pos[1])
-	}
-	prefix := ""
-	if len(pos) == 1 {
-		prefix = pos[0]
 	}
 	if *n < 1 {
 		return usageErrorf("--max must be positive")
 	}
-	ctx, cancel := c.interruptible()
-	defer cancel()
-	cl, _, err := c.connect(ctx, cf)
+	ctx, cl, _, err := cc.connect()
 	if err != nil {
 		return err
 	}
-	defer cl.Close()
+	defer cc.close()
 	keys, err := cl.List(ctx, prefix, *n)
 	if err != nil {
 		return err
 	}
-	if *jsonOut {
+	if *cc.jsonOut {
 		for _, k := range keys {
 			if err := printJSON(c.stdout, keyOut{Key: k.Key, Limit: k.Limit, Holders: k.Holders, Waiters: k.Waiters}); err != nil {
 				return err
@@ -332,63 +315,44 @@ func cmdLs(c *cli, cmd *command, args []string) error {
 }
 
 func cmdInspect(c *cli, cmd *command, args []string) error {
-	f := c.newFlags(cmd)
-	jsonOut := f.Bool("json", false, "print a JSON object")
-	cf := addConnFlags(f)
-	pos, _, err := f.parse(args, -1)
+	cc := c.clientFlags(cmd, "print a JSON object")
+	key, err := cc.parseKey(args)
 	if err != nil {
 		return err
 	}
-	key, err := oneKey(pos)
+	ctx, cl, _, err := cc.connect()
 	if err != nil {
 		return err
 	}
-	ctx, cancel := c.interruptible()
-	defer cancel()
-	cl, _, err := c.connect(ctx, cf)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
+	defer cc.close()
 	ki, err := cl.Inspect(ctx, key)
 	if err != nil {
 		return err
 	}
-	if *jsonOut {
+	if *cc.jsonOut {
 		return printJSON(c.stdout, newInfoOut(ki))
 	}
 	return printInfo(c.stdout, ki)
 }
 
 func cmdWatch(c *cli, cmd *command, args []string) error {
-	f := c.newFlags(cmd)
-	jsonOut := f.Bool("json", false, "print a JSON object per event, one per line")
-	cf := addConnFlags(f)
-	pos, _, err := f.parse(args, -1)
+	cc := c.clientFlags(cmd, "print a JSON object per event, one per line")
+	prefix, err := cc.parsePrefix(args)
 	if err != nil {
 		return err
 	}
-	if len(pos) > 1 {
-		return usageErrorf("unexpected argument %q", pos[1])
-	}
-	prefix := ""
-	if len(pos) == 1 {
-		prefix = pos[0]
-	}
-	ctx, cancel := c.interruptible()
-	defer cancel()
-	cl, addr, err := c.connect(ctx, cf)
+	ctx, cl, addr, err := cc.connect()
 	if err != nil {
 		return err
 	}
-	defer cl.Close()
+	defer cc.close()
 	events, err := cl.Watch(ctx, prefix)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(c.stderr, "lmx watch: watching %s at %s; Ctrl-C to stop\n", strconv.Quote(prefix), addr)
 	for ev := range events {
-		if *jsonOut {
+		if *cc.jsonOut {
 			err = printJSON(c.stdout, newEventOut(ev))
 		} else {
 			err = printEvent(c.stdout, ev)
@@ -404,30 +368,22 @@ func cmdWatch(c *cli, cmd *command, args []string) error {
 }
 
 func cmdPing(c *cli, cmd *command, args []string) error {
-	f := c.newFlags(cmd)
-	jsonOut := f.Bool("json", false, "print a JSON object")
-	cf := addConnFlags(f)
-	pos, _, err := f.parse(args, -1)
-	if err != nil {
+	cc := c.clientFlags(cmd, "print a JSON object")
+	if _, err := cc.parseArgs(args, 0); err != nil {
 		return err
 	}
-	if len(pos) > 0 {
-		return usageErrorf("unexpected argument %q", pos[0])
-	}
-	ctx, cancel := c.interruptible()
-	defer cancel()
 	t0 := time.Now()
-	cl, addr, err := c.connect(ctx, cf)
+	ctx, cl, addr, err := cc.connect()
 	if err != nil {
 		return err
 	}
-	defer cl.Close()
+	defer cc.close()
 	t1 := time.Now()
 	if err := cl.Ping(ctx); err != nil {
 		return err
 	}
 	connect, rtt := t1.Sub(t0), time.Since(t1)
-	if *jsonOut {
+	if *cc.jsonOut {
 		return printJSON(c.stdout, pingOut{Addr: addr, ConnectSeconds: connect.Seconds(), RoundTripSeconds: rtt.Seconds()})
 	}
 	_, err = fmt.Fprintf(c.stdout, "%s: connected in %v, round trip %v\n", addr, roundDuration(connect), roundDuration(rtt))
@@ -435,28 +391,20 @@ func cmdPing(c *cli, cmd *command, args []string) error {
 }
 
 func cmdStats(c *cli, cmd *command, args []string) error {
-	f := c.newFlags(cmd)
-	jsonOut := f.Bool("json", false, "print a JSON object")
-	cf := addConnFlags(f)
-	pos, _, err := f.parse(args, -1)
+	cc := c.clientFlags(cmd, "print a JSON object")
+	if _, err := cc.parseArgs(args, 0); err != nil {
+		return err
+	}
+	ctx, cl, _, err := cc.connect()
 	if err != nil {
 		return err
 	}
-	if len(pos) > 0 {
-		return usageErrorf("unexpected argument %q", pos[0])
-	}
-	ctx, cancel := c.interruptible()
-	defer cancel()
-	cl, _, err := c.connect(ctx, cf)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
+	defer cc.close()
 	s, err := cl.Stats(ctx)
 	if err != nil {
 		return err
 	}
-	if *jsonOut {
+	if *cc.jsonOut {
 		return printJSON(c.stdout, newStatsOut(&s))
 	}
 	return printStats(c.stdout, &s)

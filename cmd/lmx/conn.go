@@ -114,6 +114,44 @@ func loadPool(file string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
+// A clientCmd is a client command's flags, --json and the connection flags
+// among them, and, once connect has run, what close ends.
+type clientCmd struct {
+	*cmdFlags
+	c       *cli
+	jsonOut *bool
+	conn    *connFlags
+	cl      *lmx.Client
+	cancel  context.CancelFunc
+}
+
+// clientFlags makes cmd's flags with --json, which jsonHelp describes, and
+// the connection flags; the command adds its own.
+func (c *cli) clientFlags(cmd *command, jsonHelp string) *clientCmd {
+	f := c.newFlags(cmd)
+	return &clientCmd{cmdFlags: f, c: c, jsonOut: f.Bool("json", false, jsonHelp), conn: addConnFlags(f)}
+}
+
+// connect connects to the broker and returns a context that the first
+// signal cancels, the client and the address that answered. The caller
+// defers cc.close once connect succeeds.
+func (cc *clientCmd) connect() (context.Context, *lmx.Client, string, error) {
+	ctx, cancel := cc.c.interruptible()
+	cl, addr, err := cc.c.connect(ctx, cc.conn)
+	if err != nil {
+		cancel()
+		return nil, nil, "", err
+	}
+	cc.cl, cc.cancel = cl, cancel
+	return ctx, cl, addr, nil
+}
+
+// close closes the client and cancels the context connect returned.
+func (cc *clientCmd) close() {
+	cc.cl.Close()
+	cc.cancel()
+}
+
 // connect dials the broker that cf names, or else the default addresses in
 // turn, and returns the client and the address that answered. A broker
 // that cannot be reached is exitUnreachable; one that answers and refuses

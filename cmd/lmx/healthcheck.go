@@ -18,12 +18,8 @@ func cmdHealthcheck(c *cli, cmd *command, args []string) error {
 	metrics := f.String("metrics", "", "the `HOST:PORT` of start's --metrics; a wildcard host (0.0.0.0, ::) is asked on the loopback")
 	timeout := f.Duration("timeout", 5*time.Second, "how long the check may take")
 	f.fromEnv("metrics")
-	pos, _, err := f.parse(args, -1)
-	if err != nil {
+	if _, err := f.parseArgs(args, 0); err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return usageErrorf("unexpected argument %q", pos[0])
 	}
 	if *metrics == "" {
 		return usageErrorf("--metrics is missing: the HOST:PORT where lmx start serves /healthz")

@@ -170,12 +170,8 @@ table.
 
 func cmdDemo(c *cli, cmd *command, args []string) error {
 	f := c.newFlags(cmd)
-	pos, _, err := f.parse(args, -1)
-	if err != nil {
+	if _, err := f.parseArgs(args, 0); err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return usageErrorf("unexpected argument %q", pos[0])
 	}
 	return demo(context.Background(), c.stdout)
 }

@@ -69,12 +69,8 @@ func addStartFlags(f *cmdFlags) *startFlags {
 func cmdStart(c *cli, cmd *command, args []string) error {
 	f := c.newFlags(cmd)
 	sf := addStartFlags(f)
-	pos, _, err := f.parse(args, -1)
-	if err != nil {
+	if _, err := f.parseArgs(args, 0); err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return usageErrorf("unexpected argument %q", pos[0])
 	}
 	logger, err := newLogger(c.stderr, sf.logFormat, sf.logLevel)
 	if err != nil {

@@ -49,12 +49,8 @@ func buildVersion() versionOut {
 func cmdVersion(c *cli, cmd *command, args []string) error {
 	f := c.newFlags(cmd)
 	jsonOut := f.Bool("json", false, "print a JSON object")
-	pos, _, err := f.parse(args, -1)
-	if err != nil {
+	if _, err := f.parseArgs(args, 0); err != nil {
 		return err
-	}
-	if len(pos) > 0 {
-		return usageErrorf("unexpected argument %q", pos[0])
 	}
 	v := buildVersion()
 	if *jsonOut {

@@ -220,12 +220,7 @@ func (s *session) handle(h header, p []byte) {
 			s.inspect(h.id, key)
 		}
 	case opStats:
-		st, err := s.b.Stats(ctx)
-		if err != nil {
-			s.replyErr(h.id, err)
-			return
-		}
-		s.reply(func(b []byte) []byte { return appendStatsOK(b, h.id, &st) })
+		s.stats(h.id)
 	case opCancel:
 		s.cancel(h.id)
 	case opStopped:
@@ -243,6 +238,17 @@ func (s *session) handle(h header, p []byte) {
 	default:
 		s.replyErr(h.id, fmt.Errorf("%w: unexpected op 0x%02x", ErrProtocol, h.op))
 	}
+}
+
+// stats answers a Stats request. The Stats it reads are large: they stay
+// off handle's frame, which every request's handling passes through.
+func (s *session) stats(reqID uint32) {
+	st, err := s.b.Stats(context.Background())
+	if err != nil {
+		s.replyErr(reqID, err)
+		return
+	}
+	s.reply(func(b []byte) []byte { return appendStatsOK(b, reqID, &st) })
 }
 
 func (s *session) inspect(reqID uint32, key string) {

@@ -104,9 +104,9 @@ const maxHelloLen = 4096
 // longer than the session timeout. An idle session spends its life blocked
 // in the read that waits for its next request: that read is made from
 // read's own small frame, not from under the frames that decode and handle
-// a request, so that the parked reader uses under a quarter of a 4 KiB
-// stack and the garbage collector shrinks its stack to that size
-// (TestIdleSessionStack).
+// a request, so that the parked reader uses under a quarter of an 8 KiB
+// stack (counting the runtime's reserve) and the garbage collector halves
+// a stack a deep request grew back to 4 KiB (TestIdleSessionStack).
 func (s *session) read() error {
 	rq := &requests{br: newBurstReader(s.nc)} // an idle session keeps 512 bytes, not 16 KiB
 	for {

@@ -57,17 +57,36 @@ func (c *conn) serve() {
 }
 
 // run admits the peer, reads until the connection fails and settles what
-// the connection held.
+// the connection held. An idle connection's reader is parked under run: it
+// keeps no defer and leaves admitting and settling to calls of their own,
+// so as to keep its frame small (see session.read).
 func (c *conn) run() {
-	defer c.nc.Close()
+	log := c.admit()
+	if log == nil {
+		return
+	}
+	err := c.p.read()
+	c.finish(log, err)
+}
+
+// admit admits the peer and returns the connection's logger, or logs why
+// it refused the peer, closes the connection and returns nil.
+func (c *conn) admit() *slog.Logger {
 	log, err := c.p.open(c.b.cfg.logger.With("remote", c.nc.RemoteAddr().String()))
 	if err != nil {
 		log.Warn("lmx: refused a client", "err", err)
-		return
+		c.nc.Close()
+		return nil
 	}
-	defer c.b.srv.removeSession(c)
-	err = c.p.read()
+	return log
+}
+
+// finish settles what the connection held once its reader failed with err,
+// and closes it.
+func (c *conn) finish(log *slog.Logger, err error) {
 	c.b.srv.ends.ended(c.b.cfg.logger, log, c.what, err, c.p.end())
+	c.b.srv.removeSession(c)
+	c.nc.Close()
 }
 
 // register adds c to the broker's sessions, unless the broker is closing or

@@ -168,20 +168,42 @@ func (br *burstReader) Buffered() int { return br.w - br.r }
 // is at least as large as the buffer.
 func (br *burstReader) Read(p []byte) (int, error) {
 	if br.r == br.w {
-		br.buf = br.ld.move(nil, 0, burstBufs)
-		br.r, br.w = 0, 0
+		br.reset()
 		if len(p) >= len(br.buf) {
 			n, err := br.rd.Read(p)
 			br.ld.full = n == len(p)
 			return n, err
 		}
-		n, err := br.rd.Read(br.buf)
-		br.w, br.ld.full = n, n == len(br.buf)
-		if n == 0 {
+		if err := br.read(); err != nil {
 			return 0, err
 		}
 	}
 	n := copy(p, br.buf[br.r:br.w])
 	br.r += n
 	return n, nil
+}
+
+// fill reads rd once, when nothing is buffered, and fails only if it read
+// nothing. It is Read's path with a small frame, for a reader that parks in
+// it (see session.read).
+func (br *burstReader) fill() error {
+	br.reset()
+	return br.read()
+}
+
+// reset empties the buffer, taking the one the lender gives.
+func (br *burstReader) reset() {
+	br.buf = br.ld.move(nil, 0, burstBufs)
+	br.r, br.w = 0, 0
+}
+
+// read reads rd once into the empty buffer, and fails only if it read
+// nothing.
+func (br *burstReader) read() error {
+	n, err := br.rd.Read(br.buf)
+	br.w, br.ld.full = n, n == len(br.buf)
+	if n == 0 {
+		return err
+	}
+	return nil
 }

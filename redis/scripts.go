@@ -226,7 +226,9 @@ end
 ` + lib + `
 done[self] = true
 if freed then
-	first = freed
+	-- No lock-delay runs: the lease was granted with none running, and
+	-- only a holder that ends unasked starts one; it was the only holder.
+	first, dl = freed, -2
 	grant()
 	tidy()
 	return 1

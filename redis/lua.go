@@ -53,9 +53,10 @@ local function req(x, r)
 	x.ttl, x.prio, x.grace = tonumber(x.ttl), tonumber(x.prio), tonumber(x.grace)
 	return x
 end
+-- waiter reads a queue's entry r: when it queued, then its waiter record.
 local function waiter(r)
-	local id, rest = string.match(r, '^([^|]*)|(.*)$')
-	return req({id = id, rec = r}, rest)
+	local qt, id, rest = string.match(r, '^([^|]*)|([^|]*)|(.*)$')
+	return req({id = id, qt = tonumber(qt)}, rest)
 end
 local function holder(id, r)
 	local tok, exp, since, pdl, rest = string.match(r, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
@@ -252,12 +253,11 @@ local function grant()
 		end
 		if live and delayed() then return end
 		redis.call('LPOP', q)
-		local qt = redis.call('HGET', m, 'q:' .. w.id)
 		redis.call('HDEL', m, 'b:' .. w.id, 'q:' .. w.id)
 		if w.grace >= 0 then unpreempt() end
 		if live then
 			hold(w)
-			if qt then observe('w', t - tonumber(qt)) end
+			observe('w', t - w.qt)
 		end
 	end
 end
@@ -283,7 +283,7 @@ local function wake()
 	return best
 end
 -- mine returns the reply for the caller's request, whose waiter record is
--- rec ('' if it is known not to wait): {'g', token, ms left (0: no TTL)}
+-- rec ('' if it is known not to wait; one that waits has its "q:" field): {'g', token, ms left (0: no TTL)}
 -- when it holds, {'w', wake} while it waits, {'n'} when it is gone.
 local function mine(rec)
 	local x = H[self]
@@ -292,7 +292,7 @@ local function mine(rec)
 		if x.exp > 0 then left = x.exp - t end
 		return {'g', x.tok, left}
 	end
-	if rec ~= '' and redis.call('LPOS', q, rec) then return {'w', wake()} end
+	if rec ~= '' and redis.call('HEXISTS', m, 'q:' .. self) == 1 then return {'w', wake()} end
 	return {'n'}
 end
 `

@@ -5,13 +5,15 @@ import goredis "github.com/redis/go-redis/v9"
 // The state of one lock key K under the prefix P lives in three Redis keys,
 // which every script gets as KEYS[1..3]:
 //
-//	P q: K   list    the waiters, in queue order; each one a waiter record
+//	P q: K   list    the waiters, in queue order; each one when it queued
+//	                 (Redis-time ms), "|", and its waiter record
 //	P h: K   hash    the holders: lock id -> holder record
 //	P m: K   hash    "limit" -> the key's Limit; "b:" id -> how often the
 //	                 waiter id was overtaken by a higher priority; "c:" id
 //	                 -> how often the owner of holder id re-entered it
 //	                 (Owner, counted by its Locker); "q:" id -> when the
-//	                 waiter id queued, for the WaitTime histogram; "P"
+//	                 waiter id queued, while it is queued (the dedup of a
+//	                 retried script; cancel rebuilds the entry from it); "P"
 //	                 once a waiter asked with Preempt queued. It exists
 //	                 while the key has a holder or a waiter: Stats finds the
 //	                 live keys by it.
@@ -89,7 +91,7 @@ end
 ` + lib + `
 lives[sid] = sl
 if sl == -2 then return {'d'} end
-local me = waiter(rec)
+local me = req({id = self}, rest)
 if reap() > 0 then grant() end
 -- A request that holds or waits already (the script ran before, and the
 -- client did not hear its reply) stays as it is.
@@ -115,7 +117,7 @@ if not tail then -- nobody waits: granted if it fits
 		return mine('')
 	end
 	if try then return {'l'} end
-	redis.call('RPUSH', q, rec)
+	redis.call('RPUSH', q, d(t) .. '|' .. rec)
 	redis.call('HSET', m, 'q:' .. self, d(t))
 	preempt(me)
 	return {'w', wake()}
@@ -149,16 +151,17 @@ while true do
 	if w.prio >= me.prio or tonumber(redis.call('HGET', m, 'b:' .. w.id) or '0') >= maxBypass then break end
 	at = at + 1
 end
+local e = d(t) .. '|' .. rec
 if at == 0 then
-	redis.call('RPUSH', q, rec)
+	redis.call('RPUSH', q, e)
 else
 	for _, r in ipairs(redis.call('LRANGE', q, -at, -1)) do
 		redis.call('HINCRBY', m, 'b:' .. waiter(r).id, 1)
 	end
 	if head then
-		redis.call('LPUSH', q, rec)
+		redis.call('LPUSH', q, e)
 	else
-		redis.call('LINSERT', q, 'BEFORE', redis.call('LINDEX', q, -at), rec)
+		redis.call('LINSERT', q, 'BEFORE', redis.call('LINDEX', q, -at), e)
 	end
 end
 redis.call('HSET', m, 'q:' .. self, d(t))
@@ -181,11 +184,14 @@ return mine(ARGV[4])
 // key on.
 var cancelScript = goredis.NewScript(prologue + lib + `
 done[self] = true
-local head = ARGV[4] ~= '' and redis.call('LINDEX', q, 0) == ARGV[4]
-redis.call('LREM', q, 0, ARGV[4])
+-- Its entry in the queue, if it waits: when it queued, then its record.
+local qt = ARGV[4] ~= '' and redis.call('HGET', m, 'q:' .. self)
+local e = qt and qt .. '|' .. ARGV[4]
+local head = e and redis.call('LINDEX', q, 0) == e
+if e then redis.call('LREM', q, 0, e) end
 redis.call('HDEL', m, 'b:' .. self, 'q:' .. self)
 reap()
-if head and waiter(ARGV[4]).grace >= 0 then unpreempt() end
+if head and waiter(e).grace >= 0 then unpreempt() end
 local x = drop(self)
 if x then event('r', self, x.tok) end
 grant()

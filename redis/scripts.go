@@ -92,7 +92,8 @@ end
 lives[sid] = sl
 if sl == -2 then return {'d'} end
 local me = req({id = self}, rest)
-if reap() > 0 then grant() end
+local reaped = reap()
+if reaped > 0 then grant() end
 -- A request that holds or waits already (the script ran before, and the
 -- client did not hear its reply) stays as it is.
 if H[self] then return mine('') end
@@ -107,6 +108,10 @@ if have and have ~= lim0 then
 	redis.call('HSET', m, 'limit', lim0)
 end
 lim = tonumber(lim0)
+-- A live exclusive holder of a key of Limit 1, with none reaped now, was
+-- granted with no lock-delay running and has been the key's only holder
+-- since: no lock-delay runs, as only a holder that ends unasked starts one.
+if reaped == 0 and lim == 1 and ex == 1 then dl = -2 end
 -- The only preemptor this script may queue is its own request.
 if me.grace >= 0 then redis.call('HSET', m, 'P', '1') end
 pre = pre or me.grace >= 0

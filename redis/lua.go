@@ -66,6 +66,19 @@ end
 local function hrec(x)
 	return x.tok .. '|' .. d(x.exp) .. '|' .. x.since .. '|' .. d(x.pdl) .. '|' .. x.rest
 end
+local function tell(lid, msg)
+	redis.call('PUBLISH', P .. 'c:' .. lid, msg)
+end
+-- give writes the request w as a holder and tells its Locker, unless it is
+-- the caller's own.
+local function give(w)
+	local tok = token()
+	w.tok, w.exp, w.since, w.pdl = tok, 0, d(t), 0
+	if w.ttl > 0 then w.exp = t + w.ttl end
+	redis.call('HSET', h, w.id, hrec(w))
+	event('a', w.id, tok)
+	if w.id ~= self then tell(w.lid, 'g|' .. w.id .. '|' .. tok .. '|' .. d(w.ttl) .. '|' .. K) end
+end
 `
 
 // lib is the Lua of every script but the fast paths.
@@ -82,9 +95,6 @@ local function pttl(sid)
 	return ms
 end
 local function alive(sid) return pttl(sid) ~= -2 end
-local function tell(lid, msg)
-	redis.call('PUBLISH', P .. 'c:' .. lid, msg)
-end
 -- why returns why the holder x has ended, or nil while it holds.
 local function why(x)
 	if x.exp > 0 and x.exp <= t then return 'x' end
@@ -164,16 +174,10 @@ local function fits(mode)
 	if mode == 's' then return ex == 0 end
 	return sh == 0 and ex < limit()
 end
--- hold makes the request w a holder and tells its Locker, unless it is the
--- caller's own.
+-- hold makes the request w a holder (see give).
 local function hold(w)
-	local tok = token()
-	w.tok, w.exp, w.since, w.pdl = tok, 0, d(t), 0
-	if w.ttl > 0 then w.exp = t + w.ttl end
-	redis.call('HSET', h, w.id, hrec(w))
+	give(w)
 	add(w)
-	event('a', w.id, tok)
-	if w.id ~= self then tell(w.lid, 'g|' .. w.id .. '|' .. tok .. '|' .. d(w.ttl) .. '|' .. K) end
 end
 -- preempt starts a round of preemption for the queue's head w, which does
 -- not fit, if it asked for one: the holders in its way, fewest and lowest

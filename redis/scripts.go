@@ -213,8 +213,10 @@ return 1
 // Its fast path is its own Locker's Unlock (ARGV[4] "") of an exclusive
 // lease of Limit 1 (ARGV[5] "1"), which is then the key's only holder: no
 // other fits beside it, and it was granted once the dead ones were reaped.
-// While it lives, it ends with no reap, and with no grant when nobody
-// waits.
+// While it lives, it ends with no reap, with no grant when nobody waits,
+// and, when the queue's head is a live exclusive request that asked for no
+// preemption, and no preemptor may be queued, grants it before lib is even
+// defined.
 var releaseScript = goredis.NewScript(prologue + `
 -- freed is the queue's head once the fast path has ended the lease.
 local freed = false
@@ -232,6 +234,19 @@ if ARGV[4] == '' and ARGV[5] == '1' then
 			return 1
 		end
 		if x.owner ~= '' then redis.call('HDEL', m, 'c:' .. self) end
+		-- An exclusive head that lives, asked for no preemption and is no
+		-- stale copy of self fits the key of Limit 1 that self leaves, and
+		-- fills it: unless a preemptor may be queued, grant is done once it
+		-- holds (see grant), and so is this script, with no lib.
+		local w = waiter(freed)
+		if w.mode ~= 's' and w.grace < 0 and w.id ~= self and
+			redis.call('PTTL', P .. 's:' .. w.sid) ~= -2 and redis.call('HEXISTS', m, 'P') == 0 then
+			redis.call('LPOP', q)
+			redis.call('HDEL', m, 'b:' .. w.id, 'q:' .. w.id)
+			give(w)
+			observe('w', t - w.qt)
+			return 1
+		end
 	end
 end
 ` + lib + `

@@ -287,8 +287,9 @@ local function wake()
 	return best
 end
 -- mine returns the reply for the caller's request, whose waiter record is
--- rec ('' if it is known not to wait; one that waits has its "q:" field): {'g', token, ms left (0: no TTL)}
--- when it holds, {'w', wake} while it waits, {'n'} when it is gone.
+-- rec ('' if it is known not to wait; one that waits has its "q:" field):
+-- {'g', token, ms left (0: no TTL)} when it holds, {'w', wake} while it
+-- waits, {'n'} when it is gone.
 local function mine(rec)
 	local x = H[self]
 	if x then

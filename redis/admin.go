@@ -90,7 +90,8 @@ func (lk *Locker) Inspect(ctx context.Context, key string) (lmx.KeyInfo, error) 
 	slices.SortFunc(ki.Holders, func(a, b lmx.HolderInfo) int { return cmp.Compare(a.Token, b.Token) })
 	ws, _ := a[2].([]any)
 	for _, w := range ws {
-		rec, _ := w.(string)
+		entry, _ := w.(string)
+		_, rec, _ := strings.Cut(entry, "|") // after when it queued
 		f := strings.SplitN(rec, "|", waiterFields)
 		if len(f) != waiterFields {
 			continue

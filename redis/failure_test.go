@@ -368,9 +368,9 @@ func TestLateGrantChecked(t *testing.T) {
 	q, err := rdb.LRange(t.Context(), pfx+"q:k", 0, -1).Result()
 	require.NoError(t, err)
 	require.Len(t, q, 1)
-	f := strings.Split(q[0], "|")
+	f := strings.Split(q[0], "|") // when it queued, then the waiter record
 	b.Unsure()
-	require.NoError(t, rdb.Publish(t.Context(), pfx+"c:"+f[2], "g|"+f[0]+"|1|0|k").Err())
+	require.NoError(t, rdb.Publish(t.Context(), pfx+"c:"+f[3], "g|"+f[1]+"|1|0|k").Err())
 	select {
 	case r := <-ch:
 		t.Fatalf("Lock returned on a grant Redis does not have: %+v", r)
@@ -394,7 +394,7 @@ func TestStaleRequestNotGranted(t *testing.T) {
 			rdb := client(t)
 			lid, err := rdb.Get(t.Context(), pfx+"s:"+a.Session()).Result()
 			require.NoError(t, err)
-			rec := strings.Join([]string{held.ID().String(), a.Session(), lid, "x", "0", "0", "0", "0", "-1", "0", ""}, "|")
+			rec := strings.Join([]string{queuedNow(), held.ID().String(), a.Session(), lid, "x", "0", "0", "0", "0", "-1", "0", ""}, "|")
 			require.NoError(t, rdb.RPush(t.Context(), pfx+"q:k", rec).Err())
 
 			switch end {
@@ -429,7 +429,7 @@ func TestOrphanGrantTakenBack(t *testing.T) {
 	rdb := client(t)
 	lid, err := rdb.Get(t.Context(), pfx+"s:"+a.Session()).Result()
 	require.NoError(t, err)
-	rec := strings.Join([]string{ulid.Make().String(), a.Session(), lid, "x", "0", "0", "0", "0", "-1", "0", ""}, "|")
+	rec := strings.Join([]string{queuedNow(), ulid.Make().String(), a.Session(), lid, "x", "0", "0", "0", "0", "-1", "0", ""}, "|")
 	require.NoError(t, rdb.RPush(t.Context(), pfx+"q:k", rec).Err())
 
 	require.NoError(t, held.Unlock(t.Context())) // grants the orphan
@@ -439,3 +439,6 @@ func TestOrphanGrantTakenBack(t *testing.T) {
 	require.NoError(t, err, "the orphan's grant was never taken back")
 	require.NoError(t, next.Unlock(t.Context()))
 }
+
+// queuedNow is the first field of a queue's entry made now: when it queued.
+func queuedNow() string { return strconv.FormatInt(time.Now().UnixMilli(), 10) }

@@ -53,9 +53,10 @@ local function req(x, r)
 	x.ttl, x.prio, x.grace = tonumber(x.ttl), tonumber(x.prio), tonumber(x.grace)
 	return x
 end
+-- waiter reads a queue's entry r: when it queued, then its waiter record.
 local function waiter(r)
-	local id, rest = string.match(r, '^([^|]*)|(.*)$')
-	return req({id = id, rec = r}, rest)
+	local qt, id, rest = string.match(r, '^([^|]*)|([^|]*)|(.*)$')
+	return req({id = id, qt = tonumber(qt)}, rest)
 end
 local function holder(id, r)
 	local tok, exp, since, pdl, rest = string.match(r, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|(.*)$')
@@ -64,6 +65,19 @@ end
 -- hrec is the holder record of x.
 local function hrec(x)
 	return x.tok .. '|' .. d(x.exp) .. '|' .. x.since .. '|' .. d(x.pdl) .. '|' .. x.rest
+end
+local function tell(lid, msg)
+	redis.call('PUBLISH', P .. 'c:' .. lid, msg)
+end
+-- give writes the request w as a holder and tells its Locker, unless it is
+-- the caller's own.
+local function give(w)
+	local tok = token()
+	w.tok, w.exp, w.since, w.pdl = tok, 0, d(t), 0
+	if w.ttl > 0 then w.exp = t + w.ttl end
+	redis.call('HSET', h, w.id, hrec(w))
+	event('a', w.id, tok)
+	if w.id ~= self then tell(w.lid, 'g|' .. w.id .. '|' .. tok .. '|' .. d(w.ttl) .. '|' .. K) end
 end
 `
 
@@ -81,9 +95,6 @@ local function pttl(sid)
 	return ms
 end
 local function alive(sid) return pttl(sid) ~= -2 end
-local function tell(lid, msg)
-	redis.call('PUBLISH', P .. 'c:' .. lid, msg)
-end
 -- why returns why the holder x has ended, or nil while it holds.
 local function why(x)
 	if x.exp > 0 and x.exp <= t then return 'x' end
@@ -163,16 +174,10 @@ local function fits(mode)
 	if mode == 's' then return ex == 0 end
 	return sh == 0 and ex < limit()
 end
--- hold makes the request w a holder and tells its Locker, unless it is the
--- caller's own.
+-- hold makes the request w a holder (see give).
 local function hold(w)
-	local tok = token()
-	w.tok, w.exp, w.since, w.pdl = tok, 0, d(t), 0
-	if w.ttl > 0 then w.exp = t + w.ttl end
-	redis.call('HSET', h, w.id, hrec(w))
+	give(w)
 	add(w)
-	event('a', w.id, tok)
-	if w.id ~= self then tell(w.lid, 'g|' .. w.id .. '|' .. tok .. '|' .. d(w.ttl) .. '|' .. K) end
 end
 -- preempt starts a round of preemption for the queue's head w, which does
 -- not fit, if it asked for one: the holders in its way, fewest and lowest
@@ -252,12 +257,11 @@ local function grant()
 		end
 		if live and delayed() then return end
 		redis.call('LPOP', q)
-		local qt = redis.call('HGET', m, 'q:' .. w.id)
 		redis.call('HDEL', m, 'b:' .. w.id, 'q:' .. w.id)
 		if w.grace >= 0 then unpreempt() end
 		if live then
 			hold(w)
-			if qt then observe('w', t - tonumber(qt)) end
+			observe('w', t - w.qt)
 		end
 	end
 end
@@ -283,8 +287,9 @@ local function wake()
 	return best
 end
 -- mine returns the reply for the caller's request, whose waiter record is
--- rec ('' if it is known not to wait): {'g', token, ms left (0: no TTL)}
--- when it holds, {'w', wake} while it waits, {'n'} when it is gone.
+-- rec ('' if it is known not to wait; one that waits has its "q:" field):
+-- {'g', token, ms left (0: no TTL)} when it holds, {'w', wake} while it
+-- waits, {'n'} when it is gone.
 local function mine(rec)
 	local x = H[self]
 	if x then
@@ -292,7 +297,7 @@ local function mine(rec)
 		if x.exp > 0 then left = x.exp - t end
 		return {'g', x.tok, left}
 	end
-	if rec ~= '' and redis.call('LPOS', q, rec) then return {'w', wake()} end
+	if rec ~= '' and redis.call('HEXISTS', m, 'q:' .. self) == 1 then return {'w', wake()} end
 	return {'n'}
 end
 `

@@ -5,13 +5,15 @@ import goredis "github.com/redis/go-redis/v9"
 // The state of one lock key K under the prefix P lives in three Redis keys,
 // which every script gets as KEYS[1..3]:
 //
-//	P q: K   list    the waiters, in queue order; each one a waiter record
+//	P q: K   list    the waiters, in queue order; each one when it queued
+//	                 (Redis-time ms), "|", and its waiter record
 //	P h: K   hash    the holders: lock id -> holder record
 //	P m: K   hash    "limit" -> the key's Limit; "b:" id -> how often the
 //	                 waiter id was overtaken by a higher priority; "c:" id
 //	                 -> how often the owner of holder id re-entered it
 //	                 (Owner, counted by its Locker); "q:" id -> when the
-//	                 waiter id queued, for the WaitTime histogram; "P"
+//	                 waiter id queued, while it is queued (the dedup of a
+//	                 retried script; cancel rebuilds the entry from it); "P"
 //	                 once a waiter asked with Preempt queued. It exists
 //	                 while the key has a holder or a waiter: Stats finds the
 //	                 live keys by it.
@@ -89,8 +91,9 @@ end
 ` + lib + `
 lives[sid] = sl
 if sl == -2 then return {'d'} end
-local me = waiter(rec)
-if reap() > 0 then grant() end
+local me = req({id = self}, rest)
+local reaped = reap()
+if reaped > 0 then grant() end
 -- A request that holds or waits already (the script ran before, and the
 -- client did not hear its reply) stays as it is.
 if H[self] then return mine('') end
@@ -105,6 +108,10 @@ if have and have ~= lim0 then
 	redis.call('HSET', m, 'limit', lim0)
 end
 lim = tonumber(lim0)
+-- A live exclusive holder of a key of Limit 1, with none reaped now, was
+-- granted with no lock-delay running and has been the key's only holder
+-- since: no lock-delay runs, as only a holder that ends unasked starts one.
+if reaped == 0 and lim == 1 and ex == 1 then dl = -2 end
 -- The only preemptor this script may queue is its own request.
 if me.grace >= 0 then redis.call('HSET', m, 'P', '1') end
 pre = pre or me.grace >= 0
@@ -115,7 +122,7 @@ if not tail then -- nobody waits: granted if it fits
 		return mine('')
 	end
 	if try then return {'l'} end
-	redis.call('RPUSH', q, rec)
+	redis.call('RPUSH', q, d(t) .. '|' .. rec)
 	redis.call('HSET', m, 'q:' .. self, d(t))
 	preempt(me)
 	return {'w', wake()}
@@ -149,16 +156,17 @@ while true do
 	if w.prio >= me.prio or tonumber(redis.call('HGET', m, 'b:' .. w.id) or '0') >= maxBypass then break end
 	at = at + 1
 end
+local e = d(t) .. '|' .. rec
 if at == 0 then
-	redis.call('RPUSH', q, rec)
+	redis.call('RPUSH', q, e)
 else
 	for _, r in ipairs(redis.call('LRANGE', q, -at, -1)) do
 		redis.call('HINCRBY', m, 'b:' .. waiter(r).id, 1)
 	end
 	if head then
-		redis.call('LPUSH', q, rec)
+		redis.call('LPUSH', q, e)
 	else
-		redis.call('LINSERT', q, 'BEFORE', redis.call('LINDEX', q, -at), rec)
+		redis.call('LINSERT', q, 'BEFORE', redis.call('LINDEX', q, -at), e)
 	end
 end
 redis.call('HSET', m, 'q:' .. self, d(t))
@@ -181,11 +189,14 @@ return mine(ARGV[4])
 // key on.
 var cancelScript = goredis.NewScript(prologue + lib + `
 done[self] = true
-local head = ARGV[4] ~= '' and redis.call('LINDEX', q, 0) == ARGV[4]
-redis.call('LREM', q, 0, ARGV[4])
+-- Its entry in the queue, if it waits: when it queued, then its record.
+local qt = ARGV[4] ~= '' and redis.call('HGET', m, 'q:' .. self)
+local e = qt and qt .. '|' .. ARGV[4]
+local head = e and redis.call('LINDEX', q, 0) == e
+if e then redis.call('LREM', q, 0, e) end
 redis.call('HDEL', m, 'b:' .. self, 'q:' .. self)
 reap()
-if head and waiter(ARGV[4]).grace >= 0 then unpreempt() end
+if head and waiter(e).grace >= 0 then unpreempt() end
 local x = drop(self)
 if x then event('r', self, x.tok) end
 grant()
@@ -202,8 +213,10 @@ return 1
 // Its fast path is its own Locker's Unlock (ARGV[4] "") of an exclusive
 // lease of Limit 1 (ARGV[5] "1"), which is then the key's only holder: no
 // other fits beside it, and it was granted once the dead ones were reaped.
-// While it lives, it ends with no reap, and with no grant when nobody
-// waits.
+// While it lives, it ends with no reap, with no grant when nobody waits,
+// and, when the queue's head is a live exclusive request that asked for no
+// preemption, and no preemptor may be queued, grants it before lib is even
+// defined.
 var releaseScript = goredis.NewScript(prologue + `
 -- freed is the queue's head once the fast path has ended the lease.
 local freed = false
@@ -221,12 +234,27 @@ if ARGV[4] == '' and ARGV[5] == '1' then
 			return 1
 		end
 		if x.owner ~= '' then redis.call('HDEL', m, 'c:' .. self) end
+		-- An exclusive head that lives, asked for no preemption and is no
+		-- stale copy of self fits the key of Limit 1 that self leaves, and
+		-- fills it: unless a preemptor may be queued, grant is done once it
+		-- holds (see grant), and so is this script, with no lib.
+		local w = waiter(freed)
+		if w.mode ~= 's' and w.grace < 0 and w.id ~= self and
+			redis.call('PTTL', P .. 's:' .. w.sid) ~= -2 and redis.call('HEXISTS', m, 'P') == 0 then
+			redis.call('LPOP', q)
+			redis.call('HDEL', m, 'b:' .. w.id, 'q:' .. w.id)
+			give(w)
+			observe('w', t - w.qt)
+			return 1
+		end
 	end
 end
 ` + lib + `
 done[self] = true
 if freed then
-	first = freed
+	-- No lock-delay runs: the lease was granted with none running, and
+	-- only a holder that ends unasked starts one; it was the only holder.
+	first, dl = freed, -2
 	grant()
 	tidy()
 	return 1

@@ -28,10 +28,17 @@ const (
 // newLease makes the lease a request for key with options r asks for, from
 // shard sh, on behalf of hook if not nil.
 func newLease(key string, sh *shard, r *request, hook leaseHook) *Lease {
-	l := &Lease{key: key, door: sh, shared: r.shared, keep: r.keepOnDisconnect, noPreempt: r.noPreempt}
+	var l *Lease
 	if hook != nil {
-		l.extra().hook = hook
+		// A network session's lease always has its leaseExtra: one
+		// allocation for both.
+		hl := &hookedLease{x: leaseExtra{hook: hook, lockDelay: -1}}
+		l = &hl.Lease
+		l.x = &hl.x
+	} else {
+		l = new(Lease)
 	}
+	l.key, l.door, l.shared, l.keep, l.noPreempt = key, sh, r.shared, r.keepOnDisconnect, r.noPreempt
 	if r.ttl > 0 {
 		l.ttl = &ttlState{ttl: r.ttl, keepAlive: r.keepAlive}
 	}
@@ -48,6 +55,13 @@ func newLease(key string, sh *shard, r *request, hook leaseHook) *Lease {
 		l.extra().lockDelay = r.lockDelay
 	}
 	return l
+}
+
+// hookedLease is a lease made on behalf of a hook together with its
+// leaseExtra, which holds the hook.
+type hookedLease struct {
+	Lease
+	x leaseExtra
 }
 
 // entryLocked finds the entry that the new lease l, asked with options r,

@@ -15,3 +15,6 @@ func (lk *Locker) Unsure() {
 		lk.sess.alive.Store(0)
 	}
 }
+
+// The sources of the scripts of an uncontended cycle and a hand-off.
+var AcquireLua, ReleaseLua = acquireLua, releaseLua

@@ -4,7 +4,6 @@ import (
 	"context"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -171,49 +170,3 @@ const maxQueue, maxHandOff = 9, 18
 // maxUncontended is how many commands an uncontended Lock and Unlock run
 // in Redis together (19 before the fast paths: 10 and 9).
 const maxUncontended = 16
-
-// BenchmarkUncontended is a Lock and Unlock of a free key: go test -bench
-// with -benchmem and -cpuprofile shows the Go side of the uncontended cycle.
-func BenchmarkUncontended(b *testing.B) {
-	rdb := goredis.NewClient(&goredis.Options{Addr: addr, MaxRetries: -1})
-	defer rdb.Close()
-	l, err := redis.New(b.Context(), rdb, "bench:")
-	require.NoError(b, err)
-	defer l.Close()
-	for b.Loop() {
-		lease, err := l.Lock(b.Context(), "k")
-		require.NoError(b, err)
-		require.NoError(b, lease.Unlock(b.Context()))
-	}
-}
-
-// BenchmarkHandOff is 20 Lockers taking turns on one key: each Lock but
-// the first is granted by the release before it.
-func BenchmarkHandOff(b *testing.B) {
-	const workers = 20
-	var lks []*redis.Locker
-	for range workers {
-		rdb := goredis.NewClient(&goredis.Options{Addr: addr, MaxRetries: -1})
-		defer rdb.Close()
-		l, err := redis.New(b.Context(), rdb, "bench:")
-		require.NoError(b, err)
-		defer l.Close()
-		lks = append(lks, l)
-	}
-	var left atomic.Int64
-	left.Store(int64(b.N))
-	b.ResetTimer()
-	var wg sync.WaitGroup
-	for _, l := range lks {
-		wg.Go(func() {
-			for left.Add(-1) >= 0 {
-				lease, err := l.Lock(b.Context(), "hot")
-				if !assert.NoError(b, err) {
-					return
-				}
-				assert.NoError(b, lease.Unlock(b.Context()))
-			}
-		})
-	}
-	wg.Wait()
-}

@@ -1,7 +1,7 @@
 package redis
 
 import (
-	"strconv"
+	"fmt"
 	"strings"
 
 	"github.com/lmx-go/lmx"
@@ -45,8 +45,7 @@ local function count(what)
 end
 -- observe counts ms in the histogram hist ('w' or 'h').
 local function observe(hist, ms)
-	local bounds, i = {` + boundsMS() + `}, 0
-	while i < #bounds and ms > bounds[i + 1] do i = i + 1 end
+	local i = ` + bucketLua("ms") + `
 	redis.call('HINCRBY', P .. 'n', hist .. i, 1)
 	redis.call('HINCRBY', P .. 'n', hist .. 's', ms)
 end
@@ -308,11 +307,14 @@ local function mine(rec)
 end
 `
 
-// boundsMS is lmx.HistogramBounds in milliseconds, as a Lua list.
-func boundsMS() string {
-	var b []string
-	for _, d := range lmx.HistogramBounds() {
-		b = append(b, strconv.FormatInt(d.Milliseconds(), 10))
+// bucketLua is a Lua expression of the index of the bucket of
+// lmx.HistogramBounds that counts ms milliseconds, with no table made.
+func bucketLua(ms string) string {
+	var b strings.Builder
+	bounds := lmx.HistogramBounds()
+	for i, d := range bounds {
+		fmt.Fprintf(&b, "%s <= %d and %d or ", ms, d.Milliseconds(), i)
 	}
-	return strings.Join(b, ", ")
+	fmt.Fprintf(&b, "%d", len(bounds))
+	return b.String()
 }

@@ -63,8 +63,9 @@ import goredis "github.com/redis/go-redis/v9"
 // fits: so whoever next touches a key frees it from the dead and hands it
 // on. The fast paths of acquireScript and releaseScript skip this where
 // there is nothing to reap: an idle key, a request queueing behind a live
-// sole holder, and a lease that is its key's only holder. The scripts touch keys they are not given (sessions, the
-// counter): they need a single Redis, not a cluster.
+// sole holder, and a lease that is its key's only holder. The scripts
+// touch keys they are not given (sessions, the counter): they need a
+// single Redis, not a cluster.
 
 // acquireScript queues a request and grants what fits. ARGV[4] is its
 // waiter record, ARGV[5] its Limit, ARGV[6] "1" for a TryLock. It returns
@@ -94,29 +95,30 @@ if sl ~= -2 and redis.call('EXISTS', q, h, P .. 'd:' .. K) == 0 then
 	return {'g', tok, ttl}
 end
 ` + records + `
--- A request of its own session that queues behind the live exclusive holder
--- of a key of Limit 1 (that key's only holder, none to reap), asks for no
+-- A live exclusive request that queues behind the live exclusive holder of
+-- a key of Limit 1 (that key's only holder, none to reap), asks for no
 -- preemption and overtakes no waiter changes nothing but the queue: nothing
 -- fits beside that holder, no lock-delay runs, and the only preemptor the
 -- script may queue is the request. It queues before lib is even defined.
-if sl ~= -2 and not try and lim0 == '1' then
-	local me, all = req({id = self}, rest), redis.call('HGETALL', h)
+local me = sl ~= -2 and not try and lim0 == '1' and req({id = self}, rest)
+if me and me.mode ~= 's' and me.grace < 0 then
+	local all = redis.call('HGETALL', h)
 	local x = #all == 2 and holder(all[1], all[2])
-	local xl = -1 -- x's session's PTTL, -1 for none
-	if x and x.kod ~= '1' then xl = redis.call('PTTL', P .. 's:' .. x.sid) end
-	if me.mode ~= 's' and me.grace < 0 and x and x.id ~= self and x.mode ~= 's' and
-		(x.exp == 0 or x.exp > t) and (x.pdl == 0 or x.pdl > t) and xl ~= -2 and
-		redis.call('HGET', m, 'limit') == '1' then
-		local tail = redis.call('LINDEX', q, -1)
-		if not tail or (redis.call('HEXISTS', m, 'q:' .. self) == 0 and waiter(tail).prio >= me.prio) then
-			redis.call('RPUSH', q, d(t) .. '|' .. rec)
-			redis.call('HSET', m, 'q:' .. self, d(t))
-			-- When x may end on its own: see wake.
-			local wake = xl
-			for _, at in ipairs({x.exp, x.pdl}) do
-				if at > 0 and (wake < 0 or at - t < wake) then wake = at - t end
+	if x and x.id ~= self and x.mode ~= 's' and (x.exp == 0 or x.exp > t) and (x.pdl == 0 or x.pdl > t) then
+		local xl = -1 -- x's session's PTTL, -1 for none
+		if x.kod ~= '1' then xl = redis.call('PTTL', P .. 's:' .. x.sid) end
+		if xl ~= -2 and redis.call('HGET', m, 'limit') == '1' then
+			local tail = redis.call('LINDEX', q, -1)
+			if not tail or (redis.call('HEXISTS', m, 'q:' .. self) == 0 and waiter(tail).prio >= me.prio) then
+				redis.call('RPUSH', q, d(t) .. '|' .. rec)
+				redis.call('HSET', m, 'q:' .. self, d(t))
+				-- When x may end on its own: see wake.
+				local wake = xl
+				for _, at in ipairs({x.exp, x.pdl}) do
+					if at > 0 and (wake < 0 or at - t < wake) then wake = at - t end
+				end
+				return {'w', wake}
 			end
-			return {'w', wake}
 		end
 	end
 end

@@ -130,6 +130,7 @@ type result struct {
 	p50, p99 time.Duration
 	worst    time.Duration
 	fairness float64
+	cost     cost // per cycle
 }
 
 // A row is a service's workload's median over the runs, or why it did not
@@ -212,8 +213,8 @@ func runService(ctx context.Context, cfg config, svc service, round int, rows []
 			rw.status = "error: " + oneLine(err.Error())
 			continue
 		}
-		fmt.Fprintf(log, "lmxbench: %s %s round %d: %.0f cycles/s, p50 %v, p99 %v, fairness %.3f\n",
-			svc.name, rw.workload, round, res.perSec, res.p50, res.p99, res.fairness)
+		fmt.Fprintf(log, "lmxbench: %s %s round %d: %.0f cycles/s, p50 %v, p99 %v, fairness %.3f, %v\n",
+			svc.name, rw.workload, round, res.perSec, res.p50, res.p99, res.fairness, res.cost)
 		rw.all = append(rw.all, res)
 	}
 	setMemory(r, rows)
@@ -343,10 +344,15 @@ func runWorkload(ctx context.Context, r running, wl workload, n int, timeout tim
 			}
 		}()
 	}
+	meter := startCost(ctx, r)
 	start := time.Now()
 	close(gate)
 	wg.Wait()
 	elapsed := time.Since(start)
+	// The run's ctx may have timed out: the readings are not cut short.
+	mctx, mcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	spent := meter.stop(mctx)
+	mcancel()
 	if firstErr != nil {
 		return result{}, firstErr
 	}
@@ -368,6 +374,7 @@ func runWorkload(ctx context.Context, r running, wl workload, n int, timeout tim
 		p99:      all[min(len(all)-1, len(all)*99/100)],
 		worst:    all[len(all)-1],
 		fairness: jain(counts),
+		cost:     spent.per(total),
 	}
 	return res, nil
 }
@@ -406,6 +413,13 @@ func median(rs []result) result {
 		p99:      time.Duration(pick(func(r result) float64 { return float64(r.p99) })),
 		worst:    time.Duration(pick(func(r result) float64 { return float64(r.worst) })),
 		fairness: pick(func(r result) float64 { return r.fairness }),
+		cost: cost{
+			client: time.Duration(pick(func(r result) float64 { return float64(r.cost.client) })),
+			server: time.Duration(pick(func(r result) float64 { return float64(r.cost.server) })),
+			cmds:   pick(func(r result) float64 { return r.cost.cmds }),
+			queued: pick(func(r result) float64 { return r.cost.queued }),
+			ok:     !slices.ContainsFunc(rs, func(r result) bool { return !r.cost.ok }),
+		},
 	}
 }
 

@@ -115,7 +115,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cfg.etcd = new(etcdServer)
 	defer cfg.etcd.close()
 	rows := runMatrix(ctx, cfg, stderr)
-	table := renderTable(rows) + renderTargets(rows)
+	table := renderTable(rows) + renderTargets(rows) + renderCost(rows)
 	fmt.Fprint(stdout, table)
 	if cfg.out != "" {
 		if err := os.WriteFile(cfg.out, []byte(table), 0o644); err != nil {

@@ -442,3 +442,28 @@ func TestOrphanGrantTakenBack(t *testing.T) {
 
 // queuedNow is the first field of a queue's entry made now: when it queued.
 func queuedNow() string { return strconv.FormatInt(time.Now().UnixMilli(), 10) }
+
+// An acquire script that Redis runs once more for a request already queued
+// (a retry of one whose reply was lost) leaves the queue as it is: the
+// request waits once, and is granted once.
+func TestRetriedQueueing(t *testing.T) {
+	pfx, _, b, held, ch := contended(t, 2*time.Second, time.Hour)
+	rdb := client(t)
+	entries, err := rdb.LRange(t.Context(), pfx+"q:k", 0, -1).Result()
+	require.NoError(t, err)
+	require.Len(t, entries, 1)
+	_, rec, _ := strings.Cut(entries[0], "|") // after when it queued
+	kind, err := b.Acquire(t.Context(), "k", rec)
+	require.NoError(t, err)
+	assert.Equal(t, "w", kind)
+	entries, err = rdb.LRange(t.Context(), pfx+"q:k", 0, -1).Result()
+	require.NoError(t, err)
+	assert.Len(t, entries, 1, "the request queued twice")
+
+	require.NoError(t, held.Unlock(t.Context()))
+	inOrder(t, ch, held.Token(), "w")
+	ki, err := b.Inspect(t.Context(), "k")
+	require.NoError(t, err)
+	assert.Empty(t, ki.Holders)
+	assert.Empty(t, ki.Waiters)
+}

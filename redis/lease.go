@@ -8,7 +8,6 @@ import (
 
 	"github.com/lmx-go/lmx"
 	"github.com/lmx-go/lmx/internal/orphans"
-	"github.com/oklog/ulid/v2"
 )
 
 // lease is the Redis side of one granted request, and of the lmx.Leases of
@@ -17,7 +16,8 @@ type lease struct {
 	lk     *Locker
 	s      *session // nil for a KeepOnDisconnect lease: no session ends it
 	id     string
-	owner  string // "" without Owner
+	keys   []string // its key's Redis keys
+	owner  string   // "" without Owner
 	shared bool
 	sole   bool // exclusive with Limit 1: the key's only holder
 	lease  *lmx.Lease
@@ -27,6 +27,9 @@ type lease struct {
 	count  int                // grants not undone yet: 1 plus the re-entries
 	grants []*lmx.Lease       // each grant
 	ends   []func(error) bool // each grant's end
+
+	grant0 [1]*lmx.Lease       // the first grant: where grants starts
+	end0   [1]func(error) bool // its end: where ends starts
 }
 
 // revoke closes the Revoked channel of every grant of l: a preemptor waits.
@@ -115,7 +118,7 @@ func (l *lease) Unlock(ctx context.Context, _ *lmx.Lease) error {
 		l.lk.takeBackLater(key, l.id)
 		return ctx.Err()
 	}
-	v, err := l.lk.run(ctx, releaseScript, key, l.id, "", flag(l.sole, "1", "0"))
+	v, err := l.lk.runOn(ctx, releaseScript, l.keys, key, l.id, "", flag(l.sole, "1", "0"))
 	if err != nil {
 		l.lk.takeBackLater(key, l.id)
 		if ctx.Err() != nil {
@@ -212,22 +215,25 @@ func (lk *Locker) takeBackOrphans() {
 	})
 }
 
-// granted makes the lease of a granted request: its TTL (ttl, 0 for none)
-// runs from start, when the request that learned of the grant was sent, so
-// that the lease does not believe itself held after Redis expires it.
-func (lk *Locker) granted(s *session, key string, id ulid.ULID, token uint64, ttl time.Duration, start time.Time, req lmx.LockRequest) (*lmx.Lease, error) {
-	l := &lease{lk: lk, s: s, id: id.String(), owner: req.Owner, shared: req.Shared, sole: !req.Shared && req.Limit == 1,
-		count: 1}
+// granted makes the lease of the granted request r: its TTL (ttl, 0 for
+// none) runs from r.start, when the request that learned of the grant was
+// sent, so that the lease does not believe itself held after Redis expires
+// it.
+func (lk *Locker) granted(r *request, token uint64, ttl time.Duration) (*lmx.Lease, error) {
+	s, key, req := r.s, r.key, r.req
+	l := &lease{lk: lk, s: s, id: r.ids, keys: r.keys, owner: req.Owner, shared: req.Shared,
+		sole: !req.Shared && req.Limit == 1, count: 1}
 	if req.KeepOnDisconnect {
 		l.s = nil
 	}
 	var exp time.Time
 	if req.TTL > 0 {
-		exp = start.Add(ttl)
+		exp = r.start.Add(ttl)
 	}
 	var end func(error) bool
-	l.lease, end = lmx.NewLease(key, id, token, exp, l)
-	l.grants, l.ends = []*lmx.Lease{l.lease}, []func(error) bool{end}
+	l.lease, end = lmx.NewLease(key, r.id, token, exp, l)
+	l.grant0[0], l.end0[0] = l.lease, end
+	l.grants, l.ends = l.grant0[:], l.end0[:]
 	lk.mu.Lock()
 	select {
 	case <-s.done:

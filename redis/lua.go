@@ -1,7 +1,7 @@
 package redis
 
 import (
-	"strconv"
+	"fmt"
 	"strings"
 
 	"github.com/lmx-go/lmx"
@@ -9,26 +9,15 @@ import (
 
 // The Lua the scripts share (see scripts.go for the keys and records).
 
-// prologue is the Lua every script starts with: what the scripts' fast paths
-// need before lib. ARGV[1] is the prefix, ARGV[2] the lock key, ARGV[3] the
-// lock id of the caller's own request ("" for none): a grant of it is
-// returned, not published.
+// prologue is the Lua every script starts with: what the acquire script's
+// fast path needs. ARGV[1] is the prefix, ARGV[2] the lock key, ARGV[3]
+// the lock id of the caller's own request ("" for none).
 var prologue = `
 local P, K, self = ARGV[1], ARGV[2], ARGV[3]
 local q, h, m = KEYS[1], KEYS[2], KEYS[3]
 local function d(n) return string.format('%d', n) end
 local t = redis.call('TIME')
 t = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function count(what)
-	redis.call('HINCRBY', P .. 'n', what, 1)
-end
--- observe counts ms in the histogram hist ('w' or 'h').
-local function observe(hist, ms)
-	local bounds, i = {` + boundsMS() + `}, 0
-	while i < #bounds and ms > bounds[i + 1] do i = i + 1 end
-	redis.call('HINCRBY', P .. 'n', hist .. i, 1)
-	redis.call('HINCRBY', P .. 'n', hist .. 's', ms)
-end
 local function event(what, id, tok)
 	redis.call('PUBLISH', P .. 'e', what .. '|' .. id .. '|' .. tok .. '|' .. d(t) .. '|' .. K)
 end
@@ -43,6 +32,22 @@ local function token()
 		redis.call('HSET', P .. 'n', 'g0', d(v - 1))
 	end
 	return d(v)
+end
+`
+
+// records is the Lua, after the prologue, of every script but the acquire
+// script's fast path: the records, the counters and the grant of a waiter,
+// what the release script's fast path needs before lib. A grant of the
+// caller's own request (self) is returned, not published.
+var records = `
+local function count(what)
+	redis.call('HINCRBY', P .. 'n', what, 1)
+end
+-- observe counts ms in the histogram hist ('w' or 'h').
+local function observe(hist, ms)
+	local i = ` + bucketLua("ms") + `
+	redis.call('HINCRBY', P .. 'n', hist .. i, 1)
+	redis.call('HINCRBY', P .. 'n', hist .. 's', ms)
 end
 -- req reads into x the fields of a request's record r: a waiter record
 -- after its id, a holder record after its first four.
@@ -302,11 +307,14 @@ local function mine(rec)
 end
 `
 
-// boundsMS is lmx.HistogramBounds in milliseconds, as a Lua list.
-func boundsMS() string {
-	var b []string
-	for _, d := range lmx.HistogramBounds() {
-		b = append(b, strconv.FormatInt(d.Milliseconds(), 10))
+// bucketLua is a Lua expression of the index of the bucket of
+// lmx.HistogramBounds that counts ms milliseconds, with no table made.
+func bucketLua(ms string) string {
+	var b strings.Builder
+	bounds := lmx.HistogramBounds()
+	for i, d := range bounds {
+		fmt.Fprintf(&b, "%s <= %d and %d or ", ms, d.Milliseconds(), i)
 	}
-	return strings.Join(b, ", ")
+	fmt.Fprintf(&b, "%d", len(bounds))
+	return b.String()
 }

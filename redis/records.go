@@ -97,7 +97,14 @@ func parseReply(v any) (reply, error) {
 // run runs a script about key's request id with the args after the
 // script's first three.
 func (lk *Locker) run(ctx context.Context, s *goredis.Script, key, id string, args ...any) (any, error) {
-	return s.Run(ctx, lk.rdb, lk.keys(key), append([]any{lk.pfx, key, id}, args...)...).Result()
+	return lk.runOn(ctx, s, lk.keys(key), key, id, args...)
+}
+
+// runOn is run with key's Redis keys made already (see Locker.keys).
+func (lk *Locker) runOn(ctx context.Context, s *goredis.Script, keys []string, key, id string, args ...any) (any, error) {
+	a := make([]any, 0, 3+len(args))
+	a = append(a, lk.arg, key, id)
+	return s.Run(ctx, lk.rdb, keys, append(a, args...)...).Result()
 }
 
 func errUnexpected(v any) error { return fmt.Errorf("unexpected script reply %v", v) }

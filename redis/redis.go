@@ -98,6 +98,7 @@ type Locker struct {
 	rdb *goredis.Client
 	own bool // Close closes rdb
 	pfx string
+	arg any    // pfx, as the scripts' first argument
 	id  string // the Locker's id: its channel is pfx "c:" id
 	ttl time.Duration
 	ps  *goredis.PubSub
@@ -151,7 +152,7 @@ func New(ctx context.Context, rdb *goredis.Client, prefix string, opts ...Option
 	}
 	lctx, cancel := context.WithCancel(context.Background())
 	lk := &Locker{
-		rdb: rdb, pfx: prefix, id: ulid.Make().String(), ttl: c.sessionTTL, recheck: recheck,
+		rdb: rdb, pfx: prefix, arg: prefix, id: ulid.Make().String(), ttl: c.sessionTTL, recheck: recheck,
 		ctx: lctx, cancel: cancel,
 		waiters: map[string]*waiter{}, leases: map[string]*lease{}, owned: map[string]*lease{},
 		orphans: map[string]orphan{},
@@ -322,8 +323,9 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 			return l, err
 		}
 	}
-	r := &request{lk: lk, key: key, id: ulid.Make(), req: req, s: s,
-		w: &waiter{granted: make(chan grant, 1), look: make(chan struct{}, 1)}}
+	id := ulid.Make()
+	r := &request{lk: lk, key: key, id: id, ids: id.String(), keys: lk.keys(key), req: req, s: s,
+		w: waiter{granted: make(chan grant, 1), look: make(chan struct{}, 1)}}
 	if !lk.enter(r) {
 		return nil, lmx.ErrClosed
 	}

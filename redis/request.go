@@ -17,9 +17,11 @@ type request struct {
 	lk    *Locker
 	key   string
 	id    ulid.ULID
+	ids   string   // id as text: the request's lock id in Redis
+	keys  []string // key's Redis keys
 	req   lmx.LockRequest
 	s     *session // the session it is queued under
-	w     *waiter
+	w     waiter
 	rec   string    // its waiter record, as Redis has it
 	start time.Time // when the script that last answered about it was sent
 }
@@ -32,14 +34,14 @@ func (lk *Locker) enter(r *request) bool {
 	if lk.closed {
 		return false
 	}
-	lk.waiters[r.id.String()] = r.w
+	lk.waiters[r.ids] = &r.w
 	lk.calls.Add(1)
 	return true
 }
 
 func (lk *Locker) leave(r *request) {
 	lk.mu.Lock()
-	delete(lk.waiters, r.id.String())
+	delete(lk.waiters, r.ids)
 	lk.mu.Unlock()
 	lk.calls.Done()
 }
@@ -48,12 +50,12 @@ func (lk *Locker) leave(r *request) {
 // r's turned out dead in Redis.
 func (r *request) acquire(ctx context.Context, try bool) (reply, error) {
 	for attempt := 0; ; attempt++ {
-		r.rec = r.lk.record(r.id.String(), r.s, r.req)
+		r.rec = r.lk.record(r.ids, r.s, r.req)
 		// Not ctx: a script cut short may still run, and leave the request
 		// queued; its outcome is needed to take it back.
 		r.start = time.Now()
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		v, err := r.lk.run(sctx, acquireScript, r.key, r.id.String(), r.rec, r.req.Limit, flag(try, "1", "0"))
+		v, err := r.lk.runOn(sctx, acquireScript, r.keys, r.key, r.ids, r.rec, r.req.Limit, flag(try, "1", "0"))
 		cancel()
 		var rep reply
 		if err == nil {
@@ -131,7 +133,7 @@ func (r *request) poke() reply {
 	r.start = time.Now()
 	ctx, cancel := context.WithTimeout(r.lk.ctx, 10*time.Second)
 	defer cancel()
-	v, err := r.lk.run(ctx, pokeScript, r.key, r.id.String(), r.rec)
+	v, err := r.lk.runOn(ctx, pokeScript, r.keys, r.key, r.ids, r.rec)
 	if err == nil {
 		if rep, err := parseReply(v); err == nil {
 			return rep
@@ -142,8 +144,8 @@ func (r *request) poke() reply {
 
 // granted makes the lease of r, granted with token.
 func (r *request) granted(token uint64, ttl time.Duration) (*lmx.Lease, error) {
-	return r.lk.granted(r.s, r.key, r.id, token, ttl, r.start, r.req)
+	return r.lk.granted(r, token, ttl)
 }
 
 // takeBack takes r back from Redis (see Locker.takeBack).
-func (r *request) takeBack() { r.lk.takeBack(r.key, r.id.String(), r.rec) }
+func (r *request) takeBack() { r.lk.takeBack(r.key, r.ids, r.rec) }

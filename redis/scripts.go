@@ -62,9 +62,10 @@ import goredis "github.com/redis/go-redis/v9"
 // whose session key is gone) and then grants the queue's head while it
 // fits: so whoever next touches a key frees it from the dead and hands it
 // on. The fast paths of acquireScript and releaseScript skip this where
-// there is nothing to reap: an idle key, and a lease that is its key's
-// only holder. The scripts touch keys they are not given (sessions, the
-// counter): they need a single Redis, not a cluster.
+// there is nothing to reap: an idle key, a request queueing behind a live
+// sole holder, and a lease that is its key's only holder. The scripts
+// touch keys they are not given (sessions, the counter): they need a
+// single Redis, not a cluster.
 
 // acquireScript queues a request and grants what fits. ARGV[4] is its
 // waiter record, ARGV[5] its Limit, ARGV[6] "1" for a TryLock. It returns
@@ -72,10 +73,15 @@ import goredis "github.com/redis/go-redis/v9"
 // when the key lives with another Limit, or {'d'} when the request's
 // session is dead.
 //
-// Its fast path grants a key that is idle (no holder, dead or alive, no
-// waiter, no lock-delay) to a request whose session lives, before lib is
-// even defined: any request fits an idle key, and its limit is the key's.
-var acquireScript = goredis.NewScript(prologue + `
+// Its fast paths run before lib is even defined. The first grants a key
+// that is idle (no holder, dead or alive, no waiter, no lock-delay) to a
+// request whose session lives, before records too: any request fits an
+// idle key, and its limit is the key's. The second queues an exclusive
+// request behind the live exclusive sole holder of a key of Limit 1 (see
+// there).
+var acquireScript = goredis.NewScript(acquireLua)
+
+var acquireLua = prologue + `
 local rec, lim0, try = ARGV[4], ARGV[5], ARGV[6] == '1'
 local rest = string.sub(rec, #self + 2)
 local sid, ttl = string.match(rest, '^([^|]*)|[^|]*|[^|]*|([^|]*)|')
@@ -87,6 +93,34 @@ if sl ~= -2 and redis.call('EXISTS', q, h, P .. 'd:' .. K) == 0 then
 	redis.call('HSET', h, self, tok .. '|' .. d(exp) .. '|' .. d(t) .. '|0|' .. rest)
 	event('a', self, tok)
 	return {'g', tok, ttl}
+end
+` + records + `
+-- A live exclusive request that queues behind the live exclusive holder of
+-- a key of Limit 1 (that key's only holder, none to reap), asks for no
+-- preemption and overtakes no waiter changes nothing but the queue: nothing
+-- fits beside that holder, no lock-delay runs, and the only preemptor the
+-- script may queue is the request. It queues before lib is even defined.
+local me = sl ~= -2 and not try and lim0 == '1' and req({id = self}, rest)
+if me and me.mode ~= 's' and me.grace < 0 then
+	local all = redis.call('HGETALL', h)
+	local x = #all == 2 and holder(all[1], all[2])
+	if x and x.id ~= self and x.mode ~= 's' and (x.exp == 0 or x.exp > t) and (x.pdl == 0 or x.pdl > t) then
+		local xl = -1 -- x's session's PTTL, -1 for none
+		if x.kod ~= '1' then xl = redis.call('PTTL', P .. 's:' .. x.sid) end
+		if xl ~= -2 and redis.call('HGET', m, 'limit') == '1' then
+			local tail = redis.call('LINDEX', q, -1)
+			if not tail or (redis.call('HEXISTS', m, 'q:' .. self) == 0 and waiter(tail).prio >= me.prio) then
+				redis.call('RPUSH', q, d(t) .. '|' .. rec)
+				redis.call('HSET', m, 'q:' .. self, d(t))
+				-- When x may end on its own: see wake.
+				local wake = xl
+				for _, at in ipairs({x.exp, x.pdl}) do
+					if at > 0 and (wake < 0 or at - t < wake) then wake = at - t end
+				end
+				return {'w', wake}
+			end
+		end
+	end
 end
 ` + lib + `
 lives[sid] = sl
@@ -173,11 +207,11 @@ redis.call('HSET', m, 'q:' .. self, d(t))
 grant()
 if H[self] then return mine('') end
 return {'w', wake()}
-`)
+`
 
 // pokeScript reaps and grants, then reports on the caller's request, whose
 // waiter record is ARGV[4]: what a waiter does when it looks again.
-var pokeScript = goredis.NewScript(prologue + lib + `
+var pokeScript = goredis.NewScript(prologue + records + lib + `
 reap()
 grant()
 tidy()
@@ -187,7 +221,7 @@ return mine(ARGV[4])
 // cancelScript takes back a request, waiter record ARGV[4]: out of the
 // queue, or, if it was granted meanwhile, out of the holders, and hands the
 // key on.
-var cancelScript = goredis.NewScript(prologue + lib + `
+var cancelScript = goredis.NewScript(prologue + records + lib + `
 done[self] = true
 -- Its entry in the queue, if it waits: when it queued, then its record.
 local qt = ARGV[4] ~= '' and redis.call('HGET', m, 'q:' .. self)
@@ -217,7 +251,9 @@ return 1
 // and, when the queue's head is a live exclusive request that asked for no
 // preemption, and no preemptor may be queued, grants it before lib is even
 // defined.
-var releaseScript = goredis.NewScript(prologue + `
+var releaseScript = goredis.NewScript(releaseLua)
+
+var releaseLua = prologue + records + `
 -- freed is the queue's head once the fast path has ended the lease.
 local freed = false
 if ARGV[4] == '' and ARGV[5] == '1' then
@@ -276,11 +312,11 @@ end
 grant()
 tidy()
 return res
-`)
+`
 
 // extendScript makes the lease self expire ARGV[4] ms from now. It returns
 // 1, or 0 when the lease is not held.
-var extendScript = goredis.NewScript(prologue + lib + `
+var extendScript = goredis.NewScript(prologue + records + lib + `
 if reap() > 0 then grant() end
 local x = H[self]
 if not x then
@@ -294,7 +330,7 @@ return 1
 
 // forceScript ends every lease of the key, telling their Lockers, and
 // returns how many there were.
-var forceScript = goredis.NewScript(prologue + lib + `
+var forceScript = goredis.NewScript(prologue + records + lib + `
 reap()
 local n = 0
 for id, x in pairs(H) do
@@ -314,7 +350,7 @@ return n
 // viewScript reaps and grants, then returns the key's limit, its holders
 // (id, record pairs), its waiters, the Redis time and the re-entry counts
 // (field, count pairs of the metadata hash).
-var viewScript = goredis.NewScript(prologue + lib + `
+var viewScript = goredis.NewScript(prologue + records + lib + `
 reap()
 grant()
 tidy()

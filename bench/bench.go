@@ -419,6 +419,7 @@ func median(rs []result) result {
 			cmds:   pick(func(r result) float64 { return r.cost.cmds }),
 			queued: pick(func(r result) float64 { return r.cost.queued }),
 			ok:     !slices.ContainsFunc(rs, func(r result) bool { return !r.cost.ok }),
+			noCmds: rs[0].cost.noCmds,
 		},
 	}
 }

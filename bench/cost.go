@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"syscall"
@@ -35,6 +36,7 @@ type cost struct {
 	cmds   float64       // commands the server ran, those in scripts included
 	queued float64       // requests queued in a Redis list (RPUSH, LPUSH, LINSERT)
 	ok     bool
+	noCmds bool // the server counts no commands (an lmx broker, an echo server)
 }
 
 // processCPU is the CPU time the bench process has used, user and system.
@@ -75,7 +77,7 @@ func (m *costMeter) stop(ctx context.Context) cost {
 	if err != nil {
 		return c
 	}
-	c.ok = true
+	c.ok, c.noCmds = true, v.calls == nil
 	c.server = v.cpu - m.server.cpu
 	for name, n := range v.calls {
 		d := float64(n - m.server.calls[name])
@@ -97,12 +99,47 @@ func (c cost) per(cycles int) cost {
 }
 
 func (c cost) String() string {
-	if !c.ok {
+	switch {
+	case !c.ok:
 		return fmt.Sprintf("client CPU %v/cycle", c.client)
+	case c.noCmds:
+		return fmt.Sprintf("client CPU %v/cycle, server CPU %v/cycle", c.client, c.server)
 	}
 	return fmt.Sprintf("client CPU %v/cycle, server CPU %v/cycle, %.1f commands/cycle, %.2f queued/cycle",
 		c.client, c.server, c.cmds, c.queued)
 }
+
+// meter is a child server's CPU time, user and system, from /proc; it
+// counts no commands.
+func (c *child) meter(context.Context) (serverMeter, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c.cmd.Process.Pid))
+	if err != nil {
+		return serverMeter{}, err
+	}
+	// The fields after the command's name, which is in parentheses and may
+	// hold spaces: utime and stime are the 12th and 13th, in clock ticks.
+	_, rest, _ := strings.Cut(string(b), ") ")
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return serverMeter{}, fmt.Errorf("/proc/%d/stat: %d fields", c.cmd.Process.Pid, len(f))
+	}
+	var ticks int64
+	for _, v := range f[11:13] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return serverMeter{}, fmt.Errorf("/proc/%d/stat: %w", c.cmd.Process.Pid, err)
+		}
+		ticks += n
+	}
+	return serverMeter{cpu: time.Duration(ticks) * time.Second / clockTicks}, nil
+}
+
+// clockTicks is the kernel's USER_HZ, the unit of /proc's CPU times: 100 on
+// every Linux architecture Go builds for.
+const clockTicks = 100
+
+func (s *lmxNet) meter(ctx context.Context) (serverMeter, error)      { return s.ch.meter(ctx) }
+func (s *echoService) meter(ctx context.Context) (serverMeter, error) { return s.ch.meter(ctx) }
 
 // meter reads INFO cpu and INFO commandstats.
 func (s *redisServer) meter(ctx context.Context) (serverMeter, error) {
@@ -151,6 +188,10 @@ func renderCost(rows []row) string {
 		c := r.res.cost
 		if !c.ok {
 			fmt.Fprintf(&b, "| %s | %s | %s | – | – | – |\n", r.service, r.workload, dur(c.client))
+			continue
+		}
+		if c.noCmds {
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | – | – |\n", r.service, r.workload, dur(c.client), dur(c.server))
 			continue
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %.1f | %.2f |\n", r.service, r.workload, dur(c.client), dur(c.server), c.cmds, c.queued)

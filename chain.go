@@ -72,7 +72,7 @@ func (sh *shard) nameLocked(e *entry) {
 		x := w.extra()
 		x.named, x.at = true, int64(w.token) // the token held when it queued
 		w.token = sh.b.tokens.Add(1)
-		w.id = sh.newIDLocked(sh.now(w))
+		w.id = sh.b.lockID(sh.now(w), w.token)
 		e.chain = w
 		h.hook().named(w, pred.id)
 	}

@@ -35,10 +35,11 @@ func newLease(key string, sh *shard, r *request, hook leaseHook) *Lease {
 		hl := &hookedLease{x: leaseExtra{hook: hook, lockDelay: -1}}
 		l = &hl.Lease
 		l.x = &hl.x
+		l.key, l.door, l.shared, l.keep, l.noPreempt = key, sh, r.shared, r.keepOnDisconnect, r.noPreempt
 	} else {
-		l = new(Lease)
+		// Written as the object is made, with no write barrier.
+		l = &Lease{key: key, door: sh, shared: r.shared, keep: r.keepOnDisconnect, noPreempt: r.noPreempt}
 	}
-	l.key, l.door, l.shared, l.keep, l.noPreempt = key, sh, r.shared, r.keepOnDisconnect, r.noPreempt
 	if r.ttl > 0 {
 		l.ttl = &ttlState{ttl: r.ttl, keepAlive: r.keepAlive}
 	}

@@ -2,9 +2,6 @@ package lmx
 
 import (
 	"context"
-	crand "crypto/rand"
-	"encoding/binary"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -29,7 +26,6 @@ type shard struct {
 	keys map[string]*Lease // a lone holder (e nil), or an entry's anchor
 	peak int               // the most keys since keys was made
 	free []*entry
-	rng  *rand.ChaCha8 // lock ids
 	st   counters
 
 	// idle is what keys holds for the last key to have gone idle: the lease
@@ -57,11 +53,8 @@ type counters struct {
 }
 
 func (sh *shard) init(b *Broker) {
-	var seed [32]byte
-	crand.Read(seed[:]) // never fails (crypto/rand's contract since Go 1.24)
 	sh.b = b
 	sh.keys = make(map[string]*Lease)
-	sh.rng = rand.NewChaCha8(seed)
 }
 
 // leaseHook is told, under the shard's mu, when a lease asked with it is
@@ -216,7 +209,7 @@ func (sh *shard) grantLocked(e *entry, l *Lease, now int64) {
 		l.x.named, l.x.at = false, now
 	} else {
 		l.token = sh.b.tokens.Add(1)
-		l.id = sh.newIDLocked(now)
+		l.id = sh.b.lockID(now, l.token)
 	}
 	if l.ttl != nil {
 		sh.startTTLLocked(l, monoNow())
@@ -376,16 +369,6 @@ func (sh *shard) closeLocked() {
 		}
 		sh.freeIfIdleLocked(e)
 	}
-}
-
-// newIDLocked returns a fresh lock id: a ULID of ms, unix milliseconds, with
-// 80 random bits.
-func (sh *shard) newIDLocked(ms int64) ulid.ULID {
-	var id ulid.ULID
-	_ = id.SetTime(uint64(ms)) // fails only past the year 10889
-	binary.BigEndian.PutUint64(id[6:], sh.rng.Uint64())
-	binary.BigEndian.PutUint16(id[14:], uint16(sh.rng.Uint64()))
-	return id
 }
 
 // The errors of lost leases, made once.

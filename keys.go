@@ -35,13 +35,13 @@ func newLease(key string, sh *shard, r *request, hook leaseHook) *Lease {
 		hl := &hookedLease{x: leaseExtra{hook: hook, lockDelay: -1}}
 		l = &hl.Lease
 		l.x = &hl.x
-		l.key, l.door, l.shared, l.keep, l.noPreempt = key, sh, r.shared, r.keepOnDisconnect, r.noPreempt
+		l.key, l.door, l.shared, l.keep, l.noPreempt = key, &sh.ref, r.shared, r.keepOnDisconnect, r.noPreempt
 	} else {
 		// Written as the object is made, with no write barrier.
-		l = &Lease{key: key, door: sh, shared: r.shared, keep: r.keepOnDisconnect, noPreempt: r.noPreempt}
+		l = &Lease{key: key, door: &sh.ref, shared: r.shared, keep: r.keepOnDisconnect, noPreempt: r.noPreempt}
 	}
 	if r.ttl > 0 {
-		l.ttl = &ttlState{ttl: r.ttl, keepAlive: r.keepAlive}
+		l.ttl.Store(&ttlState{ttl: r.ttl, keepAlive: r.keepAlive})
 	}
 	if r.priority != 0 {
 		l.extra().prio = int32(r.priority)

@@ -21,6 +21,7 @@ const numShards = 64
 // its limit is not 1, or for a lock-delay, and keeps it until it is idle;
 // keys then holds the entry's anchor.
 type shard struct {
+	ref  doorRef // its leases' door: sh
 	b    *Broker
 	mu   sync.Mutex
 	keys map[string]*Lease // a lone holder (e nil), or an entry's anchor
@@ -53,6 +54,7 @@ type counters struct {
 }
 
 func (sh *shard) init(b *Broker) {
+	sh.ref.door = sh
 	sh.b = b
 	sh.keys = make(map[string]*Lease)
 }
@@ -211,7 +213,7 @@ func (sh *shard) grantLocked(e *entry, l *Lease, now int64) {
 		l.token = sh.b.tokens.Add(1)
 		l.id = sh.b.lockID(now, l.token)
 	}
-	if l.ttl != nil {
+	if l.ttl.Load() != nil {
 		sh.startTTLLocked(l, monoNow())
 	}
 	sh.st.holders++
@@ -255,7 +257,7 @@ func (sh *shard) dropLocked(l *Lease, reason error) *entry {
 	sh.st.hold.observe(time.Duration(sh.now(l)-l.granted()) * time.Millisecond)
 	e = sh.delayLocked(e, l, reason)
 	l.e, l.state = nil, stateEnded
-	if l.ttl != nil {
+	if l.ttl.Load() != nil {
 		sh.unscheduleLocked(l)
 	}
 	// Watchers hear of the end before the holder does, as they hear of a

@@ -152,7 +152,7 @@ func (b *Broker) Stats(ctx context.Context) (Stats, error) {
 		sh := &b.shards[i]
 		sh.mu.Lock()
 		s.Keys += len(sh.keys)
-		if sh.idle != nil {
+		if sh.idle != nil && sh.reheld == nil {
 			s.Keys--
 		}
 		s.Holders += sh.st.holders

@@ -36,6 +36,11 @@ type shard struct {
 	// Stats do not see it.
 	idle *Lease
 
+	// reheld is the lease that holds idle's key alone again, while keys
+	// still holds the idle lease for it, or nil: so locking and unlocking
+	// that key again write no map at all (see atLocked, idleLocked).
+	reheld *Lease
+
 	// asked is the lease that release ends at the request of its own
 	// session, which learns of the end from the answer and so is not told
 	// of it as well; nil otherwise.
@@ -347,6 +352,9 @@ func (sh *shard) forceUnlock(key string) error {
 // closeLocked ends every lease and fails every waiter of the shard.
 func (sh *shard) closeLocked() {
 	sh.stopTimerLocked()
+	if l := sh.reheld; l != nil { // keys holds the idle lease for its key
+		sh.dropLocked(l, errClosed)
+	}
 	for _, v := range sh.keys {
 		e := v.e
 		if e == nil {

@@ -22,7 +22,7 @@ import (
 type Broker struct {
 	cfg      brokerConfig
 	seed     maphash.Seed
-	idTag    uint16 // random, the middle of every lock id (see lockID)
+	idTag    uint16 // random, the middle of every lock id (see stamp)
 	closed   atomic.Bool
 	readies  sync.Pool // waiters' wake-up channels, see newReady
 	clock    msClock   // lock ids' time
@@ -226,17 +226,16 @@ func (b *Broker) shardFor(key string) *shard {
 	return &b.shards[maphash.String(b.seed, key)%numShards]
 }
 
-// lockID returns the lock id of a grant at ms, unix milliseconds, with the
-// fencing token token: a ULID of ms whose 80 other bits are the broker's
+// stamp gives l, granted or named at ms, unix milliseconds, its fencing
+// token and its lock id: a ULID of ms whose 80 other bits are the broker's
 // idTag and then the token. Tokens never repeat, across restarts either, so
 // neither do ids; and writing them costs less than drawing 80 random bits
 // on every grant.
-func (b *Broker) lockID(ms int64, token uint64) ulid.ULID {
-	var id ulid.ULID
-	_ = id.SetTime(uint64(ms)) // fails only past the year 10889
-	binary.BigEndian.PutUint16(id[6:], b.idTag)
-	binary.BigEndian.PutUint64(id[8:], token)
-	return id
+func (b *Broker) stamp(l *Lease, ms int64) {
+	l.token = b.tokens.Add(1)
+	_ = l.id.SetTime(uint64(ms)) // fails only past the year 10889
+	binary.BigEndian.PutUint16(l.id[6:], b.idTag)
+	binary.BigEndian.PutUint64(l.id[8:], l.token)
 }
 
 // newReady makes a waiter's wake-up channel. It is buffered so the granter

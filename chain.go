@@ -71,8 +71,7 @@ func (sh *shard) nameLocked(e *entry) {
 	for ; w != nil && w.hook() == h.hook() && w.chainable(); pred, w = w, w.next {
 		x := w.extra()
 		x.named, x.at = true, int64(w.token) // the token held when it queued
-		w.token = sh.b.tokens.Add(1)
-		w.id = sh.b.lockID(sh.now(w), w.token)
+		sh.b.stamp(w, sh.now(w))
 		e.chain = w
 		h.hook().named(w, pred.id)
 	}

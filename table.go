@@ -215,8 +215,7 @@ func (sh *shard) grantLocked(e *entry, l *Lease, now int64) {
 	if l.isNamed() { // it keeps the id and token it was named with
 		l.x.named, l.x.at = false, now
 	} else {
-		l.token = sh.b.tokens.Add(1)
-		l.id = sh.b.lockID(now, l.token)
+		sh.b.stamp(l, now)
 	}
 	if l.ttl.Load() != nil {
 		sh.startTTLLocked(l, monoNow())

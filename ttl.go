@@ -16,9 +16,9 @@ import (
 
 // ttlState is the TTL of a lease, guarded by the shard's mu; a client's
 // lease has no shard, and its expires and heard are guarded by mu alone. It
-// is 56 bytes: its times are nanoseconds since epoch (see there),
-// and when the shard's timer must look at the lease is worked out (wake),
-// not kept.
+// is 56 bytes (a 64-byte allocation): its times are nanoseconds since epoch
+// (see there), and when the shard's timer must look at the lease is worked
+// out (wake), not kept.
 type ttlState struct {
 	mu        sync.Mutex    // guards expires and heard for Expires; taken after the shard's mu
 	expires   int64         // written holding mu and, for a broker's lease, the shard's mu

@@ -40,9 +40,10 @@ type LeaseBackend interface {
 // for concurrent use, and with the lease's own methods.
 func NewLease(key string, id ulid.ULID, token uint64, expires time.Time, b LeaseBackend) (l *Lease, end func(reason error) bool) {
 	d := &backendDoor{b: b}
-	l = &Lease{key: key, id: id, token: token, door: d, count: 1, state: stateHeld}
+	d.ref.door = d
+	l = &Lease{key: key, id: id, token: token, door: &d.ref, count: 1, state: stateHeld}
 	if !expires.IsZero() {
-		l.ttl = &ttlState{expires: nanos(expires)}
+		l.ttl.Store(&ttlState{expires: nanos(expires)})
 	}
 	d.l = l
 	return l, d.end
@@ -50,8 +51,9 @@ func NewLease(key string, id ulid.ULID, token uint64, expires time.Time, b Lease
 
 // backendDoor is the door of a lease made by NewLease.
 type backendDoor struct {
-	b LeaseBackend
-	l *Lease
+	ref doorRef // the lease's door: d
+	b   LeaseBackend
+	l   *Lease
 
 	mu        sync.Mutex
 	ended     bool          // guarded by mu; set by the first end
@@ -68,7 +70,7 @@ type backendDoor struct {
 // that such a request has a TTL. It panics for a lease NewLease did not
 // make.
 func KeepAliveLease(l *Lease, ttl, max time.Duration) {
-	d := l.door.(*backendDoor)
+	d := l.door.door.(*backendDoor)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.ended || d.renew != nil {
@@ -85,7 +87,7 @@ func KeepAliveLease(l *Lease, ttl, max time.Duration) {
 // NewLease's end(ErrPreempted) and granting the waiter a newer token. It
 // panics for a lease NewLease did not make.
 func RevokeLease(l *Lease) {
-	_ = l.door.(*backendDoor)
+	_ = l.door.door.(*backendDoor)
 	l.revokeNow()
 }
 

@@ -54,7 +54,7 @@ func (s *session) chains() bool { return true }
 
 // chainable reports whether the waiter l may be named to its session.
 func (l *Lease) chainable() bool {
-	return !l.shared && l.ttl == nil && !l.keep && l.owner() == ""
+	return !l.shared && l.ttl.Load() == nil && !l.keep && l.owner() == ""
 }
 
 // nameLocked names to the session of e's holder its waiters that queue
@@ -71,8 +71,7 @@ func (sh *shard) nameLocked(e *entry) {
 	for ; w != nil && w.hook() == h.hook() && w.chainable(); pred, w = w, w.next {
 		x := w.extra()
 		x.named, x.at = true, int64(w.token) // the token held when it queued
-		w.token = sh.b.tokens.Add(1)
-		w.id = sh.newIDLocked(sh.now(w))
+		sh.b.stamp(w, sh.now(w))
 		e.chain = w
 		h.hook().named(w, pred.id)
 	}
@@ -195,7 +194,7 @@ func (cc *clientConn) handOffLocked(l *Lease) {
 	delete(cc.calls, cl.id)
 	cc.waiting.remove(cl)
 	cl.named = false
-	nl := &Lease{key: cl.key, id: cl.nid, token: cl.ntoken, door: cc, count: 1}
+	nl := &Lease{key: cl.key, id: cl.nid, token: cl.ntoken, door: &cc.ref, count: 1}
 	cc.leases[nl.id] = nl
 	cl.ch <- reply{lease: nl, handed: true}
 	if cc.reader == cl {

@@ -46,6 +46,7 @@ func (c *Client) handshake(ctx context.Context, nc net.Conn) (*clientConn, error
 		watches: make(map[uint32]*watcher),
 		gaveUp:  make(map[string]*gaveUp),
 	}
+	cc.ref.door = cc
 	hello := helloMsg{version: protocolVersion, token: c.cfg.token}
 	err := cc.out.send(func(b []byte) []byte { return appendHello(b, hello) })
 	if err != nil {
@@ -111,6 +112,7 @@ func (cc *clientConn) unwatch(id uint32) {
 // or, once nobody has held it for a while (see idleRead), to the background
 // reader, which gives it back when a lone caller wants it.
 type clientConn struct {
+	ref            doorRef // its leases' door: cc
 	c              *Client
 	nc             net.Conn
 	out            outbox
@@ -408,11 +410,11 @@ func (cc *clientConn) granted(cl *call, p []byte) (l *Lease, lost, bad error) {
 		l.count++ // the client's count of a lease is guarded by the conn's mu
 		return l, nil, nil
 	}
-	l = &Lease{key: cl.key, id: id, token: token, door: cc, count: 1}
+	l = &Lease{key: cl.key, id: id, token: token, door: &cc.ref, count: 1}
 	if !exp.IsZero() {
 		// The broker renews a KeepAlive lease; Expires projects its renewals
 		// up to the bound it keeps: grant time, exp less the TTL, plus max.
-		l.ttl = clientTTL(exp, cl.ttl, cl.keepAlive, time.Now())
+		l.ttl.Store(clientTTL(exp, cl.ttl, cl.keepAlive, time.Now()))
 	}
 	cc.leases[id] = l
 	return l, nil, nil

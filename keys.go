@@ -35,12 +35,13 @@ func newLease(key string, sh *shard, r *request, hook leaseHook) *Lease {
 		hl := &hookedLease{x: leaseExtra{hook: hook, lockDelay: -1}}
 		l = &hl.Lease
 		l.x = &hl.x
+		l.key, l.door, l.shared, l.keep, l.noPreempt = key, &sh.ref, r.shared, r.keepOnDisconnect, r.noPreempt
 	} else {
-		l = new(Lease)
+		// Written as the object is made, with no write barrier.
+		l = &Lease{key: key, door: &sh.ref, shared: r.shared, keep: r.keepOnDisconnect, noPreempt: r.noPreempt}
 	}
-	l.key, l.door, l.shared, l.keep, l.noPreempt = key, sh, r.shared, r.keepOnDisconnect, r.noPreempt
 	if r.ttl > 0 {
-		l.ttl = &ttlState{ttl: r.ttl, keepAlive: r.keepAlive}
+		l.ttl.Store(&ttlState{ttl: r.ttl, keepAlive: r.keepAlive})
 	}
 	if r.priority != 0 {
 		l.extra().prio = int32(r.priority)
@@ -70,11 +71,7 @@ type hookedLease struct {
 // the entry, or else the lease granted (l, or the one re-entered) or the
 // error.
 func (sh *shard) entryLocked(l *Lease, r *request, hook leaseHook, reqID uint32, wait bool) (e *entry, h *Lease, err error) {
-	v := sh.idle // locking the idle key again needs no lookup
-	if v == nil || v.key != l.key {
-		v = sh.keys[l.key]
-	}
-	switch {
+	switch v := sh.atLocked(l.key); {
 	case (v == nil || v == sh.idle && v.e == nil) && r.limit == 1:
 		sh.holdAloneLocked(v, l) // nobody else has the key
 		if hook != nil {
@@ -82,9 +79,6 @@ func (sh *shard) entryLocked(l *Lease, r *request, hook leaseHook, reqID uint32,
 		}
 		return nil, l, nil
 	case v == nil || v == sh.idle && v.e == nil:
-		if v != nil {
-			sh.idle = nil
-		}
 		e = sh.newEntryLocked(l.key, r.limit)
 	case v == sh.idle:
 		e, sh.idle = v.e, nil
@@ -104,13 +98,13 @@ func (sh *shard) entryLocked(l *Lease, r *request, hook leaseHook, reqID uint32,
 }
 
 // holdAloneLocked grants the key of l to l, which is its only party; v is
-// what keys held for the key: nil, or the idle lease that held it last.
+// what keys held for the key: nil, or the idle lease that held it last,
+// which keys goes on holding while l is reheld.
 func (sh *shard) holdAloneLocked(v, l *Lease) {
 	if v != nil {
-		sh.idle = nil
-	}
-	sh.keys[l.key] = l
-	if v == nil {
+		sh.reheld = l
+	} else {
+		sh.keys[l.key] = l
 		sh.peak = max(sh.peak, len(sh.keys))
 	}
 	sh.grantLocked(nil, l, sh.now(l))
@@ -145,10 +139,23 @@ func (sh *shard) reenterLocked(h *Lease, r *request, hook leaseHook, reqID uint3
 	return h, nil
 }
 
+// atLocked returns what keys holds for key, as if reheld were in keys:
+// nil, the idle lease or anchor, a lone holder, or an entry's anchor.
+func (sh *shard) atLocked(key string) *Lease {
+	v := sh.idle // locking the idle key again needs no lookup
+	if v == nil || v.key != key {
+		v = sh.keys[key]
+	}
+	if v == sh.idle && sh.reheld != nil {
+		return sh.reheld
+	}
+	return v
+}
+
 // lookupLocked returns the holder of key if it holds the key alone, or
 // else the key's entry if it has a holder or a waiter.
 func (sh *shard) lookupLocked(key string) (lone *Lease, e *entry) {
-	switch v := sh.keys[key]; {
+	switch v := sh.atLocked(key); {
 	case v == nil || v == sh.idle:
 		return nil, nil
 	case v.e == nil:
@@ -179,6 +186,9 @@ func (sh *shard) heldLocked(key string, id ulid.ULID) *Lease {
 
 // newEntryLocked gives key an entry, in place of whatever keys held for it.
 func (sh *shard) newEntryLocked(key string, limit int) *entry {
+	if v := sh.idle; v != nil && v.key == key {
+		sh.idle, sh.reheld = nil, nil // keys holds the anchor for key now
+	}
 	var e *entry
 	if n := len(sh.free); n > 0 {
 		e = sh.free[n-1]
@@ -214,10 +224,19 @@ func (sh *shard) freeIfIdleLocked(e *entry) {
 }
 
 // idleLocked makes v, what keys holds for a key that has gone idle, the
-// shard's idle one, and drops the one before from the table.
+// shard's idle one, and drops the one before from the table. When v is
+// reheld, its key is the idle one already, and keys holds the idle lease.
 func (sh *shard) idleLocked(v *Lease) {
+	if v == sh.reheld {
+		sh.reheld = nil
+		return
+	}
 	v, sh.idle = sh.idle, v
-	if v == nil {
+	switch {
+	case v == nil:
+		return
+	case sh.reheld != nil: // v's key is held: keys holds its holder now
+		sh.keys[v.key], sh.reheld = sh.reheld, nil
 		return
 	}
 	delete(sh.keys, v.key)

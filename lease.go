@@ -3,7 +3,6 @@ package lmx
 import (
 	"context"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -20,11 +19,11 @@ type Lease struct {
 	key   string
 	id    ulid.ULID
 	token uint64
-	door  door // where Unlock and Extend go
+	door  *doorRef // where Unlock and Extend go
 
-	// Broker state, guarded by the shard's mu (see shard). A lease is 128
-	// bytes: what only some leases need is in x, so that a million held
-	// locks do not pay for it.
+	// Broker state, guarded by the shard's mu (see shard). A lease is 112
+	// bytes: what only some leases need is in x or ttl, so that a million
+	// held locks do not pay for it.
 	e         *entry // the key's entry while waiting or held with one, else nil
 	prev      *Lease // neighbours in e.waiters or e.holders
 	next      *Lease
@@ -36,11 +35,11 @@ type Lease struct {
 	x         *leaseExtra   // what few leases need; nil for most
 	ready     chan struct{} // an in-process waiter's wake-up; sent once on grant or failure
 
-	// ttl is nil for a lease that never had an expiry. It and its expires
-	// are written holding both mu and, for a broker's lease, the shard's mu.
-	ttl *ttlState
+	// ttl is nil for a lease that never had an expiry; once set, it stays.
+	// Expires reads it with no other lock; for a broker's lease it is
+	// written holding the shard's mu.
+	ttl atomic.Pointer[ttlState]
 
-	mu  sync.Mutex // guards ttl (see above); taken after the shard's mu
 	sig atomic.Pointer[leaseSignals]
 }
 
@@ -161,6 +160,11 @@ type door interface {
 	extend(ctx context.Context, l *Lease, ttl time.Duration) error
 }
 
+// A doorRef is a door as its leases see it: each door keeps one, holding
+// itself, so that a lease points at its door with one word, not the two of
+// an interface, which keeps a lease at 112 bytes.
+type doorRef struct{ door door }
+
 // Key returns the locked key.
 func (l *Lease) Key() string { return l.key }
 
@@ -189,12 +193,13 @@ func (l *Lease) Token() uint64 { return l.token }
 // Expires returns when the lease's TTL runs out, or the zero time when it has
 // no TTL. Extend and KeepAlive move it.
 func (l *Lease) Expires() time.Time {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.ttl == nil {
+	t := l.ttl.Load()
+	if t == nil {
 		return time.Time{}
 	}
-	return l.ttl.expiry(time.Now())
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.expiry(time.Now())
 }
 
 // Done returns a channel that is closed when the lease ends, for any reason.
@@ -268,7 +273,7 @@ func (l *Lease) Err() error {
 // lease is released at once, a remote one as soon as the broker hears of it
 // or, failing that, when the session ends. Once Unlock has returned nil, Err
 // reports ErrReleased, whatever happens to the session after.
-func (l *Lease) Unlock(ctx context.Context) error { return l.door.unlock(ctx, l) }
+func (l *Lease) Unlock(ctx context.Context) error { return l.door.door.unlock(ctx, l) }
 
 // Extend makes the lease expire ttl from now, whether or not it had a TTL
 // before, and whether that is later or sooner. ttl must be positive (else
@@ -278,7 +283,7 @@ func (l *Lease) Extend(ctx context.Context, ttl time.Duration) error {
 	if err := checkExtendTTL(ttl); err != nil {
 		return err
 	}
-	return l.door.extend(ctx, l, ttl)
+	return l.door.door.extend(ctx, l, ttl)
 }
 
 // end records why the lease ended and closes Done.
@@ -322,21 +327,29 @@ func (l *Lease) setExpires(t time.Time) { l.setExpiresAt(nanos(t)) }
 
 // setExpiresAt is setExpires of a time in nanoseconds since epoch.
 func (l *Lease) setExpiresAt(n int64) {
-	l.mu.Lock()
-	if l.ttl == nil {
-		l.ttl = new(ttlState)
+	t := l.ttlState()
+	t.mu.Lock()
+	t.expires = n
+	t.mu.Unlock()
+}
+
+// ttlState returns l's ttlState, making it if need be.
+func (l *Lease) ttlState() *ttlState {
+	if t := l.ttl.Load(); t != nil {
+		return t
 	}
-	l.ttl.expires = n
-	l.mu.Unlock()
+	l.ttl.CompareAndSwap(nil, new(ttlState))
+	return l.ttl.Load()
 }
 
 // expiresLocked returns the expiry of a broker's lease; the caller holds
 // the shard's mu.
 func (l *Lease) expiresLocked() time.Time {
-	if l.ttl == nil {
+	t := l.ttl.Load()
+	if t == nil {
 		return time.Time{}
 	}
-	return timeAt(l.ttl.expires)
+	return timeAt(t.expires)
 }
 
 // notHeld is the error for a lease that is not held: ErrNotHeld, wrapped with

@@ -59,7 +59,7 @@ func TryLockAll(ctx context.Context, d Locker, keys []string, opts ...LockOption
 // Parts returns the lease of each key of a LockAll lease, in key order, or,
 // for a lease of one key, the lease itself.
 func (l *Lease) Parts() []*Lease {
-	if m, ok := l.door.(*multi); ok {
+	if m, ok := l.door.door.(*multi); ok {
 		return slices.Clone(m.parts)
 	}
 	return []*Lease{l}
@@ -113,6 +113,7 @@ func takeAll(ctx context.Context, keys []string, take func(ctx context.Context, 
 	ctx, fail := context.WithCancel(ctx)
 	defer fail()
 	m := &multi{stop: make(chan struct{}), added: make(chan struct{}, 1), fail: fail}
+	m.ref.door = m
 	giveBack := func(err error) (*Lease, error) {
 		m.mu.Lock()
 		m.finishLocked()
@@ -149,7 +150,7 @@ func takeAll(ctx context.Context, keys []string, take func(ctx context.Context, 
 		}
 	}
 	parts := m.parts
-	l := &Lease{key: parts[0].key, id: parts[0].id, token: parts[0].token, door: m}
+	l := &Lease{key: parts[0].key, id: parts[0].id, token: parts[0].token, door: &m.ref}
 	if exp := m.expires(); !exp.IsZero() {
 		l.setExpires(exp)
 	}
@@ -176,6 +177,7 @@ func (m *multi) expires() time.Time {
 
 // multi is the door of a multi-key lease: it acts on every part.
 type multi struct {
+	ref   doorRef            // the lease's door: m
 	stop  chan struct{}      // closed when the lease ends, or its take fails
 	added chan struct{}      // tells the watcher that parts grew
 	fail  context.CancelFunc // fails the take
@@ -249,7 +251,7 @@ func (m *multi) finishLocked() bool {
 // disband ends l, a lease of takeAll, for reason, and returns its parts,
 // left to live on each alone: none of them ends the others any more.
 func disband(l *Lease, reason error) []*Lease {
-	m, ok := l.door.(*multi)
+	m, ok := l.door.door.(*multi)
 	if !ok {
 		return []*Lease{l}
 	}

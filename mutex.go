@@ -289,8 +289,11 @@ func (sh *shard) list(keys []KeyStat, prefix string) []KeyStat {
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	for k, v := range sh.keys {
+		if v == sh.idle {
+			v = sh.reheld // nil unless its key is held again
+		}
 		switch {
-		case v == sh.idle || !strings.HasPrefix(k, prefix):
+		case v == nil || !strings.HasPrefix(k, prefix):
 		case v.e == nil:
 			keys = append(keys, KeyStat{Key: k, Limit: 1, Holders: 1})
 		default:

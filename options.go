@@ -127,6 +127,10 @@ type request struct {
 // no preemption grace, the broker's default lock delay.
 func defaultRequest() request { return request{limit: 1, preempt: -1, lockDelay: -1} }
 
+// plainRequest is the request of a call with no options, shared so that
+// such a call does not build one. Nothing writes to it.
+var plainRequest = defaultRequest()
+
 // parseOptions applies opts over the defaults and validates the result.
 func parseOptions(opts []LockOption) (request, error) {
 	r := defaultRequest()

@@ -2,9 +2,6 @@ package lmx
 
 import (
 	"context"
-	crand "crypto/rand"
-	"encoding/binary"
-	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -24,12 +21,12 @@ const numShards = 64
 // its limit is not 1, or for a lock-delay, and keeps it until it is idle;
 // keys then holds the entry's anchor.
 type shard struct {
+	ref  doorRef // its leases' door: sh
 	b    *Broker
 	mu   sync.Mutex
 	keys map[string]*Lease // a lone holder (e nil), or an entry's anchor
 	peak int               // the most keys since keys was made
 	free []*entry
-	rng  *rand.ChaCha8 // lock ids
 	st   counters
 
 	// idle is what keys holds for the last key to have gone idle: the lease
@@ -38,6 +35,11 @@ type shard struct {
 	// most one per shard: idle keys still cost next to nothing. Inspect and
 	// Stats do not see it.
 	idle *Lease
+
+	// reheld is the lease that holds idle's key alone again, while keys
+	// still holds the idle lease for it, or nil: so locking and unlocking
+	// that key again write no map at all (see atLocked, idleLocked).
+	reheld *Lease
 
 	// asked is the lease that release ends at the request of its own
 	// session, which learns of the end from the answer and so is not told
@@ -57,11 +59,9 @@ type counters struct {
 }
 
 func (sh *shard) init(b *Broker) {
-	var seed [32]byte
-	crand.Read(seed[:]) // never fails (crypto/rand's contract since Go 1.24)
+	sh.ref.door = sh
 	sh.b = b
 	sh.keys = make(map[string]*Lease)
-	sh.rng = rand.NewChaCha8(seed)
 }
 
 // leaseHook is told, under the shard's mu, when a lease asked with it is
@@ -215,10 +215,9 @@ func (sh *shard) grantLocked(e *entry, l *Lease, now int64) {
 	if l.isNamed() { // it keeps the id and token it was named with
 		l.x.named, l.x.at = false, now
 	} else {
-		l.token = sh.b.tokens.Add(1)
-		l.id = sh.newIDLocked(now)
+		sh.b.stamp(l, now)
 	}
-	if l.ttl != nil {
+	if l.ttl.Load() != nil {
 		sh.startTTLLocked(l, monoNow())
 	}
 	sh.st.holders++
@@ -262,7 +261,7 @@ func (sh *shard) dropLocked(l *Lease, reason error) *entry {
 	sh.st.hold.observe(time.Duration(sh.now(l)-l.granted()) * time.Millisecond)
 	e = sh.delayLocked(e, l, reason)
 	l.e, l.state = nil, stateEnded
-	if l.ttl != nil {
+	if l.ttl.Load() != nil {
 		sh.unscheduleLocked(l)
 	}
 	// Watchers hear of the end before the holder does, as they hear of a
@@ -352,6 +351,9 @@ func (sh *shard) forceUnlock(key string) error {
 // closeLocked ends every lease and fails every waiter of the shard.
 func (sh *shard) closeLocked() {
 	sh.stopTimerLocked()
+	if l := sh.reheld; l != nil { // keys holds the idle lease for its key
+		sh.dropLocked(l, errClosed)
+	}
 	for _, v := range sh.keys {
 		e := v.e
 		if e == nil {
@@ -376,16 +378,6 @@ func (sh *shard) closeLocked() {
 		}
 		sh.freeIfIdleLocked(e)
 	}
-}
-
-// newIDLocked returns a fresh lock id: a ULID of ms, unix milliseconds, with
-// 80 random bits.
-func (sh *shard) newIDLocked(ms int64) ulid.ULID {
-	var id ulid.ULID
-	_ = id.SetTime(uint64(ms)) // fails only past the year 10889
-	binary.BigEndian.PutUint64(id[6:], sh.rng.Uint64())
-	binary.BigEndian.PutUint16(id[14:], uint16(sh.rng.Uint64()))
-	return id
 }
 
 // The errors of lost leases, made once.

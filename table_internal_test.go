@@ -68,7 +68,7 @@ func testLoneHolder(t *testing.T) {
 	keyOf := func() (*Lease, *entry) {
 		sh.mu.Lock()
 		defer sh.mu.Unlock()
-		v := sh.keys["k"]
+		v := sh.atLocked("k")
 		return v, v.e
 	}
 	l, err := b.Lock(ctx, "k")
@@ -115,4 +115,65 @@ func testLoneHolder(t *testing.T) {
 	require.NoError(t, b.ForceUnlock(ctx, "lone"))
 	_, err = b.TryLock(ctx, "lone")
 	require.ErrorIs(t, err, ErrLocked, "a lone holder's lock-delay did not hold")
+}
+
+// The shard's idle key locked again is held with no map write: keys goes on
+// holding the idle lease and reheld the holder. Every reader of the table
+// sees that holder as any lone holder, until another key of the shard goes
+// idle and keys holds it in its own right, and Close ends it.
+func TestReheldIdleKey(t *testing.T) {
+	ctx := context.Background()
+	b := NewBroker()
+	sh := b.shardFor("k")
+	other := ""
+	for i := 0; other == ""; i++ {
+		if k := fmt.Sprint("other/", i); b.shardFor(k) == sh {
+			other = k
+		}
+	}
+	lockTwice := func(key string) *Lease {
+		l, err := b.Lock(ctx, key)
+		require.NoError(t, err)
+		require.NoError(t, l.Unlock(ctx))
+		l, err = b.Lock(ctx, key) // the idle key again
+		require.NoError(t, err)
+		return l
+	}
+	holds := func(l *Lease, why string) {
+		ki, err := b.Inspect(ctx, l.Key())
+		require.NoError(t, err)
+		require.Len(t, ki.Holders, 1, why)
+		require.Equal(t, l.ID(), ki.Holders[0].ID, why)
+		ks, err := b.List(ctx, l.Key(), 0)
+		require.NoError(t, err)
+		require.Equal(t, []KeyStat{{Key: l.Key(), Limit: 1, Holders: 1}}, ks, why)
+		_, err = b.TryLock(ctx, l.Key())
+		require.ErrorIs(t, err, ErrLocked, why)
+	}
+
+	l := lockTwice("k")
+	sh.mu.Lock()
+	require.Same(t, l, sh.reheld, "the idle key locked again was written to the map")
+	sh.mu.Unlock()
+	holds(l, "reheld")
+	st, err := b.Stats(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, st.Keys)
+	require.Equal(t, 1, st.Holders)
+
+	o := lockTwice(other)
+	require.NoError(t, o.Unlock(ctx)) // other goes idle: keys holds l for "k"
+	sh.mu.Lock()
+	require.Nil(t, sh.reheld)
+	require.Same(t, l, sh.keys["k"])
+	sh.mu.Unlock()
+	holds(l, "held in the map")
+	require.NoError(t, l.Unlock(ctx))
+
+	l = lockTwice("k")
+	require.NoError(t, b.Release(ctx, "k", l.ID()))
+	require.ErrorIs(t, l.Err(), ErrReleased)
+	l = lockTwice("k")
+	require.NoError(t, b.Close())
+	require.ErrorIs(t, l.Err(), ErrClosed, "Close missed the reheld lease")
 }

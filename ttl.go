@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"context"
 	"slices"
+	"sync"
 	"time"
 )
 
@@ -14,12 +15,13 @@ import (
 // under the shard's lock. A shard with no TTL lease has no timer pending.
 
 // ttlState is the TTL of a lease, guarded by the shard's mu; a client's
-// lease has no shard, and its expires and heard are guarded by its mu. It
-// is 48 bytes: its times are nanoseconds since epoch (see there),
-// and when the shard's timer must look at the lease is worked out (wake),
-// not kept.
+// lease has no shard, and its expires and heard are guarded by mu alone. It
+// is 56 bytes (a 64-byte allocation): its times are nanoseconds since epoch
+// (see there), and when the shard's timer must look at the lease is worked
+// out (wake), not kept.
 type ttlState struct {
-	expires   int64         // see Lease.ttl
+	mu        sync.Mutex    // guards expires and heard for Expires; taken after the shard's mu
+	expires   int64         // written holding mu and, for a broker's lease, the shard's mu
 	ttl       time.Duration // asked with TTL; KeepAlive renews by this much
 	keepAlive time.Duration // asked with KeepAlive, or 0
 	keepUntil int64         // grant + keepAlive: no renewal past it; with keepAlive only
@@ -62,14 +64,14 @@ func (t *ttlState) wake() int64 {
 type deadlines []*Lease
 
 func (d deadlines) Len() int           { return len(d) }
-func (d deadlines) Less(i, j int) bool { return d[i].ttl.wake() < d[j].ttl.wake() }
+func (d deadlines) Less(i, j int) bool { return d[i].ttl.Load().wake() < d[j].ttl.Load().wake() }
 func (d deadlines) Swap(i, j int) {
 	d[i], d[j] = d[j], d[i]
-	d[i].ttl.index, d[j].ttl.index = int32(i), int32(j)
+	d[i].ttl.Load().index, d[j].ttl.Load().index = int32(i), int32(j)
 }
 func (d *deadlines) Push(x any) {
 	l := x.(*Lease)
-	l.ttl.index = int32(len(*d))
+	l.ttl.Load().index = int32(len(*d))
 	*d = append(*d, l)
 }
 func (d *deadlines) Pop() any {
@@ -77,13 +79,13 @@ func (d *deadlines) Pop() any {
 	l := old[len(old)-1]
 	old[len(old)-1] = nil
 	*d = old[:len(old)-1]
-	l.ttl.index = -1
+	l.ttl.Load().index = -1
 	return l
 }
 
 // startTTLLocked starts the TTL of l, granted at now.
 func (sh *shard) startTTLLocked(l *Lease, now int64) {
-	t := l.ttl
+	t := l.ttl.Load()
 	l.setExpiresAt(now + int64(t.ttl))
 	if t.keepAlive > 0 {
 		t.keepUntil = now + int64(t.keepAlive)
@@ -94,7 +96,7 @@ func (sh *shard) startTTLLocked(l *Lease, now int64) {
 
 // scheduleLocked (re)places l in the heap at its wake time.
 func (sh *shard) scheduleLocked(l *Lease, now int64) {
-	if t := l.ttl; t.index < 0 {
+	if t := l.ttl.Load(); t.index < 0 {
 		heap.Push(&sh.deadlines, l)
 	} else {
 		heap.Fix(&sh.deadlines, int(t.index))
@@ -107,8 +109,8 @@ func (sh *shard) scheduleLocked(l *Lease, now int64) {
 // unscheduleLocked takes l out of the heap. The timer may then fire for
 // nothing, and re-arms itself for the new earliest.
 func (sh *shard) unscheduleLocked(l *Lease) {
-	if l.ttl.index >= 0 {
-		heap.Remove(&sh.deadlines, int(l.ttl.index))
+	if t := l.ttl.Load(); t.index >= 0 {
+		heap.Remove(&sh.deadlines, int(t.index))
 	}
 	// Give back the array of a burst of TTL leases that have gone, as
 	// shrinkLocked does the map's slots.
@@ -119,7 +121,7 @@ func (sh *shard) unscheduleLocked(l *Lease) {
 
 // armLocked sets the shard's timer for the earliest wake.
 func (sh *shard) armLocked(now int64) {
-	d := time.Duration(sh.deadlines[0].ttl.wake() - now)
+	d := time.Duration(sh.deadlines[0].ttl.Load().wake() - now)
 	if sh.timer == nil {
 		sh.timer = time.AfterFunc(d, func() { sh.b.bg.run(sh.onTimer) })
 	} else {
@@ -136,7 +138,7 @@ func (sh *shard) onTimer() {
 	now := monoNow()
 	for len(sh.deadlines) > 0 {
 		l := sh.deadlines[0]
-		t := l.ttl
+		t := l.ttl.Load()
 		if t.wake() > now {
 			sh.armLocked(now)
 			return
@@ -158,7 +160,7 @@ func (sh *shard) onTimer() {
 // stopKeepAliveLocked ends the renewals of l, whose holder is gone: a lease
 // kept after its session ended renews no more, and expires at its TTL.
 func (sh *shard) stopKeepAliveLocked(l *Lease, now int64) {
-	if t := l.ttl; t != nil && t.renews(now) {
+	if t := l.ttl.Load(); t != nil && t.renews(now) {
 		t.keepUntil = now
 		if t.index >= 0 {
 			heap.Fix(&sh.deadlines, int(t.index)) // its wake moved
@@ -205,12 +207,10 @@ func clientTTL(exp time.Time, ttl, keepAlive time.Duration, now time.Time) *ttlS
 // heardExpiry records exp, the expiry the broker gave a client's lease
 // (granting or extending it), heard at now.
 func (l *Lease) heardExpiry(exp, now time.Time) {
-	l.mu.Lock()
-	if l.ttl == nil {
-		l.ttl = new(ttlState)
-	}
-	l.ttl.expires, l.ttl.heard = nanos(exp), nanos(now)
-	l.mu.Unlock()
+	t := l.ttlState()
+	t.mu.Lock()
+	t.expires, t.heard = nanos(exp), nanos(now)
+	t.mu.Unlock()
 }
 
 // extend implements door for in-process leases.
@@ -221,11 +221,8 @@ func (sh *shard) extend(_ context.Context, l *Lease, ttl time.Duration) error {
 		return l.notHeld()
 	}
 	now := monoNow()
-	if l.ttl == nil {
-		t := &ttlState{ttl: ttl}
-		l.mu.Lock()
-		l.ttl = t
-		l.mu.Unlock()
+	if l.ttl.Load() == nil {
+		l.ttl.Store(&ttlState{ttl: ttl})
 		sh.startTTLLocked(l, now)
 		return nil
 	}

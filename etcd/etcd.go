@@ -258,16 +258,8 @@ func (lk *Locker) Session() clientv3.LeaseID {
 
 // unsupported checks the options the backend cannot honour.
 func unsupported(r lmx.LockRequest) error {
-	var what string
-	switch {
-	case r.Priority != 0:
-		what = "Priority"
-	case r.Preempt >= 0:
-		what = "Preempt"
-	case r.Shared && r.Limit > 1:
-		what = "Shared with Limit"
-	default:
-		return nil
+	if r.Shared && r.Limit > 1 {
+		return fmt.Errorf("%w: %w: Shared with Limit", lmx.ErrInvalidOption, ErrUnsupported)
 	}
-	return fmt.Errorf("%w: %w: %s", lmx.ErrInvalidOption, ErrUnsupported, what)
+	return nil
 }

@@ -38,9 +38,27 @@
 // is made or the grant's own write finds the key gone.
 //
 // Supported options: TTL, KeepAlive, Limit (semaphores), Shared (without
-// Limit), Owner, KeepOnDisconnect, LockDelay and NoPreempt (nothing is ever
-// preempted). Priority other than 0, Preempt and Shared with Limit fail
-// with an error matching ErrUnsupported and lmx.ErrInvalidOption.
+// Limit), Priority, Preempt, NoPreempt, Owner, KeepOnDisconnect and
+// LockDelay. Shared with Limit fails with an error matching ErrUnsupported
+// and lmx.ErrInvalidOption.
+//
+// Priority and Preempt: a request with a Priority or a Preempt ask writes
+// its key's grant record (PREFIX "\x00g/" KEY) as it arrives, naming the
+// holders it found with their tokens; while the record rules the queue,
+// only the requests it names hold, and a waiter that is the head of the
+// queue (priority, then arrival, a waiter overtaken 64 times by later
+// requests of higher priority granted before any later one) and fits
+// claims its grant by writing the record in a transaction that compares
+// the queue unchanged, with the write's revision as its token. Each waiter
+// of such a key watches the whole queue and reads it on each change. Once
+// every request created before the record's last write is gone, the queue
+// is FIFO again, at its usual cost (grants.go says why this is safe). A
+// waiter with a Preempt ask that is the head of its queue and does not fit
+// writes an ask into the inbox of the holders in its way (their Revoked
+// channels close), unless one of them is protected (NoPreempt, a priority
+// not below its own, a lock-delay); after its grace, it ends those that
+// still hold, as ForceUnlock does but with lmx.ErrPreempted and no
+// lock-delay, and is granted with a newer token.
 //
 // Owner re-enters within one Locker: the re-entry is an lmx.Lease of its
 // own with the same lock id and token, and the key is released when every

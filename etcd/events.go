@@ -15,12 +15,13 @@ var _ lmx.Watcher = (*Locker)(nil)
 // Watch streams the events of the keys that start with prefix, from now
 // until ctx ends or the Locker closes; then it closes the channel. It
 // watches the Locker's whole prefix in etcd and keeps the queues of the
-// keys under prefix in memory, so that it sees a request granted when the
-// requests before it go. Why a lease ended is read from the words that
-// Release, ForceUnlock and an expiry write into the holder's inbox as they
-// delete its key; a key deleted without one was released by its holder if
-// its session is still alive, and otherwise lost with its session.
-// Preemption and a closing broker do not happen here. Events are buffered
+// keys under prefix in memory, with their grant records, so that it sees a
+// request granted when the requests before it go or the record names it.
+// Why a lease ended is read from the words that Release, ForceUnlock, a
+// preemption and an expiry write into the holder's inbox as they delete
+// its key; a key deleted without one was released by its holder if its
+// session is still alive, and otherwise lost with its session. A closing
+// broker does not happen here. Events are buffered
 // up to lmx.DefaultWatchBuffer; a watcher that falls behind misses events
 // and gets an lmx.EventLagged that counts them.
 func (lk *Locker) Watch(ctx context.Context, prefix string) (<-chan lmx.Event, error) {

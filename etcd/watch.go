@@ -214,8 +214,10 @@ func (w *waits) watch(ctx context.Context, targets []string) (int64, error) {
 		opts := []clientv3.OpOption{clientv3.WithCreatedNotify()}
 		if strings.HasSuffix(k, "\x00") {
 			// A queue, whose every request a waiter in written mode
-			// watches: no request's key ends with NUL.
-			opts = append(opts, clientv3.WithPrefix())
+			// watches (no request's key ends with NUL); only as they go:
+			// no write of a request's key makes another one eligible but
+			// with a write of the grant record, which it watches too.
+			opts = append(opts, clientv3.WithPrefix(), clientv3.WithFilterPut())
 		}
 		if w.mutex {
 			// A semaphore's waiter wakes when the one before it is granted

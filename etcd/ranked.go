@@ -162,6 +162,12 @@ func (lk *Locker) awaitRanked(ctx context.Context, key string, req lmx.LockReque
 				me.mod = mod
 				return lk.grantOf(s, key, q, me, req, mod, false)
 			}
+			if errors.Is(err, errChanged) {
+				// Read again at once: what changed may be an arrival,
+				// which wakes no waiter.
+				from = rev + 1
+				continue
+			}
 			targets = []string{q.queue, lk.grantsKey(q.queue)}
 		}
 		if err == nil && try {
@@ -278,9 +284,13 @@ func (r *ranked) step(ctx context.Context, v *view, i int, rev int64) (int64, er
 	return 0, nil
 }
 
+// errChanged: a claim found its queue changed since the read it was decided
+// on.
+var errChanged = errors.New("lmx/etcd: the queue changed")
+
 // claim writes the grant of waiter i into the record, if the queue is as
 // v has it at rev; it returns the write's revision, the grant's token, or
-// 0 when the queue changed. The request's key is written again as it is,
+// errChanged. The request's key is written again as it is,
 // so that a semaphore's waiter that watches it learns that it may be
 // the first waiter.
 func (lk *Locker) claim(ctx context.Context, queue string, v *view, i int, rev int64) (int64, error) {
@@ -290,8 +300,11 @@ func (lk *Locker) claim(ctx context.Context, queue string, v *view, i int, rev i
 		Then(clientv3.OpPut(lk.grantsKey(queue), encodeRecord(queue, v.next(i))),
 			clientv3.OpPut(me.key, encodeValue(me), clientv3.WithIgnoreLease())).
 		Commit()
-	if err != nil || !resp.Succeeded {
+	switch {
+	case err != nil:
 		return 0, err
+	case !resp.Succeeded:
+		return 0, errChanged
 	}
 	return resp.Header.Revision, nil
 }

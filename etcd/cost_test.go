@@ -83,6 +83,17 @@ func (n *counter) txn(r *pb.TxnRequest, resp *pb.TxnResponse) {
 	}
 }
 
+// client is a client of the test's etcd whose requests n counts, closed
+// with the test.
+func (n *counter) client(t *testing.T) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second,
+		DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(n.intercept)}})
+	require.NoError(t, err)
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
 // measure returns the cost of one call of cycle, after a first call that
 // starts what the cycle keeps (a session, a request name).
 func (n *counter) measure(t *testing.T, cycle func() error) cost {
@@ -142,10 +153,7 @@ func TestUncontendedCycleCost(t *testing.T) {
 // and the key is back to FIFO's reads and writes.
 func TestHandoffCostAfterRanked(t *testing.T) {
 	var n counter
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second,
-		DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(n.intercept)}})
-	require.NoError(t, err)
-	defer cli.Close()
+	cli := n.client(t)
 	ctx := t.Context()
 	pfx := fmt.Sprintf("cost/%d", prefixes.Add(1))
 	waiter, err := etcd.New(ctx, cli, pfx)

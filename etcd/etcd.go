@@ -10,7 +10,8 @@
 // the request's lock id and options. The queue is ordered by create
 // revision: a request is granted when the requests created before it allow
 // it, and its fencing token is its create revision, so tokens of a key
-// increase in grant order. A session reuses its slots, the lowest free one
+// increase in grant order (until a request asks for a Priority: see below).
+// A session reuses its slots, the lowest free one
 // first, as concurrency.Mutex reuses its session's key: etcd keeps a deleted
 // key in its index until it compacts, and a read of a queue walks every
 // name the queue ever had, so names that grew with every request would make
@@ -22,13 +23,14 @@
 // An uncontended Lock and Unlock cost etcd what concurrency.Mutex's do: a
 // Lock is one transaction that writes the request alone when it finds the
 // queue empty, and otherwise writes it and reads the queue's first request
-// and the one before it; an Unlock is one deletion that compares the key's
-// last write.
+// and the one before it, and its grant record; an Unlock is one deletion
+// that compares the key's last write.
 //
 // A Locker hears only about its own requests. A waiter watches the one
 // request before it (a semaphore's first waiter, its holders), so a release
 // is one etcd write and wakes one waiter, not a herd, and the cost of a
-// hand-off does not grow with the number of Lockers. A holder watches
+// hand-off does not grow with the number of Lockers (but on a key whose
+// grant record rules, below). A holder watches
 // nothing: its session's keepalive tells it when etcd drops its keys, and
 // Release and ForceUnlock of another Locker write a word into the inbox
 // of the holder's session (PREFIX "\x00i/" SESSION "/" ...) in the same

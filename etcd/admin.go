@@ -123,9 +123,9 @@ func (lk *Locker) endHeld(ctx context.Context, key, id, why string) error {
 	return nil
 }
 
-// Inspect describes key's holders and waiters as etcd has them. Count
-// and Expires are known only for this Locker's own leases (else 1 and
-// zero).
+// Inspect describes key's holders and waiters as etcd has them, the
+// waiters in the order they are to be granted. Count and Expires are known
+// only for this Locker's own leases (else 1 and zero).
 func (lk *Locker) Inspect(ctx context.Context, key string) (lmx.KeyInfo, error) {
 	q, err := lk.queueOf(key)
 	if err != nil {
@@ -139,11 +139,12 @@ func (lk *Locker) Inspect(ctx context.Context, key string) (lmx.KeyInfo, error) 
 	if len(v.ws) > 0 {
 		ki.Limit = v.ws[0].limit
 	}
+	for _, i := range v.order() {
+		w := v.ws[i]
+		ki.Waiters = append(ki.Waiters, lmx.WaiterInfo{Owner: w.owner, Priority: w.prio, Shared: w.shared})
+	}
 	for i, w := range v.ws {
 		if v.tokens[i] == 0 {
-			if !w.marker {
-				ki.Waiters = append(ki.Waiters, lmx.WaiterInfo{Owner: w.owner, Priority: w.prio, Shared: w.shared})
-			}
 			continue
 		}
 		h := lmx.HolderInfo{ID: w.id, Token: uint64(v.tokens[i]), Owner: w.owner, Shared: w.shared, Count: 1, Since: ulid.Time(w.id.Time())}

@@ -174,6 +174,26 @@ func (v *view) head() int {
 	return best
 }
 
+// order returns v's waiters in the order they are to be granted: create
+// order in read mode, else head after head.
+func (v *view) order() []int {
+	var out []int
+	if !v.written {
+		for i := range v.ws {
+			if v.waiting(i) {
+				out = append(out, i)
+			}
+		}
+		return out
+	}
+	rest := &view{ws: v.ws, rec: v.rec, tokens: slices.Clone(v.tokens)}
+	for h := rest.head(); h >= 0; h = rest.head() {
+		out = append(out, h)
+		rest.tokens[h] = -1 // taken out of the waiters
+	}
+	return out
+}
+
 // fits reports whether request i may hold beside the holders: a shared one
 // with no exclusive holder, an exclusive one with no shared holder and
 // fewer exclusive ones than its limit.

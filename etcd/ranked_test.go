@@ -75,7 +75,7 @@ func TestPriorityOverFIFOHolders(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, ki.Holders, 2)
 	assert.Equal(t, []uint64{h1.Token(), h2.Token()}, []uint64{ki.Holders[0].Token, ki.Holders[1].Token}, "the holders keep their tokens")
-	assert.Equal(t, []lmx.WaiterInfo{{}, {Priority: 5}}, ki.Waiters)
+	assert.Equal(t, []lmx.WaiterInfo{{Priority: 5}, {}}, ki.Waiters, "the waiters in the order they are granted")
 
 	require.NoError(t, h1.Unlock(ctx))
 	r := await(t, ranked)

@@ -147,22 +147,38 @@ func (lk *Locker) Inspect(ctx context.Context, key string) (lmx.KeyInfo, error) 
 		if v.tokens[i] == 0 {
 			continue
 		}
-		h := lmx.HolderInfo{ID: w.id, Token: uint64(v.tokens[i]), Owner: w.owner, Shared: w.shared, Count: 1, Since: ulid.Time(w.id.Time())}
-		lk.mu.Lock()
-		var l *lease
-		if lk.sess != nil {
-			l = lk.sess.leases[w.key]
-		}
-		if l != nil {
-			h.Count = l.count
-		}
-		lk.mu.Unlock()
-		if l != nil {
-			h.Expires = l.lease.Expires()
+		h := lk.holderInfo(w, v.tokens[i])
+		// An owner's re-entry through another Locker is a request of its
+		// own, with the same lock id: one holder, counted.
+		if j := slices.IndexFunc(ki.Holders, func(o lmx.HolderInfo) bool { return o.ID == h.ID }); j >= 0 {
+			ki.Holders[j].Count += h.Count
+			if ki.Holders[j].Expires.IsZero() {
+				ki.Holders[j].Expires = h.Expires
+			}
+			continue
 		}
 		ki.Holders = append(ki.Holders, h)
 	}
 	return ki, nil
+}
+
+// holderInfo describes the holding request w, granted with token; with
+// the count and expiry of its lease if it is this Locker's.
+func (lk *Locker) holderInfo(w waiter, token int64) lmx.HolderInfo {
+	h := lmx.HolderInfo{ID: w.id, Token: uint64(token), Owner: w.owner, Shared: w.shared, Count: 1, Since: ulid.Time(w.id.Time())}
+	lk.mu.Lock()
+	var l *lease
+	if lk.sess != nil {
+		l = lk.sess.leases[w.key]
+	}
+	if l != nil {
+		h.Count = l.count
+	}
+	lk.mu.Unlock()
+	if l != nil {
+		h.Expires = l.lease.Expires()
+	}
+	return h
 }
 
 // Stats counts the keys, holders and waiters under the Locker's prefix, by

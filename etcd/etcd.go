@@ -65,7 +65,11 @@
 // Owner re-enters within one Locker: the re-entry is an lmx.Lease of its
 // own with the same lock id and token, and the key is released when every
 // grant is unlocked. An owner that holds a key through another Locker (a
-// process of its own) queues like any other request.
+// process of its own) re-enters too: its request reads the queue first,
+// and finding the owner's grant, is written with its lock id and named in
+// the key's grant record with its token, so that the key is held until
+// the grants of both Lockers are undone. A request with an Owner costs a
+// read of its queue more than one without.
 //
 // KeepOnDisconnect gives a granted key an etcd lease of its own, of the
 // TTL rounded up to a second, so that the key outlives the Locker's

@@ -250,9 +250,10 @@ func (v *view) victims(i int) []waiter {
 
 // next is the record to write for the queue as v has it: its holders
 // named with their tokens, and its waiters' overtakes; with grant >= 0,
-// request grant holds too, with the write's revision as its token, and
-// every waiter it overtakes counts one more overtake.
-func (v *view) next(grant int) record {
+// request grant holds too, with token, and if that is 0, the write's
+// revision as its token, every waiter it overtakes counting one more
+// overtake (a re-entry's token is its owner's, and overtakes no one).
+func (v *view) next(grant int, token int64) record {
 	r := record{held: map[ref]int64{}, over: map[ref]int{}}
 	for i, w := range v.ws {
 		f := ref{w.key, w.rev}
@@ -263,10 +264,10 @@ func (v *view) next(grant int) record {
 		case v.tokens[i] != 0:
 			r.held[f] = v.tokens[i]
 		case i == grant:
-			r.held[f] = 0
+			r.held[f] = token
 		case !w.marker:
 			n := v.rec.over[f]
-			if grant >= 0 && w.rev < v.ws[grant].rev && w.prio < v.ws[grant].prio {
+			if grant >= 0 && token == 0 && w.rev < v.ws[grant].rev && w.prio < v.ws[grant].prio {
 				n++
 			}
 			if n > 0 {

@@ -18,8 +18,8 @@ import (
 // reenter grants key at once to req's owner if it holds key through this
 // Locker: a new lmx.Lease with the same lock id and token, counted by the
 // lease it re-enters. It returns nil and no error when the owner holds
-// nothing here. An owner that holds key through another Locker, a process
-// of its own, queues like any other request.
+// nothing here; an owner that holds key through another Locker, a process
+// of its own, re-enters through the queue (writeOwned).
 func (lk *Locker) reenter(ctx context.Context, key, queue string, req lmx.LockRequest) (*lmx.Lease, error) {
 	s, err := lk.session(ctx)
 	if err != nil {

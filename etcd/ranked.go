@@ -3,6 +3,7 @@ package etcd
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -85,8 +86,21 @@ func (lk *Locker) unchanged(queue string, v *view, rev int64) []clientv3.Cmp {
 // writeRanked puts q.me, a request with a Priority or a Preempt ask, into
 // its queue if its name is free, and in the same transaction writes the
 // queue's grant record: the holders it found, and q.me itself when it is
-// the head of the queue and fits. It reports whether the name was free.
-func (lk *Locker) writeRanked(q *queued) (bool, error) {
+// the head of the queue and fits, or re-enters. It reports whether the
+// name was free.
+func (lk *Locker) writeRanked(q *queued) (bool, error) { return lk.writeAll(q, false) }
+
+// writeOwned puts q.me, a request with an Owner, into its queue: as a
+// re-entry, with the lock id and token of a holder of the same owner
+// through another Locker, named in the grant record it writes as
+// writeRanked does; without one, as write does, having read the queue once
+// more than a request without an owner.
+func (lk *Locker) writeOwned(q *queued) (bool, error) { return lk.writeAll(q, true) }
+
+// errSharedOwner: an owner that holds a key shared asked it exclusive.
+var errSharedOwner = fmt.Errorf("%w: an owner that holds a key shared cannot re-enter it exclusive", lmx.ErrInvalidOption)
+
+func (lk *Locker) writeAll(q *queued, owned bool) (bool, error) {
 	ctx, cancel := context.WithTimeout(lk.ctx, time.Duration(lk.ttl)*time.Second)
 	defer cancel()
 	me := q.me
@@ -98,29 +112,56 @@ func (lk *Locker) writeRanked(q *queued) (bool, error) {
 		if v.named(me.key) {
 			return false, nil
 		}
+		j := v.heldBy(me.owner)
+		switch {
+		case owned && j < 0:
+			return lk.write(q)
+		case j >= 0 && v.ws[j].shared && !me.shared:
+			return false, errSharedOwner
+		}
 		cmps := lk.unchanged(q.queue, v, rev)
+		if j >= 0 { // the grant it re-enters, still there
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(v.ws[j].key), "=", v.ws[j].rev))
+		}
 		if len(v.ws) > 0 {
 			q.first = &v.ws[0]
 		}
 		me.rev = arriving
 		v.ws, v.tokens = append(v.ws, me), append(v.tokens, 0)
 		n := len(v.ws) - 1
-		grant := -1
-		if v.head() == n && v.fits(n) {
+		grant, token := -1, int64(0)
+		switch {
+		case j >= 0:
+			me.id = v.ws[j].id
+			grant, token = n, v.tokens[j]
+		case v.head() == n && v.fits(n):
 			grant = n
 		}
 		resp, err := lk.cli.Txn(ctx).If(cmps...).Then(
 			clientv3.OpPut(me.key, encodeValue(me), clientv3.WithLease(me.lease)),
-			clientv3.OpPut(lk.grantsKey(q.queue), encodeRecord(q.queue, v.next(grant)))).Commit()
+			clientv3.OpPut(lk.grantsKey(q.queue), encodeRecord(q.queue, v.next(grant, token)))).Commit()
 		if err != nil {
 			return false, err
 		}
 		if resp.Succeeded {
-			q.me.rev, q.me.mod, q.ranked = resp.Header.Revision, resp.Header.Revision, true
+			q.me.id, q.me.rev, q.me.mod, q.ranked = me.id, resp.Header.Revision, resp.Header.Revision, true
 			return true, nil
 		}
 		from = rev + 1
 	}
+}
+
+// heldBy returns a request of v that holds for owner, or -1.
+func (v *view) heldBy(owner string) int {
+	if owner == "" {
+		return -1
+	}
+	for i, w := range v.ws {
+		if v.tokens[i] != 0 && !w.marker && w.owner == owner {
+			return i
+		}
+	}
+	return -1
 }
 
 // named reports whether a request of v has the name etcdKey.
@@ -297,7 +338,7 @@ func (lk *Locker) claim(ctx context.Context, queue string, v *view, i int, rev i
 	me := v.ws[i]
 	resp, err := lk.cli.Txn(ctx).
 		If(append(lk.unchanged(queue, v, rev), clientv3.Compare(clientv3.CreateRevision(me.key), "=", me.rev))...).
-		Then(clientv3.OpPut(lk.grantsKey(queue), encodeRecord(queue, v.next(i))),
+		Then(clientv3.OpPut(lk.grantsKey(queue), encodeRecord(queue, v.next(i, 0))),
 			clientv3.OpPut(me.key, encodeValue(me), clientv3.WithIgnoreLease())).
 		Commit()
 	switch {

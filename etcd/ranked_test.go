@@ -228,3 +228,42 @@ func TestPreemptAcrossLockers(t *testing.T) {
 		}
 	}
 }
+
+// An owner re-enters a key it holds through another Locker (another
+// process) at once, with the same lock id and token, and the key is free
+// only once both grants are undone; an owner that holds it shared cannot
+// re-enter it exclusive.
+func TestOwnerAcrossLockers(t *testing.T) {
+	ctx := t.Context()
+	url := fmt.Sprintf("etcd://%s/owner/%d?session_ttl=2s", endpoint, prefixes.Add(1))
+	a, b, c := openLocker(t, url), openLocker(t, url), openLocker(t, url)
+	first, err := a.Lock(ctx, "k", lmx.Owner("alice"))
+	require.NoError(t, err)
+	again, err := b.TryLock(ctx, "k", lmx.Owner("alice"))
+	require.NoError(t, err, "the owner re-enters through another Locker at once")
+	assert.Equal(t, first.ID(), again.ID())
+	assert.Equal(t, first.Token(), again.Token())
+	_, err = c.TryLock(ctx, "k", lmx.Owner("bob"))
+	require.ErrorIs(t, err, lmx.ErrLocked)
+	ki, err := c.Inspect(ctx, "k")
+	require.NoError(t, err)
+	require.Len(t, ki.Holders, 1)
+	assert.Equal(t, 2, ki.Holders[0].Count)
+
+	require.NoError(t, first.Unlock(ctx))
+	_, err = c.TryLock(ctx, "k")
+	require.ErrorIs(t, err, lmx.ErrLocked, "the re-entry still holds")
+	require.NoError(t, again.Unlock(ctx))
+	assertFree(t, c, "k")
+
+	shared, err := a.Lock(ctx, "rw", lmx.Owner("carol"), lmx.Shared())
+	require.NoError(t, err)
+	_, err = b.Lock(ctx, "rw", lmx.Owner("carol"))
+	require.ErrorIs(t, err, lmx.ErrInvalidOption)
+	r2, err := b.Lock(ctx, "rw", lmx.Owner("carol"), lmx.Shared())
+	require.NoError(t, err)
+	assert.Equal(t, shared.Token(), r2.Token())
+	require.NoError(t, shared.Unlock(ctx))
+	require.NoError(t, r2.Unlock(ctx))
+	assertFree(t, c, "rw")
+}

@@ -38,7 +38,14 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 	}
 	me := waiter{id: ulid.Make(), limit: req.Limit, shared: req.Shared, owner: req.Owner, delay: max(0, req.LockDelay),
 		prio: req.Priority, noPre: req.NoPreempt}
-	q, err := lk.enqueue(ctx, queue, me, req.Priority != 0 || req.Preempt >= 0)
+	write := lk.write
+	switch {
+	case req.Priority != 0 || req.Preempt >= 0:
+		write = lk.writeRanked
+	case req.Owner != "":
+		write = lk.writeOwned
+	}
+	q, err := lk.enqueue(ctx, queue, me, write)
 	if err != nil {
 		return nil, err
 	}
@@ -88,17 +95,12 @@ func (q *queued) free(lk *Locker) {
 }
 
 // enqueue writes me into queue as a request of the Locker's session, on
-// the lowest slot free, and reads what decides it in the same transaction;
-// a ranked request (a Priority or a Preempt ask) writes the queue's grant
-// record with it. When it fails, the slots it took are free again, but for
-// one whose request etcd may hold: that one stays in use while the
-// session lives.
-func (lk *Locker) enqueue(ctx context.Context, queue string, me waiter, ranked bool) (*queued, error) {
+// the lowest slot free, with write (write, writeRanked or writeOwned),
+// which reads what decides it in the same transaction. When it fails, the
+// slots it took are free again, but for one whose request etcd may hold:
+// that one stays in use while the session lives.
+func (lk *Locker) enqueue(ctx context.Context, queue string, me waiter, write func(*queued) (bool, error)) (*queued, error) {
 	q := &queued{queue: queue, slot: -1}
-	write := lk.write
-	if ranked {
-		write = lk.writeRanked
-	}
 	for attempt := 0; ; {
 		s, err := lk.session(ctx)
 		if err != nil {
@@ -121,6 +123,9 @@ func (lk *Locker) enqueue(ctx context.Context, queue string, me waiter, ranked b
 			// request etcd did not delete when asked. It stays out of use
 			// until the Lock returns, and the next slot is tried.
 			q.taken, q.slot = append(q.taken, q.slot), -1
+		case errors.Is(err, lmx.ErrInvalidOption):
+			q.free(lk) // refused before anything was written
+			return nil, err
 		case errors.Is(err, rpctypes.ErrLeaseNotFound) && attempt == 0:
 			// The session ended before its keepalive noticed: start another.
 			attempt++

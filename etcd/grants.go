@@ -34,7 +34,8 @@ import (
 // request created at or before the record's last write. Once every such
 // request is gone, every request left was created after every token the
 // record gave (each is at most the record's revision), no request with a
-// Priority or a Preempt ask is left (their arrivals wrote the record), and
+// Priority or a Preempt ask is left (their arrivals wrote the record), nor
+// an owner's re-entry through another Locker (which writes it too), and
 // read mode gives tokens that still increase: the queue is back in read
 // mode, with the record stale until someone deletes it.
 

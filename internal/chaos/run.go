@@ -321,7 +321,7 @@ func (h *harness) workerSpecs(d doors) (specs []*workerSpec, hot []KeySpec) {
 			// Never killed nor proxied, and holding long enough that a
 			// preemptor whose door takes milliseconds a round trip (etcd)
 			// finds it holding, and it lives to report the preemption.
-			&workerSpec{Name: "slow-holder", Addr: d.direct, Goroutines: 2, Keys: hot, Hold: 200 * time.Millisecond})
+			&workerSpec{Name: "slow-holder", Addr: d.direct, Goroutines: 2, Keys: hot, Hold: 400 * time.Millisecond})
 	}
 	if h.cfg.Skip != "" {
 		specs = append(specs, &workerSpec{Name: "skipper", Addr: d.direct, Goroutines: 2, Keys: clean, Hold: time.Millisecond, Skip: h.cfg.Skip})

@@ -3,6 +3,7 @@ package etcd_test
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"testing"
 	"time"
 
@@ -266,4 +267,30 @@ func TestOwnerAcrossLockers(t *testing.T) {
 	require.NoError(t, shared.Unlock(ctx))
 	require.NoError(t, r2.Unlock(ctx))
 	assertFree(t, c, "rw")
+}
+
+// A preemptor's ask to make way that reaches a Locker after the lease it
+// is about ended is dropped from the session's inbox, not kept for a Lock
+// that will never read it.
+func TestLateAskDropped(t *testing.T) {
+	ctx := t.Context()
+	pfx := fmt.Sprintf("late/%d/", prefixes.Add(1))
+	a := openLocker(t, fmt.Sprintf("etcd://%s/%s?session_ttl=2s", endpoint, pfx))
+	l, err := a.Lock(ctx, "k")
+	require.NoError(t, err)
+	require.NoError(t, l.Unlock(ctx))
+	hex := strconv.FormatInt(int64(a.Session()), 16)
+	ask := fmt.Sprintf("%s\x00i/%s/%d/k\x00%s.0", pfx, hex, l.Token(), hex)
+	cli := rawClient(t)
+	_, err = cli.Put(ctx, ask, "revoked", clientv3.WithLease(a.Session()))
+	require.NoError(t, err)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		resp, err := cli.Get(ctx, ask)
+		require.NoError(t, err)
+		if len(resp.Kvs) == 0 {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "the late ask stayed in the inbox")
+	}
+	assertFree(t, a, "k")
 }

@@ -134,7 +134,10 @@ func (lk *Locker) heard(ctx context.Context, s *session, pfx string, kv *mvccpb.
 	word := string(kv.Value)
 	lk.mu.Lock()
 	l := s.leases[etcdKey]
-	if l == nil && word != whyExpired {
+	// An ask to make way for a request whose slot is free again came
+	// after its lease ended: no Lock will read it.
+	early := l == nil && word != whyExpired && (word != whyRevoked || s.inUseLocked(lk.pfx, etcdKey))
+	if early {
 		s.early[string(kv.Key)] = word
 	}
 	if l != nil && l.rev == rev && word == whyRevoked {
@@ -143,7 +146,7 @@ func (lk *Locker) heard(ctx context.Context, s *session, pfx string, kv *mvccpb.
 	lk.mu.Unlock()
 	switch {
 	case word == whyExpired: // the expiry's own word, for watchers
-	case word == whyRevoked && l != nil:
+	case word == whyRevoked && !early:
 	case l == nil || l.rev != rev || !l.take():
 		return
 	default:

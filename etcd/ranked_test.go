@@ -3,7 +3,10 @@ package etcd_test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -293,4 +296,52 @@ func TestLateAskDropped(t *testing.T) {
 		require.True(t, time.Now().Before(deadline), "the late ask stayed in the inbox")
 	}
 	assertFree(t, a, "k")
+}
+
+// Lockers whose requests mix FIFO and priorities (some below 0), some of
+// which give up while queued, keep one holder at a time on a key that goes
+// in and out of written mode, with tokens increasing in grant order.
+func TestRankedMixStress(t *testing.T) {
+	url := fmt.Sprintf("etcd://%s/mix/%d?session_ttl=2s", endpoint, prefixes.Add(1))
+	lockers := []*etcd.Locker{openLocker(t, url), openLocker(t, url), openLocker(t, url)}
+	var (
+		inside atomic.Int32
+		mu     sync.Mutex
+		last   uint64
+		grants atomic.Int64
+		wg     sync.WaitGroup
+	)
+	deadline := time.Now().Add(3 * time.Second)
+	for g := range 9 {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(g), 21))
+			lk := lockers[g%len(lockers)]
+			for time.Now().Before(deadline) && !t.Failed() {
+				var opts []lmx.LockOption
+				if rng.IntN(3) == 0 {
+					opts = append(opts, lmx.Priority(rng.IntN(5)-2))
+				}
+				ctx, cancel := context.WithTimeout(t.Context(), time.Duration(20+rng.IntN(400))*time.Millisecond)
+				l, err := lk.Lock(ctx, "k", opts...)
+				cancel()
+				if err != nil {
+					assert.ErrorIs(t, err, context.DeadlineExceeded)
+					continue
+				}
+				assert.Equal(t, int32(1), inside.Add(1), "two holders at once")
+				mu.Lock()
+				assert.Greater(t, l.Token(), last, "tokens out of grant order")
+				last = l.Token()
+				mu.Unlock()
+				time.Sleep(time.Duration(rng.IntN(3)) * time.Millisecond)
+				inside.Add(-1)
+				assert.NoError(t, l.Unlock(t.Context()))
+				grants.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("%d grants", grants.Load())
+	assert.Positive(t, grants.Load())
+	assertFree(t, lockers[0], "k")
 }

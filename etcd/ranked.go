@@ -57,22 +57,15 @@ func viewOf(queue string, resp *clientv3.TxnResponse) *view {
 	return newView(ws, decodeRecord(queue, rec[0]))
 }
 
-// unchanged is the condition that the queue v was read from at rev is, for
-// a write decided on it for a request of priority prio, as it was but for
-// requests that left, and that no request left that made v what it is:
-// the record was not written since, the requests that keep the queue in
-// its mode, and in read mode its holders and first waiter, are still
-// there, and no request was written into the queue. In written mode that
-// last one matters only to a request of a priority below 0: a request
-// written since is either ranked, and wrote the record, or FIFO (priority
-// 0), granted only by a write of the record, and ranked behind it; a
-// write of a request's key that holds changes nothing of who holds. So a
-// claim of priority 0 or more is not undone by arrivals, which come all
-// the time on a busy key.
-func (lk *Locker) unchanged(queue string, v *view, rev int64, prio int) []clientv3.Cmp {
-	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(lk.grantsKey(queue)), "=", v.rec.mod)}
-	if !v.written || prio < 0 {
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(queue), "<", rev+1).WithPrefix())
+// unchanged is the condition that the queue v was read from at rev is as
+// it was, but for requests that left, and that no request left that made
+// v what it is: the record was not written since, no request was written
+// into the queue, and the requests that keep the queue in its mode, and in
+// read mode its holders and first waiter, are still there.
+func (lk *Locker) unchanged(queue string, v *view, rev int64) []clientv3.Cmp {
+	cmps := []clientv3.Cmp{
+		clientv3.Compare(clientv3.ModRevision(lk.grantsKey(queue)), "=", v.rec.mod),
+		clientv3.Compare(clientv3.ModRevision(queue), "<", rev+1).WithPrefix(),
 	}
 	there := func(w waiter) {
 		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(w.key), "=", w.rev))
@@ -111,7 +104,7 @@ func (lk *Locker) writeAll(q *queued, owned bool) (bool, error) {
 	ctx, cancel := context.WithTimeout(lk.ctx, time.Duration(lk.ttl)*time.Second)
 	defer cancel()
 	for from := int64(0); ; {
-		me := q.me // as asked: a try that re-entered may have changed it
+		me := q.me // as asked: a try that re-entered changed its lock id
 		v, rev, err := lk.readAll(ctx, q.queue, from)
 		if err != nil {
 			return false, err
@@ -126,11 +119,27 @@ func (lk *Locker) writeAll(q *queued, owned bool) (bool, error) {
 		case j >= 0 && v.ws[j].shared && !me.shared:
 			return false, errSharedOwner
 		}
+		cmps := lk.unchanged(q.queue, v, rev)
+		if j >= 0 { // the grant it re-enters, still there
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(v.ws[j].key), "=", v.ws[j].rev))
+		}
 		if len(v.ws) > 0 {
 			q.first = &v.ws[0]
 		}
-		cmps, rec := lk.arrival(q.queue, v, rev, &me, j)
-		resp, err := lk.cli.Txn(ctx).If(cmps...).Then(clientv3.OpPut(me.key, encodeValue(me), clientv3.WithLease(me.lease)), rec).Commit()
+		me.rev = arriving
+		v.ws, v.tokens = append(v.ws, me), append(v.tokens, 0)
+		n := len(v.ws) - 1
+		grant, token := -1, int64(0)
+		switch {
+		case j >= 0:
+			me.id = v.ws[j].id
+			grant, token = n, v.tokens[j]
+		case v.head() == n && v.fits(n):
+			grant = n
+		}
+		resp, err := lk.cli.Txn(ctx).If(cmps...).Then(
+			clientv3.OpPut(me.key, encodeValue(me), clientv3.WithLease(me.lease)),
+			clientv3.OpPut(lk.grantsKey(q.queue), encodeRecord(q.queue, v.next(grant, token)))).Commit()
 		if err != nil {
 			return false, err
 		}
@@ -140,39 +149,6 @@ func (lk *Locker) writeAll(q *queued, owned bool) (bool, error) {
 		}
 		from = rev + 1
 	}
-}
-
-// arrival returns the write of the grant record that the arrival of me
-// into the queue v, read at rev, makes, and its condition: the holders it
-// found, and me with them when it re-enters the grant j of its owner (if
-// j >= 0) or is the head and fits. A request that is not granted as it
-// arrives into a queue in written mode only brings the record's revision
-// up to its own, so that the record rules while it is there: what the
-// record says is unchanged, and needs no claim to wait for it.
-func (lk *Locker) arrival(queue string, v *view, rev int64, me *waiter, j int) ([]clientv3.Cmp, clientv3.Op) {
-	rk := lk.grantsKey(queue)
-	cmps := lk.unchanged(queue, v, rev, me.prio)
-	if j >= 0 { // the grant it re-enters, still there
-		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(v.ws[j].key), "=", v.ws[j].rev))
-	}
-	me.rev = arriving
-	v.ws, v.tokens = append(v.ws, *me), append(v.tokens, 0)
-	n := len(v.ws) - 1
-	grant, token := -1, int64(0)
-	switch {
-	case j >= 0:
-		me.id, v.ws[n].id = v.ws[j].id, v.ws[j].id
-		grant, token = n, v.tokens[j]
-	case v.head() == n && v.fits(n):
-		grant = n
-	}
-	if grant < 0 && v.written {
-		// The request that keeps the record ruling is still there: so is
-		// the record, which only a queue back in read mode loses.
-		first := clientv3.Compare(clientv3.CreateRevision(v.ws[0].key), "=", v.ws[0].rev)
-		return []clientv3.Cmp{first}, clientv3.OpPut(rk, "", clientv3.WithIgnoreValue())
-	}
-	return cmps, clientv3.OpPut(rk, encodeRecord(queue, v.next(grant, token)))
 }
 
 // heldBy returns a request of v that holds for owner, or -1.
@@ -361,7 +337,7 @@ var errChanged = errors.New("lmx/etcd: the queue changed")
 func (lk *Locker) claim(ctx context.Context, queue string, v *view, i int, rev int64) (int64, error) {
 	me := v.ws[i]
 	resp, err := lk.cli.Txn(ctx).
-		If(append(lk.unchanged(queue, v, rev, me.prio), clientv3.Compare(clientv3.CreateRevision(me.key), "=", me.rev))...).
+		If(append(lk.unchanged(queue, v, rev), clientv3.Compare(clientv3.CreateRevision(me.key), "=", me.rev))...).
 		Then(clientv3.OpPut(lk.grantsKey(queue), encodeRecord(queue, v.next(i, 0))),
 			clientv3.OpPut(me.key, encodeValue(me), clientv3.WithIgnoreLease())).
 		Commit()

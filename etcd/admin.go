@@ -9,6 +9,7 @@ import (
 
 	"github.com/lmx-go/lmx"
 	"github.com/oklog/ulid/v2"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -39,26 +40,23 @@ func queuePrefix(pfx, etcdKey string) (string, bool) {
 	return etcdKey[:len(pfx)+i+1], true
 }
 
-// queue returns the requests of a queue in create order, and which hold.
-func (lk *Locker) queue(ctx context.Context, queue string) ([]waiter, []bool, error) {
-	resp, err := lk.cli.Get(ctx, queue, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
+// queue reads what the requests of a queue and its grant record make of it.
+func (lk *Locker) queue(ctx context.Context, queue string) (*view, error) {
+	resp, err := lk.cli.Txn(ctx).Then(lk.readOps(queue)...).Commit()
 	if err != nil {
-		return nil, nil, lk.wrap(ctx, err)
+		return nil, lk.wrap(ctx, err)
 	}
-	ws := make([]waiter, len(resp.Kvs))
-	for i, kv := range resp.Kvs {
-		ws[i] = decode(kv)
-	}
-	held := make([]bool, len(ws))
-	for i, w := range ws {
-		held[i] = decide(w, ws[:i]).granted
-	}
-	return ws, held, nil
+	return viewOf(queue, resp), nil
 }
+
+// preemptionsKey is the key each preemption writes again: its version
+// counts them, for Stats.
+func (lk *Locker) preemptionsKey() string { return lk.pfx + "\x00n/preemptions" }
 
 // mark deletes a request's key, if it is still the request w, and in the
 // same transaction writes why into the inbox of its Locker's session,
-// under the etcd lease of the key, so that the word goes with the session.
+// under the etcd lease of the key, so that the word goes with the session;
+// a preemption counts itself.
 func (lk *Locker) mark(ctx context.Context, w waiter, why string) (bool, error) {
 	end := clientv3.OpDelete(w.key)
 	if why == whyForced { // Release ends a lease as its Unlock would: no delay
@@ -67,9 +65,13 @@ func (lk *Locker) mark(ctx context.Context, w waiter, why string) (bool, error) 
 			return false, lk.wrap(ctx, err)
 		}
 	}
+	then := []clientv3.Op{end, clientv3.OpPut(inboxKey(lk.pfx, w.sess, w.key, w.rev), why, clientv3.WithLease(w.lease))}
+	if why == whyPreempted {
+		then = append(then, clientv3.OpPut(lk.preemptionsKey(), ""))
+	}
 	resp, err := lk.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.LeaseValue(w.key), "=", w.lease), clientv3.Compare(clientv3.CreateRevision(w.key), "=", w.rev)).
-		Then(end, clientv3.OpPut(inboxKey(lk.pfx, w.sess, w.key, w.rev), why, clientv3.WithLease(w.lease))).
+		Then(then...).
 		Commit()
 	switch {
 	case errors.Is(err, rpctypes.ErrLeaseNotFound):
@@ -98,13 +100,13 @@ func (lk *Locker) endHeld(ctx context.Context, key, id, why string) error {
 	if err != nil {
 		return err
 	}
-	ws, held, err := lk.queue(ctx, q)
+	v, err := lk.queue(ctx, q)
 	if err != nil {
 		return err
 	}
 	n := 0
-	for i, w := range ws {
-		if !held[i] || w.marker || id != "" && w.id.String() != id {
+	for i, w := range v.ws {
+		if v.tokens[i] == 0 || w.marker || id != "" && w.id.String() != id {
 			continue
 		}
 		ok, err := lk.mark(ctx, w, why)
@@ -121,53 +123,80 @@ func (lk *Locker) endHeld(ctx context.Context, key, id, why string) error {
 	return nil
 }
 
-// Inspect describes key's holders and waiters as etcd has them. Count
-// and Expires are known only for this Locker's own leases (else 1 and
-// zero).
+// Inspect describes key's holders and waiters as etcd has them, the
+// waiters in the order they are to be granted. Count and Expires are known
+// only for this Locker's own leases (else 1 and zero).
 func (lk *Locker) Inspect(ctx context.Context, key string) (lmx.KeyInfo, error) {
 	q, err := lk.queueOf(key)
 	if err != nil {
 		return lmx.KeyInfo{}, err
 	}
-	ws, held, err := lk.queue(ctx, q)
+	v, err := lk.queue(ctx, q)
 	if err != nil {
 		return lmx.KeyInfo{}, err
 	}
 	ki := lmx.KeyInfo{Key: key}
-	if len(ws) > 0 {
-		ki.Limit = ws[0].limit
+	if len(v.ws) > 0 {
+		ki.Limit = v.ws[0].limit
 	}
-	for i, w := range ws {
-		if !held[i] {
-			ki.Waiters = append(ki.Waiters, lmx.WaiterInfo{Owner: w.owner, Shared: w.shared})
+	for _, i := range v.order() {
+		w := v.ws[i]
+		ki.Waiters = append(ki.Waiters, lmx.WaiterInfo{Owner: w.owner, Priority: w.prio, Shared: w.shared})
+	}
+	for i, w := range v.ws {
+		if v.tokens[i] == 0 {
 			continue
 		}
-		h := lmx.HolderInfo{ID: w.id, Token: uint64(w.rev), Owner: w.owner, Shared: w.shared, Count: 1, Since: ulid.Time(w.id.Time())}
-		lk.mu.Lock()
-		var l *lease
-		if lk.sess != nil {
-			l = lk.sess.leases[w.key]
-		}
-		if l != nil {
-			h.Count = l.count
-		}
-		lk.mu.Unlock()
-		if l != nil {
-			h.Expires = l.lease.Expires()
+		h := lk.holderInfo(w, v.tokens[i])
+		// An owner's re-entry through another Locker is a request of its
+		// own, with the same lock id: one holder, counted.
+		if j := slices.IndexFunc(ki.Holders, func(o lmx.HolderInfo) bool { return o.ID == h.ID }); j >= 0 {
+			ki.Holders[j].Count += h.Count
+			if ki.Holders[j].Expires.IsZero() {
+				ki.Holders[j].Expires = h.Expires
+			}
+			continue
 		}
 		ki.Holders = append(ki.Holders, h)
 	}
 	return ki, nil
 }
 
+// holderInfo describes the holding request w, granted with token; with
+// the count and expiry of its lease if it is this Locker's.
+func (lk *Locker) holderInfo(w waiter, token int64) lmx.HolderInfo {
+	h := lmx.HolderInfo{ID: w.id, Token: uint64(token), Owner: w.owner, Shared: w.shared, Count: 1, Since: ulid.Time(w.id.Time())}
+	lk.mu.Lock()
+	var l *lease
+	if lk.sess != nil {
+		l = lk.sess.leases[w.key]
+	}
+	if l != nil {
+		h.Count = l.count
+	}
+	lk.mu.Unlock()
+	if l != nil {
+		h.Expires = l.lease.Expires()
+	}
+	return h
+}
+
 // Stats counts the keys, holders and waiters under the Locker's prefix, by
-// reading them all. The counters of what happened are not kept (zero).
+// reading them all, and the preemptions. The other counters of what
+// happened are not kept (zero).
 func (lk *Locker) Stats(ctx context.Context) (lmx.Stats, error) {
 	keys, err := lk.keys(ctx, "", 0)
 	if err != nil {
 		return lmx.Stats{}, err
 	}
+	resp, err := lk.cli.Get(ctx, lk.preemptionsKey())
+	if err != nil {
+		return lmx.Stats{}, lk.wrap(ctx, err)
+	}
 	var st lmx.Stats
+	if len(resp.Kvs) > 0 {
+		st.Preemptions = uint64(resp.Kvs[0].Version)
+	}
 	for _, k := range keys {
 		st.Keys++
 		st.Holders += k.Holders
@@ -195,26 +224,31 @@ func (lk *Locker) keys(ctx context.Context, prefix string, limit int) ([]lmx.Key
 	if err := lk.live(); err != nil {
 		return nil, err
 	}
-	resp, err := lk.cli.Get(ctx, lk.pfx+prefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
+	resp, err := lk.cli.Txn(ctx).Then(
+		clientv3.OpGet(lk.pfx+prefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend)),
+		clientv3.OpGet(lk.pfx+"\x00g/"+prefix, clientv3.WithPrefix())).Commit()
 	if err != nil {
 		return nil, lk.wrap(ctx, err)
 	}
 	queues := map[string][]waiter{}
-	for _, kv := range resp.Kvs {
-		q, ok := queuePrefix(lk.pfx, string(kv.Key))
-		if !ok {
-			continue
+	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
+		if q, ok := queuePrefix(lk.pfx, string(kv.Key)); ok {
+			queues[q] = append(queues[q], decode(kv))
 		}
-		key := q[len(lk.pfx) : len(q)-1]
-		queues[key] = append(queues[key], decode(kv))
+	}
+	records := map[string]*mvccpb.KeyValue{}
+	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
+		records[lk.pfx+strings.TrimPrefix(string(kv.Key), lk.pfx+"\x00g/")+"\x00"] = kv
 	}
 	var keys []lmx.KeyStat
-	for key, ws := range queues {
-		ks := lmx.KeyStat{Key: key, Limit: ws[0].limit}
-		for i, w := range ws {
-			if decide(w, ws[:i]).granted {
+	for q, ws := range queues {
+		v := newView(ws, decodeRecord(q, records[q]))
+		ks := lmx.KeyStat{Key: q[len(lk.pfx) : len(q)-1], Limit: ws[0].limit}
+		for i := range ws {
+			switch {
+			case v.tokens[i] != 0:
 				ks.Holders++
-			} else {
+			case v.waiting(i):
 				ks.Waiters++
 			}
 		}

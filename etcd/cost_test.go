@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lmx-go/lmx"
 	"github.com/lmx-go/lmx/etcd"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -82,6 +83,17 @@ func (n *counter) txn(r *pb.TxnRequest, resp *pb.TxnResponse) {
 	}
 }
 
+// client is a client of the test's etcd whose requests n counts, closed
+// with the test.
+func (n *counter) client(t *testing.T) *clientv3.Client {
+	t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, DialTimeout: 5 * time.Second,
+		DialOptions: []grpc.DialOption{grpc.WithChainUnaryInterceptor(n.intercept)}})
+	require.NoError(t, err)
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
 // measure returns the cost of one call of cycle, after a first call that
 // starts what the cycle keeps (a session, a request name).
 func (n *counter) measure(t *testing.T, cycle func() error) cost {
@@ -133,4 +145,48 @@ func TestUncontendedCycleCost(t *testing.T) {
 	assert.LessOrEqual(t, door.requests, mutex.requests, "requests")
 	assert.LessOrEqual(t, door.ops, mutex.ops, "comparisons and operations")
 	assert.LessOrEqual(t, door.ranges, mutex.ranges, "reads of a range")
+}
+
+// A FIFO hand-off between Lockers costs the waiter's Locker what it cost
+// before its key ever had a request with a Priority: once the ranked
+// requests are gone, the first FIFO waiter drops the stale grant record,
+// and the key is back to FIFO's reads and writes.
+func TestHandoffCostAfterRanked(t *testing.T) {
+	var n counter
+	cli := n.client(t)
+	ctx := t.Context()
+	pfx := fmt.Sprintf("cost/%d", prefixes.Add(1))
+	waiter, err := etcd.New(ctx, cli, pfx)
+	require.NoError(t, err)
+	defer waiter.Close()
+	holder := openLocker(t, fmt.Sprintf("etcd://%s/%s?session_ttl=2s", endpoint, pfx))
+	handoff := func(opts ...lmx.LockOption) func() error {
+		return func() error {
+			h, err := holder.Lock(ctx, "k")
+			if err != nil {
+				return err
+			}
+			got := make(chan error, 1)
+			go func() {
+				l, err := waiter.Lock(ctx, "k", opts...)
+				if err == nil {
+					err = l.Unlock(ctx)
+				}
+				got <- err
+			}()
+			waitWaiters(t, holder, "k", 1)
+			if err := h.Unlock(ctx); err != nil {
+				return err
+			}
+			return <-got
+		}
+	}
+	before := n.measure(t, handoff())
+	require.NoError(t, handoff(lmx.Priority(1))())
+	require.NoError(t, handoff()()) // the first FIFO waiter drops the stale record
+	after := n.measure(t, handoff())
+	t.Logf("the waiter's side of a hand-off: before %+v, after %+v", before, after)
+	assert.LessOrEqual(t, after.requests, before.requests, "requests")
+	assert.LessOrEqual(t, after.ops, before.ops, "comparisons and operations")
+	assert.LessOrEqual(t, after.ranges, before.ranges, "reads of a range")
 }

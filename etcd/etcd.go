@@ -10,7 +10,8 @@
 // the request's lock id and options. The queue is ordered by create
 // revision: a request is granted when the requests created before it allow
 // it, and its fencing token is its create revision, so tokens of a key
-// increase in grant order. A session reuses its slots, the lowest free one
+// increase in grant order (until a request asks for a Priority: see below).
+// A session reuses its slots, the lowest free one
 // first, as concurrency.Mutex reuses its session's key: etcd keeps a deleted
 // key in its index until it compacts, and a read of a queue walks every
 // name the queue ever had, so names that grew with every request would make
@@ -22,13 +23,14 @@
 // An uncontended Lock and Unlock cost etcd what concurrency.Mutex's do: a
 // Lock is one transaction that writes the request alone when it finds the
 // queue empty, and otherwise writes it and reads the queue's first request
-// and the one before it; an Unlock is one deletion that compares the key's
-// last write.
+// and the one before it, and its grant record; an Unlock is one deletion
+// that compares the key's last write.
 //
 // A Locker hears only about its own requests. A waiter watches the one
 // request before it (a semaphore's first waiter, its holders), so a release
 // is one etcd write and wakes one waiter, not a herd, and the cost of a
-// hand-off does not grow with the number of Lockers. A holder watches
+// hand-off does not grow with the number of Lockers (but on a key whose
+// grant record rules, below). A holder watches
 // nothing: its session's keepalive tells it when etcd drops its keys, and
 // Release and ForceUnlock of another Locker write a word into the inbox
 // of the holder's session (PREFIX "\x00i/" SESSION "/" ...) in the same
@@ -38,14 +40,36 @@
 // is made or the grant's own write finds the key gone.
 //
 // Supported options: TTL, KeepAlive, Limit (semaphores), Shared (without
-// Limit), Owner, KeepOnDisconnect, LockDelay and NoPreempt (nothing is ever
-// preempted). Priority other than 0, Preempt and Shared with Limit fail
-// with an error matching ErrUnsupported and lmx.ErrInvalidOption.
+// Limit), Priority, Preempt, NoPreempt, Owner, KeepOnDisconnect and
+// LockDelay. Shared with Limit fails with an error matching ErrUnsupported
+// and lmx.ErrInvalidOption.
+//
+// Priority and Preempt: a request with a Priority or a Preempt ask writes
+// its key's grant record (PREFIX "\x00g/" KEY) as it arrives, naming the
+// holders it found with their tokens; while the record rules the queue,
+// only the requests it names hold, and a waiter that is the head of the
+// queue (priority, then arrival, a waiter overtaken 64 times by later
+// requests of higher priority granted before any later one) and fits
+// claims its grant by writing the record in a transaction that compares
+// the queue unchanged, with the write's revision as its token. Each waiter
+// of such a key watches the whole queue and reads it on each change. Once
+// every request created before the record's last write is gone, the queue
+// is FIFO again, at its usual cost (grants.go says why this is safe). A
+// waiter with a Preempt ask that is the head of its queue and does not fit
+// writes an ask into the inbox of the holders in its way (their Revoked
+// channels close), unless one of them is protected (NoPreempt, a priority
+// not below its own, a lock-delay); after its grace, it ends those that
+// still hold, as ForceUnlock does but with lmx.ErrPreempted and no
+// lock-delay, and is granted with a newer token.
 //
 // Owner re-enters within one Locker: the re-entry is an lmx.Lease of its
 // own with the same lock id and token, and the key is released when every
 // grant is unlocked. An owner that holds a key through another Locker (a
-// process of its own) queues like any other request.
+// process of its own) re-enters too: its request reads the queue first,
+// and finding the owner's grant, is written with its lock id and named in
+// the key's grant record with its token, so that the key is held until
+// the grants of both Lockers are undone. A request with an Owner costs a
+// read of its queue more than one without.
 //
 // KeepOnDisconnect gives a granted key an etcd lease of its own, of the
 // TTL rounded up to a second, so that the key outlives the Locker's
@@ -258,16 +282,8 @@ func (lk *Locker) Session() clientv3.LeaseID {
 
 // unsupported checks the options the backend cannot honour.
 func unsupported(r lmx.LockRequest) error {
-	var what string
-	switch {
-	case r.Priority != 0:
-		what = "Priority"
-	case r.Preempt >= 0:
-		what = "Preempt"
-	case r.Shared && r.Limit > 1:
-		what = "Shared with Limit"
-	default:
-		return nil
+	if r.Shared && r.Limit > 1 {
+		return fmt.Errorf("%w: %w: Shared with Limit", lmx.ErrInvalidOption, ErrUnsupported)
 	}
-	return fmt.Errorf("%w: %w: %s", lmx.ErrInvalidOption, ErrUnsupported, what)
+	return nil
 }

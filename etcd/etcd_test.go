@@ -85,19 +85,12 @@ func newLocker(t testing.TB) *etcd.Locker {
 func TestConformance(t *testing.T) {
 	locktest.Run(t, func(t testing.TB) lmx.Locker { return newLocker(t) },
 		locktest.RealTime(50*time.Millisecond),
-		locktest.Skip("its waiter asks Priority(7), which the etcd backend refuses", "Inspect"),
-		locktest.Skip("the etcd backend refuses Priority and Preempt: a FIFO grant is never written, since no later arrival can change it; a grant out of arrival order must be written with a newer token, and a grant made by reading alone is then ambiguous to the others unless every grant writes too (a write a hand-off that FIFO keys would pay for) or every arrival with a priority writes what it found, not built (README: What the etcd door does not do)",
-			"Priority", "PriorityStarvationBound", "PreemptReleasedInGrace", "PreemptForced", "PreemptRefused"),
+		locktest.Skip("a re-entry is an lmx.Lease of its own (same id and token), and the case unlocks its first lease twice: lmx.NewLease gives a backend no way to count grants of one *Lease", "Inspect"),
 		locktest.Skip("the etcd backend's Stats keeps no histograms", "StatsHistograms"))
 }
 
 func TestUnsupportedOptions(t *testing.T) {
 	l := newLocker(t)
-	for _, o := range []lmx.LockOption{lmx.Priority(1), lmx.Preempt(0)} {
-		_, err := l.Lock(t.Context(), "k", o)
-		assert.ErrorIs(t, err, etcd.ErrUnsupported)
-		assert.ErrorIs(t, err, lmx.ErrInvalidOption)
-	}
 	_, err := l.Lock(t.Context(), "k", lmx.Shared(), lmx.Limit(2))
 	assert.ErrorIs(t, err, etcd.ErrUnsupported)
 	_, err = l.Lock(t.Context(), "k\x00")

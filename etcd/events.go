@@ -15,28 +15,34 @@ var _ lmx.Watcher = (*Locker)(nil)
 // Watch streams the events of the keys that start with prefix, from now
 // until ctx ends or the Locker closes; then it closes the channel. It
 // watches the Locker's whole prefix in etcd and keeps the queues of the
-// keys under prefix in memory, so that it sees a request granted when the
-// requests before it go. Why a lease ended is read from the words that
-// Release, ForceUnlock and an expiry write into the holder's inbox as they
-// delete its key; a key deleted without one was released by its holder if
-// its session is still alive, and otherwise lost with its session.
-// Preemption and a closing broker do not happen here. Events are buffered
+// keys under prefix in memory, with their grant records, so that it sees a
+// request granted when the requests before it go or the record names it.
+// Why a lease ended is read from the words that Release, ForceUnlock, a
+// preemption and an expiry write into the holder's inbox as they delete
+// its key; a key deleted without one was released by its holder if its
+// session is still alive, and otherwise lost with its session. A closing
+// broker does not happen here. Events are buffered
 // up to lmx.DefaultWatchBuffer; a watcher that falls behind misses events
 // and gets an lmx.EventLagged that counts them.
 func (lk *Locker) Watch(ctx context.Context, prefix string) (<-chan lmx.Event, error) {
 	if err := lk.live(); err != nil {
 		return nil, err
 	}
-	resp, err := lk.cli.Get(ctx, lk.pfx+prefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
+	resp, err := lk.cli.Txn(ctx).Then(
+		clientv3.OpGet(lk.pfx+prefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend)),
+		clientv3.OpGet(lk.pfx+"\x00g/"+prefix, clientv3.WithPrefix())).Commit()
 	if err != nil {
 		return nil, lk.wrap(ctx, err)
 	}
-	ew := &eventWatch{lk: lk, prefix: prefix, queues: map[string][]waiter{}, held: map[string]bool{},
-		out: make(chan lmx.Event, lmx.DefaultWatchBuffer)}
-	for _, kv := range resp.Kvs {
+	ew := &eventWatch{lk: lk, prefix: prefix, queues: map[string][]waiter{}, records: map[string]*mvccpb.KeyValue{},
+		held: map[string]int64{}, out: make(chan lmx.Event, lmx.DefaultWatchBuffer)}
+	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
 		if q, ok := ew.queueOf(string(kv.Key)); ok {
 			ew.queues[q] = append(ew.queues[q], decode(kv))
 		}
+	}
+	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
+		ew.records[ew.recordOf(string(kv.Key))] = kv
 	}
 	for q := range ew.queues {
 		ew.regrant(q, false)
@@ -60,12 +66,18 @@ func (lk *Locker) Watch(ctx context.Context, prefix string) (<-chan lmx.Event, e
 
 // eventWatch is the state of one Watch.
 type eventWatch struct {
-	lk     *Locker
-	prefix string
-	queues map[string][]waiter // by etcd queue prefix, in create order
-	held   map[string]bool     // granted requests, by etcd key
-	out    chan lmx.Event
-	missed uint64
+	lk      *Locker
+	prefix  string
+	queues  map[string][]waiter         // by etcd queue prefix, in create order
+	records map[string]*mvccpb.KeyValue // grant records, by etcd queue prefix
+	held    map[string]int64            // tokens of granted requests, by etcd key
+	out     chan lmx.Event
+	missed  uint64
+}
+
+// recordOf returns the queue whose grant record is at etcdKey.
+func (ew *eventWatch) recordOf(etcdKey string) string {
+	return ew.lk.pfx + strings.TrimPrefix(etcdKey, ew.lk.pfx+"\x00g/") + "\x00"
 }
 
 // queueOf returns the queue of a request's etcd key, if it is one under
@@ -108,8 +120,19 @@ func (ew *eventWatch) revision(ctx context.Context, evs []*clientv3.Event) {
 		}
 	}
 	touched := map[string]bool{}
+	records := ew.lk.pfx + "\x00g/" + ew.prefix
 	for _, ev := range evs {
 		k := string(ev.Kv.Key)
+		if strings.HasPrefix(k, records) {
+			q := ew.recordOf(k)
+			if ev.Type == mvccpb.PUT {
+				ew.records[q] = ev.Kv
+			} else {
+				delete(ew.records, q)
+			}
+			touched[q] = true
+			continue
+		}
 		q, ok := ew.queueOf(k)
 		if !ok {
 			continue
@@ -123,15 +146,15 @@ func (ew *eventWatch) revision(ctx context.Context, evs []*clientv3.Event) {
 		case ev.Type == mvccpb.PUT && i == len(ws):
 			ew.queues[q] = append(ws, decode(ev.Kv))
 			touched[q] = true
-		case ev.Type == mvccpb.PUT && decode(ev.Kv).marker && ew.held[k]:
+		case ev.Type == mvccpb.PUT && decode(ev.Kv).marker && ew.held[k] != 0:
 			// The lease ended with a LockDelay: its key holds on as a marker.
+			ew.emit(ew.ended(ctx, ws[i], words[k]), q, ws[i], ew.held[k])
 			delete(ew.held, k)
-			ew.emit(ew.ended(ctx, ws[i], words[k]), q, ws[i])
 			ws[i] = decode(ev.Kv)
 		case ev.Type == mvccpb.DELETE && i < len(ws):
-			if ew.held[k] {
+			if t := ew.held[k]; t != 0 {
 				delete(ew.held, k)
-				ew.emit(ew.ended(ctx, ws[i], words[k]), q, ws[i])
+				ew.emit(ew.ended(ctx, ws[i], words[k]), q, ws[i], t)
 			}
 			ew.queues[q] = append(ws[:i:i], ws[i+1:]...)
 			if len(ew.queues[q]) == 0 {
@@ -154,6 +177,8 @@ func (ew *eventWatch) ended(ctx context.Context, w waiter, word string) lmx.Even
 		return lmx.EventForced
 	case whyExpired:
 		return lmx.EventExpired
+	case whyPreempted:
+		return lmx.EventPreempted
 	}
 	// etcd answers a live lease's remaining time in whole seconds, rounded
 	// down (0: under a second left), and -1 for a lease that is gone.
@@ -164,27 +189,28 @@ func (ew *eventWatch) ended(ctx context.Context, w waiter, word string) lmx.Even
 	return lmx.EventSessionLost
 }
 
-// regrant marks the requests of queue q that its rules grant now, and
-// emits their acquisition if emit.
+// regrant marks the requests of queue q that hold now, as its requests and
+// its grant record have it, and emits their acquisition if emit.
 func (ew *eventWatch) regrant(q string, emit bool) {
 	ws := ew.queues[q]
+	v := newView(ws, decodeRecord(q, ew.records[q]))
 	for i, w := range ws {
-		if ew.held[w.key] || !decide(w, ws[:i]).granted {
+		if ew.held[w.key] != 0 || v.tokens[i] == 0 || w.marker {
 			continue
 		}
-		ew.held[w.key] = true
+		ew.held[w.key] = v.tokens[i]
 		if emit {
-			ew.emit(lmx.EventAcquired, q, w)
+			ew.emit(lmx.EventAcquired, q, w, v.tokens[i])
 		}
 	}
 }
 
-// emit delivers an event of request w of queue q, or counts it as missed
-// when the buffer is full; a lag is reported before the next event that
-// fits.
-func (ew *eventWatch) emit(t lmx.EventType, q string, w waiter) {
+// emit delivers an event of request w of queue q, granted with token, or
+// counts it as missed when the buffer is full; a lag is reported before the
+// next event that fits.
+func (ew *eventWatch) emit(t lmx.EventType, q string, w waiter, token int64) {
 	now := time.Now().Truncate(time.Millisecond)
-	ev := lmx.Event{Type: t, Key: q[len(ew.lk.pfx) : len(q)-1], ID: w.id, Token: uint64(w.rev), Owner: w.owner, Time: now}
+	ev := lmx.Event{Type: t, Key: q[len(ew.lk.pfx) : len(q)-1], ID: w.id, Token: uint64(token), Owner: w.owner, Time: now}
 	if ew.missed > 0 {
 		select {
 		case ew.out <- lmx.Event{Type: lmx.EventLagged, Time: now, Missed: ew.missed}:

@@ -18,8 +18,8 @@ import (
 // reenter grants key at once to req's owner if it holds key through this
 // Locker: a new lmx.Lease with the same lock id and token, counted by the
 // lease it re-enters. It returns nil and no error when the owner holds
-// nothing here. An owner that holds key through another Locker, a process
-// of its own, queues like any other request.
+// nothing here; an owner that holds key through another Locker, a process
+// of its own, re-enters through the queue (writeOwned).
 func (lk *Locker) reenter(ctx context.Context, key, queue string, req lmx.LockRequest) (*lmx.Lease, error) {
 	s, err := lk.session(ctx)
 	if err != nil {
@@ -37,13 +37,18 @@ func (lk *Locker) reenter(ctx context.Context, key, queue string, req lmx.LockRe
 	g, end := lmx.NewLease(key, l.lease.ID(), l.lease.Token(), l.lease.Expires(), l)
 	l.count++
 	l.ends = append(l.ends, end)
+	l.grants = append(l.grants, g)
+	if l.revoked {
+		lmx.RevokeLease(g)
+	}
 	return g, nil
 }
 
-// granted makes the lease of a granted request.
-func (lk *Locker) granted(s *session, key, queue string, me waiter, req lmx.LockRequest, slot int) (*lmx.Lease, error) {
+// granted makes the lease of a granted request, with token; touch: a
+// semaphore's key is written again, to tell the request behind it.
+func (lk *Locker) granted(s *session, key, queue string, me waiter, req lmx.LockRequest, slot int, token int64, touch bool) (*lmx.Lease, error) {
 	l := &lease{lk: lk, s: s, etcdKey: me.key, queue: queue, slot: slot, rev: me.rev, owner: req.Owner, shared: me.shared, count: 1,
-		gone: make(chan struct{}), me: me, leaseID: s.id, mod: me.rev}
+		gone: make(chan struct{}), me: me, leaseID: s.id, mod: me.mod}
 	var exp time.Time
 	if req.TTL > 0 {
 		exp = time.Now().Add(req.TTL)
@@ -63,12 +68,12 @@ func (lk *Locker) granted(s *session, key, queue string, me waiter, req lmx.Lock
 			lk.abandon(s, me.key, me.rev)
 			return nil, err
 		}
-	case me.limit > 1:
+	case touch && me.limit > 1:
 		if !l.touch() {
 			return nil, lk.gone(s, me)
 		}
 	}
-	l.lease, end = lmx.NewLease(key, me.id, uint64(me.rev), exp, l)
+	l.lease, end = lmx.NewLease(key, me.id, uint64(token), exp, l)
 	l.ends = []func(error) bool{end}
 	lk.mu.Lock()
 	select {
@@ -77,11 +82,17 @@ func (lk *Locker) granted(s *session, key, queue string, me waiter, req lmx.Lock
 		return nil, s.err()
 	default:
 	}
-	if _, ok := s.early[l.inboxKey()]; ok {
+	l.grants = []*lmx.Lease{l.lease}
+	if word, ok := s.early[l.inboxKey()]; ok && word != whyRevoked {
 		// A Release or ForceUnlock took the key as it was granted, and
 		// its word came first.
 		lk.mu.Unlock()
 		return nil, lk.gone(s, me)
+	} else if ok {
+		// A preemptor asked it to make way before it was granted.
+		delete(s.early, l.inboxKey())
+		l.revokeLocked()
+		lk.wg.Go(l.dropAsk)
 	}
 	s.leases[me.key] = l
 	if l.owner != "" {
@@ -97,6 +108,24 @@ func (lk *Locker) granted(s *session, key, queue string, me waiter, req lmx.Lock
 		lmx.KeepAliveLease(l.lease, req.TTL, req.KeepAlive)
 	}
 	return l.lease, nil
+}
+
+// revokeLocked closes the Revoked channel of every grant of l, and of
+// those to come: a preemptor asked it to make way.
+func (l *lease) revokeLocked() {
+	l.revoked = true
+	for _, g := range l.grants {
+		lmx.RevokeLease(g)
+	}
+}
+
+// dropAsk deletes a preemptor's ask to make way from l's inbox, read
+// before l was made, unless a word that takes the key replaced it.
+func (l *lease) dropAsk() {
+	ctx, cancel := context.WithTimeout(l.lk.ctx, 5*time.Second)
+	defer cancel()
+	k := l.inboxKey()
+	l.lk.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(k), "=", whyRevoked)).Then(clientv3.OpDelete(k)).Commit()
 }
 
 // touch writes the key of l, a semaphore's, again as it is, to tell the
@@ -133,6 +162,8 @@ type lease struct {
 	// Guarded by lk.mu.
 	count   int                // grants not undone yet
 	ends    []func(error) bool // each grant's end
+	grants  []*lmx.Lease       // each grant
+	revoked bool               // a preemptor asked it to make way
 	endOnce sync.Once
 
 	mu      sync.Mutex

@@ -22,6 +22,7 @@ type waiter struct {
 	key    string    // etcd key
 	id     ulid.ULID // lock id
 	rev    int64     // create revision
+	mod    int64     // mod revision, as read
 	limit  int
 	shared bool
 	sess   string           // the session of the Locker that asked, in hex
@@ -29,12 +30,15 @@ type waiter struct {
 	owner  string
 	delay  time.Duration // LockDelay
 	marker bool          // no request: the lock-delay of one that ended
+	prio   int           // Priority
+	noPre  bool          // NoPreempt
 }
 
 // encodeValue is the value of a request's key: its mode ("x" exclusive,
-// "s" shared, "d" a lock-delay's marker) and limit, the session of its
-// Locker, which is where Release and ForceUnlock tell it that its key
-// went, its LockDelay in milliseconds, its lock id, and its owner.
+// "s" shared, "d" a lock-delay's marker) and limit, with "/p" and its
+// Priority when not 0 and "/n" for NoPreempt; the session of its Locker,
+// which is where Release and ForceUnlock tell it that its key went, its
+// LockDelay in milliseconds, its lock id, and its owner.
 func encodeValue(w waiter) string {
 	mode := "x"
 	switch {
@@ -43,11 +47,18 @@ func encodeValue(w waiter) string {
 	case w.shared:
 		mode = "s"
 	}
-	return mode + strconv.Itoa(w.limit) + " " + w.sess + " " + strconv.FormatInt(w.delay.Milliseconds(), 10) + " " + w.id.String() + " " + w.owner
+	mode += strconv.Itoa(w.limit)
+	if w.prio != 0 {
+		mode += "/p" + strconv.Itoa(w.prio)
+	}
+	if w.noPre {
+		mode += "/n"
+	}
+	return mode + " " + w.sess + " " + strconv.FormatInt(w.delay.Milliseconds(), 10) + " " + w.id.String() + " " + w.owner
 }
 
 func decode(kv *mvccpb.KeyValue) waiter {
-	w := waiter{key: string(kv.Key), rev: kv.CreateRevision, limit: 1, lease: clientv3.LeaseID(kv.Lease)}
+	w := waiter{key: string(kv.Key), rev: kv.CreateRevision, mod: kv.ModRevision, limit: 1, lease: clientv3.LeaseID(kv.Lease)}
 	f := strings.SplitN(string(kv.Value), " ", 5)
 	v := f[0]
 	if len(f) == 5 {
@@ -56,11 +67,20 @@ func decode(kv *mvccpb.KeyValue) waiter {
 		w.delay = time.Duration(ms) * time.Millisecond
 		w.id, _ = ulid.ParseStrict(f[3])
 	}
+	v, flags, _ := strings.Cut(v, "/")
 	if len(v) > 1 {
 		w.shared = v[0] == 's'
 		w.marker = v[0] == 'd'
 		if n, err := strconv.Atoi(v[1:]); err == nil {
 			w.limit = n
+		}
+	}
+	for f := range strings.SplitSeq(flags, "/") {
+		switch {
+		case f == "n":
+			w.noPre = true
+		case strings.HasPrefix(f, "p"):
+			w.prio, _ = strconv.Atoi(f[1:])
 		}
 	}
 	return w
@@ -132,22 +152,32 @@ func (lk *Locker) word(ctx context.Context, s *session, etcdKey string, rev int6
 
 // lower reads the requests of queue created before me, in create order, at
 // a revision at least from, and returns them and that revision. For a mutex
-// only the last one counts. It fails with errGone when me is gone.
+// only the last one counts. It fails with errGone when me is gone, and with
+// errRecord when the queue has a grant record.
 func (lk *Locker) lower(ctx context.Context, queue string, me waiter, from int64) ([]waiter, int64, error) {
 	opts := append(newest(me, 2), clientv3.WithMaxCreateRev(me.rev))
+	get := func(serializable ...clientv3.OpOption) (*clientv3.TxnResponse, error) {
+		return lk.cli.Txn(ctx).Then(
+			clientv3.OpGet(queue, append(opts, serializable...)...),
+			clientv3.OpGet(lk.grantsKey(queue), serializable...)).Commit()
+	}
 	// A serializable read is served by the member the client talks to,
 	// without a round through raft; it will do when that member has seen
 	// what woke the waiter, and a linearizable read is the fallback.
-	resp, err := lk.cli.Get(ctx, queue, append(opts, clientv3.WithSerializable())...)
+	resp, err := get(clientv3.WithSerializable())
 	if err != nil || resp.Header.Revision < from {
-		if resp, err = lk.cli.Get(ctx, queue, opts...); err != nil {
+		if resp, err = get(); err != nil {
 			return nil, 0, err
 		}
 	}
-	if len(resp.Kvs) == 0 || string(resp.Kvs[0].Key) != me.key || resp.Kvs[0].CreateRevision != me.rev {
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	switch {
+	case len(kvs) == 0 || string(kvs[0].Key) != me.key || kvs[0].CreateRevision != me.rev:
 		return nil, 0, errGone
+	case len(resp.Responses[1].GetResponseRange().Kvs) > 0:
+		return nil, 0, errRecord
 	}
-	return decodeLower(resp.Kvs[1:]), resp.Header.Revision, nil
+	return decodeLower(kvs[1:]), resp.Header.Revision, nil
 }
 
 // newest are the options of a read of a queue's requests newest first: for

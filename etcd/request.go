@@ -36,8 +36,16 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 			return l, err
 		}
 	}
-	me := waiter{id: ulid.Make(), limit: req.Limit, shared: req.Shared, owner: req.Owner, delay: max(0, req.LockDelay)}
-	q, err := lk.enqueue(ctx, queue, me)
+	me := waiter{id: ulid.Make(), limit: req.Limit, shared: req.Shared, owner: req.Owner, delay: max(0, req.LockDelay),
+		prio: req.Priority, noPre: req.NoPreempt}
+	write := lk.write
+	switch {
+	case req.Priority != 0 || req.Preempt >= 0:
+		write = lk.writeRanked
+	case req.Owner != "":
+		write = lk.writeOwned
+	}
+	q, err := lk.enqueue(ctx, queue, me, write)
 	if err != nil {
 		return nil, err
 	}
@@ -50,19 +58,23 @@ func (lk *Locker) lock(ctx context.Context, key string, opts []lmx.LockOption, t
 		lk.abandon(q.s, q.me.key, q.me.rev)
 		return nil, fmt.Errorf("%w: key %q has Limit(%d), asked %d", lmx.ErrLimitMismatch, key, q.first.limit, me.limit)
 	}
+	if q.ranked {
+		return lk.awaitRanked(ctx, key, req, q, try)
+	}
 	return lk.await(ctx, key, req, q, try)
 }
 
 // queued is a request written into its key's queue, with what the write
 // read of the queue.
 type queued struct {
-	queue string
-	s     *session
-	me    waiter
-	slot  int      // me's slot of s while the Lock owns it, or -1
-	taken []int    // slots of s whose names etcd still had: unused until the Lock returns
-	first *waiter  // the queue's first request, when it was not empty
-	lower []waiter // the requests before me, in create order
+	queue  string
+	s      *session
+	me     waiter
+	slot   int      // me's slot of s while the Lock owns it, or -1
+	taken  []int    // slots of s whose names etcd still had: unused until the Lock returns
+	first  *waiter  // the queue's first request, when it was not empty
+	lower  []waiter // the requests before me, in create order
+	ranked bool     // decided on the whole queue and its grant record
 }
 
 // free gives s back the slots that q's Lock still owns.
@@ -83,10 +95,11 @@ func (q *queued) free(lk *Locker) {
 }
 
 // enqueue writes me into queue as a request of the Locker's session, on
-// the lowest slot free, and reads what decides it in the same transaction.
-// When it fails, the slots it took are free again, but for one whose
-// request etcd may hold: that one stays in use while the session lives.
-func (lk *Locker) enqueue(ctx context.Context, queue string, me waiter) (*queued, error) {
+// the lowest slot free, with write (write, writeRanked or writeOwned),
+// which reads what decides it in the same transaction. When it fails, the
+// slots it took are free again, but for one whose request etcd may hold:
+// that one stays in use while the session lives.
+func (lk *Locker) enqueue(ctx context.Context, queue string, me waiter, write func(*queued) (bool, error)) (*queued, error) {
 	q := &queued{queue: queue, slot: -1}
 	for attempt := 0; ; {
 		s, err := lk.session(ctx)
@@ -101,7 +114,7 @@ func (lk *Locker) enqueue(ctx context.Context, queue string, me waiter) (*queued
 		q.slot = lk.takeSlot(s, queue)
 		q.me = me
 		q.me.key, q.me.sess, q.me.lease = queue+s.hex+"."+strconv.Itoa(q.slot), s.hex, s.id
-		written, err := lk.write(q)
+		written, err := write(q)
 		switch {
 		case err == nil && written:
 			return q, nil
@@ -110,6 +123,9 @@ func (lk *Locker) enqueue(ctx context.Context, queue string, me waiter) (*queued
 			// request etcd did not delete when asked. It stays out of use
 			// until the Lock returns, and the next slot is tried.
 			q.taken, q.slot = append(q.taken, q.slot), -1
+		case errors.Is(err, lmx.ErrInvalidOption):
+			q.free(lk) // refused before anything was written
+			return nil, err
 		case errors.Is(err, rpctypes.ErrLeaseNotFound) && attempt == 0:
 			// The session ended before its keepalive noticed: start another.
 			attempt++
@@ -129,7 +145,8 @@ func (lk *Locker) enqueue(ctx context.Context, queue string, me waiter) (*queued
 // write puts q.me into its queue if its name is free, in a transaction that
 // reads what decides it: nothing more when the queue is empty (q.me is its
 // only request), and otherwise the queue's first request, for its limit,
-// and the requests before q.me. It reports whether the name was free.
+// the requests before q.me, and the queue's grant record, with which q.me
+// is ranked. It reports whether the name was free.
 func (lk *Locker) write(q *queued) (bool, error) {
 	me := q.me
 	put := clientv3.OpPut(me.key, encodeValue(me), clientv3.WithLease(me.lease))
@@ -144,13 +161,14 @@ func (lk *Locker) write(q *queued) (bool, error) {
 		Then(put).
 		Else(clientv3.OpTxn(
 			[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(me.key), "=", 0)},
-			[]clientv3.Op{put, first, clientv3.OpGet(q.queue, newest(me, 2)...)}, // me, then the requests before me
+			[]clientv3.Op{put, first, clientv3.OpGet(q.queue, newest(me, 2)...), // me, then the requests before me
+				clientv3.OpGet(lk.grantsKey(q.queue))},
 			nil)).
 		Commit()
 	if err != nil {
 		return false, err
 	}
-	q.me.rev = resp.Header.Revision
+	q.me.rev, q.me.mod = resp.Header.Revision, resp.Header.Revision
 	if resp.Succeeded {
 		return true, nil
 	}
@@ -163,6 +181,7 @@ func (lk *Locker) write(q *queued) (bool, error) {
 		q.first = &f
 	}
 	q.lower = decodeLower(in.Responses[2].GetResponseRange().Kvs[1:])
+	q.ranked = len(in.Responses[3].GetResponseRange().Kvs) > 0
 	return true, nil
 }
 
@@ -182,11 +201,7 @@ func (lk *Locker) await(ctx context.Context, key string, req lmx.LockRequest, q 
 		// granted, whatever woke its waiter.
 		d := decide(me, lower)
 		if d.granted {
-			l, err := lk.granted(s, key, q.queue, me, req, q.slot)
-			if err == nil {
-				q.slot = -1 // the lease's now
-			}
-			return l, err
+			return lk.grantOf(s, key, q, me, req, me.rev, true)
 		}
 		if try {
 			lk.abandon(s, me.key, me.rev)
@@ -211,6 +226,9 @@ func (lk *Locker) await(ctx context.Context, key string, req lmx.LockRequest, q 
 		switch {
 		case errors.Is(err, errGone):
 			return nil, lk.gone(s, me)
+		case errors.Is(err, errRecord):
+			w.stop()
+			return lk.awaitRanked(ctx, key, req, q, try)
 		case err != nil:
 			lk.abandon(s, me.key, me.rev)
 			return nil, lk.wrap(ctx, err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/lmx-go/lmx"
@@ -201,6 +202,19 @@ func (lk *Locker) takeSlot(s *session, queue string) int {
 	used[n] = true
 	s.slots[queue] = used
 	return n
+}
+
+// inUseLocked reports whether the slot of the request etcdKey of s is in
+// use: by a Lock under way, or a lease.
+func (s *session) inUseLocked(pfx, etcdKey string) bool {
+	q, ok := queuePrefix(pfx, etcdKey)
+	i := strings.LastIndexByte(etcdKey, '.')
+	if !ok || i < len(q) {
+		return false
+	}
+	n, err := strconv.Atoi(etcdKey[i+1:])
+	used := s.slots[q]
+	return err == nil && n < len(used) && used[n]
 }
 
 // freeSlot gives slot n of queue back to s.

@@ -25,10 +25,15 @@ import (
 // holder's session as they take its key (delete it, or with a LockDelay
 // turn it into a marker).
 const (
-	whyReleased = "released"
-	whyForced   = "forced"
-	whyExpired  = "expired" // for watchers: the holder's Locker knows already
+	whyReleased  = "released"
+	whyForced    = "forced"
+	whyPreempted = "preempted"
+	whyExpired   = "expired" // for watchers: the holder's Locker knows already
 )
+
+// whyRevoked is the word of a preemptor that asks a holder to make way: it
+// takes nothing, and closes the holder's Revoked channels.
+const whyRevoked = "revoked"
 
 // inboxKey is where the session of hex hears about its request etcdKey
 // created at rev: under prefix "\x00", which no queue's key can start with.
@@ -72,6 +77,8 @@ func reason(word string) error {
 		return lmx.ErrForced
 	case whyExpired:
 		return lmx.ErrExpired
+	case whyPreempted:
+		return lmx.ErrPreempted
 	}
 	return lmx.ErrSessionLost
 }
@@ -112,7 +119,8 @@ func (lk *Locker) watchInbox(ctx context.Context, s *session, from int64) {
 // it, and then deletes the word. A lease that is not there is being made
 // by its Lock, which finds the word in s.early, or ended by its Unlock or
 // Extend: they read and delete the word themselves. The word of an
-// expiry, which s wrote itself, is only deleted.
+// expiry, which s wrote itself, is only deleted; a preemptor's ask to make
+// way revokes the lease and is deleted.
 func (lk *Locker) heard(ctx context.Context, s *session, pfx string, kv *mvccpb.KeyValue) {
 	defer func() {
 		if h := hearing.Load(); h != nil {
@@ -126,12 +134,19 @@ func (lk *Locker) heard(ctx context.Context, s *session, pfx string, kv *mvccpb.
 	word := string(kv.Value)
 	lk.mu.Lock()
 	l := s.leases[etcdKey]
-	if l == nil && word != whyExpired {
+	// An ask to make way for a request whose slot is free again came
+	// after its lease ended: no Lock will read it.
+	early := l == nil && word != whyExpired && (word != whyRevoked || s.inUseLocked(lk.pfx, etcdKey))
+	if early {
 		s.early[string(kv.Key)] = word
+	}
+	if l != nil && l.rev == rev && word == whyRevoked {
+		l.revokeLocked()
 	}
 	lk.mu.Unlock()
 	switch {
 	case word == whyExpired: // the expiry's own word, for watchers
+	case word == whyRevoked && !early:
 	case l == nil || l.rev != rev || !l.take():
 		return
 	default:
@@ -200,6 +215,13 @@ func (w *waits) watch(ctx context.Context, targets []string) (int64, error) {
 		// from a past revision waits for etcd's resync of slow watchers,
 		// every 100ms.
 		opts := []clientv3.OpOption{clientv3.WithCreatedNotify()}
+		if strings.HasSuffix(k, "\x00") {
+			// A queue, whose every request a waiter in written mode
+			// watches (no request's key ends with NUL); only as they go:
+			// no write of a request's key makes another one eligible but
+			// with a write of the grant record, which it watches too.
+			opts = append(opts, clientv3.WithPrefix(), clientv3.WithFilterPut())
+		}
 		if w.mutex {
 			// A semaphore's waiter wakes when the one before it is granted
 			// (its key is written); a mutex's only when a key goes.

@@ -317,7 +317,11 @@ func (h *harness) workerSpecs(d doors) (specs []*workerSpec, hot []KeySpec) {
 		specs = append(specs, &workerSpec{Name: "clean-livemutex", Addr: h.lm, LiveMutex: true, Goroutines: 2, Keys: lmKeys, Hold: time.Millisecond})
 	}
 	if h.sum.Preemptor {
-		specs = append(specs, &workerSpec{Name: "preemptor", Addr: d.direct, Goroutines: 1, Keys: hot, Hold: 2 * time.Millisecond, Preempt: preemptGrace})
+		specs = append(specs, &workerSpec{Name: "preemptor", Addr: d.direct, Goroutines: 1, Keys: hot, Hold: 2 * time.Millisecond, Preempt: preemptGrace},
+			// Never killed nor proxied, and holding long enough that a
+			// preemptor whose door takes milliseconds a round trip (etcd)
+			// finds it holding, and it lives to report the preemption.
+			&workerSpec{Name: "slow-holder", Addr: d.direct, Goroutines: 2, Keys: hot, Hold: 400 * time.Millisecond})
 	}
 	if h.cfg.Skip != "" {
 		specs = append(specs, &workerSpec{Name: "skipper", Addr: d.direct, Goroutines: 2, Keys: clean, Hold: time.Millisecond, Skip: h.cfg.Skip})

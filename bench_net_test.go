@@ -6,17 +6,13 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/lmx-go/lmx"
 	"github.com/lmx-go/lmx/internal/echo"
+	"github.com/lmx-go/lmx/internal/proccost"
 )
 
 // The network benchmarks put lmx over a socket beside raw echo baselines over
@@ -272,7 +268,7 @@ func BenchmarkNetHandOff(b *testing.B) {
 	b.Run("lmx", func(b *testing.B) {
 		addr, _ := listen(b, "unix")
 		ctx := context.Background()
-		defer reportCost(b)()
+		defer proccost.Report(b, "op")()
 		runNet(b, 20, 2, func(int) func(*rand.Rand) error {
 			c, err := lmx.Dial(ctx, addr)
 			if err != nil {
@@ -289,42 +285,7 @@ func BenchmarkNetHandOff(b *testing.B) {
 		})
 	})
 	b.Run("echo", func(b *testing.B) {
-		defer reportCost(b)()
+		defer proccost.Report(b, "op")()
 		benchEcho(b, "unix", 1)
 	})
-}
-
-// reportCost starts counting the process's CPU time and read and write
-// system calls; the function it returns reports them per operation.
-func reportCost(b *testing.B) func() {
-	cpu0, r0, w0 := processCost(b)
-	return func() {
-		cpu, r, w := processCost(b)
-		n := float64(b.N)
-		b.ReportMetric(float64(cpu-cpu0)/1e3/n, "cpu-µs/op")
-		b.ReportMetric(float64(r-r0)/n, "reads/op")
-		b.ReportMetric(float64(w-w0)/n, "writes/op")
-	}
-}
-
-// processCost is the process's CPU time so far, and its read and write
-// system calls from /proc/self/io (Linux).
-func processCost(b *testing.B) (cpu time.Duration, reads, writes int64) {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	data, err := os.ReadFile("/proc/self/io")
-	if err != nil {
-		b.Skip("no /proc/self/io:", err)
-	}
-	for line := range strings.Lines(string(data)) {
-		if v, ok := strings.CutPrefix(line, "syscr: "); ok {
-			reads, _ = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-		}
-		if v, ok := strings.CutPrefix(line, "syscw: "); ok {
-			writes, _ = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-		}
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), reads, writes
 }

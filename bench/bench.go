@@ -316,6 +316,14 @@ func runWorkload(ctx context.Context, r running, wl workload, n int, timeout tim
 		}
 		ws = append(ws, w)
 	}
+	// Each worker does one cycle alone first, untimed: what a client sets up
+	// on its first request (a connection, a session, a script that a fresh
+	// Redis compiles) is not what the workload measures.
+	for i, w := range ws {
+		if _, err := w.cycle(ctx, wl.key(i, rand.New(rand.NewPCG(uint64(i), 2)))); err != nil {
+			return result{}, fmt.Errorf("worker %d, its first cycle: %w", i, err)
+		}
+	}
 	var (
 		next     atomic.Int64
 		lats     = make([][]time.Duration, wl.workers) // each worker's, set when it stops

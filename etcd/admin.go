@@ -9,7 +9,6 @@ import (
 
 	"github.com/lmx-go/lmx"
 	"github.com/oklog/ulid/v2"
-	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -224,21 +223,15 @@ func (lk *Locker) keys(ctx context.Context, prefix string, limit int) ([]lmx.Key
 	if err := lk.live(); err != nil {
 		return nil, err
 	}
-	resp, err := lk.cli.Txn(ctx).Then(
-		clientv3.OpGet(lk.pfx+prefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend)),
-		clientv3.OpGet(lk.pfx+"\x00g/"+prefix, clientv3.WithPrefix())).Commit()
+	reqs, records, _, err := lk.readUnder(ctx, prefix)
 	if err != nil {
-		return nil, lk.wrap(ctx, err)
+		return nil, err
 	}
 	queues := map[string][]waiter{}
-	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
+	for _, kv := range reqs {
 		if q, ok := queuePrefix(lk.pfx, string(kv.Key)); ok {
 			queues[q] = append(queues[q], decode(kv))
 		}
-	}
-	records := map[string]*mvccpb.KeyValue{}
-	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
-		records[lk.pfx+strings.TrimPrefix(string(kv.Key), lk.pfx+"\x00g/")+"\x00"] = kv
 	}
 	var keys []lmx.KeyStat
 	for q, ws := range queues {

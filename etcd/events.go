@@ -28,28 +28,23 @@ func (lk *Locker) Watch(ctx context.Context, prefix string) (<-chan lmx.Event, e
 	if err := lk.live(); err != nil {
 		return nil, err
 	}
-	resp, err := lk.cli.Txn(ctx).Then(
-		clientv3.OpGet(lk.pfx+prefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend)),
-		clientv3.OpGet(lk.pfx+"\x00g/"+prefix, clientv3.WithPrefix())).Commit()
+	reqs, records, rev, err := lk.readUnder(ctx, prefix)
 	if err != nil {
-		return nil, lk.wrap(ctx, err)
+		return nil, err
 	}
-	ew := &eventWatch{lk: lk, prefix: prefix, queues: map[string][]waiter{}, records: map[string]*mvccpb.KeyValue{},
+	ew := &eventWatch{lk: lk, prefix: prefix, queues: map[string][]waiter{}, records: records,
 		held: map[string]int64{}, out: make(chan lmx.Event, lmx.DefaultWatchBuffer)}
-	for _, kv := range resp.Responses[0].GetResponseRange().Kvs {
+	for _, kv := range reqs {
 		if q, ok := ew.queueOf(string(kv.Key)); ok {
 			ew.queues[q] = append(ew.queues[q], decode(kv))
 		}
-	}
-	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
-		ew.records[ew.recordOf(string(kv.Key))] = kv
 	}
 	for q := range ew.queues {
 		ew.regrant(q, false)
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	stop := context.AfterFunc(lk.ctx, cancel)
-	wch := lk.cli.Watch(wctx, lk.pfx, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
+	wch := lk.cli.Watch(wctx, lk.pfx, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
 	go func() {
 		defer close(ew.out)
 		defer stop()
@@ -73,11 +68,6 @@ type eventWatch struct {
 	held    map[string]int64            // tokens of granted requests, by etcd key
 	out     chan lmx.Event
 	missed  uint64
-}
-
-// recordOf returns the queue whose grant record is at etcdKey.
-func (ew *eventWatch) recordOf(etcdKey string) string {
-	return ew.lk.pfx + strings.TrimPrefix(etcdKey, ew.lk.pfx+"\x00g/") + "\x00"
 }
 
 // queueOf returns the queue of a request's etcd key, if it is one under
@@ -120,11 +110,11 @@ func (ew *eventWatch) revision(ctx context.Context, evs []*clientv3.Event) {
 		}
 	}
 	touched := map[string]bool{}
-	records := ew.lk.pfx + "\x00g/" + ew.prefix
+	records := ew.lk.grantsUnder(ew.prefix)
 	for _, ev := range evs {
 		k := string(ev.Kv.Key)
 		if strings.HasPrefix(k, records) {
-			q := ew.recordOf(k)
+			q := ew.lk.recordQueue(k)
 			if ev.Type == mvccpb.PUT {
 				ew.records[q] = ev.Kv
 			} else {

@@ -2,12 +2,14 @@ package etcd
 
 import (
 	"cmp"
+	"context"
 	"math"
 	"slices"
 	"strconv"
 	"strings"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // A key's grant record, and what a queue's requests and its record make of
@@ -64,7 +66,34 @@ type record struct {
 
 // grantsKey is where the grant record of queue lives.
 func (lk *Locker) grantsKey(queue string) string {
-	return lk.pfx + "\x00g/" + queue[len(lk.pfx):len(queue)-1]
+	return lk.grantsUnder(queue[len(lk.pfx) : len(queue)-1])
+}
+
+// grantsUnder is the prefix of the grant records of the keys that start
+// with prefix.
+func (lk *Locker) grantsUnder(prefix string) string { return lk.pfx + "\x00g/" + prefix }
+
+// recordQueue is the queue whose grant record is at etcdKey: grantsKey
+// undone.
+func (lk *Locker) recordQueue(etcdKey string) string {
+	return lk.pfx + strings.TrimPrefix(etcdKey, lk.grantsUnder("")) + "\x00"
+}
+
+// readUnder reads, in one transaction, the requests of the keys that start
+// with prefix, in create order, and the keys' grant records by queue, and
+// returns them with the revision they were read at.
+func (lk *Locker) readUnder(ctx context.Context, prefix string) (reqs []*mvccpb.KeyValue, records map[string]*mvccpb.KeyValue, rev int64, err error) {
+	resp, err := lk.cli.Txn(ctx).Then(
+		clientv3.OpGet(lk.pfx+prefix, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend)),
+		clientv3.OpGet(lk.grantsUnder(prefix), clientv3.WithPrefix())).Commit()
+	if err != nil {
+		return nil, nil, 0, lk.wrap(ctx, err)
+	}
+	records = map[string]*mvccpb.KeyValue{}
+	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
+		records[lk.recordQueue(string(kv.Key))] = kv
+	}
+	return resp.Responses[0].GetResponseRange().Kvs, records, resp.Header.Revision, nil
 }
 
 // encodeRecord writes r for queue as lines "g NAME REV TOKEN" and

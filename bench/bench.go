@@ -298,31 +298,41 @@ func oneLine(s string) string {
 	return s
 }
 
+// warmWorkers makes wl's workers, and has each do one cycle alone first,
+// untimed: what a client sets up on its first request (a connection, a
+// session, a script that a fresh Redis compiles) is not what the workload
+// measures. It returns the workers made, for the caller to close, even
+// with an error.
+func warmWorkers(ctx context.Context, r running, wl workload) ([]worker, error) {
+	ws := make([]worker, 0, wl.workers)
+	for i := range wl.workers {
+		w, err := r.newWorker(ctx, i)
+		if err != nil {
+			return ws, fmt.Errorf("worker %d: %w", i, err)
+		}
+		ws = append(ws, w)
+	}
+	for i, w := range ws {
+		if _, err := w.cycle(ctx, wl.key(i, rand.New(rand.NewPCG(uint64(i), 2)))); err != nil {
+			return ws, fmt.Errorf("worker %d, its first cycle: %w", i, err)
+		}
+	}
+	return ws, nil
+}
+
 // runWorkload runs n cycles of wl, shared among its workers as they come,
 // and stops early at the timeout (then the cycles done are what counts).
 func runWorkload(ctx context.Context, r running, wl workload, n int, timeout time.Duration) (result, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	ws := make([]worker, 0, wl.workers)
+	ws, err := warmWorkers(ctx, r, wl)
 	defer func() {
 		for _, w := range ws {
 			w.close()
 		}
 	}()
-	for i := range wl.workers {
-		w, err := r.newWorker(ctx, i)
-		if err != nil {
-			return result{}, fmt.Errorf("worker %d: %w", i, err)
-		}
-		ws = append(ws, w)
-	}
-	// Each worker does one cycle alone first, untimed: what a client sets up
-	// on its first request (a connection, a session, a script that a fresh
-	// Redis compiles) is not what the workload measures.
-	for i, w := range ws {
-		if _, err := w.cycle(ctx, wl.key(i, rand.New(rand.NewPCG(uint64(i), 2)))); err != nil {
-			return result{}, fmt.Errorf("worker %d, its first cycle: %w", i, err)
-		}
+	if err != nil {
+		return result{}, err
 	}
 	var (
 		next     atomic.Int64
